@@ -1,0 +1,1 @@
+"""Datasets, the index, the synthetic worlds, transforms and samplers."""

@@ -1,0 +1,43 @@
+"""A tiny name -> factory registry, one per extension point (datasets, teachers, methods, backbones)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to objects; registering a name twice is an error so plugins cannot shadow each other."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            key = name or getattr(obj, "name", None) or getattr(obj, "__name__")
+            if key in self._items:
+                raise KeyError(f"{self.kind} '{key}' is already registered")
+            self._items[key] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            known = ", ".join(sorted(self._items)) or "(none)"
+            raise KeyError(f"unknown {self.kind} '{name}'; known: {known}")
+        return self._items[name]
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        return self.get(name)(**kwargs)  # type: ignore[operator]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
