@@ -1,0 +1,178 @@
+"""Teacher base class, the TEACHERS registry and helpers shared by every auxiliary model.
+
+A teacher turns one decoded image into one row of an HDF5 cache aligned with the dataset index. The work is
+split in two so the runner can overlap decoding with inference:
+
+- ``load(image_bgr, row, root, index)`` runs in decode workers (forked processes): cheap per-image work such as
+  resizing, letterboxing or reading the synthetic ground truth. It must not touch the model.
+- ``infer(items)`` runs batched in the main process and returns one array per field, first axis = batch.
+
+``index`` is the row number in the index (0-based). Teachers that read another cache row-aligned with the
+same index (``restored_faces`` reads the ``faces`` cache, named by a params key such as ``faces_cache``) use it.
+The runner passes it as the keyword ``index=`` only when the subclass's ``load`` accepts a parameter of that
+name, so a teacher written against the three-argument contract keeps working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from reid.data.index import IndexRow
+from reid.registry import Registry
+
+FieldSpec = tuple[tuple[int, ...], str]
+
+
+class MissingWeights(FileNotFoundError):
+    """A weight file named in params.yaml is absent; the message says what it is and how to provide it."""
+
+
+class ImageReadError(OSError):
+    """An image of the index cannot be read or decoded."""
+
+
+class Teacher:
+    """An auxiliary model run once per dataset into an HDF5 cache (see docs/contracts.md, "Teachers").
+
+    Subclasses set ``name`` (= registry key = cache file stem) and ``backends``, and implement ``fields``,
+    ``load`` and ``infer``. ``needs_image = False`` lets the runner skip decoding (``image_bgr`` is then
+    ``None``), e.g. for oracle backends that only read ground truth files.
+    """
+
+    name: ClassVar[str] = ""
+    backends: ClassVar[tuple[str, ...]] = ()
+    needs_image: ClassVar[bool] = True
+
+    def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu", **params: Any):
+        if self.backends and backend not in self.backends:
+            raise ValueError(
+                f"teacher '{self.name}' has no backend '{backend}'; choose one of {', '.join(self.backends)}"
+            )
+        self.backend = backend
+        self.model_path = Path(model_path) if model_path else None
+        self.device = resolve_device(device)
+        self.params: dict[str, Any] = dict(params)
+
+    # --- the contract -------------------------------------------------------------------------------------
+    def fields(self) -> dict[str, FieldSpec]:
+        """Per-row shape and dtype name of each stored field, e.g. ``{"labels": ((64, 32), "uint8")}``."""
+        raise NotImplementedError
+
+    def load(self, image_bgr: np.ndarray | None, row: IndexRow, root: Path, index: int | None = None) -> Any:
+        """Per-image preprocessing in a decode worker; the result is handed to ``infer`` in a batch."""
+        raise NotImplementedError
+
+    def infer(self, items: list[Any]) -> dict[str, np.ndarray]:
+        """Batched inference in the main process: one array per field with a leading batch axis."""
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the cache, for logs and summaries (subclasses add e.g. ONNX providers)."""
+        return {
+            "teacher": self.name,
+            "backend": self.backend,
+            "model_sha256": self.model_sha256,
+            "params": self.cache_params(),
+            "device": self.device,
+        }
+
+    # --- helpers the runner uses --------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Optional late initialisation, called by the runner in the main process after decode workers start."""
+
+    def cache_params(self) -> dict[str, Any]:
+        """Parameters recorded in the cache's ``params`` attribute (JSON-able); they decide resume/merge."""
+        return json.loads(json.dumps(self.params, sort_keys=True, default=str))
+
+    @cached_property
+    def model_sha256(self) -> str:
+        """sha256 of the model file ('' for backends without one, e.g. oracle)."""
+        if self.model_path is None:
+            return ""
+        return file_sha256(self.model_path)
+
+    @classmethod
+    def load_accepts_index(cls) -> bool:
+        """Whether ``load`` takes the row number (see module docstring)."""
+        return "index" in inspect.signature(cls.load).parameters
+
+
+TEACHERS: Registry[type[Teacher]] = Registry("teacher")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible to torch, else 'cpu'; other values pass through."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # torch is optional for pure-ONNX teachers
+        return "cpu"
+
+
+def get_teacher_class(name: str) -> type[Teacher]:
+    """Look a teacher up, importing ``reid.teachers.<name>`` on demand so only the one needed is loaded."""
+    if name not in TEACHERS:
+        try:
+            importlib.import_module(f"reid.teachers.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"reid.teachers.{name}":
+                raise
+    return TEACHERS.get(name)
+
+
+def build_teacher(name: str, backend: str, model_path: str | Path | None, device: str = "auto", **params: Any):
+    """Instantiate a registered teacher from CLI / params.yaml values."""
+    cls = get_teacher_class(name)
+    return cls(backend=backend, model_path=model_path, device=device, **params)
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Streaming sha256 of a file (model weights can be hundreds of MB)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot hash {path}: no such file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require_weights(path: str | Path | None, what: str, where_from: str, param_key: str) -> Path:
+    """Return ``path`` if it is a file, else raise MissingWeights saying what it is, where to get it, which key.
+
+    Nothing is ever downloaded: the user places the file and names it in params.yaml.
+    """
+    if path is not None and Path(path).is_file():
+        return Path(path)
+    shown = "(not set)" if path in (None, "") else str(path)
+    raise MissingWeights(
+        f"missing weights for {what}: {shown} is not a file.\n"
+        f"  Where to get it: {where_from}\n"
+        f"  Then place it locally and set `{param_key}` in params.yaml to its path "
+        f"(the project never downloads weights)."
+    )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as BGR uint8 (H, W, 3) with OpenCV; unreadable files raise ImageReadError naming the path."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageReadError(f"cannot decode image {path} ({path.stat().st_size} bytes): corrupt or unsupported")
+    return image
