@@ -1,0 +1,113 @@
+"""HRNet: official key layout (strict reload of a full W32 state dict), tiny-variant shapes, ONNX export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reid.models.hrnet import HRNet, HRNetFeatureMap, hrnet_tiny, hrnet_w32, read_state_dict, upsample_concat
+
+
+@pytest.fixture(scope="module")
+def w32_checkpoint(tmp_path_factory) -> Path:
+    """A plain state dict of the full W32 pose net, saved like the official `pose_hrnet_w32_256x192.pth`."""
+    path = tmp_path_factory.mktemp("hrnet") / "pose_hrnet_w32_256x192.pth"
+    torch.save(hrnet_w32().state_dict(), path)
+    return path
+
+
+def test_w32_official_layout():
+    sd = hrnet_w32().state_dict()
+    # official W32 pose net: 28.5 M parameters (HRNet paper, Table 1)
+    n_params = sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert round(n_params / 1e6, 1) == 28.5
+    for key in (
+        "conv1.weight", "bn2.running_var", "layer1.0.downsample.0.weight", "layer1.3.conv3.weight",
+        "transition1.0.0.weight", "transition1.1.0.0.weight", "transition2.2.0.0.weight", "transition3.3.0.1.bias",
+        "stage2.0.branches.1.3.conv2.weight", "stage3.3.fuse_layers.2.0.1.0.weight",
+        "stage4.2.fuse_layers.0.3.0.weight", "final_layer.weight", "final_layer.bias",
+    ):
+        assert key in sd, key
+    assert sd["final_layer.weight"].shape == (17, 32, 1, 1)
+    # the last module fuses only into the 1/4 branch in the pose net
+    assert not any(k.startswith("stage4.2.fuse_layers.1.") for k in sd)
+    assert any(k.startswith("stage4.1.fuse_layers.3.") for k in sd)
+
+
+def test_w32_strict_reload(w32_checkpoint):
+    model = hrnet_w32()
+    missing, unexpected = model.load_pose_checkpoint(w32_checkpoint)
+    assert missing == [] and unexpected == []
+    ref = read_state_dict(w32_checkpoint)
+    assert torch.equal(model.state_dict()["stage3.1.branches.2.0.conv1.weight"], ref["stage3.1.branches.2.0.conv1.weight"])
+
+
+def test_reload_wrapped_and_prefixed(tmp_path):
+    model = hrnet_tiny()
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(wrapped, tmp_path / "w.pth")
+    assert hrnet_tiny().load_pose_checkpoint(tmp_path / "w.pth") == ([], [])
+
+
+def test_multiscale_layout_reports_missing_keys(tmp_path):
+    torch.save(hrnet_tiny().state_dict(), tmp_path / "pose.pth")
+    full = hrnet_tiny(multi_scale_output=True)
+    with pytest.raises(ValueError, match="missing keys"):
+        full.load_pose_checkpoint(tmp_path / "pose.pth")
+    missing, unexpected = full.load_pose_checkpoint(tmp_path / "pose.pth", strict=False)
+    assert missing and all(k.startswith("stage4.0.fuse_layers.") for k in missing) and unexpected == []
+
+
+def test_wrong_width_and_missing_file(tmp_path):
+    torch.save(hrnet_tiny().state_dict(), tmp_path / "tiny.pth")
+    with pytest.raises(ValueError, match="wrong shape"):
+        hrnet_tiny(width=16).load_pose_checkpoint(tmp_path / "tiny.pth")
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        hrnet_tiny().load_pose_checkpoint(tmp_path / "absent.pth")
+
+
+def test_tiny_shapes_and_features():
+    torch.manual_seed(0)
+    model = hrnet_tiny().eval()
+    x = torch.randn(2, 3, 64, 32)
+    feats = model.forward_features(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 8, 16, 8), (2, 16, 8, 4), (2, 32, 4, 2), (2, 64, 2, 1)]
+    assert model(x).shape == (2, 17, 16, 8)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 3, 64, 48))
+
+
+def test_feature_map_channels():
+    fmap = HRNetFeatureMap(width=8, num_modules=(1, 1, 1), num_blocks=1, stem_blocks=1, stem_width=8).eval()
+    out = fmap(torch.randn(1, 3, 64, 32))
+    assert out.shape == (1, 8 + 16 + 32 + 64, 16, 8) and fmap.out_channels == 120
+    assert HRNetFeatureMap(width=32).out_channels == 480  # 32 + 64 + 128 + 256
+
+
+def test_upsample_concat_by_hand():
+    a = torch.zeros(1, 1, 2, 2)
+    b = torch.full((1, 1, 1, 1), 3.0)  # a constant 1x1 map upsamples to a constant 2x2 map of 3
+    out = upsample_concat([a, b])
+    assert out.shape == (1, 2, 2, 2) and torch.all(out[0, 1] == 3.0) and torch.all(out[0, 0] == 0)
+
+
+def test_tiny_onnx_export_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = hrnet_tiny()
+    for p in model.parameters():  # official init (std 0.001) gives near-zero outputs; make the check meaningful
+        torch.nn.init.normal_(p, std=0.2)
+    model.eval()
+    x = torch.randn(1, 3, 64, 32)
+    path = tmp_path / "tiny_hrnet.onnx"
+    torch.onnx.export(model, x, str(path), input_names=["input"], output_names=["output"], opset_version=17,
+                      dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert got.shape == (1, 17, 16, 8)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
