@@ -1,0 +1,553 @@
+"""HDF5 teacher caches aligned with the dataset index: atomic, resumable, shardable, byte-reproducible.
+
+Layout (docs/contracts.md, "HDF5 caches"): one dataset per field, shape (N, *shape), chunks of one row, gzip 4 +
+shuffle; a fixed-length bytes ``path`` dataset; ``done`` uint8 (N,); provenance attributes. No timestamps.
+
+How the guarantees are met:
+
+- **Atomic**: rows are written into ``<out>.tmp`` (same directory); ``finalize`` builds the final file as
+  ``<out>.final.tmp``, verifies it and ``os.replace``s it onto ``<out>``. No ``<out>`` exists before that.
+- **Resumable**: ``done`` is set only after the rows' data has been flushed (data flush, then done flush), and on
+  resume every row marked done is checked to have its chunks allocated, so a kill at any moment loses at most
+  the rows since the last flush. A ``.tmp`` whose provenance differs (teacher, backend, model hash, params,
+  index hash, fields, shard) is discarded with a warning.
+- **Byte-reproducible**: chunk allocation order in the work file depends on the history (batches, resumes,
+  shards), so ``finalize``/``merge_shards`` always write a fresh file in one canonical order (attributes in a
+  fixed order, ``path``, ``done``, then fields sorted by name, each row by row) by copying the already
+  compressed chunks verbatim (``read_direct_chunk``/``write_direct_chunk``). Any history with the same row
+  data therefore gives the same bytes. h5py >= 3.5 writes datasets without timestamps (``track_times=False``
+  is also passed explicitly); h5py 3.16 / HDF5 2.0 adds none to files or groups (tested).
+- **Shards**: shard i/n covers rows [i*N//n, (i+1)*N//n). A part is a normal cache file with all N rows
+  allocated but only its own rows done (unwritten chunks take no space) plus a ``shard`` attribute "i/n";
+  readers refuse parts, ``merge_shards`` joins them into the bytes a single run writes.
+- **Locking**: every open uses ``locking=False`` (one setting everywhere). HDF5 file locks fail on NFS, Lustre
+  and GPFS, where clusters keep caches; the tmp + rename protocol already keeps readers off files being written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from reid.data.index import index_sha256
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+COMPRESSION = "gzip"
+COMPRESSION_LEVEL = 4
+RESERVED = ("path", "done")
+FieldSpec = tuple[tuple[int, ...], str]
+
+
+class CacheError(RuntimeError):
+    """A cache file cannot be used as asked (incomplete, wrong teacher, missing field, bad shard set)."""
+
+
+class CacheIndexMismatch(CacheError):
+    """The cache was built for a different index than the one given."""
+
+
+def h5open(path: str | Path, mode: str = "r") -> h5py.File:
+    """Open an HDF5 file with the project's single locking setting (see module docstring)."""
+    return h5py.File(path, mode, locking=False)
+
+
+def tmp_path(out: str | Path) -> Path:
+    """The work file of a cache being written: ``<out>.tmp`` in the same directory (same filesystem)."""
+    out = Path(out)
+    return out.with_name(out.name + ".tmp")
+
+
+def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
+    """Rows of shard i/n: [i*N//n, (i+1)*N//n); the whole range when ``shard`` is None."""
+    if shard is None:
+        return range(num_rows)
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+    return range(i * num_rows // n, (i + 1) * num_rows // n)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'1/4' -> (1, 4); None/'' -> None."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from exc
+    shard_rows(n, (i, n))  # validates
+    return i, n
+
+
+def _norm_fields(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
+    """Canonical field specs: shape as a tuple of ints, dtype as numpy's name ('uint8', 'float16', ...)."""
+    out: dict[str, FieldSpec] = {}
+    for name, (shape, dtype) in sorted(fields.items()):
+        if name in RESERVED:
+            raise ValueError(f"field name '{name}' is reserved in cache files ({', '.join(RESERVED)})")
+        shape_t = tuple(int(s) for s in shape)
+        if any(s <= 0 for s in shape_t):
+            raise ValueError(f"field '{name}' has a non-positive dimension in shape {shape_t}")
+        out[name] = (shape_t, np.dtype(dtype).name)
+    return out
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """Provenance of a cache: what ``attrs`` record and what must match to resume or merge."""
+
+    teacher: str
+    backend: str
+    model_sha256: str
+    params: dict[str, Any]
+    index_sha256: str
+    fields: dict[str, FieldSpec]
+    paths: tuple[str, ...] = field(repr=False)
+    shard: str = ""  # "i/n" for shard parts, '' for whole caches
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.paths)
+
+    def attrs(self) -> list[tuple[str, Any]]:
+        """Attributes in the fixed order they are written."""
+        items: list[tuple[str, Any]] = [
+            ("schema_version", np.int64(SCHEMA_VERSION)),
+            ("teacher", self.teacher),
+            ("backend", self.backend),
+            ("model_sha256", self.model_sha256),
+            ("params", _json(self.params)),
+            ("index_sha256", self.index_sha256),
+            ("num_rows", np.int64(self.num_rows)),
+            ("fields", _json({k: [list(s), d] for k, (s, d) in self.fields.items()})),
+        ]
+        if self.shard:
+            items.append(("shard", self.shard))
+        return items
+
+    def key(self, with_shard: bool = True) -> str:
+        """Everything that must agree for two files to hold rows of the same cache."""
+        d = dict(self.attrs())
+        d.pop("num_rows")
+        if not with_shard:
+            d.pop("shard", None)
+        return _json({k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()})
+
+    def with_shard(self, shard: str) -> "CacheMeta":
+        return CacheMeta(self.teacher, self.backend, self.model_sha256, self.params, self.index_sha256,
+                         self.fields, self.paths, shard)
+
+    @classmethod
+    def from_file(cls, f: h5py.File) -> "CacheMeta":
+        a = f.attrs
+        missing = [k for k in ("schema_version", "teacher", "index_sha256", "fields") if k not in a]
+        if missing:
+            raise CacheError(f"{f.filename}: not a reid cache (missing attributes {missing})")
+        if int(a["schema_version"]) != SCHEMA_VERSION:
+            raise CacheError(f"{f.filename}: schema_version {int(a['schema_version'])}, this code reads "
+                             f"{SCHEMA_VERSION}; rebuild the cache")
+        fields = {k: (tuple(s), d) for k, (s, d) in json.loads(_str(a["fields"])).items()}
+        paths = tuple(p.decode("utf-8") for p in f["path"][()])
+        return cls(_str(a["teacher"]), _str(a["backend"]), _str(a["model_sha256"]), json.loads(_str(a["params"])),
+                   _str(a["index_sha256"]), fields, paths, _str(a.get("shard", "")))
+
+
+def _str(v: Any) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def _paths_array(paths: Sequence[str]) -> np.ndarray:
+    encoded = [p.encode("utf-8") for p in paths]
+    width = max([1] + [len(p) for p in encoded])
+    return np.array(encoded, dtype=f"S{width}")
+
+
+def _create_layout(f: h5py.File, meta: CacheMeta, done: np.ndarray) -> dict[str, h5py.Dataset]:
+    """Attributes, ``path``, ``done`` and empty field datasets, always in the same order."""
+    if meta.num_rows == 0:
+        raise CacheError("cannot create a cache for an empty index (0 rows)")
+    for key, value in meta.attrs():
+        f.attrs[key] = value
+    f.create_dataset("path", data=_paths_array(meta.paths), track_times=False)
+    f.create_dataset("done", data=done.astype(np.uint8), track_times=False)
+    out = {}
+    for name, (shape, dtype) in meta.fields.items():
+        out[name] = f.create_dataset(
+            name, shape=(meta.num_rows, *shape), dtype=dtype, chunks=(1, *shape), compression=COMPRESSION,
+            compression_opts=COMPRESSION_LEVEL, shuffle=True, track_times=False)
+    return out
+
+
+def _chunk_allocated(dset: h5py.Dataset, row: int) -> bool:
+    info = dset.id.get_chunk_info_by_coord((row,) + (0,) * (dset.ndim - 1))
+    return info.byte_offset is not None
+
+
+def _write_canonical(dst: Path, meta: CacheMeta, sources: Sequence[tuple[h5py.File, np.ndarray]]) -> None:
+    """Write ``dst`` from scratch in canonical order, copying compressed chunks from the first source owning a row.
+
+    ``sources`` are (open file, done mask) pairs with identical provenance and compatible field layouts.
+    """
+    owner = np.full(meta.num_rows, -1, dtype=np.int64)
+    for k, (_, done) in enumerate(sources):
+        owner[(done == 1) & (owner < 0)] = k
+    rows = np.flatnonzero(owner >= 0)
+    with h5open(dst, "w") as out:
+        dsets = _create_layout(out, meta, (owner >= 0).astype(np.uint8))
+        for name, dset in dsets.items():
+            zeros = (0,) * (dset.ndim - 1)
+            for row in rows:
+                src = sources[owner[row]][0][name]
+                mask, chunk = src.id.read_direct_chunk((int(row),) + zeros)
+                dset.id.write_direct_chunk((int(row),) + zeros, chunk, mask)
+
+
+def _replace_verified(tmp: Path, out: Path, meta: CacheMeta) -> None:
+    """Check the freshly written file reads back with the same provenance, then rename it onto ``out``."""
+    with h5open(tmp, "r") as f:
+        back = CacheMeta.from_file(f)
+        if back.key() != meta.key() or back.num_rows != meta.num_rows:
+            raise CacheError(f"{tmp}: verification failed, provenance read back differs from what was written")
+    os.replace(tmp, out)
+
+
+class CacheWriter:
+    """Write rows of one cache (or one shard part) into ``<out>.tmp``; ``finalize`` publishes ``<out>``.
+
+    Use as a context manager: leaving the block without ``finalize`` (e.g. on an exception) flushes the rows
+    written so far and keeps ``<out>.tmp`` so the next run resumes from it.
+    """
+
+    def __init__(self, out: str | Path, *, teacher: str, backend: str, model_sha256: str,
+                 params: Mapping[str, Any], index_sha256: str, paths: Sequence[str],
+                 fields: Mapping[str, Any], shard: tuple[int, int] | None = None, flush_every_s: float = 10.0):
+        self.out = Path(out)
+        self.tmp = tmp_path(self.out)
+        self.rows = shard_rows(len(paths), shard)
+        self.meta = CacheMeta(teacher, backend, model_sha256, json.loads(_json(dict(params))), index_sha256,
+                              _norm_fields(fields), tuple(paths), f"{shard[0]}/{shard[1]}" if shard else "")
+        self.flush_every_s = flush_every_s
+        self._unflagged: list[np.ndarray] = []
+        self._last_flush = time.monotonic()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.resumed_rows = 0
+        self._f = self._open_or_resume()
+        self._dsets = {name: self._f[name] for name in self.meta.fields}
+        self._done = self._f["done"][()]
+
+    # --- opening ----------------------------------------------------------------------------------------
+    def _open_or_resume(self) -> h5py.File:
+        if self.tmp.exists():
+            f = self._try_resume()
+            if f is not None:
+                return f
+            self.tmp.unlink()
+        f = h5open(self.tmp, "w")
+        _create_layout(f, self.meta, np.zeros(self.meta.num_rows, np.uint8))
+        f.flush()
+        return f
+
+    def _try_resume(self) -> h5py.File | None:
+        try:
+            f = h5open(self.tmp, "r+")
+        except OSError as exc:
+            log.warning("%s is unreadable (%s); starting over", self.tmp, exc)
+            return None
+        try:
+            found = CacheMeta.from_file(f)
+        except (CacheError, KeyError, ValueError) as exc:
+            found, why = None, str(exc)
+        else:
+            why = "provenance differs" if found.key() != self.meta.key() or found.paths != self.meta.paths else ""
+        if found is None or why:
+            log.warning("%s does not match this run (%s: old %s, new %s); starting over", self.tmp, why,
+                        found.key() if found else "?", self.meta.key())
+            f.close()
+            return None
+        self._validate_done(f)
+        self.resumed_rows = int(f["done"][()][self.rows.start:self.rows.stop].sum())
+        log.info("resuming %s: %d of %d rows already done", self.tmp, self.resumed_rows, len(self.rows))
+        return f
+
+    def _validate_done(self, f: h5py.File) -> None:
+        """Unmark rows whose chunks were never allocated (a kill between flushes of an older HDF5 state)."""
+        done = f["done"][()]
+        bad = [int(r) for r in np.flatnonzero(done) if not all(_chunk_allocated(f[n], int(r)) for n in self.meta.fields)]
+        if bad:
+            log.warning("%s: %d rows marked done have no data (first: %s); recomputing them", self.tmp, len(bad),
+                        bad[:5])
+            done[bad] = 0
+            f["done"][...] = done
+            f.flush()
+
+    # --- writing ----------------------------------------------------------------------------------------
+    def pending_rows(self) -> np.ndarray:
+        """Rows of this writer's range not yet done (to compute)."""
+        return np.array([r for r in self.rows if not self._done[r]], dtype=np.int64)
+
+    def write_rows(self, rows: Sequence[int] | np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+        """Store one batch: ``values[field]`` has shape (len(rows), *shape); rows are marked done at next flush."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        self._check_batch(rows, values)
+        for name, (_, dtype) in self.meta.fields.items():
+            data = np.asarray(values[name]).astype(dtype, copy=False)
+            dset = self._dsets[name]
+            for j, row in enumerate(rows):
+                dset[int(row)] = data[j]
+        self._unflagged.append(rows)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def _check_batch(self, rows: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+        outside = [int(r) for r in rows if r not in self.rows]
+        if outside:
+            raise IndexError(f"{self.out}: rows {outside[:5]} outside this writer's range {self.rows}")
+        missing = sorted(set(self.meta.fields) - set(values))
+        extra = sorted(set(values) - set(self.meta.fields))
+        if missing or extra:
+            raise KeyError(f"{self.out}: batch fields differ from the declared fields: missing {missing}, "
+                           f"unexpected {extra}")
+        for name, (shape, dtype) in self.meta.fields.items():
+            v = np.asarray(values[name])
+            if v.shape != (len(rows), *shape):
+                raise ValueError(f"{self.out}: field '{name}' has batch shape {v.shape}, expected "
+                                 f"{(len(rows), *shape)}")
+            if not np.can_cast(v.dtype, dtype, casting="same_kind"):
+                raise TypeError(f"{self.out}: field '{name}' has dtype {v.dtype}, cannot store as {dtype}")
+
+    def flush(self) -> None:
+        """Make written rows durable: flush data first, then mark them done and flush again."""
+        self._f.flush()
+        if self._unflagged:
+            rows = np.unique(np.concatenate(self._unflagged))
+            self._done[rows] = 1
+            self._f["done"][...] = self._done
+            self._unflagged.clear()
+            self._f.flush()
+        self._last_flush = time.monotonic()
+
+    @property
+    def num_done(self) -> int:
+        return int(self._done[self.rows.start:self.rows.stop].sum()) + sum(len(r) for r in self._unflagged)
+
+    def close(self) -> None:
+        """Flush and close the work file, keeping it for a later resume."""
+        if self._f is not None and self._f.id.valid:
+            self.flush()
+            self._f.close()
+
+    def finalize(self) -> Path:
+        """Check every row of the range is done, write the canonical file, rename it to ``<out>``."""
+        self.flush()
+        missing = [r for r in self.rows if not self._done[r]]
+        if missing:
+            raise CacheError(f"{self.tmp}: {len(missing)} of {len(self.rows)} rows not written "
+                             f"(first: {missing[:5]}); run again to resume")
+        final_tmp = self.out.with_name(self.out.name + ".final.tmp")
+        _write_canonical(final_tmp, self.meta, [(self._f, self._done)])
+        self._f.close()
+        _replace_verified(final_tmp, self.out, self.meta)
+        self.tmp.unlink()
+        return self.out
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def merge_shards(parts: Sequence[str | Path], out: str | Path) -> Path:
+    """Join shard parts (any order) into ``out``, byte-identical to a single unsharded run."""
+    if not parts:
+        raise CacheError("merge_shards: no parts given")
+    files = [h5open(p, "r") for p in parts]
+    try:
+        metas = [CacheMeta.from_file(f) for f in files]
+        ref = metas[0]
+        for p, m in zip(parts, metas):
+            if m.key(with_shard=False) != ref.key(with_shard=False) or m.paths != ref.paths:
+                raise CacheError(f"cannot merge {p} with {parts[0]}: provenance differs "
+                                 f"({m.key(False)} vs {ref.key(False)})")
+        dones = [f["done"][()] for f in files]
+        count = np.sum(dones, axis=0)
+        if (count > 1).any():
+            raise CacheError(f"shard parts overlap on {int((count > 1).sum())} rows (same part given twice?): "
+                             f"{[m.shard for m in metas]}")
+        if (count == 0).any():
+            gap = np.flatnonzero(count == 0)
+            raise CacheError(f"shard parts leave {len(gap)} of {ref.num_rows} rows undone (first: "
+                             f"{gap[:5].tolist()}); parts given: {[m.shard for m in metas]}")
+        whole = ref.with_shard("")
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        final_tmp = out.with_name(out.name + ".final.tmp")
+        _write_canonical(final_tmp, whole, list(zip(files, dones)))
+    finally:
+        for f in files:
+            f.close()
+    _replace_verified(final_tmp, out, whole)
+    return out
+
+
+class CacheReader:
+    """Row access to a finished cache; safe to hand to DataLoader workers (the HDF5 handle is per process)."""
+
+    def __init__(self, path: str | Path, index_path: str | Path | None = None, fields: Iterable[str] | None = None,
+                 expected_teacher: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            hint = f" (an interrupted run left {tmp_path(self.path)}; rerun to resume)" if tmp_path(
+                self.path).exists() else ""
+            raise FileNotFoundError(f"cache not found: {self.path}{hint}")
+        with h5open(self.path, "r") as f:
+            self.meta = CacheMeta.from_file(f)
+            done = f["done"][()]
+        self._check(done, index_path, expected_teacher)
+        self.fields = list(fields) if fields is not None else list(self.meta.fields)
+        unknown = [k for k in self.fields if k not in self.meta.fields]
+        if unknown:
+            raise CacheError(f"{self.path}: no field(s) {unknown}; the cache has {list(self.meta.fields)}")
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def _check(self, done: np.ndarray, index_path: str | Path | None, expected_teacher: str | None) -> None:
+        m = self.meta
+        if expected_teacher is not None and m.teacher != expected_teacher:
+            raise CacheError(f"{self.path} holds teacher '{m.teacher}', expected '{expected_teacher}'")
+        if m.shard:
+            raise CacheError(f"{self.path} is shard part {m.shard}; join the parts with "
+                             f"`python -m reid merge-shards --out FILE PARTS...`")
+        if not done.all():
+            raise CacheError(f"{self.path}: only {int(done.sum())} of {len(done)} rows done; the cache is "
+                             f"incomplete, rebuild it")
+        if index_path is not None:
+            found = index_sha256(index_path)
+            if found != m.index_sha256:
+                raise CacheIndexMismatch(
+                    f"{self.path} was built for an index with sha256 {m.index_sha256}, but {index_path} has sha256 "
+                    f"{found}. The index changed after the cache was made: rebuild the cache "
+                    f"(`python -m reid teach --teacher {m.teacher} --backend {m.backend} --index {index_path} ...`, "
+                    f"or let snakemake / dvc repro rerun the rule).")
+
+    # --- per-process handle -------------------------------------------------------------------------------
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5open(self.path, "r")  # a handle inherited through fork is not reused
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"], state["_pid"] = None, None
+        return state
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid = None, None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- access -----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.meta.num_rows
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self.meta.paths
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Decoded provenance: params and fields as dicts, numbers as ints."""
+        out = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.meta.attrs()}
+        out["params"] = self.meta.params
+        out["fields"] = {k: {"shape": list(s), "dtype": d} for k, (s, d) in self.meta.fields.items()}
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} out of range for {self.path} ({n} rows)")
+        f = self._h5()
+        return {k: f[k][int(i) % n] for k in self.fields}
+
+    def read(self, field_name: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Batched read of one field for any rows (any order, repeats allowed)."""
+        if field_name not in self.meta.fields:
+            raise CacheError(f"{self.path}: no field '{field_name}'; the cache has {list(self.meta.fields)}")
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range for {self.path} ({len(self)} rows)")
+        uniq, inverse = np.unique(rows, return_inverse=True)  # h5py needs increasing indices
+        data = self._h5()[field_name][uniq] if uniq.size else np.empty(
+            (0, *self.meta.fields[field_name][0]), self.meta.fields[field_name][1])
+        return data[inverse]
+
+
+LABEL_HINTS = ("label",)
+
+
+def _field_stats(dset: h5py.Dataset, name: str, done_rows: np.ndarray, block: int = 256) -> dict[str, Any]:
+    """min/max/mean (NaN-aware) over done rows; a histogram for uint8 label fields; detection rate for has_face."""
+    dtype = dset.dtype
+    stats: dict[str, Any] = {"shape": list(dset.shape[1:]), "dtype": dtype.name}
+    lo, hi, total, count, nan = np.inf, -np.inf, 0.0, 0, 0
+    hist = np.zeros(256, dtype=np.int64)
+    is_label = dtype == np.uint8 and any(h in name for h in LABEL_HINTS)
+    for start in range(0, len(done_rows), block):
+        x = dset[done_rows[start:start + block]]
+        xf = x.astype(np.float64)
+        finite = np.isfinite(xf)
+        nan += int((~finite).sum())
+        if finite.any():
+            lo, hi = min(lo, float(xf[finite].min())), max(hi, float(xf[finite].max()))
+            total += float(xf[finite].sum())
+            count += int(finite.sum())
+        if is_label:
+            hist += np.bincount(x.reshape(-1), minlength=256)
+    stats.update(min=lo if count else None, max=hi if count else None, mean=total / count if count else None)
+    if nan:
+        stats["nan_fraction"] = nan / max(1, nan + count)
+    if is_label:
+        top = int(np.flatnonzero(hist).max()) + 1 if hist.any() else 0
+        stats["histogram"] = {int(k): float(hist[k] / hist.sum()) for k in range(top)}
+    if name == "has_face":
+        stats["detection_rate"] = stats["mean"]
+    return stats
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Provenance + per-field statistics of a cache (also works on incomplete work files and shard parts)."""
+    with h5open(path, "r") as f:
+        meta = CacheMeta.from_file(f)
+        done = f["done"][()]
+        rows = np.flatnonzero(done)
+        prov = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in meta.attrs()}
+        prov["params"] = meta.params
+        prov.pop("fields")
+        return {
+            "path": str(path),
+            "provenance": prov,
+            "num_rows": meta.num_rows,
+            "rows_done": int(done.sum()),
+            "fields": {name: _field_stats(f[name], name, rows) for name in meta.fields},
+        }
