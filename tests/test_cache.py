@@ -1,0 +1,247 @@
+"""HDF5 cache writer/reader: layout, byte reproducibility, resume, shards, index checks, per-process handles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import pickle
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from reid.cache.h5 import (
+    CacheError,
+    CacheIndexMismatch,
+    CacheReader,
+    CacheWriter,
+    describe,
+    h5open,
+    merge_shards,
+    parse_shard,
+    shard_rows,
+    tmp_path as work_path,
+)
+from reid.data.index import IndexRow, index_sha256, write_index
+
+N = 10
+PATHS = [f"train/{i:03d}.png" for i in range(N)]
+FIELDS = {"labels": ((6, 4), "uint8"), "vec": ((3,), "float32"), "has_face": ((), "uint8")}
+
+
+def values(rows) -> dict[str, np.ndarray]:
+    """Deterministic row content that depends only on the row number."""
+    rows = np.asarray(rows)
+    rng = [np.random.default_rng(int(r)) for r in rows]
+    return {
+        "labels": np.stack([g.integers(0, 5, (6, 4)).astype(np.uint8) for g in rng]),
+        "vec": np.stack([np.array([r, r * 0.5, np.nan if r == 3 else -r], np.float32) for r in rows]),
+        "has_face": (rows % 3 == 0).astype(np.uint8),
+    }
+
+
+def writer(out: Path, shard=None, params=None, index_hash="ab" * 32) -> CacheWriter:
+    return CacheWriter(out, teacher="toy", backend="oracle", model_sha256="", params=params or {"k": 1, "a": "x"},
+                       index_sha256=index_hash, paths=PATHS, fields=FIELDS, shard=shard, flush_every_s=0)
+
+
+def fill(out: Path, batches, shard=None, **kw) -> Path:
+    w = writer(out, shard=shard, **kw)
+    for b in batches:
+        b = [r for r in b if r in w.rows]
+        if b:
+            w.write_rows(b, values(b))
+    return w.finalize()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_layout_and_attributes(tmp_path: Path) -> None:
+    out = fill(tmp_path / "c.h5", [range(N)])
+    with h5py.File(out, "r") as f:
+        assert f["labels"].shape == (N, 6, 4) and f["labels"].chunks == (1, 6, 4)
+        assert f["labels"].compression == "gzip" and f["labels"].compression_opts == 4 and f["labels"].shuffle
+        assert f["has_face"].shape == (N,) and f["has_face"].chunks == (1,)
+        assert f["path"].dtype.kind == "S" and f["path"][3].decode() == PATHS[3]
+        assert f["done"].dtype == np.uint8 and f["done"][()].all()
+        assert sorted(f.attrs) == sorted(["schema_version", "teacher", "backend", "model_sha256", "params",
+                                          "index_sha256", "num_rows", "fields"])
+        assert f.attrs["params"] == '{"a":"x","k":1}'  # sorted keys
+        assert json.loads(f.attrs["fields"])["labels"] == [[6, 4], "uint8"]
+    assert not tmp_path.joinpath("c.h5.tmp").exists()
+
+
+def test_same_rows_any_history_same_bytes(tmp_path: Path) -> None:
+    a = fill(tmp_path / "a.h5", [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]])
+    time.sleep(1.1)  # a timestamp anywhere in the file would now differ
+    b = fill(tmp_path / "b.h5", [[9, 8], [0, 1, 2, 3, 4, 5], [6, 7], [2]])  # other order, a row rewritten
+    assert sha(a) == sha(b)
+
+
+def test_no_final_file_before_finalize_and_resume(tmp_path: Path, caplog) -> None:
+    out = tmp_path / "c.h5"
+    w = writer(out)
+    w.write_rows([0, 1, 2], values([0, 1, 2]))
+    w.close()  # as after an exception: rows kept, nothing published
+    assert not out.exists() and tmp_path.joinpath("c.h5.tmp").exists()
+    with caplog.at_level(logging.INFO):
+        w2 = writer(out)
+    assert w2.resumed_rows == 3 and w2.pending_rows().tolist() == list(range(3, N))
+    w2.write_rows(w2.pending_rows(), values(w2.pending_rows()))
+    w2.finalize()
+    assert sha(out) == sha(fill(tmp_path / "ref.h5", [range(N)]))
+
+
+def test_mismatched_tmp_starts_over(tmp_path: Path, caplog) -> None:
+    out = tmp_path / "c.h5"
+    w = writer(out, params={"k": 1})
+    w.write_rows([0], values([0]))
+    w.close()
+    with caplog.at_level(logging.WARNING):
+        w2 = writer(out, params={"k": 2})
+    assert "does not match" in caplog.text and w2.resumed_rows == 0 and len(w2.pending_rows()) == N
+    w2.close()
+
+
+def test_corrupt_tmp_starts_over(tmp_path: Path, caplog) -> None:
+    out = tmp_path / "c.h5"
+    tmp_path.joinpath("c.h5.tmp").write_bytes(b"not an hdf5 file")
+    with caplog.at_level(logging.WARNING):
+        w = writer(out)
+    assert "unreadable" in caplog.text and len(w.pending_rows()) == N
+    w.close()
+
+
+def test_done_row_without_data_is_recomputed(tmp_path: Path, caplog) -> None:
+    out = tmp_path / "c.h5"
+    w = writer(out)
+    w.write_rows([0, 1], values([0, 1]))
+    w.close()
+    with h5open(tmp_path / "c.h5.tmp", "r+") as f:  # simulate a kill that left a done flag without its chunk
+        f["done"][5] = 1
+    with caplog.at_level(logging.WARNING):
+        w2 = writer(out)
+    assert w2.pending_rows().tolist() == list(range(2, N)) and "no data" in caplog.text
+    w2.close()
+
+
+def test_finalize_refuses_missing_rows(tmp_path: Path) -> None:
+    w = writer(tmp_path / "c.h5")
+    w.write_rows([0], values([0]))
+    with pytest.raises(CacheError, match="9 of 10 rows not written"):
+        w.finalize()
+    w.close()
+
+
+def test_write_rows_checks_shape_dtype_and_fields(tmp_path: Path) -> None:
+    w = writer(tmp_path / "c.h5")
+    bad = values([0])
+    bad["labels"] = bad["labels"][:, :5]
+    with pytest.raises(ValueError, match=r"field 'labels' has batch shape \(1, 5, 4\)"):
+        w.write_rows([0], bad)
+    bad = values([0])
+    bad["labels"] = bad["labels"].astype(np.float64)
+    with pytest.raises(TypeError, match="field 'labels' has dtype float64"):
+        w.write_rows([0], bad)
+    with pytest.raises(KeyError, match="missing \\['vec'\\]"):
+        w.write_rows([0], {k: v for k, v in values([0]).items() if k != "vec"})
+    w.close()
+
+
+def test_shard_ranges_and_parse() -> None:
+    # N=10, n=3: [0,3), [3,6), [6,10) from i*N//n
+    assert [list(shard_rows(10, (i, 3))) for i in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    assert parse_shard("1/3") == (1, 3) and parse_shard(None) is None
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard("3/3")
+
+
+def test_shards_merge_byte_identical(tmp_path: Path) -> None:
+    single = fill(tmp_path / "single.h5", [range(N)])
+    parts = [fill(tmp_path / f"part{i}.h5", [range(N)], shard=(i, 3)) for i in range(3)]
+    with pytest.raises(CacheError, match="shard part 1/3"):
+        CacheReader(parts[1])
+    merged = merge_shards(parts[::-1], tmp_path / "merged.h5")
+    assert sha(merged) == sha(single)
+    with pytest.raises(CacheError, match="undone"):
+        merge_shards(parts[:2], tmp_path / "bad.h5")
+    with pytest.raises(CacheError, match="overlap"):
+        merge_shards(parts + parts[:1], tmp_path / "bad.h5")
+    other = fill(tmp_path / "other.h5", [range(N)], shard=(2, 3), params={"k": 9})
+    with pytest.raises(CacheError, match="provenance differs"):
+        merge_shards(parts[:2] + [other], tmp_path / "bad.h5")
+
+
+def _index(tmp_path: Path, n: int = N) -> Path:
+    return write_index([IndexRow(p, 1, 0, "", "train") for p in PATHS[:n]], tmp_path / "index.csv")
+
+
+def test_reader_checks_index_hash(tmp_path: Path) -> None:
+    index = _index(tmp_path)
+    out = fill(tmp_path / "c.h5", [range(N)], index_hash=index_sha256(index))
+    assert len(CacheReader(out, index)) == N
+    old = index_sha256(index)
+    index = _index(tmp_path, n=N - 1)
+    with pytest.raises(CacheIndexMismatch) as err:
+        CacheReader(out, index)
+    assert old in str(err.value) and index_sha256(index) in str(err.value) and "rebuild" in str(err.value)
+
+
+def test_reader_access_fields_and_teacher(tmp_path: Path) -> None:
+    out = fill(tmp_path / "c.h5", [range(N)])
+    r = CacheReader(out, fields=["labels", "has_face"])
+    row = r[4]
+    assert set(row) == {"labels", "has_face"} and np.array_equal(row["labels"], values([4])["labels"][0])
+    assert np.array_equal(r.read("vec", [7, 2, 7]), values([7, 2, 7])["vec"], equal_nan=True)
+    assert r.attrs["params"] == {"a": "x", "k": 1} and r.attrs["num_rows"] == N
+    assert r.paths[2] == PATHS[2]
+    with pytest.raises(CacheError, match="no field"):
+        CacheReader(out, fields=["heatmaps"])
+    with pytest.raises(CacheError, match="expected 'faces'"):
+        CacheReader(out, expected_teacher="faces")
+    with pytest.raises(FileNotFoundError, match="cache not found"):
+        CacheReader(tmp_path / "none.h5")
+
+
+def _child_read(reader: CacheReader, q) -> None:
+    q.put((reader._file is None or reader._pid != __import__("os").getpid(), int(reader[5]["has_face"])))
+
+
+def test_reader_pickles_and_reopens_after_fork(tmp_path: Path) -> None:
+    out = fill(tmp_path / "c.h5", [range(N)])
+    r = CacheReader(out)
+    assert r._file is None  # nothing opened in __init__
+    r[0]
+    clone = pickle.loads(pickle.dumps(r))
+    assert clone._file is None and np.array_equal(clone[1]["vec"], r[1]["vec"])
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_read, args=(r, q))
+    p.start()
+    inherited_not_used, has_face = q.get(timeout=30)
+    p.join(30)
+    assert inherited_not_used and has_face == 0  # row 5: 5 % 3 != 0
+
+
+def test_describe_stats(tmp_path: Path) -> None:
+    out = fill(tmp_path / "c.h5", [range(N)])
+    d = describe(out)
+    assert d["rows_done"] == N and d["provenance"]["teacher"] == "toy"
+    # has_face = 1 for rows 0, 3, 6, 9 -> 4 / 10
+    assert d["fields"]["has_face"]["detection_rate"] == pytest.approx(0.4)
+    # vec rows r: (r, r/2, -r) except row 3's NaN: max = 9, min = -9, one NaN among 30 values
+    assert d["fields"]["vec"]["max"] == 9 and d["fields"]["vec"]["min"] == -9
+    assert d["fields"]["vec"]["nan_fraction"] == pytest.approx(1 / 30)
+    hist = d["fields"]["labels"]["histogram"]
+    assert set(hist) <= set(range(5)) and sum(hist.values()) == pytest.approx(1.0)
+    assert "histogram" not in d["fields"]["has_face"]
+
+
+def test_tmp_path_same_directory(tmp_path: Path) -> None:
+    assert work_path(tmp_path / "x" / "c.h5") == tmp_path / "x" / "c.h5.tmp"
