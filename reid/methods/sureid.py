@@ -1,0 +1,438 @@
+"""SUREID (Song, "A Deep Hierarchical Feature Sparse Framework for Occluded Person Re-Identification"):
+a DeiT-S/ViT student with hierarchical token sparsification (HTS), distilled from a cached ViT teacher (NPKD),
+trained on a batch doubled by noise-occlusion augmentation (NODA).
+
+Two registered methods:
+- `sureid_teacher`: ViT-B/16 + BNNeck trained with ID + triplet by the shared trainer (no HTS). Its
+  `cache_outputs` writes, for every index row, the pre-BN class feature and the logits for the image as is
+  (view 0) and mirrored (view 1) -> cache `vit_teacher` with fields `feat` (2, D) and `logits` (2, K).
+- `sureid`: the student. Reads "vit_teacher.feat" / "vit_teacher.logits" and picks the view by `flipped`.
+
+Cached-teacher approximation (stated, because the paper runs its teacher online on the augmented batch): the
+teacher view is the test-transform image (resize only) or its mirror, so the student's random crop/padding, random
+erasing and NODA occluders are NOT seen by the teacher. The flip is the one augmentation that changes which
+side of the body a feature describes, so it is the one reproduced (2 views); crop offsets are a few pixels and
+occlusions are exactly what the student should learn to ignore, so distilling the clean-image teacher output
+into the occluded copy is the intended target of NPKD. Caching only these two views keeps the cache at
+2 x (D + K) floats per row.
+
+Equations (named functions below, each unit-tested by hand): Eq. 1-8 live in reid/models/vit.py
+(`masked_softmax_attention`, `gumbel_keep_decision`, `cls_attention_reweight`, `topk_keep`); here Eq. 9
+`ratio_loss`, Eq. 11-12 `npkd_logit_kl`, Eq. 13 `align_features` + `npkd_feature_loss` + `npkd_loss`, Eq. 14
+`sureid_objective`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from reid.data.occluders import load_occluders, paste_occluders
+from reid.methods.base import METHODS, Method
+from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth, kd_kl
+from reid.models.heads import BNNeck
+from reid.models.vit import ARCHS, DEFAULT_PRUNE_LAYERS, VisionTransformer, build_vit
+
+__all__ = [
+    "ABLATIONS",
+    "PAPER_TABLES",
+    "SUREID",
+    "SUREIDTeacher",
+    "ViTReIDNet",
+    "align_features",
+    "npkd_feature_loss",
+    "npkd_logit_kl",
+    "npkd_loss",
+    "pick_view",
+    "ratio_loss",
+    "sureid_objective",
+]
+
+TEACHER = "vit_teacher"  # cache name (= file stem cache/<dataset>/vit_teacher.h5)
+ALIGN_MODES = ("interp", "pool", "linear")
+ALIGN_DIRECTIONS = ("t2s", "s2t")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Equations
+# --------------------------------------------------------------------------------------------------------------
+def ratio_loss(decisions: list[torch.Tensor], ratios: list[float]) -> torch.Tensor:
+    """Eq. 9: L_ratio = 1/B sum_b sum_j (p^j - 1/N sum_i D^_i^{b,j})^2 over the S pruning stages."""
+    if len(decisions) != len(ratios):
+        raise ValueError(f"ratio_loss: {len(decisions)} decision masks for {len(ratios)} target ratios")
+    terms = [(r - d.float().mean(dim=1)).pow(2) for d, r in zip(decisions, ratios)]
+    return torch.stack(terms, dim=1).sum(dim=1).mean()
+
+
+def npkd_logit_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Eq. 11-12: KL(sigma(g^t / T) || sigma(g^s / T)), batch mean, times T^2 (Hinton's gradient scale; the
+    paper uses T = 1 where the factor is 1)."""
+    return kd_kl(student_logits, teacher_logits, temperature)
+
+
+def align_features(x: torch.Tensor, dim: int, mode: str = "interp") -> torch.Tensor:
+    """The non-parametric projector I(.) of Eq. 13: resize a (B, D) feature to (B, dim) along the channel axis.
+
+    `interp`: 1-D linear interpolation (align_corners=False), so halving 768 -> 384 averages neighbour pairs;
+    `pool`: adaptive average pooling (Table VI's pooling alternative). The learned `linear` alternative is a
+    module of the student network (ViTReIDNet.align_proj), not this function.
+    """
+    if x.shape[1] == dim:
+        return x
+    if mode == "interp":
+        return F.interpolate(x.unsqueeze(1), size=dim, mode="linear", align_corners=False).squeeze(1)
+    if mode == "pool":
+        return F.adaptive_avg_pool1d(x.unsqueeze(1), dim).squeeze(1)
+    raise ValueError(f"align_features: mode {mode!r} is not non-parametric; choose 'interp' or 'pool'")
+
+
+def npkd_feature_loss(student_feat: torch.Tensor, target_feat: torch.Tensor) -> torch.Tensor:
+    """Eq. 13 feature term: ||f^s - I(f^t)||_2^2, summed over channels, averaged over the batch."""
+    if student_feat.shape != target_feat.shape:
+        raise ValueError(f"npkd_feature_loss: shapes {tuple(student_feat.shape)} vs {tuple(target_feat.shape)}")
+    return (student_feat.float() - target_feat.float()).pow(2).sum(dim=1).mean()
+
+
+def npkd_loss(kl: torch.Tensor, feat_l2: torch.Tensor, kl_weight: float = 0.1) -> torch.Tensor:
+    """Eq. 13: L_KLD = lambda * L_KL + ||f^s - I(f^t)||^2 (lambda = 0.1 in the paper)."""
+    return kl_weight * kl + feat_l2
+
+
+def sureid_objective(
+    terms: dict[str, torch.Tensor],
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    kl_weight: float = 0.1,
+    ratio_weight: float = 2.0,
+    feat_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Eq. 14 as weighted terms (their sum is the total):
+    L = alpha * (L_KD + lambda_ratio * L_ratio) + beta * (L_cls + L_tri), with L_KD = Eq. 13.
+
+    `terms` holds the raw losses present: "id", "triplet", optional "kd_kl", "kd_feat", "ratio".
+    """
+    scale = {"id": beta, "triplet": beta, "kd_kl": alpha * kl_weight, "kd_feat": alpha * feat_weight,
+             "ratio": alpha * ratio_weight}
+    unknown = set(terms) - set(scale)
+    if unknown:
+        raise KeyError(f"sureid_objective: unknown loss terms {sorted(unknown)}")
+    return {k: scale[k] * v for k, v in terms.items()}
+
+
+def pick_view(views: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    """Select view 1 (mirrored) where the student image was flipped, else view 0, from (B, 2, ...) cached rows."""
+    if views.ndim < 2 or views.shape[1] != 2:
+        raise ValueError(f"cached teacher output must be (B, 2, ...) with a view axis, got {tuple(views.shape)}")
+    idx = flipped.to(device=views.device, dtype=torch.long)
+    return views[torch.arange(views.shape[0], device=views.device), idx]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------------------------------------------
+class ViTReIDNet(nn.Module):
+    """ViT trunk -> class token -> BNNeck (Eq. 10: g = W BN(f)). Train: dict(feat, logits, decisions);
+    eval: the post-BN feature (`test_feat="bn"`) or the pre-BN one."""
+
+    def __init__(self, backbone: VisionTransformer, num_classes: int, test_feat: str = "bn",
+                 align_proj: nn.Module | None = None) -> None:
+        super().__init__()
+        if test_feat not in ("bn", "pre"):
+            raise ValueError(f"test_feat must be 'bn' or 'pre', got {test_feat!r}")
+        self.backbone, self.test_feat = backbone, test_feat
+        self.neck = BNNeck(backbone.out_dim, num_classes)
+        self.align_proj = align_proj  # Table VI's learned linear alignment (absent for the paper's setting)
+
+    def outputs(self, images: torch.Tensor) -> dict[str, Any]:
+        feat, hts = self.backbone.forward_features(images)
+        feat, bn_feat, logits = self.neck(feat)
+        return {"feat": feat, "bn_feat": bn_feat, "logits": logits, "decisions": hts.decisions,
+                "keep_index": hts.keep_index}
+
+    def forward(self, images: torch.Tensor) -> dict[str, Any] | torch.Tensor:
+        if self.training:
+            return self.outputs(images)
+        feat, _ = self.backbone.forward_features(images)
+        return self.neck.bn(feat) if self.test_feat == "bn" else feat
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DDP / compiled wrappers
+
+
+class _ViTMethod(Method):
+    """Shared parameters and helpers of the teacher and the student."""
+
+    def _weights_for(self, arch: str) -> str | None:
+        return {"deit_small": self.deit_small_weights, "vit_base": self.vit_base_weights}.get(arch)
+
+    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Post-BN class feature; flip TTA (sum) only when `flip_test` (the paper does not use it)."""
+        if self.flip_test:
+            return super().embed(model, batch)
+        return {"feat": model(batch["image"])}
+
+    def _id_triplet(self, out: dict[str, Any], pid: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"id": cross_entropy_label_smooth(out["logits"], pid, self.label_smooth),
+                "triplet": batch_hard_triplet(out["feat"], pid, self.triplet_margin)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Teacher
+# --------------------------------------------------------------------------------------------------------------
+@METHODS.register()
+class SUREIDTeacher(_ViTMethod):
+    """The ViT teacher (paper: ViT-B/16 trained on the same dataset); ID + triplet, no HTS."""
+
+    name = "sureid_teacher"
+
+    def __init__(
+        self,
+        arch: str = "vit_base",
+        vit_base_weights: str | None = None,
+        deit_small_weights: str | None = None,
+        img_size: tuple[int, int] | list[int] = (256, 128),
+        patch_stride: int = 16,
+        drop_path_rate: float = 0.1,
+        label_smooth: float = 0.1,
+        triplet_margin: float = 0.3,
+        id_weight: float = 1.0,
+        triplet_weight: float = 1.0,
+        test_feat: str = "bn",
+        flip_test: bool = False,
+    ) -> None:
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if arch not in ARCHS:
+            raise KeyError(f"sureid_teacher: unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        self.arch, self.img_size, self.patch_stride = arch, tuple(img_size), patch_stride
+        self.vit_base_weights, self.deit_small_weights = vit_base_weights, deit_small_weights
+        self.drop_path_rate, self.label_smooth, self.triplet_margin = drop_path_rate, label_smooth, triplet_margin
+        self.id_weight, self.triplet_weight = id_weight, triplet_weight
+        self.test_feat, self.flip_test = test_feat, flip_test
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        backbone = build_vit(self.arch, self.img_size, self.patch_stride, self._weights_for(self.arch),
+                             keep_ratio=None, drop_path_rate=self.drop_path_rate)
+        return ViTReIDNet(backbone, num_classes, self.test_feat)
+
+    def training_losses(self, model: nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        raw = self._id_triplet(model(batch["image"]), batch["pid"])
+        return {"id": self.id_weight * raw["id"], "triplet": self.triplet_weight * raw["triplet"]}
+
+    def cache_fields(self, num_classes: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Per row: pre-BN class feature and logits, view 0 = as is, view 1 = mirrored."""
+        dim = ARCHS[self.arch]["embed_dim"]
+        return {"feat": ((2, dim), "float32"), "logits": ((2, num_classes), "float32")}
+
+    @torch.no_grad()
+    def cache_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        net = _unwrap(model)
+        net.eval()
+        images = batch["image"]
+        plain, mirror = net.outputs(images), net.outputs(torch.flip(images, dims=[3]))
+        return {key: torch.stack([plain[key], mirror[key]], dim=1).float().cpu() for key in ("feat", "logits")}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Student
+# --------------------------------------------------------------------------------------------------------------
+@METHODS.register()
+class SUREID(_ViTMethod):
+    """HTS student + NPKD from the cached teacher + NODA; Eq. 14 objective.
+
+    Switches for the ablations: `hts` (Table IV/VII), `keep_ratio` (Table V), `npkd`, `align` and
+    `align_direction` (Table VI), `noda` (Table IV/VII). Without NPKD the teacher cache is not read.
+    """
+
+    name = "sureid"
+    caches = {TEACHER: ["feat", "logits"]}
+
+    def __init__(
+        self,
+        arch: str = "deit_small",
+        deit_small_weights: str | None = None,
+        vit_base_weights: str | None = None,
+        img_size: tuple[int, int] | list[int] = (256, 128),
+        patch_stride: int = 16,
+        drop_path_rate: float = 0.1,
+        hts: bool = True,
+        keep_ratio: float = 0.7,
+        prune_layers: tuple[int, ...] | list[int] = DEFAULT_PRUNE_LAYERS,
+        cls_reweight: bool = True,
+        gumbel_tau: float = 1.0,
+        npkd: bool = True,
+        kd_temperature: float = 1.0,
+        kd_logit_weight: float = 0.1,
+        kd_feat_weight: float = 1.0,
+        align: str = "interp",
+        align_direction: str = "t2s",
+        teacher_dim: int = 768,
+        noda: bool = True,
+        occluder_dir: str | None = None,
+        noda_prob: float = 1.0,
+        noda_jitter: float = 0.2,
+        noda_seed: int = 0,
+        occluder_max_size: int = 128,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        ratio_weight: float = 2.0,
+        label_smooth: float = 0.1,
+        triplet_margin: float = 0.3,
+        test_feat: str = "bn",
+        flip_test: bool = False,
+    ) -> None:
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if arch not in ARCHS:
+            raise KeyError(f"sureid: unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        if align not in ALIGN_MODES or align_direction not in ALIGN_DIRECTIONS:
+            raise ValueError(f"sureid: align must be in {ALIGN_MODES} and align_direction in {ALIGN_DIRECTIONS}, "
+                             f"got {align!r}, {align_direction!r}")
+        self.arch, self.img_size, self.patch_stride = arch, tuple(img_size), patch_stride
+        self.deit_small_weights, self.vit_base_weights = deit_small_weights, vit_base_weights
+        self.drop_path_rate, self.hts, self.keep_ratio = drop_path_rate, hts, keep_ratio
+        self.prune_layers, self.cls_reweight, self.gumbel_tau = tuple(prune_layers), cls_reweight, gumbel_tau
+        self.npkd, self.kd_temperature = npkd, kd_temperature
+        self.kd_logit_weight, self.kd_feat_weight = kd_logit_weight, kd_feat_weight
+        self.align, self.align_direction, self.teacher_dim = align, align_direction, teacher_dim
+        self.noda, self.occluder_dir, self.noda_prob, self.noda_jitter = noda, occluder_dir, noda_prob, noda_jitter
+        self.occluder_max_size = occluder_max_size
+        self.alpha, self.beta, self.ratio_weight = alpha, beta, ratio_weight
+        self.label_smooth, self.triplet_margin = label_smooth, triplet_margin
+        self.test_feat, self.flip_test = test_feat, flip_test
+        self.caches = {TEACHER: ["feat", "logits"]} if npkd else {}  # instance override: no teacher needed
+        self._noda_gen = torch.Generator().manual_seed(noda_seed)
+        self._occluders: dict[str, list[torch.Tensor]] = {}
+
+    # --- model ---------------------------------------------------------------------------------------------
+    def build_model(self, num_classes: int) -> nn.Module:
+        backbone = build_vit(
+            self.arch, self.img_size, self.patch_stride, self._weights_for(self.arch),
+            keep_ratio=self.keep_ratio if self.hts else None, drop_path_rate=self.drop_path_rate,
+            prune_layers=self.prune_layers, cls_reweight=self.cls_reweight, gumbel_tau=self.gumbel_tau,
+        )
+        proj = None
+        if self.npkd and self.align == "linear":
+            s_dim = backbone.out_dim
+            proj = (nn.Linear(self.teacher_dim, s_dim) if self.align_direction == "t2s"
+                    else nn.Linear(s_dim, self.teacher_dim))
+        return ViTReIDNet(backbone, num_classes, self.test_feat, proj)
+
+    # --- NODA ----------------------------------------------------------------------------------------------
+    def occluders(self, device: torch.device) -> list[torch.Tensor]:
+        """The occluder set, read once and kept on `device` (errors name the folder)."""
+        key = str(device)
+        if key not in self._occluders:
+            if not self.occluder_dir:
+                raise ValueError("sureid: noda=True needs occluder_dir (a folder of occluder images, e.g. "
+                                 "<synthetic world root>/occluders); set noda: false to train without NODA")
+            cpu = load_occluders(self.occluder_dir, self.occluder_max_size)
+            self._occluders[key] = [o.to(device) for o in cpu]
+        return self._occluders[key]
+
+    def _double_with_noda(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Paper: the batch is duplicated; the second copy gets NODA. Labels/teacher targets are repeated."""
+        images = batch["image"]
+        occluded, _ = paste_occluders(images, self.occluders(images.device), self._noda_gen,
+                                      prob=self.noda_prob, jitter=self.noda_jitter)
+        out = {"image": torch.cat([images, occluded]), "pid": batch["pid"].repeat(2),
+               "flipped": batch["flipped"].repeat(2)}
+        for key in (f"{TEACHER}.feat", f"{TEACHER}.logits"):
+            if key in batch:
+                out[key] = torch.cat([batch[key], batch[key]])
+        return out
+
+    # --- training ------------------------------------------------------------------------------------------
+    def _teacher_targets(self, batch: dict[str, torch.Tensor], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for key in (f"{TEACHER}.feat", f"{TEACHER}.logits"):
+            if key not in batch:
+                raise KeyError(f"sureid: batch lacks {key!r}; run the teacher-outputs rule for cache "
+                               f"{TEACHER!r} (made by method sureid_teacher) or set npkd: false")
+        feat_t = pick_view(batch[f"{TEACHER}.feat"].float(), batch["flipped"])
+        logits_t = pick_view(batch[f"{TEACHER}.logits"].float(), batch["flipped"])
+        if logits_t.shape[1] != num_classes:
+            raise ValueError(f"{TEACHER}.logits has {logits_t.shape[1]} classes but the student has "
+                             f"{num_classes}: the teacher was trained on a different training split")
+        if feat_t.shape[1] != self.teacher_dim and self.align == "linear":
+            raise ValueError(f"{TEACHER}.feat is {feat_t.shape[1]}-d but teacher_dim = {self.teacher_dim}")
+        return feat_t, logits_t
+
+    def _feature_pair(self, net: ViTReIDNet, f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bring student and teacher features to a common dimension (Table VI: direction x method)."""
+        if self.align == "linear":
+            return (f_s, net.align_proj(f_t)) if self.align_direction == "t2s" else (net.align_proj(f_s), f_t)
+        if self.align_direction == "t2s":
+            return f_s, align_features(f_t, f_s.shape[1], self.align)
+        return align_features(f_s, f_t.shape[1], self.align), f_t
+
+    def training_losses(self, model: nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        if self.noda:
+            batch = self._double_with_noda(batch)
+        net = _unwrap(model)
+        out = model(batch["image"])
+        raw = self._id_triplet(out, batch["pid"])
+        if self.hts:
+            raw["ratio"] = ratio_loss(out["decisions"], net.backbone.ratios)
+        if self.npkd:
+            feat_t, logits_t = self._teacher_targets(batch, out["logits"].shape[1])
+            f_s, f_t = self._feature_pair(net, out["feat"], feat_t)
+            raw["kd_kl"] = npkd_logit_kl(out["logits"], logits_t, self.kd_temperature)
+            raw["kd_feat"] = npkd_feature_loss(f_s, f_t)
+        return sureid_objective(raw, self.alpha, self.beta, self.kd_logit_weight, self.ratio_weight,
+                                self.kd_feat_weight)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ablations (param overrides of `sureid`) and the paper's numbers (Occluded-DukeMTMC)
+# --------------------------------------------------------------------------------------------------------------
+_BASELINE = {"hts": False, "npkd": False, "noda": False}
+ABLATIONS: dict[str, dict[str, Any]] = {
+    # Table IV: components (DeiT-S student)
+    "t4_vanilla": dict(_BASELINE),
+    "t4_hts": {"hts": True, "npkd": False, "noda": False},
+    "t4_hts_npkd": {"hts": True, "npkd": True, "noda": False},
+    "t4_sureid": {},
+    # Table V: keep ratio p (stages keep p, p^2, p^3)
+    **{f"t5_p{round(p * 100)}": {"keep_ratio": p} for p in (0.5, 0.6, 0.7, 0.8, 0.9)},
+    # Table VI: feature alignment of NPKD
+    "t6_s2t_linear": {"align": "linear", "align_direction": "s2t"},
+    "t6_t2s_linear": {"align": "linear", "align_direction": "t2s"},
+    "t6_s2t_interp": {"align": "interp", "align_direction": "s2t"},
+    "t6_t2s_interp": {"align": "interp", "align_direction": "t2s"},
+    # Table VII: NODA. The paper's "Vanilla ViT" rows (61.9 R1) differ from Table IV's vanilla DeiT (57.6), so
+    # they are read as a ViT-B/16 backbone; the SUViT/SUReID rows are the DeiT-S student of Table IV.
+    "t7_vanilla_vit": {**_BASELINE, "arch": "vit_base"},
+    "t7_vanilla_vit_noda": {"hts": False, "npkd": False, "noda": True, "arch": "vit_base"},
+    "t7_suvit_wo_noda": {"noda": False},
+    "t7_sureid": {},
+}
+
+PAPER_TABLES: dict[str, dict[str, dict[str, float]]] = {
+    "IV": {
+        "t4_vanilla": {"throughput": 1074, "R1": 57.6, "mAP": 49.2},
+        "t4_hts": {"throughput": 1585, "R1": 55.6, "mAP": 46.7},
+        "t4_hts_npkd": {"throughput": 1585, "R1": 64.8, "mAP": 53.2},
+        "t4_sureid": {"throughput": 1585, "R1": 65.8, "mAP": 54.9},
+    },
+    "V": {
+        "t5_p50": {"throughput": 2269, "R1": 64.2, "mAP": 53.2},
+        "t5_p60": {"throughput": 1843, "R1": 65.6, "mAP": 54.2},
+        "t5_p70": {"throughput": 1585, "R1": 65.8, "mAP": 54.9},
+        "t5_p80": {"throughput": 1392, "R1": 65.5, "mAP": 55.3},
+        "t5_p90": {"throughput": 1279, "R1": 65.9, "mAP": 55.7},
+    },
+    "VI": {
+        "t6_s2t_linear": {"R1": 56.6, "mAP": 46.7},
+        "t6_t2s_linear": {"R1": 57.2, "mAP": 47.1},
+        "t6_s2t_interp": {"R1": 64.3, "mAP": 53.3},
+        "t6_t2s_interp": {"R1": 65.8, "mAP": 54.9},
+    },
+    "VII": {
+        "t7_vanilla_vit": {"R1": 61.9, "mAP": 54.0},
+        "t7_vanilla_vit_noda": {"R1": 61.1, "mAP": 51.6},
+        "t7_suvit_wo_noda": {"R1": 64.8, "mAP": 53.2},
+        "t7_sureid": {"R1": 65.8, "mAP": 54.9},
+    },
+}
