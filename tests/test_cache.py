@@ -245,3 +245,60 @@ def test_describe_stats(tmp_path: Path) -> None:
 
 def test_tmp_path_same_directory(tmp_path: Path) -> None:
     assert work_path(tmp_path / "x" / "c.h5") == tmp_path / "x" / "c.h5.tmp"
+
+
+# --- inspection (reid/viz/contact_sheet.py) -------------------------------------------------------------------
+def test_label_palette_hand_values() -> None:
+    from reid.viz.contact_sheet import label_palette
+
+    pal = label_palette()
+    # j=1: bit0 -> R bit7 = 128; j=2: bit1 -> G bit7; j=5 = 0b101: R and B bit7; j=8: bit3 -> R bit6 = 64
+    assert pal[0].tolist() == [0, 0, 0] and pal[1].tolist() == [128, 0, 0] and pal[2].tolist() == [0, 128, 0]
+    assert pal[5].tolist() == [128, 0, 128] and pal[8].tolist() == [64, 0, 0]
+
+
+def test_keypoints_from_heatmaps_hand_values() -> None:
+    from reid.viz.contact_sheet import keypoints_from_heatmaps
+
+    hm = np.zeros((17, 4, 2), np.float32)
+    hm[0, 3, 1] = 0.9  # joint 0 peaks at cell (x=1, y=3)
+    coords, scores = keypoints_from_heatmaps(hm, (8, 4))
+    # cell size 2x2 px; centre of cell x=1 -> (1 + 0.5) * 2 - 0.5 = 2.5; y=3 -> (3 + 0.5) * 2 - 0.5 = 6.5
+    assert coords[0].tolist() == [2.5, 6.5] and scores[0] == pytest.approx(0.9)
+
+
+def test_inspect_cli_writes_sheet_with_overlays(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    import cv2
+
+    from reid.viz import contact_sheet as cs
+
+    root = tmp_path / "root"
+    (root / "train").mkdir(parents=True)
+    for p in PATHS:
+        cv2.imwrite(str(root / p), np.full((24, 12, 3), 200, np.uint8))
+    index = _index(tmp_path)
+    fields = {"labels": ((6, 4), "uint8"), "has_face": ((), "uint8"), "box": ((4,), "float32"),
+              "crop": ((8, 8, 3), "uint8")}
+    w = CacheWriter(tmp_path / "c.h5", teacher="parsing", backend="oracle", model_sha256="", params={},
+                    index_sha256=index_sha256(index), paths=PATHS, fields=fields, flush_every_s=0)
+    rows = np.arange(N)
+    w.write_rows(rows, {"labels": np.full((N, 6, 4), 5, np.uint8), "has_face": np.ones(N, np.uint8),
+                        "box": np.tile(np.array([2, 2, 10, 8], np.float32), (N, 1)),
+                        "crop": np.full((N, 8, 8, 3), (255, 0, 0), np.uint8)})
+    w.finalize()
+    parser = argparse.ArgumentParser()
+    cs.add_arguments(parser)
+    sheet = tmp_path / "sheet.png"
+    assert cs.main(parser.parse_args([str(tmp_path / "c.h5"), "--index", str(index), "--root", str(root),
+                                      "--sheet", str(sheet), "--n", "4"])) == 0
+    out = capsys.readouterr().out
+    assert "teacher: \"parsing\"" in out and "detection_rate=1" in out and "histogram: 5:1.000" in out
+    img = cv2.imread(str(sheet))
+    # body tile pixel far from the box: grey 200 blended with label 5 = RGB (128,0,128) at alpha 0.55
+    # -> B = R = 0.45*200 + 0.55*128 = 160.4, G = 0.45*200 = 90
+    assert np.abs(img[cs.TILE_H - 5, 5].astype(int) - [160, 90, 160]).max() <= 1
+    # the face crop panel beside the body: RGB red -> BGR (0, 0, 255)
+    assert img[10, cs.TILE_W + 10].tolist() == [0, 0, 255]
+    assert img.shape[0] > cs.TILE_H  # caption + legend rows below the tiles

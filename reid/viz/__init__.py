@@ -1,0 +1,1 @@
+"""Visual inspection of teacher caches (contact sheets of overlays): see reid.viz.contact_sheet."""
