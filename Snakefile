@@ -1,0 +1,19 @@
+# Teacher-cached ReID training as a DAG: each auxiliary model runs once per dataset into an HDF5 cache, the
+# trainers read the caches, the exported model needs no teacher. Rules are thin: they call `python -m reid`.
+#   snakemake --cores 8 results/synthcc/deskpro/metrics.json
+# File layout and dependencies: reid/dag.py (shared with dvc.yaml, which `python -m reid dvc-yaml` writes).
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teachers.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        [D.metrics_path(*r.split("/", 1)) for r in config["dvc"]["runs"]],
+    default_target: True

@@ -1,0 +1,62 @@
+"""`python -m reid <verb>`: the one entry point both orchestrators and users call.
+
+Each verb lives in a module that provides `add_arguments(parser)` and `main(args) -> int` (a module serving
+several verbs names its functions in FUNCTIONS); modules are imported only when their verb runs, so
+`python -m reid --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+VERBS: dict[str, tuple[str, str]] = {
+    "synth": ("reid.data.synthetic", "generate a synthetic world (synthcc, synthocc) in a real dataset layout"),
+    "index": ("reid.data.datasets", "scan a dataset folder into an index CSV"),
+    "teach": ("reid.teachers.runner", "run one auxiliary model over an index into an HDF5 cache"),
+    "merge-shards": ("reid.teachers.runner", "join the shard files of a teacher cache"),
+    "inspect": ("reid.viz.contact_sheet", "print a cache's provenance and statistics; draw a contact sheet"),
+    "export-schp": ("reid.teachers.parsing", "export the pure-PyTorch SCHP network to ONNX"),
+    "train": ("reid.engine.commands", "train a method"),
+    "evaluate": ("reid.engine.commands", "evaluate a trained model with the dataset's protocol"),
+    "teacher-outputs": ("reid.engine.commands", "cache a trained teacher model's outputs for its student"),
+    "pipeline": ("reid.pipeline", "run one pipeline stage resolved from params.yaml (used by Snakemake and DVC)"),
+    "dvc-yaml": ("reid.workflow_gen", "write dvc.yaml from params.yaml (the DVC twin of the Snakefile)"),
+    "ablation-table": ("reid.report", "assemble metrics.json files into an ablation table (Markdown + JSON)"),
+}
+
+# Verbs whose module serves several verbs: verb -> (add-arguments function, main function).
+FUNCTIONS: dict[str, tuple[str, str]] = {
+    "merge-shards": ("add_merge_arguments", "merge_main"),
+    "evaluate": ("add_evaluate_arguments", "main_evaluate"),
+    "teacher-outputs": ("add_teacher_outputs_arguments", "main_teacher_outputs"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="reid", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, help_text) in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    # Parse the verb first, then let its module define the rest of the arguments.
+    head, rest = parser.parse_known_args(argv)
+    if head.verb is None:
+        parser.print_help()
+        return 2
+    module_name, help_text = VERBS[head.verb]
+    module = importlib.import_module(module_name)
+    verb_parser = argparse.ArgumentParser(prog=f"reid {head.verb}", description=help_text)
+    add_name, main_name = FUNCTIONS.get(head.verb, ("add_arguments", "main"))
+    add, run = getattr(module, add_name), getattr(module, main_name)
+    add(verb_parser)
+    args = verb_parser.parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if head.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return int(run(args) or 0)

@@ -1,0 +1,204 @@
+"""params.yaml -> the keyword arguments of each pipeline stage, and the exact params.yaml keys each one reads.
+
+One resolver serves all three front ends: Snakemake passes the resolved JSON of a stage through `params:` (so a
+change reruns exactly the affected jobs), DVC lists the returned keys in the stage's `params:` and calls the CLI
+with `--params params.yaml` (which resolves the same way), and the CLI accepts either.
+
+Precedence of trainer settings (later wins):
+  train < train_presets.<method> < datasets.<ds>.train < run-name seed
+Precedence of method parameters:
+  methods.<method> < top-level knobs (e.g. `alpha`) < datasets.<ds>.presets.<method> < ablation row
+Precedence of teacher parameters:
+  teachers.<teacher> < datasets.<ds>.teachers.<teacher>
+
+A run name is `<method>[--<ablation>][--s<seed>]`, e.g. `deskpro`, `deskpro--model3`, `deskpro--model3--s2`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+# Top-level knobs: key -> (method, method parameter). Top level so `dvc exp run -S alpha=0.8` works.
+TOP_LEVEL_KNOBS: dict[str, tuple[str, str]] = {"alpha": ("deskpro", "alpha")}
+
+# Caches made from a trained model (by `reid teacher-outputs`), not by an auxiliary teacher: name -> run.
+DERIVED_CACHES: dict[str, str] = {"face_teacher": "deskpro_face_teacher", "vit_teacher": "sureid_teacher"}
+
+RUN_RE = re.compile(r"^(?P<method>[a-z0-9_]+)(?:--(?P<ablation>[A-Za-z0-9_.+-]+?))?(?:--s(?P<seed>\d+))?$")
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem, with the key at fault in the message."""
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file not found: {path}")
+    with open(path) as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _has(cfg: Mapping[str, Any], dotted: str) -> bool:
+    return _get(cfg, dotted, _MISSING) is not _MISSING
+
+
+_MISSING = object()
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = copy.deepcopy(v)
+    return out
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    ablation: str | None
+    seed: int | None
+
+
+def parse_run(run: str) -> Run:
+    m = RUN_RE.match(run)
+    if not m:
+        raise ConfigError(f"bad run name {run!r}: expected <method>[--<ablation>][--s<seed>]")
+    seed = m.group("seed")
+    return Run(m.group("method"), m.group("ablation"), int(seed) if seed is not None else None)
+
+
+def dataset_cfg(cfg: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    ds = _get(cfg, f"datasets.{dataset}")
+    if not isinstance(ds, Mapping):
+        known = ", ".join(sorted(_get(cfg, "datasets", {}) or {}))
+        raise ConfigError(f"dataset {dataset!r} is not configured under `datasets:` in params.yaml (known: {known})")
+    return dict(ds)
+
+
+def model_dataset(cfg: Mapping[str, Any], dataset: str) -> str:
+    """The dataset whose model a test set is evaluated with (`train_on` for test-only sets)."""
+    return str(dataset_cfg(cfg, dataset).get("train_on", dataset))
+
+
+def ablation_overrides(method: str, ablation: str | None) -> dict[str, Any]:
+    """The parameter overrides of a named ablation row (the method module's ABLATIONS dict)."""
+    if ablation is None:
+        return {}
+    import importlib
+
+    try:
+        module = importlib.import_module(f"reid.methods.{method}")
+    except ModuleNotFoundError:
+        module = None
+    table = getattr(module, "ABLATIONS", {}) if module else {}
+    if ablation not in table:
+        raise ConfigError(f"method {method!r} has no ablation {ablation!r}; known: {sorted(table)}")
+    return dict(table[ablation])
+
+
+# --- stages ----------------------------------------------------------------------------------------------
+
+
+def stage_synth(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], list[str]]:
+    gen = dataset_cfg(cfg, dataset).get("generate")
+    if not gen:
+        raise ConfigError(f"datasets.{dataset} has no `generate:` section: it is a real dataset on disk")
+    return {"world": gen["world"], "seed": int(gen.get("seed", 0)), "scale": float(gen.get("scale", 1.0))}, [
+        f"datasets.{dataset}.generate"
+    ]
+
+
+def stage_index(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], list[str]]:
+    ds = dataset_cfg(cfg, dataset)
+    if ds.get("generate") and str(ds.get("root")) != f"data/{dataset}":
+        raise ConfigError(f"datasets.{dataset}.root must be data/{dataset}: generated worlds live under data/")
+    keys = [f"datasets.{dataset}.loader", f"datasets.{dataset}.root"]
+    return {"dataset": ds.get("loader", dataset), "root": str(ds["root"])}, [k for k in keys if _has(cfg, k)]
+
+
+def stage_teacher(cfg: Mapping[str, Any], dataset: str, teacher: str) -> tuple[dict[str, Any], list[str]]:
+    base = _get(cfg, f"teachers.{teacher}")
+    if not isinstance(base, Mapping):
+        raise ConfigError(f"teacher {teacher!r} is not configured under `teachers:` in params.yaml")
+    merged = _merge(dict(base), _get(cfg, f"datasets.{dataset}.teachers.{teacher}"))
+    keys = [f"teachers.{teacher}"]
+    if _has(cfg, f"datasets.{dataset}.teachers.{teacher}"):
+        keys.append(f"datasets.{dataset}.teachers.{teacher}")
+    run = {k: merged.pop(k) for k in ("backend", "model", "batch_size", "workers", "device") if k in merged}
+    return {"teacher": teacher, **run, "params": merged}, keys
+
+
+def stage_train(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[dict[str, Any], list[str]]:
+    run = parse_run(run_name)
+    keys: list[str] = []
+
+    def take(dotted: str) -> dict[str, Any]:
+        value = _get(cfg, dotted)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"params.yaml key {dotted} must be a mapping")
+        keys.append(dotted)
+        return dict(value)
+
+    train = _merge(take("train"), take(f"train_presets.{run.method}"))
+    train = _merge(train, take(f"datasets.{dataset}.train"))
+    if run.seed is not None:
+        train["seed"] = run.seed
+    if not _has(cfg, f"methods.{run.method}"):
+        raise ConfigError(f"method {run.method!r} is not configured under `methods:` in params.yaml")
+    params = take(f"methods.{run.method}")
+    for knob, (method, param) in TOP_LEVEL_KNOBS.items():
+        if method == run.method and _has(cfg, knob):
+            params[param] = _get(cfg, knob)
+            keys.append(knob)
+    params = _merge(params, take(f"datasets.{dataset}.presets.{run.method}"))
+    params = _merge(params, ablation_overrides(run.method, run.ablation))
+    return {"method": run.method, "method_params": params, "train_cfg": train}, keys
+
+
+def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[dict[str, Any], list[str]]:
+    ev = dict(_get(cfg, "evaluate", {}) or {})
+    keys = ["evaluate"] if _has(cfg, "evaluate") else []
+    return {"dataset": dataset_cfg(cfg, dataset).get("loader", dataset), **ev}, keys
+
+
+def method_caches(cfg: Mapping[str, Any], dataset: str, run_name: str, train: bool = True) -> list[str]:
+    """Cache names (teachers and derived caches) a run reads in training (or at test time)."""
+    from reid.methods import build_method
+
+    resolved, _ = stage_train(cfg, dataset, run_name)
+    method = build_method(resolved["method"], **resolved["method_params"])
+    spec = method.caches if train else method.test_caches
+    needed = set(spec)
+    for extra in (getattr(method, "image_field", None), getattr(method, "require_field", None)):
+        if extra:
+            needed.add(extra.split(".", 1)[0])
+    return sorted(needed)
+
+
+def teacher_inputs(cfg: Mapping[str, Any], dataset: str, teacher: str) -> list[str]:
+    """Other caches a teacher reads (restored_faces aligns on the faces cache)."""
+    kwargs, _ = stage_teacher(cfg, dataset, teacher)
+    return [str(t) for t in kwargs["params"].get("needs", [])]
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

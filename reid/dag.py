@@ -1,0 +1,194 @@
+"""The pipeline's file layout and the dependencies of every stage: one source for Snakemake and DVC.
+
+The Snakefile's input functions and the dvc.yaml generator (reid/workflow_gen.py) both call these, so the two
+DAGs cannot drift apart; tests/test_dag.py checks that Snakemake's planned jobs equal dvc.yaml's stages.
+
+    data/<ds>/                          generated synthetic world (real datasets live where params.yaml says)
+    cache/<ds>/index.csv                dataset index
+    cache/<ds>/<teacher>.h5             teacher cache (parsing, faces, restored_faces, keypoints, isp_labels)
+    cache/<ds>/<derived>.h5             outputs of a trained teacher model (face_teacher, vit_teacher)
+    models/<ds>/<run>/model.pt          trained student (+ train_log.csv, checkpoint.pt)
+    results/<ds>/<run>/metrics.json     evaluation
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from reid import config as C
+
+TEACHERS = ("parsing", "faces", "restored_faces", "keypoints", "isp_labels")
+
+
+def data_dir(ds: str) -> str:
+    return f"data/{ds}"
+
+
+def index_path(ds: str) -> str:
+    return f"cache/{ds}/index.csv"
+
+
+def cache_path(ds: str, name: str) -> str:
+    return f"cache/{ds}/{name}.h5"
+
+
+def model_dir(ds: str, run: str) -> str:
+    return f"models/{ds}/{run}"
+
+
+def model_path(ds: str, run: str) -> str:
+    return f"models/{ds}/{run}/model.pt"
+
+
+def train_log_path(ds: str, run: str) -> str:
+    return f"models/{ds}/{run}/train_log.csv"
+
+
+def metrics_path(ds: str, run: str) -> str:
+    return f"results/{ds}/{run}/metrics.json"
+
+
+def is_generated(cfg: Mapping[str, Any], ds: str) -> bool:
+    return bool(C.dataset_cfg(cfg, ds).get("generate"))
+
+
+def root_of(cfg: Mapping[str, Any], ds: str) -> str:
+    return data_dir(ds) if is_generated(cfg, ds) else str(C.dataset_cfg(cfg, ds)["root"])
+
+
+def _cache_inputs(cfg: Mapping[str, Any], ds: str, names: list[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        if name not in TEACHERS and name not in C.DERIVED_CACHES:
+            raise C.ConfigError(f"unknown cache {name!r}: not a teacher {TEACHERS} nor a derived cache "
+                                f"{tuple(C.DERIVED_CACHES)}")
+        out[name] = cache_path(ds, name)
+    return out
+
+
+def index_deps(cfg: Mapping[str, Any], ds: str) -> dict[str, str]:
+    return {"root": data_dir(ds)} if is_generated(cfg, ds) else {}
+
+
+def teacher_deps(cfg: Mapping[str, Any], ds: str, teacher: str) -> dict[str, str]:
+    """index + caches the teacher aligns on + the weights file (so new weights rerun the cache)."""
+    kw, _ = C.stage_teacher(cfg, ds, teacher)
+    deps = {"index": index_path(ds), **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, list(kw["params"].get("needs", []))))
+    if kw.get("backend", "onnx") != "oracle" and kw.get("model"):
+        deps["weights"] = str(kw["model"])
+    return deps
+
+
+def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
+    deps = {"index": index_path(ds), **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=True)))
+    return deps
+
+
+def derived_deps(cfg: Mapping[str, Any], ds: str, name: str) -> dict[str, str]:
+    run = C.DERIVED_CACHES[name]
+    deps = {"model": model_path(ds, run), "index": index_path(ds), **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
+    return deps
+
+
+def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
+    deps = {"model": model_path(C.model_dataset(cfg, ds), run), "index": index_path(ds), **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
+    return deps
+
+
+def cache_args(deps: Mapping[str, str]) -> str:
+    """`--cache name=path` for every cache among a stage's deps."""
+    skip = {"index", "root", "model", "weights"}
+    return " ".join(f"--cache {k}={shlex.quote(v)}" for k, v in sorted(deps.items()) if k not in skip)
+
+
+# --- the DVC side: explicit stages for a set of targets ------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    name: str
+    cmd: str
+    deps: list[str]
+    outs: list[str]
+    params: list[str]
+    metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+
+def _pipeline_cmd(stage: str, ds: str, out: str, extra: str = "") -> str:
+    base = f"python -m reid pipeline {stage} --dataset {ds} --params params.yaml"
+    return " ".join(part for part in (base, extra, f"--out {out}") if part)
+
+
+def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
+    """Every stage needed to build results/<ds>/<run>/metrics.json for each '<ds>/<run>' in `runs`."""
+    stages: dict[str, Stage] = {}
+    code = ["reid"]
+
+    def add(stage: Stage) -> None:
+        stages.setdefault(stage.name, stage)
+
+    def need_index(ds: str) -> None:
+        if is_generated(cfg, ds):
+            _, keys = C.stage_synth(cfg, ds)
+            add(Stage(f"synth@{ds}", _pipeline_cmd("synth", ds, data_dir(ds)), code, [data_dir(ds)], keys))
+        _, keys = C.stage_index(cfg, ds)
+        deps = list(index_deps(cfg, ds).values())
+        if not is_generated(cfg, ds):
+            deps.append(root_of(cfg, ds))
+        add(Stage(f"index@{ds}", _pipeline_cmd("index", ds, index_path(ds)), code + deps, [index_path(ds)], keys))
+
+    def need_cache(ds: str, name: str) -> None:
+        if name in C.DERIVED_CACHES:
+            run = C.DERIVED_CACHES[name]
+            need_model(ds, run)
+            deps = derived_deps(cfg, ds, name)
+            for dep in deps:
+                if dep not in ("index", "root", "model", "weights"):
+                    need_cache(ds, dep)
+            _, keys = C.stage_evaluate(cfg, ds, run)
+            extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
+            add(Stage(f"outputs@{ds}-{name}", _pipeline_cmd("teacher-outputs", ds, cache_path(ds, name), extra),
+                      code + sorted(set(deps.values())), [cache_path(ds, name)], keys))
+            return
+        need_index(ds)
+        deps = teacher_deps(cfg, ds, name)
+        for dep in deps:
+            if dep not in ("index", "root", "weights"):
+                need_cache(ds, dep)
+        _, keys = C.stage_teacher(cfg, ds, name)
+        extra = f"--teacher {name} --index {index_path(ds)} {cache_args(deps)}".strip()
+        add(Stage(f"teach@{ds}-{name}", _pipeline_cmd("teach", ds, cache_path(ds, name), extra),
+                  code + sorted(set(deps.values())), [cache_path(ds, name)], keys))
+
+    def need_model(ds: str, run: str) -> None:
+        need_index(ds)
+        deps = train_deps(cfg, ds, run)
+        for dep in deps:
+            if dep not in ("index", "root"):
+                need_cache(ds, dep)
+        _, keys = C.stage_train(cfg, ds, run)
+        extra = f"--run {run} --index {index_path(ds)} {cache_args(deps)}".strip()
+        add(Stage(f"train@{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
+                  code + sorted(set(deps.values())), [model_path(ds, run)], keys,
+                  plots=[train_log_path(ds, run)]))
+
+    for target in runs:
+        ds, _, run = target.partition("/")
+        need_model(C.model_dataset(cfg, ds), run)
+        need_index(ds)
+        deps = evaluate_deps(cfg, ds, run)
+        for dep in deps:
+            if dep not in ("index", "root", "model"):
+                need_cache(ds, dep)
+        _, keys = C.stage_evaluate(cfg, ds, run)
+        extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
+        add(Stage(f"evaluate@{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
+                  code + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
+    return stages

@@ -1,0 +1,163 @@
+"""The torch Dataset every method trains and tests on: index rows + images + aligned teacher caches.
+
+Cache fields are named "<teacher>.<field>" and come out augmented together with the image (see
+reid/data/transforms.py and docs/contracts.md "Batch dict"). Cache files are opened lazily in each worker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from reid.data.index import IndexRow
+from reid.data.transforms import (
+    Geometry,
+    normalize_rgb,
+    random_erasing,
+    random_geometry,
+    warp,
+    warp_heatmaps,
+    warp_labels,
+)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode an image as RGB uint8; an unreadable file is an error naming the path (never skipped)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"cannot read image {path} (missing or corrupt file)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def field_kind(name: str, value: np.ndarray) -> str:
+    """How a cache field follows the augmentation: 'labels', 'heatmaps', 'rgb' or 'raw'."""
+    field = name.split(".", 1)[-1]
+    if field == "labels" and value.ndim == 2:
+        return "labels"
+    if field == "heatmaps" and value.ndim == 3:
+        return "heatmaps"
+    if value.dtype == np.uint8 and value.ndim == 3 and value.shape[-1] == 3:
+        return "rgb"
+    return "raw"
+
+
+class ReIDDataset(Dataset):
+    """Rows `positions` of an index, with the requested cache fields.
+
+    Args:
+        rows: the whole index (cache rows are aligned with it).
+        root: dataset root the index paths are relative to.
+        positions: index row numbers this dataset serves.
+        input_size: (H, W) of the network input.
+        train: random flip / pad-crop / erasing when True; deterministic resize when False.
+        caches: teacher name -> CacheReader (or any mapping-like reader with `[i] -> dict` and `attrs`).
+        fields: "<teacher>.<field>" names to put in each sample.
+        image_field: take the image from this cached RGB field instead of the image file.
+        pid_labels / clothes_labels: raw pid / clothes key -> contiguous label (train); identity if None.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[IndexRow],
+        root: str | Path,
+        positions: Sequence[int],
+        input_size: tuple[int, int],
+        train: bool,
+        caches: Mapping[str, Any] | None = None,
+        fields: Sequence[str] = (),
+        image_field: str | None = None,
+        pid_labels: Mapping[int, int] | None = None,
+        clothes_labels: Mapping[str, int] | None = None,
+        flip_p: float = 0.5,
+        pad: int = 10,
+        erasing_p: float = 0.5,
+    ) -> None:
+        self.rows, self.root = rows, Path(root)
+        self.positions = list(positions)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.train = train
+        self.caches = dict(caches or {})
+        self.fields = list(fields)
+        self.image_field = image_field
+        self.pid_labels, self.clothes_labels = pid_labels, clothes_labels
+        self.flip_p, self.pad, self.erasing_p = flip_p, pad, erasing_p
+        self.overrides: dict[str, np.ndarray] = {}
+        needed = {f.split(".", 1)[0] for f in self.fields + ([image_field] if image_field else [])}
+        missing = sorted(needed - set(self.caches))
+        if missing:
+            raise KeyError(f"fields need caches {missing}, but only {sorted(self.caches)} were given")
+        self.label_sets = {name: _label_set(reader) for name, reader in self.caches.items()}
+
+    def set_field(self, name: str, values: np.ndarray) -> None:
+        """Serve `name` from an in-memory array (N_index, ...) instead of its cache (ISP's re-clustered labels)."""
+        if len(values) != len(self.rows):
+            raise ValueError(f"set_field({name!r}): expected {len(self.rows)} rows, got {len(values)}")
+        self.overrides[name] = values
+        if name not in self.fields:
+            self.fields.append(name)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def _field(self, name: str, row_id: int) -> np.ndarray:
+        if name in self.overrides:
+            return np.asarray(self.overrides[name][row_id])
+        teacher, field = name.split(".", 1)
+        return np.asarray(self.caches[teacher][row_id][field])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row_id = self.positions[i]
+        row = self.rows[row_id]
+        img = self._field(self.image_field, row_id) if self.image_field else read_rgb(self.root / row.path)
+        geom = random_geometry(self.input_size, self.flip_p, self.pad) if self.train else Geometry(self.input_size)
+        image = normalize_rgb(warp(img, geom))
+        if self.train and self.erasing_p > 0:
+            image = random_erasing(image, self.erasing_p)
+        sample: dict[str, Any] = {
+            "image": image,
+            "pid": self.pid_labels.get(row.pid, -1) if self.pid_labels is not None else row.pid,
+            "camid": row.camid,
+            "clothes": self.clothes_labels.get(row.clothes, -1) if self.clothes_labels is not None else -1,
+            "index": row_id,
+            "flipped": geom.flip,
+        }
+        H, W = self.input_size
+        for name in self.fields:
+            value = self._field(name, row_id)
+            kind = field_kind(name, value)
+            if kind == "labels":
+                label_set = self.label_sets.get(name.split(".", 1)[0], "lip")
+                sample[name] = torch.from_numpy(warp_labels(value, geom, (H, W), label_set).astype(np.int64))
+            elif kind == "heatmaps":
+                sample[name] = torch.from_numpy(warp_heatmaps(value, geom, (max(H // 4, 1), max(W // 4, 1))))
+            elif kind == "rgb":
+                face = value[:, ::-1] if geom.flip else value
+                sample[name] = normalize_rgb(np.ascontiguousarray(face))
+            else:
+                sample[name] = torch.from_numpy(np.ascontiguousarray(value))
+        return sample
+
+
+def _label_set(reader: Any) -> str:
+    """The parsing label set recorded in a cache's provenance ('lip' when not recorded)."""
+    attrs = getattr(reader, "attrs", {}) or {}
+    params = attrs.get("params", {})
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except json.JSONDecodeError:
+            params = {}
+    return str(params.get("label_set", "lip")) if isinstance(params, dict) else "lip"
+
+
+def label_maps(rows: Sequence[IndexRow], positions: Sequence[int]) -> tuple[dict[int, int], dict[str, int]]:
+    """Contiguous train labels for pids and clothes keys, in sorted order (stable across runs)."""
+    pids = sorted({rows[i].pid for i in positions})
+    clothes = sorted({rows[i].clothes for i in positions})
+    return {p: n for n, p in enumerate(pids)}, {c: n for n, c in enumerate(clothes)}

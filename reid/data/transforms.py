@@ -1,0 +1,135 @@
+"""Joint augmentation of an image and the dense teacher maps cached in its frame.
+
+Every geometric step (resize to the input size, horizontal flip, zero-pad + random crop) is one affine map from
+a source array's pixel grid to the output grid, so the image and each cached map (stored at its own resolution in
+the image frame) are warped once with the *same* geometry. Flips also swap left/right semantics: LIP/ATR label
+values and COCO keypoint channels. Random erasing touches the image only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+# Left/right label pairs swapped by a horizontal flip.
+LIP_FLIP_PAIRS = ((14, 15), (16, 17), (18, 19))
+ATR_FLIP_PAIRS = ((9, 10), (12, 13), (14, 15))
+LABEL_FLIP_PAIRS = {"lip": LIP_FLIP_PAIRS, "atr": ATR_FLIP_PAIRS, "pascal": ()}
+COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+
+
+def flip_permutation(pairs: tuple[tuple[int, int], ...], n: int) -> np.ndarray:
+    """Permutation p with p[i] = the index whose content moves to i after a flip."""
+    perm = np.arange(n)
+    for a, b in pairs:
+        if a < n and b < n:
+            perm[a], perm[b] = b, a
+    return perm
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One sample's augmentation: flip flag and the crop offset into the zero-padded, resized image."""
+
+    out_hw: tuple[int, int]
+    flip: bool = False
+    pad: int = 0
+    dx: int = 0
+    dy: int = 0
+
+    def matrix(self, src_hw: tuple[int, int], dst_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """2x3 affine from a source grid (src_hw, covering the whole image) to a destination grid (dst_hw).
+
+        Pixel centres are aligned (the half-pixel convention), so maps at any resolution stay registered.
+        """
+        H, W = self.out_hw
+        dst_h, dst_w = dst_hw or self.out_hw
+        sh, sw = src_hw
+        # source pixel -> resized image pixel
+        ax, bx = W / sw, 0.5 * W / sw - 0.5
+        ay, by = H / sh, 0.5 * H / sh - 0.5
+        if self.flip:  # x -> W - 1 - x
+            ax, bx = -ax, W - 1 - bx
+        bx += self.pad - self.dx
+        by += self.pad - self.dy
+        # resized image pixel -> destination pixel
+        kx, ky = dst_w / W, dst_h / H
+        return np.array(
+            [[ax * kx, 0.0, (bx + 0.5) * kx - 0.5], [0.0, ay * ky, (by + 0.5) * ky - 0.5]], dtype=np.float64
+        )
+
+
+def random_geometry(out_hw: tuple[int, int], flip_p: float, pad: int, gen: torch.Generator | None = None) -> Geometry:
+    """Draw a flip and a crop offset with torch's RNG (seeded per DataLoader worker, so runs are reproducible)."""
+    flip = bool(torch.rand((), generator=gen) < flip_p)
+    dx = int(torch.randint(0, 2 * pad + 1, (), generator=gen)) if pad else 0
+    dy = int(torch.randint(0, 2 * pad + 1, (), generator=gen)) if pad else 0
+    return Geometry(out_hw, flip, pad, dx, dy)
+
+
+def warp(arr: np.ndarray, geom: Geometry, dst_hw: tuple[int, int] | None = None, nearest: bool = False) -> np.ndarray:
+    """Warp an HxW[xC] array with `geom`; outside the source is 0 (background label, zero heat, black pixels)."""
+    dst_h, dst_w = dst_hw or geom.out_hw
+    m = geom.matrix(arr.shape[:2], (dst_h, dst_w))
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(arr, m, (dst_w, dst_h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def warp_labels(labels: np.ndarray, geom: Geometry, dst_hw: tuple[int, int], label_set: str = "lip") -> np.ndarray:
+    """Warp a label map (nearest) and swap left/right classes when flipped."""
+    out = warp(labels, geom, dst_hw, nearest=True)
+    if geom.flip:
+        pairs = LABEL_FLIP_PAIRS.get(label_set, ())
+        if pairs:
+            lut = flip_permutation(pairs, 256).astype(labels.dtype)
+            out = lut[out]
+    return out
+
+
+def warp_heatmaps(heatmaps: np.ndarray, geom: Geometry, dst_hw: tuple[int, int]) -> np.ndarray:
+    """Warp CxHxW heatmaps (bilinear) and swap COCO left/right channels when flipped."""
+    hwc = np.ascontiguousarray(heatmaps.astype(np.float32).transpose(1, 2, 0))
+    out = warp(hwc, geom, dst_hw)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    out = out.transpose(2, 0, 1)
+    if geom.flip:
+        out = out[flip_permutation(COCO_FLIP_PAIRS, out.shape[0])]
+    return np.ascontiguousarray(out)
+
+
+def normalize_rgb(img_rgb_uint8: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 3xHxW float, ImageNet mean/std."""
+    x = img_rgb_uint8.astype(np.float32) / 255.0
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def random_erasing(
+    img: torch.Tensor,
+    p: float = 0.5,
+    area: tuple[float, float] = (0.02, 0.4),
+    ratio: float = 0.3,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Zhong et al. random erasing on a normalised CxHxW tensor (erased to 0 = the mean colour)."""
+    if float(torch.rand((), generator=gen)) >= p:
+        return img
+    _, h, w = img.shape
+    for _ in range(100):
+        target = float(torch.empty(()).uniform_(*area, generator=gen)) * h * w
+        aspect = float(torch.empty(()).uniform_(ratio, 1.0 / ratio, generator=gen))
+        eh, ew = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+        if 0 < eh < h and 0 < ew < w:
+            y = int(torch.randint(0, h - eh + 1, (), generator=gen))
+            x = int(torch.randint(0, w - ew + 1, (), generator=gen))
+            img = img.clone()
+            img[:, y : y + eh, x : x + ew] = 0.0
+            return img
+    return img

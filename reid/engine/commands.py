@@ -1,0 +1,141 @@
+"""CLI verbs `train`, `evaluate` and `teacher-outputs`: explicit paths and JSON parameters, no params.yaml.
+
+The pipeline (reid/pipeline.py) resolves params.yaml and calls the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def parse_caches(items: list[str] | None) -> dict[str, str]:
+    """`name=path` pairs -> dict; a malformed item is an error naming it."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--cache expects NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, help="registered method name (baseline, deskpro, ...)")
+    p.add_argument("--method-params", default="{}", help="JSON object of method parameters")
+    p.add_argument("--train-cfg", default="{}", help="JSON object of trainer settings (see TrainConfig)")
+    p.add_argument("--index", required=True, help="index CSV")
+    p.add_argument("--root", required=True, help="dataset root the index paths are relative to")
+    p.add_argument("--cache", action="append", metavar="NAME=PATH", help="a cache the method reads (repeatable)")
+    p.add_argument("--out", required=True, help="output folder (model.pt, checkpoint.pt, train_log.csv)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from reid.engine.trainer import train
+
+    path = train(args.method, json.loads(args.method_params), args.index, args.root, args.out,
+                 caches=parse_caches(args.cache), train_cfg=json.loads(args.train_cfg))
+    print(f"model written to {path}")
+    return 0
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model.pt written by `reid train`")
+    p.add_argument("--index", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--dataset", required=True, help="dataset loader name (selects the evaluation protocol)")
+    p.add_argument("--cache", action="append", metavar="NAME=PATH", help="a test-time cache (repeatable)")
+    p.add_argument("--out", required=True, help="metrics.json")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+
+
+def main_evaluate(args: argparse.Namespace) -> int:
+    from reid.engine.inference import evaluate_model
+
+    metrics = evaluate_model(args.model, args.index, args.root, args.dataset, args.out, parse_caches(args.cache),
+                             args.batch_size, args.workers, args.device)
+    print(format_metrics(metrics))
+    return 0
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """One line per protocol setting: 'dataset/method setting: R1 .. mAP .. mINP ..'."""
+    lines = [f"{metrics.get('dataset')}/{metrics.get('method')} [{metrics.get('protocol')}]"]
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, dict) and "mAP" in value:
+            lines.append(
+                f"  {key:>14}: R1 {value['R1']:6.2f}  R5 {value['R5']:6.2f}  mAP {value['mAP']:6.2f}  "
+                f"mINP {value['mINP']:6.2f}  ({value.get('num_query', '?')} queries)"
+            )
+    return "\n".join(lines)
+
+
+def add_teacher_outputs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model.pt of a trained teacher method")
+    p.add_argument("--index", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--cache", action="append", metavar="NAME=PATH", help="caches the teacher reads (repeatable)")
+    p.add_argument("--out", required=True, help="output HDF5 cache")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+
+
+def main_teacher_outputs(args: argparse.Namespace) -> int:
+    path = teacher_outputs(args.model, args.index, args.root, args.out, parse_caches(args.cache),
+                           args.batch_size, args.workers, args.device)
+    print(f"teacher outputs written to {path}")
+    return 0
+
+
+@torch.no_grad()
+def teacher_outputs(
+    model_path: str | Path, index: str | Path, root: str | Path, out: str | Path,
+    caches: Mapping[str, str] | None = None, batch_size: int = 64, workers: int = 2, device: str = "auto",
+) -> Path:
+    """Run a trained teacher once over every index row (test transform) into an HDF5 cache for its student."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from reid.cache.h5 import CacheWriter
+    from reid.data.dataset import ReIDDataset
+    from reid.data.index import index_sha256, read_index
+    from reid.engine.inference import load_model
+    from reid.engine.trainer import method_fields, open_caches
+    from reid.teachers.base import file_sha256
+
+    method, model, ckpt = load_model(model_path, device)
+    if not hasattr(method, "cache_outputs"):
+        raise TypeError(f"method {method.name!r} defines no cache_outputs(): it is not a teacher for a student")
+    rows = read_index(index)
+    opened = open_caches(caches or {}, index)
+    fields = {k: (tuple(shape), np.dtype(dtype).name) for k, (shape, dtype) in
+              method.cache_fields(ckpt["num_classes"]).items()}
+    ds = ReIDDataset(rows, root, range(len(rows)), tuple(ckpt["input_size"]), train=False, caches=opened,
+                     fields=method_fields(method, train=False), image_field=getattr(method, "image_field", None))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    dev = next(model.parameters()).device
+    with CacheWriter(out, teacher=method.name, backend="torch", model_sha256=file_sha256(model_path),
+                     params=dict(method.params), index_sha256=index_sha256(index), paths=[r.path for r in rows],
+                     fields=fields) as writer:
+        todo = set(int(i) for i in writer.pending_rows())
+        for batch in tqdm(loader, desc=f"{method.name} outputs", dynamic_ncols=True):
+            idx = batch["index"].numpy()
+            keep = np.array([i in todo for i in idx])
+            if not keep.any():
+                continue
+            batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            values = method.cache_outputs(model, batch)
+            arrays = {k: v.float().cpu().numpy().astype(fields[k][1])[keep] for k, v in values.items()}
+            writer.write_rows(idx[keep], arrays)
+        return writer.finalize()

@@ -1,0 +1,137 @@
+"""Inference from a trained `model.pt`: rebuild the student, embed query/gallery, rank, write metrics.json.
+
+Nothing here loads a teacher: the exported model holds the student only, and the only caches read at test time
+are the ones a method declares in `test_caches` (e.g. DeSKPro's detected face crops).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from reid.data.dataset import ReIDDataset
+from reid.data.index import IndexRow, read_index, select
+from reid.engine.trainer import MODEL_FORMAT, filter_positions, method_fields, open_caches, resolve_device
+from reid.methods.base import Method, build_method
+
+log = logging.getLogger(__name__)
+
+
+def load_model(path: str | Path, device: str = "auto") -> tuple[Method, torch.nn.Module, dict[str, Any]]:
+    """Rebuild a method and its student network from `model.pt` (eval mode, on `device`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path} (train it first: `python -m reid train`)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a {MODEL_FORMAT} file (format={ckpt.get('format')!r})")
+    method = build_method(ckpt["method"], **ckpt["method_params"])
+    model = method.build_model(ckpt["num_classes"])
+    model.load_state_dict(ckpt["state_dict"])
+    method.load_extra_state(ckpt.get("method_state", {}))
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return method, model, ckpt
+
+
+@torch.no_grad()
+def extract(
+    method: Method, model: torch.nn.Module, dataset: ReIDDataset, batch_size: int = 64, workers: int = 2,
+    desc: str = "embed",
+) -> dict[str, torch.Tensor]:
+    """Run `method.embed` over a dataset; returns each feature key concatenated over rows (on CPU)."""
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            feats = method.embed(model, batch)
+        for k, v in feats.items():
+            parts.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def distance_matrix(method: Method, q: Mapping[str, torch.Tensor], g: Mapping[str, torch.Tensor],
+                    chunk: int = 1024) -> np.ndarray:
+    """Method distance, computed for query chunks so memory stays bounded by chunk x gallery."""
+    n = len(next(iter(q.values())))
+    out = []
+    for s in range(0, n, chunk):
+        qc = {k: v[s : s + chunk] for k, v in q.items()}
+        out.append(method.distance(qc, dict(g)).float().cpu().numpy())
+    dist = np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
+    if not np.isfinite(dist).all():
+        raise FloatingPointError(f"the distance matrix has {int((~np.isfinite(dist)).sum())} non-finite values")
+    return dist
+
+
+def evaluate_model(
+    model_path: str | Path,
+    index: str | Path,
+    root: str | Path,
+    dataset: str,
+    out: str | Path,
+    caches: Mapping[str, str | Path] | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Embed query and gallery of `index`, rank with the method's distance, run the dataset's protocol."""
+    from reid.data.datasets import dataset_info
+    from reid.eval.protocols import run_protocol
+
+    method, model, ckpt = load_model(model_path, device)
+    rows: list[IndexRow] = read_index(index)
+    opened = open_caches(caches or {}, index)
+    info = dataset_info(dataset)
+    subsets = {}
+    for split in ("query", "gallery"):
+        pos = select(rows, split)
+        kept = filter_positions(method, pos, opened)
+        subsets[split] = kept
+        if len(kept) < len(pos):
+            log.warning("%s: %d of %d %s images lack %s and are left out", method.name, len(pos) - len(kept),
+                        len(pos), split, getattr(method, "require_field", ""))
+    t0 = time.perf_counter()
+    feats = {}
+    for split, pos in subsets.items():
+        ds = ReIDDataset(rows, root, pos, tuple(ckpt["input_size"]), train=False, caches=opened,
+                         fields=method_fields(method, train=False), image_field=getattr(method, "image_field", None))
+        feats[split] = extract(method, model, ds, batch_size, workers, desc=f"embed {split}")
+    embed_s = time.perf_counter() - t0
+    dist = distance_matrix(method, feats["query"], feats["gallery"])
+    q_rows = [rows[i] for i in subsets["query"]]
+    g_rows = [rows[i] for i in subsets["gallery"]]
+    metrics = run_protocol(info.protocol, dist, q_rows, g_rows)
+    n_images = len(subsets["query"]) + len(subsets["gallery"])
+    metrics.update({
+        "dataset": dataset,
+        "method": method.name,
+        "num_query_images": len(q_rows),
+        "num_gallery_images": len(g_rows),
+        "embed_images_per_s": round(n_images / max(embed_s, 1e-9), 2),
+        "test_caches": sorted(method.test_caches),
+    })
+    if getattr(method, "require_field", None):
+        metrics["subset"] = f"only images with {method.require_field}"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    return metrics
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

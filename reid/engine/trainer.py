@@ -1,0 +1,394 @@
+"""The one training loop every method uses.
+
+Order of work per epoch (the hooks a method can rely on):
+  1. `method.on_epoch_start(trainer, epoch)` (e.g. ISP re-clusters its pseudo-labels),
+  2. steps: batch -> `method.training_losses` -> sum -> NaN guard -> backward (AMP on CUDA) -> optimiser step,
+  3. LR schedule step (per epoch, warm-up then multi-step or cosine),
+  4. one CSV log row (loss terms, lr, time, images/s),
+  5. checkpoint (atomic), so an interrupted run resumes from the last finished epoch with the same result.
+At the end `model.pt` holds the student only (frozen teachers live outside the model and are never saved).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from reid.data.dataset import ReIDDataset, label_maps
+from reid.data.index import IndexRow, index_sha256, read_index, select
+from reid.data.samplers import PKBatchSampler
+from reid.methods.base import Method, build_method
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "reid-model/1"
+
+
+@dataclass
+class TrainConfig:
+    """Shared trainer settings (params.yaml `train`, with per-method `train_presets` on top)."""
+
+    epochs: int = 60
+    batch_p: int = 16
+    batch_k: int = 4
+    input_size: tuple[int, int] = (256, 128)
+    optimizer: str = "adam"
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    scheduler: str = "multistep"  # multistep | cosine
+    milestones: tuple[int, ...] = (40, 70)
+    gamma: float = 0.1
+    min_lr_factor: float = 1e-3  # cosine floor, as a fraction of lr
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.1
+    flip_p: float = 0.5
+    pad: int = 10
+    erasing_p: float = 0.5
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    grad_clip: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise KeyError(f"unknown train settings {unknown}; known: {sorted(known)}")
+        kw = dict(d)
+        for key in ("input_size", "milestones"):
+            if key in kw:
+                kw[key] = tuple(int(v) for v in kw[key])
+        return cls(**kw)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """LR multiplier for an epoch: linear warm-up from warmup_factor, then multi-step decay or cosine."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_factor + (1.0 - cfg.warmup_factor) * epoch / cfg.warmup_epochs
+    if cfg.scheduler == "multistep":
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.scheduler == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1)
+        t = (epoch - cfg.warmup_epochs) / span
+        return cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r} (multistep | cosine)")
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam | adamw | sgd)")
+
+
+def open_caches(caches: Mapping[str, str | Path], index_path: str | Path) -> dict[str, Any]:
+    """Open every named cache with a reader that refuses a cache built from another index."""
+    from reid.cache.h5 import CacheReader
+
+    return {name: CacheReader(path, index_path=index_path) for name, path in caches.items()}
+
+
+def method_fields(method: Method, train: bool) -> list[str]:
+    spec = method.caches if train else method.test_caches
+    return [f"{teacher}.{f}" for teacher, fields in spec.items() for f in fields]
+
+
+def filter_positions(method: Method, positions: list[int], caches: Mapping[str, Any]) -> list[int]:
+    """Keep rows where the method's `require_field` (e.g. faces.has_face) is nonzero."""
+    req = getattr(method, "require_field", None)
+    if not req:
+        return positions
+    teacher, fld = req.split(".", 1)
+    if teacher not in caches:
+        raise KeyError(f"method {method.name} requires field {req}, but cache {teacher!r} was not given")
+    values = caches[teacher].read(fld, positions) if hasattr(caches[teacher], "read") else [
+        caches[teacher][i][fld] for i in positions
+    ]
+    return [p for p, v in zip(positions, values) if np.asarray(v).any()]
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _collect_rng() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains one method on the train split of an index; see the module docstring for the hook order."""
+
+    def __init__(
+        self,
+        method: Method,
+        rows: list[IndexRow],
+        root: str | Path,
+        caches: Mapping[str, Any],
+        out_dir: str | Path,
+        cfg: TrainConfig,
+        index_hash: str = "",
+    ) -> None:
+        self.method, self.rows, self.root, self.cfg = method, rows, Path(root), cfg
+        self.caches = dict(caches)
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.index_hash = index_hash
+        self.device = resolve_device(cfg.device)
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.amp = cfg.amp and self.device.type == "cuda"
+
+        positions = select(rows, "train")
+        if not positions:
+            raise ValueError("the index has no train rows: this dataset is test-only; train on another dataset")
+        self.train_rows = filter_positions(method, positions, self.caches)
+        self.pid_labels, self.clothes_labels = label_maps(rows, self.train_rows)
+        self.num_classes = len(self.pid_labels)
+        self.epochs = cfg.epochs
+        self.train_set = ReIDDataset(
+            rows, root, self.train_rows, cfg.input_size, train=True, caches=self.caches,
+            fields=method_fields(method, train=True), image_field=getattr(method, "image_field", None),
+            pid_labels=self.pid_labels, clothes_labels=self.clothes_labels,
+            flip_p=cfg.flip_p, pad=cfg.pad, erasing_p=cfg.erasing_p,
+        )
+        labels = [self.pid_labels[rows[i].pid] for i in self.train_rows]
+        self.sampler = PKBatchSampler(labels, cfg.batch_p, cfg.batch_k, cfg.seed, self.rank, self.world_size)
+
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.model = method.build_model(self.num_classes).to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ddp_model: nn.Module = self.model
+        if self.world_size > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.start_epoch = 0
+
+    # --- loaders -----------------------------------------------------------------------------------------
+    def _loader(self, epoch: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
+        return DataLoader(
+            self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.workers, generator=gen,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            worker_init_fn=_seed_worker if self.cfg.workers else None,
+        )
+
+    def feature_loader(self, batch_size: int = 64) -> DataLoader:
+        """The training rows with the test transform (for hooks that need the model's features)."""
+        ds = ReIDDataset(
+            self.rows, self.root, self.train_rows, self.cfg.input_size, train=False, caches=self.caches,
+            fields=[f for f in self.train_set.fields if f not in self.train_set.overrides],
+            image_field=getattr(self.method, "image_field", None),
+            pid_labels=self.pid_labels, clothes_labels=self.clothes_labels,
+        )
+        return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=self.cfg.workers)
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def _fingerprint(self) -> str:
+        return json.dumps(
+            {"method": self.method.name, "params": self.method.params, "cfg": asdict(self.cfg),
+             "index": self.index_hash, "rows": len(self.train_rows)},
+            sort_keys=True, default=str,
+        )
+
+    def save_checkpoint(self, epoch: int) -> None:
+        if self.rank != 0:
+            return
+        _atomic_save(
+            {"epoch": epoch, "fingerprint": self._fingerprint(), "model": self.model.state_dict(),
+             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+             "scaler": self.scaler.state_dict(), "method_state": self.method.extra_state(), "rng": _collect_rng()},
+            self.checkpoint_path,
+        )
+
+    def try_resume(self) -> bool:
+        """Resume from `checkpoint.pt` when it belongs to this exact run; otherwise start fresh."""
+        if not self.checkpoint_path.is_file():
+            return False
+        ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if ckpt.get("fingerprint") != self._fingerprint():
+            log.warning("%s belongs to another configuration: starting from scratch", self.checkpoint_path)
+            return False
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.method.load_extra_state(ckpt.get("method_state", {}))
+        _restore_rng(ckpt["rng"])
+        self.start_epoch = ckpt["epoch"] + 1
+        log.info("resumed from %s after epoch %d", self.checkpoint_path, ckpt["epoch"])
+        return True
+
+    # --- loop ----------------------------------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if k == "image" and self.device.type == "cuda":
+                    v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.method.on_epoch_start(self, epoch)
+        self.model.train()
+        sums: dict[str, float] = {}
+        steps, images, t0 = 0, 0, time.perf_counter()
+        loader = self._loader(epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, disable=self.rank != 0,
+                   dynamic_ncols=True)
+        for batch in bar:
+            batch = self._to_device(batch)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                losses = self.method.training_losses(self.ddp_model, batch, epoch)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1}, step {steps + 1} ({terms}). The last good checkpoint "
+                    f"is {self.checkpoint_path}; lower the learning rate or check the caches for NaN values."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if self.cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["total"] = sums.get("total", 0.0) + float(total.detach())
+            steps += 1
+            images += len(batch["image"])
+            bar.set_postfix(loss=f"{float(total):.3f}")
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}, "lr": lr,
+               "steps": steps, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
+        return row
+
+    def fit(self) -> Path:
+        self.try_resume()
+        log_path = self.out_dir / "train_log.csv"
+        history = _read_log(log_path)[: self.start_epoch]
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            row = self.train_epoch(epoch)
+            history.append(row)
+            if self.rank == 0:
+                _write_log(log_path, history)
+                log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+            self.save_checkpoint(epoch)
+        return self.export()
+
+    def export(self) -> Path:
+        """Write `model.pt`: the student's weights and what inference needs to rebuild it (no teachers)."""
+        path = self.out_dir / "model.pt"
+        if self.rank == 0:
+            _atomic_save(
+                {"format": MODEL_FORMAT, "method": self.method.name, "method_params": self.method.params,
+                 "num_classes": self.num_classes, "input_size": list(self.cfg.input_size),
+                 "state_dict": self.model.state_dict(), "method_state": self.method.extra_state(),
+                 "index_sha256": self.index_hash},
+                path,
+            )
+        return path
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in history:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys, lineterminator="\n")
+        w.writeheader()
+        for r in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp, path)
+
+
+def train(
+    method: str,
+    method_params: Mapping[str, Any],
+    index: str | Path,
+    root: str | Path,
+    out_dir: str | Path,
+    caches: Mapping[str, str | Path] | None = None,
+    train_cfg: Mapping[str, Any] | None = None,
+) -> Path:
+    """Train `method` on the index's train split and write `out_dir/model.pt` (+ checkpoint, train_log.csv)."""
+    cfg = TrainConfig.from_dict(train_cfg or {})
+    m = build_method(method, **dict(method_params))
+    rows = read_index(index)
+    opened = open_caches(caches or {}, index)
+    if cfg.device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        cfg.device = f"cuda:{os.environ['LOCAL_RANK']}"
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    trainer = Trainer(m, rows, root, opened, out_dir, cfg, index_hash=index_sha256(index))
+    log.info("training %s on %d images of %d ids, %d steps/epoch, device %s", method, len(trainer.train_rows),
+             trainer.num_classes, len(trainer.sampler), trainer.device)
+    return trainer.fit()

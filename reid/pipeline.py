@@ -1,0 +1,105 @@
+"""`python -m reid pipeline <stage>`: one DAG stage, its parameters resolved from params.yaml.
+
+Snakemake calls it with `--resolved JSON` (the value it tracks in `params:`), DVC with `--params params.yaml`
+(whose keys it tracks per stage); both routes go through reid.config, so the two DAGs run the same code with the
+same values. File paths always come from the orchestrator's command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any, Callable
+
+from reid import config as C
+
+log = logging.getLogger(__name__)
+
+STAGES = ("synth", "index", "teach", "train", "teacher-outputs", "evaluate")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--dataset", required=True, help="dataset name under `datasets:` in params.yaml")
+    p.add_argument("--teacher", help="teach: teacher name")
+    p.add_argument("--run", help="train/evaluate/teacher-outputs: run name <method>[--<ablation>][--s<seed>]")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--params", help="params.yaml to resolve the stage from (DVC)")
+    src.add_argument("--resolved", help="the stage's resolved parameters as JSON (Snakemake)")
+    p.add_argument("--index", help="index CSV")
+    p.add_argument("--root", help="dataset root (default: from params.yaml)")
+    p.add_argument("--model", help="model.pt (evaluate, teacher-outputs)")
+    p.add_argument("--cache", action="append", metavar="NAME=PATH", help="an input cache (repeatable)")
+    p.add_argument("--out", required=True, help="the stage's output path")
+
+
+def _resolve(args: argparse.Namespace, fn: Callable[..., tuple[dict[str, Any], list[str]]], *extra: str) -> dict:
+    if args.resolved is not None:
+        return json.loads(args.resolved)
+    return fn(C.load_params(args.params), args.dataset, *extra)[0]
+
+
+def _root(args: argparse.Namespace) -> str:
+    if args.root:
+        return args.root
+    if args.params:
+        return C.stage_index(C.load_params(args.params), args.dataset)[0]["root"]
+    raise SystemExit("--root is required with --resolved")
+
+
+def main(args: argparse.Namespace) -> int:
+    from reid.engine.commands import format_metrics, parse_caches
+
+    caches = parse_caches(args.cache)
+    if args.stage == "synth":
+        from reid.data.synthetic import generate_world
+
+        kw = _resolve(args, C.stage_synth)
+        generate_world(kw["world"], args.out, seed=kw["seed"], scale=kw["scale"])
+    elif args.stage == "index":
+        from reid.data.datasets import build_index
+        from reid.data.index import write_index
+
+        kw = _resolve(args, C.stage_index)
+        rows = build_index(kw["dataset"], args.root or kw["root"])
+        write_index(rows, args.out)
+        log.info("index: %d rows -> %s", len(rows), args.out)
+    elif args.stage == "teach":
+        from reid.teachers.base import build_teacher
+        from reid.teachers.runner import run_teacher
+
+        kw = _resolve(args, C.stage_teacher, args.teacher)
+        params = dict(kw["params"])
+        needs = params.pop("needs", [])
+        for name in needs:
+            if name not in caches:
+                raise SystemExit(f"teacher {kw['teacher']} needs the {name} cache: pass --cache {name}=PATH")
+            params[f"{name}_cache"] = caches[name]
+        teacher = build_teacher(kw["teacher"], kw.get("backend", "onnx"), kw.get("model"),
+                                kw.get("device", "auto"), **params)
+        summary = run_teacher(teacher, args.index, _root(args), args.out, batch_size=int(kw.get("batch_size", 16)),
+                              workers=int(kw.get("workers", 2)))
+        print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}, sort_keys=True))
+    elif args.stage == "train":
+        from reid.engine.trainer import train
+
+        kw = _resolve(args, C.stage_train, args.run)
+        train(kw["method"], kw["method_params"], args.index, _root(args), args.out, caches=caches,
+              train_cfg=kw["train_cfg"])
+    elif args.stage == "teacher-outputs":
+        from reid.engine.commands import teacher_outputs
+
+        kw = _resolve(args, C.stage_evaluate, args.run)
+        teacher_outputs(args.model, args.index, _root(args), args.out, caches,
+                        batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
+                        device=str(kw.get("device", "auto")))
+    elif args.stage == "evaluate":
+        from reid.engine.inference import evaluate_model
+
+        kw = _resolve(args, C.stage_evaluate, args.run)
+        metrics = evaluate_model(args.model, args.index, _root(args), kw["dataset"], args.out, caches,
+                                 batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
+                                 device=str(kw.get("device", "auto")))
+        print(format_metrics(metrics))
+    return 0

@@ -1,0 +1,116 @@
+"""`python -m reid ablation-table`: a method's ablation rows x seeds -> mean and spread, beside the paper.
+
+A method module may define `ABLATIONS` (row -> parameter overrides) and `PAPER_TABLES` or `PAPER_TABLE*`
+dicts (row -> {metric: value}); the table prints the paper's numbers next to the measured ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from reid import config as C
+
+METRIC_KEYS = ("R1", "mAP")
+
+
+def ablation_rows(method: str) -> list[str]:
+    module = importlib.import_module(f"reid.methods.{method}")
+    return list(getattr(module, "ABLATIONS", {}))
+
+
+def ablation_seeds(cfg: Mapping[str, Any]) -> list[int]:
+    return [int(s) for s in (C._get(cfg, "ablation.seeds", [0, 1, 2]) or [0])]
+
+
+def ablation_runs(cfg: Mapping[str, Any], method: str) -> list[str]:
+    """Run names of every ablation row for every seed: <method>--<row>--s<seed>."""
+    return [f"{method}--{row}--s{seed}" for row in ablation_rows(method) for seed in ablation_seeds(cfg)]
+
+
+def paper_numbers(method: str) -> dict[str, dict[str, float]]:
+    module = importlib.import_module(f"reid.methods.{method}")
+    out: dict[str, dict[str, float]] = {}
+    for name in dir(module):
+        if name.startswith("PAPER_TABLE"):
+            table = getattr(module, name)
+            if isinstance(table, Mapping):
+                for row, vals in table.items():
+                    if isinstance(vals, Mapping):
+                        out.setdefault(str(row), {}).update({str(k): v for k, v in vals.items()})
+    return out
+
+
+def settings_of(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {k: v for k, v in metrics.items() if isinstance(v, Mapping) and "mAP" in v}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def assemble(files: list[str | Path]) -> dict[str, Any]:
+    """Group metrics files by ablation row (parsed from results/<ds>/<method>--<row>--s<seed>/metrics.json)."""
+    rows: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for f in files:
+        run = Path(f).parent.name
+        parsed = C.parse_run(run)
+        row = parsed.ablation or "default"
+        metrics = json.loads(Path(f).read_text())
+        for setting, vals in settings_of(metrics).items():
+            for key in METRIC_KEYS:
+                rows.setdefault(row, {}).setdefault(setting, {}).setdefault(key, []).append(float(vals[key]))
+    summary: dict[str, Any] = {}
+    for row, settings in rows.items():
+        summary[row] = {
+            setting: {key: dict(zip(("mean", "std"), mean_std(v)), n=len(v)) for key, v in keys.items()}
+            for setting, keys in settings.items()
+        }
+    return summary
+
+
+def to_markdown(summary: Mapping[str, Any], paper: Mapping[str, Mapping[str, float]], title: str) -> str:
+    settings = sorted({s for row in summary.values() for s in row})
+    head = ["row"] + [f"{s} {k}" for s in settings for k in METRIC_KEYS] + ["paper"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, vals in summary.items():
+        cells = [row]
+        for s in settings:
+            for k in METRIC_KEYS:
+                v = vals.get(s, {}).get(k)
+                cells.append(f"{v['mean']:.1f} ± {v['std']:.1f} (n={v['n']})" if v else "-")
+        p = paper.get(row, {})
+        cells.append(", ".join(f"{k} {v}" for k, v in p.items()) if p else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Mean ± sample standard deviation over seeds, in percent; paper numbers are on the real dataset.")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out-md", required=True)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("metrics", nargs="+", help="metrics.json files of the ablation runs")
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = assemble(args.metrics)
+    paper = paper_numbers(args.method)
+    order = {r: i for i, r in enumerate(ablation_rows(args.method))}
+    summary = dict(sorted(summary.items(), key=lambda kv: order.get(kv[0], len(order))))
+    md = to_markdown(summary, paper, f"{args.method} ablation on {args.dataset}")
+    Path(args.out_md).write_text(md)
+    Path(args.out_json).write_text(json.dumps({"rows": summary, "paper": paper}, indent=2, sort_keys=True) + "\n")
+    print(md)
+    return 0
+
+

@@ -1,0 +1,54 @@
+# Shared helpers: config validation, wildcard constraints, and the input functions built on reid/dag.py.
+import json
+import shlex
+import sys
+
+sys.path.insert(0, workflow.basedir)  # import the project's `reid` even when it is not pip-installed
+
+from snakemake.utils import validate
+
+from reid import config as C
+from reid import dag as D
+
+validate(config, "../schemas/params.schema.yaml")
+
+wildcard_constraints:
+    dataset="[^/]+",
+    run="[^/]+",
+    teacher="|".join(D.TEACHERS),
+    derived="|".join(C.DERIVED_CACHES),
+    method="[a-z0-9_]+",
+
+
+def resolved(fn, *names):
+    """A params: callable giving the stage's resolved parameters as one shell-quoted JSON word."""
+
+    def _params(wildcards):
+        values = [wildcards[n] for n in names]
+        return shlex.quote(C.to_json(fn(config, *values)[0]))
+
+    return _params
+
+
+def caches_arg(deps_fn):
+    """A params: callable giving `--cache name=path ...` for the caches among a stage's inputs."""
+
+    def _params(wildcards):
+        return D.cache_args(deps_fn(wildcards))
+
+    return _params
+
+
+def teacher_gpu(wildcards):
+    kw, _ = C.stage_teacher(config, wildcards.dataset, wildcards.teacher)
+    return 0 if kw.get("backend") == "oracle" else 1
+
+
+def teacher_threads(wildcards):
+    kw, _ = C.stage_teacher(config, wildcards.dataset, wildcards.teacher)
+    return max(1, int(kw.get("workers", 2)))
+
+
+def train_threads(wildcards):
+    kw, _ = C.stage_train(config, wildcards.dataset, wildcards.run)
+    return max(1, int(kw["train_cfg"].get("workers", 2)))

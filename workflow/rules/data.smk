@@ -1,0 +1,34 @@
+# Datasets: generate a synthetic world (only for datasets with `generate:`), then index it.
+
+
+rule synth:
+    output:
+        directory("data/{dataset}"),
+    params:
+        resolved=resolved(C.stage_synth, "dataset"),
+    log:
+        "logs/{dataset}/synth.log",
+    benchmark:
+        "logs/{dataset}/synth.benchmark.tsv"
+    threads: 1
+    shell:
+        "python -m reid pipeline synth --dataset {wildcards.dataset} --resolved {params.resolved} "
+        "--out {output} > {log} 2>&1"
+
+
+rule index:
+    input:
+        unpack(lambda wc: D.index_deps(config, wc.dataset)),
+    output:
+        "cache/{dataset}/index.csv",
+    params:
+        resolved=resolved(C.stage_index, "dataset"),
+        root=lambda wc: D.root_of(config, wc.dataset),
+    log:
+        "logs/{dataset}/index.log",
+    benchmark:
+        "logs/{dataset}/index.benchmark.tsv"
+    threads: 2
+    shell:
+        "python -m reid pipeline index --dataset {wildcards.dataset} --resolved {params.resolved} "
+        "--root {params.root} --out {output} > {log} 2>&1"

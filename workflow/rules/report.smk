@@ -1,0 +1,23 @@
+# Ablation tables: every row of a method's ABLATIONS x the seeds in params.yaml `ablation.seeds`.
+
+
+def ablation_inputs(wildcards):
+    from reid.report import ablation_runs
+
+    return [D.metrics_path(wildcards.dataset, run) for run in ablation_runs(config, wildcards.method)]
+
+
+rule ablation_table:
+    input:
+        ablation_inputs,
+    output:
+        md="results/{dataset}/ablation_{method}.md",
+        json="results/{dataset}/ablation_{method}.json",
+    log:
+        "logs/{dataset}/ablation_{method}.log",
+    benchmark:
+        "logs/{dataset}/ablation_{method}.benchmark.tsv"
+    threads: 1
+    shell:
+        "python -m reid ablation-table --method {wildcards.method} --dataset {wildcards.dataset} "
+        "--out-md {output.md} --out-json {output.json} {input} > {log} 2>&1"

@@ -1,0 +1,45 @@
+# Training and evaluation. Runs are <method>[--<ablation>][--s<seed>]; see reid/config.py.
+
+
+rule train:
+    input:
+        unpack(lambda wc: D.train_deps(config, wc.dataset, wc.run)),
+    output:
+        model="models/{dataset}/{run}/model.pt",
+        log_csv="models/{dataset}/{run}/train_log.csv",
+    params:
+        resolved=resolved(C.stage_train, "dataset", "run"),
+        root=lambda wc: D.root_of(config, wc.dataset),
+        caches=caches_arg(lambda wc: D.train_deps(config, wc.dataset, wc.run)),
+        out_dir=lambda wc: D.model_dir(wc.dataset, wc.run),
+    log:
+        "logs/{dataset}/train_{run}.log",
+    benchmark:
+        "logs/{dataset}/train_{run}.benchmark.tsv"
+    threads: train_threads
+    resources:
+        gpu=1,
+    shell:
+        "python -m reid pipeline train --dataset {wildcards.dataset} --run {wildcards.run} "
+        "--resolved {params.resolved} --index {input.index} --root {params.root} {params.caches} "
+        "--out {params.out_dir} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        unpack(lambda wc: D.evaluate_deps(config, wc.dataset, wc.run)),
+    output:
+        "results/{dataset}/{run}/metrics.json",
+    params:
+        resolved=resolved(C.stage_evaluate, "dataset", "run"),
+        root=lambda wc: D.root_of(config, wc.dataset),
+        caches=caches_arg(lambda wc: D.evaluate_deps(config, wc.dataset, wc.run)),
+    log:
+        "logs/{dataset}/evaluate_{run}.log",
+    benchmark:
+        "logs/{dataset}/evaluate_{run}.benchmark.tsv"
+    threads: 2
+    shell:
+        "python -m reid pipeline evaluate --dataset {wildcards.dataset} --run {wildcards.run} "
+        "--resolved {params.resolved} --model {input.model} --index {input.index} --root {params.root} "
+        "{params.caches} --out {output} > {log} 2>&1"
