@@ -1,0 +1,512 @@
+"""The synthetic worlds `synthcc` (PRCC layout, cloth-changing) and `synthocc` (Occluded-Duke layout).
+
+Each image is rendered by `reid.data.render` on a 2x canvas, then occluded (maybe), downscaled to its camera's
+resolution, lit, blurred and JPEG-encoded; its ground truth (docs/contracts.md "Synthetic ground truth") is
+written beside it in the saved image frame. Every random draw comes from a numpy Generator seeded by
+(seed, world, purpose, ids...), so a seed gives byte-identical files whatever the generation order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import shutil
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from reid.data.render import (
+    CANVAS_H,
+    CANVAS_W,
+    COCO_KEYPOINTS,
+    FACE_HR_SIZE,
+    FACE_TEMPLATE_112,
+    LIP_LABELS,
+    OCCLUDER_KINDS,
+    OCCLUDER_MODE,
+    Identity,
+    Outfit,
+    View,
+    crop_background,
+    make_identity,
+    make_occluder,
+    make_outfit,
+    make_scene,
+    place_occluder,
+    render_face_hr,
+    render_person,
+)
+
+__all__ = [
+    "LIP_LABELS", "COCO_KEYPOINTS", "FACE_TEMPLATE_112", "FACE_HR_SIZE", "WORLDS", "SCHEMA_VERSION",
+    "generate_world", "load_groundtruth", "cue_rank1", "add_arguments", "main",
+]
+
+SCHEMA_VERSION = 1
+WORLDS = ("synthcc", "synthocc")
+_WORLD_CODE = {"synthcc": 1, "synthocc": 2}
+JPEG_QUALITY = 90
+N_OCCLUDERS = 20
+CLOTHES_LABELS = (1, 5, 6, 7, 9, 12, 18, 19)
+_NEAREST = getattr(cv2, "INTER_NEAREST_EXACT", cv2.INTER_NEAREST)
+
+# purposes of the random streams (first entries of the seed sequence after seed and world)
+_S_SCENE, _S_IDENT, _S_OUTFIT, _S_PLAN, _S_OCC, _S_IMAGE, _S_FACE = range(7)
+
+
+def _rng(seed: int, world: str, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), _WORLD_CODE[world], *map(int, key)]))
+
+
+# ----------------------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A camera's viewpoint mix, saved resolutions (H, W), blur (sigma in saved pixels) and colour cast."""
+
+    name: str
+    index: int
+    views: tuple[float, float, float, float]  # p(front), p(three-quarter), p(side), p(back)
+    sizes: tuple[tuple[int, int], ...]
+    blur: float
+    cast: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image to render: its relative path, identity, camera, outfit, whether to occlude, stream key."""
+
+    rel: str
+    pid: int
+    cam: int
+    outfit: int
+    occlude: bool
+    key: tuple[int, ...]
+
+
+CC_CAMERAS = (
+    Camera("A", 0, (0.55, 0.3, 0.1, 0.05), ((128, 64),), 0.3, (1.0, 1.0, 1.0)),
+    Camera("B", 1, (0.2, 0.2, 0.3, 0.3), ((96, 48),), 0.5, (1.06, 1.0, 0.9)),
+    Camera("C", 2, (0.4, 0.3, 0.15, 0.15), ((128, 64), (64, 32)), 0.8, (0.92, 0.98, 1.08)),
+)
+
+
+def _occ_cameras(seed: int) -> tuple[Camera, ...]:
+    """The eight synthocc cameras: viewpoint mixes, resolutions and casts drawn once per seed."""
+    sizes = (((128, 64),), ((128, 64),), ((96, 48),), ((128, 64),), ((64, 32), (96, 48)), ((128, 64),),
+             ((96, 48),), ((128, 64), (64, 32)))
+    cams = []
+    for i in range(8):
+        r = _rng(seed, "synthocc", _S_SCENE, 100 + i)
+        views = r.dirichlet([2.0, 1.5, 1.0, 1.0])
+        cams.append(Camera(str(i + 1), i, tuple(float(v) for v in views), sizes[i], float(r.uniform(0.2, 0.9)),
+                           tuple(float(v) for v in r.uniform(0.9, 1.1, 3))))
+    return tuple(cams)
+
+
+def _counts(scale: float, base: int, minimum: int) -> int:
+    return max(minimum, int(round(base * scale)))
+
+
+def _outfit_pool_size(n_ids: int, n_test: int) -> int:
+    """Fewer outfits than identities, so outfits repeat across people."""
+    return max(n_test + 2, int(round(0.5 * n_ids)))
+
+
+def _plan_synthcc(seed: int, scale: float) -> tuple[list[ImageSpec], dict, int]:
+    """PRCC: A and B show outfit 1, C outfit 2; test C outfits are often another test identity's A/B outfit."""
+    n_train, n_val, n_test = _counts(scale, 40, 2), _counts(scale, 4, 1), _counts(scale, 20, 2)
+    pids = list(range(1, n_train + n_val + n_test + 1))
+    split_of = {p: "train" if p <= n_train else "val" if p <= n_train + n_val else "test" for p in pids}
+    n_pool = _outfit_pool_size(len(pids), n_test)
+    r = _rng(seed, "synthcc", _S_PLAN)
+    test = [p for p in pids if split_of[p] == "test"]
+    outfits: dict[int, tuple[int, int]] = {}
+    first = r.permutation(n_pool)[: len(test)]
+    swapped = r.permutation(len(test))[: max(2, int(round(0.6 * len(test))))]
+    for i, p in enumerate(test):
+        o1 = int(first[i])
+        if i in swapped:  # C outfit = the A/B outfit of the next identity in the swap cycle
+            j = int(swapped[(list(swapped).index(i) + 1) % len(swapped)])
+            o2 = int(first[j])
+        else:
+            o2 = int(r.choice([o for o in range(n_pool) if o != o1]))
+        outfits[p] = (o1, o2)
+    for p in pids:
+        if p not in outfits:
+            o1, o2 = r.choice(n_pool, size=2, replace=False)
+            outfits[p] = (int(o1), int(o2))
+    per_cam = {"train": (8, 8, 8), "val": (4, 4, 4), "test": (6, 4, 4)}
+    specs = []
+    for p in pids:
+        split = split_of[p]
+        for cam in CC_CAMERAS:
+            for n in range(1, per_cam[split][cam.index] + 1):
+                name = f"{cam.name}_cropped_rgb{n:03d}.jpg"
+                rel = f"rgb/test/{cam.name}/{p:03d}/{name}" if split == "test" else f"rgb/{split}/{p:03d}/{name}"
+                occ = bool(_rng(seed, "synthcc", _S_PLAN, p, cam.index, n).random() < 0.05)
+                specs.append(ImageSpec(rel, p, cam.index, outfits[p][cam.index == 2], occ, (p, cam.index, n)))
+    meta = {"identities": {str(p): {"split": split_of[p], "outfits": list(outfits[p])} for p in pids},
+            "outfit_pool": n_pool}
+    return specs, meta, n_pool
+
+
+def _plan_synthocc(seed: int, scale: float) -> tuple[list[ImageSpec], dict, int]:
+    """Occluded-Duke: one outfit per identity, all queries occluded, ~10% gallery and ~30% train occluded."""
+    n_train, n_query, n_distr = _counts(scale, 40, 2), _counts(scale, 20, 2), _counts(scale, 10, 1)
+    pids = list(range(1, n_train + n_query + n_distr + 1))
+    role = {p: "train" if p <= n_train else "query" if p <= n_train + n_query else "distractor" for p in pids}
+    n_pool = _outfit_pool_size(len(pids), 0)
+    r = _rng(seed, "synthocc", _S_PLAN)
+    outfit = {p: int(r.integers(n_pool)) for p in pids}
+    specs: list[ImageSpec] = []
+    for p in pids:
+        rp = _rng(seed, "synthocc", _S_PLAN, p)
+        cams = [int(c) for c in rp.choice(8, size=int(rp.integers(4, 7)), replace=False)]
+        frame0 = {c: int(rp.integers(0, 9_000_000)) for c in cams}
+        counter = {c: 0 for c in cams}
+        jobs: list[tuple[str, int, bool]] = []
+        if role[p] == "train":
+            jobs = [("bounding_box_train", cams[i % len(cams)], bool(rp.random() < 0.3)) for i in range(16)]
+        else:
+            gal = [cams[i % len(cams)] for i in range(8)]  # >= 4 distinct cameras in the gallery
+            jobs = [("bounding_box_test", c, bool(rp.random() < 0.1)) for c in gal]
+            if role[p] == "query":
+                jobs += [("query", int(rp.choice(cams)), True) for _ in range(3)]
+        for folder, c, occ in jobs:
+            counter[c] += 1
+            frame = frame0[c] + 41 * counter[c]
+            rel = f"{folder}/{p:04d}_c{c + 1}_f{frame:07d}.jpg"
+            specs.append(ImageSpec(rel, p, c, outfit[p], occ, (p, c, counter[c])))
+    meta = {"identities": {str(p): {"split": role[p], "outfits": [outfit[p]]} for p in pids}, "outfit_pool": n_pool}
+    return specs, meta, n_pool
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+_VIEW_NAMES = ("front", "three_quarter", "side", "back")
+
+
+def sample_view(ident: Identity, cam: Camera, rng: np.random.Generator) -> View:
+    """Yaw from the camera's viewpoint mix, scale and placement jitter, arm and leg angles."""
+    kind = _VIEW_NAMES[int(rng.choice(4, p=np.asarray(cam.views) / sum(cam.views)))]
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    yaw = {"front": rng.uniform(-12, 12), "three_quarter": sign * rng.uniform(24, 38),
+           "side": sign * rng.uniform(70, 105), "back": 180 + rng.uniform(-15, 15)}[kind]
+    size = ident.height * rng.uniform(0.93, 1.05) * CANVAS_H
+    top = rng.uniform(2, max(3.0, CANVAS_H - size - 2)) if rng.random() > 0.05 else rng.uniform(4, 0.12 * CANVAS_H)
+    walking = kind in ("side", "three_quarter") or rng.random() < 0.3
+    stride = rng.uniform(8, 24) if walking else rng.uniform(0, 5)
+    return View(yaw=float(yaw), cx=float(CANVAS_W / 2 + rng.uniform(-6, 6)), top=float(top), size=float(size),
+                arm_abd=(float(rng.uniform(4, 14)), float(rng.uniform(4, 14))),
+                arm_swing=float(stride * rng.uniform(0.8, 1.4)), elbow=float(rng.uniform(0, 25)), stride=float(stride))
+
+
+def _to_saved(xy: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Canvas pixel coordinates -> saved-image pixel coordinates (pixel centres at integers)."""
+    s = np.array([w / CANVAS_W, h / CANVAS_H], np.float32)
+    return (xy + 0.5) * s - 0.5
+
+
+class World:
+    """Everything shared by the images of one world: identities, outfits, scenes, occluders, cameras."""
+
+    def __init__(self, world: str, seed: int, n_pool: int, pids: Iterable[int]) -> None:
+        self.world, self.seed = world, seed
+        self.cameras = CC_CAMERAS if world == "synthcc" else _occ_cameras(seed)
+        self.identities = {p: make_identity(p, _rng(seed, world, _S_IDENT, p)) for p in pids}
+        self.outfits: list[Outfit] = [make_outfit(_rng(seed, world, _S_OUTFIT, i)) for i in range(n_pool)]
+        self.scenes = [make_scene(_rng(seed, world, _S_SCENE, c.index)) for c in self.cameras]
+        self.occluders: list[tuple[str, np.ndarray]] = []
+        for j in range(N_OCCLUDERS):
+            kind = OCCLUDER_KINDS[j % len(OCCLUDER_KINDS)]
+            self.occluders.append((kind, make_occluder(kind, _rng(seed, world, _S_OCC, j))))
+
+    def render(self, spec: ImageSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Render one image: BGR uint8 in its saved size and its ground truth in that frame."""
+        rng = _rng(self.seed, self.world, _S_IMAGE, *spec.key)
+        cam, ident = self.cameras[spec.cam], self.identities[spec.pid]
+        view = sample_view(ident, cam, rng)
+        bg = crop_background(self.scenes[spec.cam], rng)
+        face = None
+        if abs(view.yaw) <= 40:
+            face = render_face_hr(ident, _rng(self.seed, self.world, _S_FACE, *spec.key))
+        body = render_person(ident, self.outfits[spec.outfit], view, bg, rng, face)
+        pt, kps = body.painter, body.keypoints.copy()
+        has_face = face is not None and _face_inside(body.face_landmarks, body.face_mask)
+        occluded = False
+        if spec.occlude:
+            alpha = self._occlude(pt, rng)
+            occluded = True
+            vis = kps[:, 2] == 2
+            ki = np.clip(np.round(kps[:, :2]).astype(int), 0, [CANVAS_W - 1, CANVAS_H - 1])
+            kps[vis & (alpha[ki[:, 1], ki[:, 0]] > 0.5), 2] = 1
+            if has_face:
+                li = np.clip(np.round(body.face_landmarks).astype(int), 0, [CANVAS_W - 1, CANVAS_H - 1])
+                covered = alpha[body.face_mask].mean() if body.face_mask.any() else 1.0
+                if covered > 0.25 or (alpha[li[:, 1], li[:, 0]] > 0.5).any():
+                    has_face = False
+        h, w = cam.sizes[int(rng.integers(len(cam.sizes)))]
+        img = cv2.resize(pt.img, (w, h), interpolation=cv2.INTER_AREA)
+        lab = cv2.resize(pt.lab, (w, h), interpolation=_NEAREST)
+        img = _camera_effects(img, cam, rng)
+        gt = _groundtruth(lab, kps, body, face, has_face, occluded, h, w)
+        return cv2.cvtColor(img, cv2.COLOR_RGB2BGR), gt
+
+    def _occlude(self, pt, rng: np.random.Generator) -> np.ndarray:
+        """Paste an occluder over 15-70% of the person; returns its canvas alpha."""
+        fg = pt.lab > 0
+        j = int(rng.integers(len(self.occluders)))
+        kind, sprite = self.occluders[j]
+        mode = OCCLUDER_MODE[kind]
+        for _ in range(8):
+            layer = place_occluder(sprite, mode, rng)
+            cover = (layer[..., 3] > 0.5)[fg].mean() if fg.any() else 0.0
+            if 0.15 <= cover <= 0.7:
+                break
+        a = layer[..., 3]
+        pt.img[:] = pt.img * (1 - a[..., None]) + layer[..., :3] * a[..., None]
+        pt.lab[a > 0.5] = 0
+        pt.part[a > 0.5] = 0
+        return a
+
+
+def _face_inside(lm: np.ndarray | None, mask: np.ndarray | None) -> bool:
+    if lm is None or mask is None or not mask.any():
+        return False
+    ys, xs = np.nonzero(mask)
+    return bool(xs.min() > 0 and ys.min() > 0 and xs.max() < CANVAS_W - 1 and ys.max() < CANVAS_H - 1)
+
+
+def _camera_effects(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarray:
+    """Colour cast, exposure, blur and sensor noise in the saved frame -> uint8 RGB."""
+    img = img * np.asarray(cam.cast, np.float32) * np.float32(rng.uniform(0.8, 1.15))
+    sigma = rng.uniform(0.0, cam.blur)
+    if sigma > 0.15:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    img = img + rng.normal(0, 3.0, img.shape).astype(np.float32)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def _groundtruth(lab: np.ndarray, kps: np.ndarray, body, face, has_face: bool, occluded: bool,
+                 h: int, w: int) -> dict[str, np.ndarray]:
+    """Ground-truth arrays in the saved frame (docs/contracts.md)."""
+    k = np.zeros((17, 3), np.float32)
+    xy = _to_saved(kps[:, :2], h, w)
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1) & (kps[:, 2] > 0)
+    k[inside, :2] = xy[inside]
+    k[inside, 2] = kps[inside, 2]
+    box = np.full(4, np.nan, np.float32)
+    lms = np.full((5, 2), np.nan, np.float32)
+    face_hr = np.zeros((FACE_HR_SIZE, FACE_HR_SIZE, 3), np.uint8)
+    if has_face:
+        ys, xs = np.nonzero(body.face_mask)
+        corners = _to_saved(np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]], np.float32), h, w)
+        box = np.clip(corners.reshape(4), 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+        lms = _to_saved(body.face_landmarks, h, w).astype(np.float32)
+        face_hr = face[0]
+    return {"parsing": lab.astype(np.uint8), "has_face": np.array(has_face), "face_box": box,
+            "face_landmarks": lms, "keypoints": k, "face_hr": face_hr, "occluded": np.array(occluded)}
+
+
+# ----------------------------------------------------------------------------------------------- I/O
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed-compatible archive with fixed zip timestamps (byte-reproducible for DVC)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            arr = io.BytesIO()
+            np.lib.format.write_array(arr, np.asanyarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, arr.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+
+
+def _write_jpg(path: Path, bgr: np.ndarray) -> None:
+    ok, enc = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise OSError(f"JPEG encoding failed for {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(enc.tobytes())
+
+
+def _write_occluders(world: World, root: Path) -> list[str]:
+    (root / "occluders").mkdir(parents=True, exist_ok=True)
+    names = []
+    for j, (kind, rgba) in enumerate(world.occluders):
+        name = f"occluders/{j:02d}_{kind}.png"
+        ok, enc = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+        if not ok:
+            raise OSError(f"PNG encoding failed for {root / name}")
+        (root / name).write_bytes(enc.tobytes())
+        names.append(name)
+    return names
+
+
+def load_groundtruth(root: str | Path, rel_path: str) -> dict[str, np.ndarray]:
+    """Ground truth of one image of a synthetic world (`rel_path` = the image path relative to `root`)."""
+    path = Path(root) / "groundtruth" / Path(rel_path).with_suffix(".npz")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"synthetic ground truth not found: {path} (for image {rel_path!r}); the oracle backend only works on "
+            f"a world made by `python -m reid synth` (a WORLD.json marker should be in {root})")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "WORLD.json").is_file():
+        raise FileExistsError(f"refusing to overwrite {out}: it is not empty and holds no WORLD.json marker of a "
+                              "previous synthetic world; remove it or pick another --out")
+
+
+def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.0, progress: bool = True) -> Path:
+    """Render a whole world into `out` (built in `<out>.tmp`, then renamed); returns `out`."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown synthetic world {world!r}; known: {', '.join(WORLDS)}")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    out = Path(out)
+    _check_target(out)
+    specs, meta, n_pool = (_plan_synthcc if world == "synthcc" else _plan_synthocc)(seed, scale)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    w = World(world, seed, n_pool, sorted({s.pid for s in specs}))
+    occ_names = _write_occluders(w, tmp)
+    items = specs
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(specs, desc=f"synth {world}", unit="img", file=sys.stderr)
+    counts: dict[str, int] = {}
+    for spec in items:
+        bgr, gt = w.render(spec)
+        _write_jpg(tmp / spec.rel, bgr)
+        _save_npz(tmp / "groundtruth" / Path(spec.rel).with_suffix(".npz"), gt)
+        folder = spec.rel.split("/")[1] if world == "synthcc" else spec.rel.split("/")[0]
+        folder = f"test_{spec.rel.split('/')[2]}" if folder == "test" else folder
+        counts[folder] = counts.get(folder, 0) + 1
+    marker = {"schema_version": SCHEMA_VERSION, "world": world, "seed": seed, "scale": scale,
+              "counts": dict(sorted(counts.items())), "num_images": len(specs), "face_hr_size": FACE_HR_SIZE,
+              "occluders": occ_names, "lip_labels": list(LIP_LABELS), "coco_keypoints": list(COCO_KEYPOINTS),
+              "cameras": [c.name for c in w.cameras], **meta}
+    (tmp / "WORLD.json").write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- diagnostics
+
+
+def _clothes_hist(img_bgr: np.ndarray, parsing: np.ndarray) -> np.ndarray:
+    hsv = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2HSV)
+    mask = np.isin(parsing, CLOTHES_LABELS).astype(np.uint8)
+    h = cv2.calcHist([hsv], [0, 1, 2], mask, [12, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+    return h / max(h.sum(), 1.0)
+
+
+def _face_desc(face: np.ndarray) -> np.ndarray:
+    d = cv2.resize(face, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    d -= d.mean()
+    return d / max(float(np.linalg.norm(d)), 1e-6)
+
+
+def _face_from_body(img_bgr: np.ndarray, lms: np.ndarray) -> np.ndarray:
+    """The aligned face an ideal detector would crop from the body image itself (no restoration)."""
+    M, _ = cv2.estimateAffinePartial2D(lms, FACE_TEMPLATE_112 * FACE_HR_SIZE / 112.0)
+    return cv2.warpAffine(cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB), M, (FACE_HR_SIZE, FACE_HR_SIZE),
+                          flags=cv2.INTER_LINEAR)
+
+
+def _rank1(q: np.ndarray, qp: Sequence[int], g: np.ndarray, gp: Sequence[int], sim: str) -> float:
+    if len(q) == 0 or len(g) == 0:
+        return float("nan")
+    s = np.sqrt(q) @ np.sqrt(g).T if sim == "bhattacharyya" else q @ g.T
+    return float(np.mean(np.asarray(gp)[np.argmax(s, axis=1)] == np.asarray(qp)))
+
+
+def cue_rank1(root: str | Path) -> dict[str, float]:
+    """Rank-1 of cheap proxies on a synthcc test split: clothes histograms (B->A, C->A) and face descriptors.
+
+    Shows the world is built as intended: clothes identify within an outfit and mislead across outfits; the clean
+    HR face identifies across outfits; the face cropped from the low-resolution body image much less.
+    """
+    root = Path(root)
+    data: dict[str, list] = {c: [] for c in "ABC"}
+    for cam in "ABC":
+        for p in sorted((root / "rgb" / "test" / cam).glob("*/*.jpg")):
+            rel = p.relative_to(root).as_posix()
+            gt = load_groundtruth(root, rel)
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            data[cam].append((int(p.parent.name), img, gt))
+    if not data["A"]:
+        raise FileNotFoundError(f"no synthcc test images under {root / 'rgb' / 'test' / 'A'}")
+
+    def feats(cam: str, kind: str) -> tuple[np.ndarray, list[int]]:
+        rows, pids = [], []
+        for pid, img, gt in data[cam]:
+            if kind == "clothes":
+                rows.append(_clothes_hist(img, gt["parsing"]))
+            elif bool(gt["has_face"]):
+                rows.append(_face_desc(gt["face_hr"] if kind == "face_hr" else _face_from_body(img, gt["face_landmarks"])))
+            else:
+                continue
+            pids.append(pid)
+        return np.array(rows, np.float32), pids
+
+    out = {}
+    for kind, sim in (("clothes", "bhattacharyya"), ("face_hr", "cos"), ("face_lr", "cos")):
+        g, gp = feats("A", kind)
+        for qc in "BC":
+            q, qp = feats(qc, kind)
+            out[f"{kind}_{qc}->A"] = _rank1(q, qp, g, gp, sim)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI verb `synth`: render a synthetic world."""
+    parser.add_argument("--world", required=True, choices=WORLDS, help="which synthetic world")
+    parser.add_argument("--out", required=True, help="output directory (the dataset root)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical files)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the identity counts")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--check", action="store_true", help="print the cue rank-1 diagnostics (synthcc)")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = generate_world(args.world, args.out, seed=args.seed, scale=args.scale, progress=not args.no_progress)
+    info = json.loads((out / "WORLD.json").read_text())
+    print(f"{args.world}: {info['num_images']} images in {out} ({info['counts']})")
+    if getattr(args, "check", False) and args.world == "synthcc":
+        for k, v in cue_rank1(out).items():
+            print(f"  rank-1 {k}: {v:.3f}")
+    return 0
