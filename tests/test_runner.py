@@ -208,7 +208,7 @@ def test_build_teacher_and_registry() -> None:
     assert isinstance(t, ToyMean) and t.device in ("cpu", "cuda") and t.model_sha256 == ""
     with pytest.raises(ValueError, match="no backend 'onnx'"):
         build_teacher("toy_mean", "onnx", None, "cpu")
-    with pytest.raises(KeyError, match="unknown teacher 'nope'"):
+    with pytest.raises(KeyError, match="unknown teacher 'nope': no module reid/teachers/nope.py"):
         build_teacher("nope", "onnx", None, "cpu")
 
 

@@ -49,7 +49,7 @@ class Teacher:
 
     name: ClassVar[str] = ""
     backends: ClassVar[tuple[str, ...]] = ()
-    needs_image: ClassVar[bool] = True
+    needs_image: bool = True  # may be set per instance (e.g. False for an oracle backend)
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu", **params: Any):
         if self.backends and backend not in self.backends:
@@ -128,6 +128,10 @@ def get_teacher_class(name: str) -> type[Teacher]:
         except ModuleNotFoundError as exc:
             if exc.name != f"reid.teachers.{name}":
                 raise
+    if name not in TEACHERS:
+        known = ", ".join(TEACHERS.names()) or "(none imported)"
+        raise KeyError(f"unknown teacher '{name}': no module reid/teachers/{name}.py registers it "
+                       f"(registered: {known})")
     return TEACHERS.get(name)
 
 
