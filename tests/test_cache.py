@@ -241,6 +241,11 @@ def test_describe_stats(tmp_path: Path) -> None:
     hist = d["fields"]["labels"]["histogram"]
     assert set(hist) <= set(range(5)) and sum(hist.values()) == pytest.approx(1.0)
     assert "histogram" not in d["fields"]["has_face"]
+    # 3 evenly spaced rows of 0..9: linspace(0, 9, 3) = 0, 4.5 -> 4 (round half to even), 9
+    small = describe(out, max_rows=3)
+    assert small["stats_rows"] == 3 and small["fields"]["vec"]["max"] == 9 and small["fields"]["vec"]["min"] == -9
+    # has_face over rows 0, 4, 9 = 1, 0, 1
+    assert small["fields"]["has_face"]["detection_rate"] == pytest.approx(2 / 3)
 
 
 def test_tmp_path_same_directory(tmp_path: Path) -> None:

@@ -179,7 +179,8 @@ def contact_sheet(reader: CacheReader, root: str | Path, rows: Sequence[int], co
 
 def format_description(d: dict[str, Any]) -> str:
     """Readable provenance + per-field statistics."""
-    lines = [f"cache: {d['path']}", f"rows: {d['rows_done']} of {d['num_rows']} done"]
+    lines = [f"cache: {d['path']}", f"rows: {d['rows_done']} of {d['num_rows']} done; statistics over "
+                                    f"{d['stats_rows']} rows"]
     lines += [f"  {k}: {json.dumps(v, sort_keys=True)}" for k, v in d["provenance"].items()]
     for name, s in d["fields"].items():
         extra = {k: v for k, v in s.items() if k not in ("shape", "dtype")}
@@ -198,12 +199,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, default=None, help="dataset root (needed for --sheet)")
     parser.add_argument("--sheet", type=Path, default=None, help="write a PNG contact sheet here")
     parser.add_argument("--n", type=int, default=16, help="number of samples on the sheet")
+    parser.add_argument("--stats-rows", type=int, default=5000,
+                        help="compute statistics on at most this many evenly spaced rows (0 = all)")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
     """`python -m reid inspect`: provenance + statistics, and optionally an overlay contact sheet."""
-    d = describe(args.cache)
+    d = describe(args.cache, max_rows=args.stats_rows or None)
     print(json.dumps(d, indent=1, sort_keys=True) if args.json else format_description(d))
     if args.sheet is not None:
         if args.root is None:
