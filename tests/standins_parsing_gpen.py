@@ -9,6 +9,7 @@ GPEN: `input` -> `output`, 1x3xMxM) and behave predictably, so the tests can che
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -90,15 +91,30 @@ class PassThroughGPEN(nn.Module):
         return self.conv(x)
 
 
-def export_gpen(path: Path, size: int = 64, zero_red: bool = False, output_name: str = "output",
-                input_name: str = "input", dynamic_batch: bool = False) -> Path:
-    """Export the GPEN stand-in: `input` (1,3,M,M) -> `output` (1,3,M,M), fixed batch as community exports."""
-    model = PassThroughGPEN(zero_red).eval()
-    dyn = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), input_names=[input_name],
-                          output_names=[output_name], dynamic_axes=dyn, opset_version=17, dynamo=False)
+class LatentGPEN(PassThroughGPEN):
+    """Like PassThroughGPEN but with a second (latent-like) output first, as some exports may carry."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return x.mean(dim=(2, 3)), self.conv(x)
+
+
+def onnx_export(model: nn.Module, path: Path, shape: tuple[int, ...], input_names: list[str],
+                output_names: list[str], dynamic_axes: dict | None = None) -> Path:
+    """Legacy (TorchScript) ONNX export of a stand-in, without its deprecation chatter."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model.eval(), (torch.zeros(*shape),), str(path), input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
     return path
+
+
+def export_gpen(path: Path, size: int = 64, zero_red: bool = False, output_name: str = "output",
+                input_name: str = "input", dynamic_batch: bool = False, latent_output: bool = False) -> Path:
+    """Export the GPEN stand-in: `input` (1,3,M,M) -> `output` (1,3,M,M), fixed batch as community exports."""
+    model = (LatentGPEN(zero_red) if latent_output else PassThroughGPEN(zero_red)).eval()
+    outputs = ["latent", output_name] if latent_output else [output_name]
+    dyn = {name: {0: "batch"} for name in [input_name, *outputs]} if dynamic_batch else None
+    return onnx_export(model, path, (1, 3, size, size), [input_name], outputs, dyn)
 
 
 # --- tiny datasets --------------------------------------------------------------------------------------------
@@ -126,9 +142,9 @@ def write_faces_cache(out: Path, index_path: Path, root: Path, landmarks: Sequen
                       crop_size: int = 112) -> Path:
     """A `faces` cache as the faces teacher writes it: has_face, box, score, landmarks, ArcFace-aligned RGB crop.
 
-    Crops are made with this project's ArcFace template and least-squares similarity, as the faces teacher does.
+    Crops are made with the faces teacher's own `norm_crop`, so they are exactly what that teacher stores.
     """
-    from reid.teachers.restored_faces import arcface_template, similarity_transform
+    from reid.teachers.faces import norm_crop
 
     rows = read_index(index_path)
     s = crop_size
@@ -143,9 +159,7 @@ def write_faces_cache(out: Path, index_path: Path, root: Path, landmarks: Sequen
             values["landmarks"].append(np.full((5, 2), np.nan, np.float32))
             values["crop"].append(np.zeros((s, s, 3), np.uint8))
             continue
-        img = cv2.imread(str(root / row.path))
-        m = similarity_transform(lms, arcface_template(s))
-        crop = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        crop = norm_crop(cv2.imread(str(root / row.path)), lms, s)
         lo, hi = lms.min(0) - 4, lms.max(0) + 4
         values["has_face"].append(np.uint8(1))
         values["box"].append(np.array([lo[0], lo[1], hi[0], hi[1]], np.float32))

@@ -38,7 +38,13 @@ from reid.teachers.schp_net import (
     output_side,
 )
 from reid.teachers import schp_net
-from standins_parsing_gpen import export_brightness_schp, save_official_style_checkpoint, write_dataset
+from standins_parsing_gpen import (
+    BrightnessSCHP,
+    export_brightness_schp,
+    onnx_export,
+    save_official_style_checkpoint,
+    write_dataset,
+)
 
 
 # --- geometry -------------------------------------------------------------------------------------------------
@@ -282,9 +288,7 @@ def test_onnx_signature_errors(tmp_path: Path) -> None:
     import torch.nn as nn
 
     bad = tmp_path / "bad.onnx"
-    with torch.no_grad():
-        torch.onnx.export(nn.Conv2d(3, 20, 1, stride=4), (torch.zeros(1, 3, 473, 473),), str(bad),
-                          input_names=["x"], output_names=["y"], dynamo=False)
+    onnx_export(nn.Conv2d(3, 20, 1, stride=4), bad, (1, 3, 473, 473), ["x"], ["y"])
     with pytest.raises(ModelSignatureError, match=r"expected inputs \['input.1'\], found \['x'\]"):
         build_teacher("parsing", "onnx", bad, device="cpu")
     lip = export_brightness_schp(tmp_path / "lip.onnx")
@@ -298,11 +302,7 @@ def test_onnx_signature_errors(tmp_path: Path) -> None:
 
 def test_ailia_style_input_name_accepted(tmp_path: Path) -> None:
     model = tmp_path / "resnet-lip.onnx"
-    with torch.no_grad():
-        from standins_parsing_gpen import BrightnessSCHP
-
-        torch.onnx.export(BrightnessSCHP().eval(), (torch.zeros(1, 3, 473, 473),), str(model),
-                          input_names=["img"], output_names=["a", "b", "c"], dynamo=False)
+    onnx_export(BrightnessSCHP(), model, (1, 3, 473, 473), ["img"], ["a", "b", "c"])
     teacher = build_teacher("parsing", "onnx", model, device="cpu", out_size=[16, 8])
     from reid.data.index import IndexRow
 
