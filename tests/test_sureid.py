@@ -1,0 +1,239 @@
+"""SUREID: hand-computed NPKD / ratio / Eq. 14 values, NODA pasting rules, tiny method train/embed, teacher cache."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reid.data.occluders import jitter_colour, load_occluders, occluder_box, paste_occluders
+from reid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from reid.methods.base import METHODS
+from reid.methods.sureid import (
+    ABLATIONS,
+    PAPER_TABLES,
+    SUREID,
+    SUREIDTeacher,
+    align_features,
+    npkd_feature_loss,
+    npkd_logit_kl,
+    npkd_loss,
+    pick_view,
+    ratio_loss,
+    sureid_objective,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*no pretrained weights.*")
+TINY = {"arch": "vit_tiny_test", "img_size": (64, 32)}
+
+
+# --- Eq. 9 ---------------------------------------------------------------------------------------------------
+def test_ratio_loss_by_hand():
+    # targets p = [0.5, 0.25]; stage-1 keep fractions: b0 3/4, b1 1/4; stage 2: b0 1/4, b1 0
+    # b0: (0.5 - 0.75)^2 + (0.25 - 0.25)^2 = 0.0625; b1: (0.5 - 0.25)^2 + (0.25 - 0)^2 = 0.125; mean = 0.09375
+    d1 = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    d2 = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert float(ratio_loss([d1, d2], [0.5, 0.25])) == pytest.approx(0.09375)
+    with pytest.raises(ValueError):
+        ratio_loss([d1], [0.5, 0.25])
+
+
+# --- Eq. 11-13 -----------------------------------------------------------------------------------------------
+def test_npkd_logit_kl_at_temperature_by_hand():
+    # teacher [ln 3, 0] -> p_t = [0.75, 0.25]; student [0, 0] -> p_s = [0.5, 0.5]
+    # KL = 0.75 ln(0.75/0.5) + 0.25 ln(0.25/0.5) = 0.75 * 0.405465 - 0.25 * 0.693147 = 0.130812
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert float(npkd_logit_kl(torch.zeros(1, 2), torch.tensor([[math.log(3), 0.0]]), 1.0)) == pytest.approx(kl)
+    # T = 2 with teacher [2 ln 3, 0]: the same softened distributions, times T^2 = 4 -> 0.523248
+    t2 = npkd_logit_kl(torch.zeros(1, 2), torch.tensor([[2 * math.log(3), 0.0]]), 2.0)
+    assert float(t2) == pytest.approx(4 * kl)
+
+
+def test_interpolation_teacher_8d_to_student_4d_by_hand():
+    # linear, align_corners=False, 8 -> 4: output i samples x at 2i + 0.5 = mean of x[2i], x[2i+1]
+    teacher = torch.arange(8.0).unsqueeze(0)
+    torch.testing.assert_close(align_features(teacher, 4, "interp"), torch.tensor([[0.5, 2.5, 4.5, 6.5]]))
+    torch.testing.assert_close(align_features(teacher, 4, "pool"), torch.tensor([[0.5, 2.5, 4.5, 6.5]]))
+    # S-T direction, 4 -> 8: sample points 0.5 i - 0.25 clamped to [0, 3] on x = [0, 4, 8, 12]
+    # -> [0, 1, 3, 5, 7, 9, 11, 12]
+    up = align_features(torch.tensor([[0.0, 4.0, 8.0, 12.0]]), 8, "interp")
+    torch.testing.assert_close(up, torch.tensor([[0.0, 1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 12.0]]))
+    # Eq. 13 feature term: f_s = [1, 2, 3, 4] vs I(f_t) = [0.5, 2.5, 4.5, 6.5]
+    # diff [0.5, -0.5, -1.5, -2.5] -> 0.25 + 0.25 + 2.25 + 6.25 = 9.0
+    f_s = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert float(npkd_feature_loss(f_s, align_features(teacher, 4))) == pytest.approx(9.0)
+    # Eq. 13: lambda * KL + l2 = 0.1 * 2 + 9 = 9.2
+    assert float(npkd_loss(torch.tensor(2.0), torch.tensor(9.0), 0.1)) == pytest.approx(9.2)
+    with pytest.raises(ValueError):
+        align_features(teacher, 4, "linear")
+
+
+def test_sureid_objective_eq14_by_hand():
+    # alpha = 2, beta = 1, lambda = 0.1, lambda_ratio = 2, raw: id 1, tri 2, kl 3, feat 4, ratio 0.5
+    # L = 2 * (0.1 * 3 + 4 + 2 * 0.5) + 1 * (1 + 2) = 2 * 5.3 + 3 = 13.6
+    raw = {k: torch.tensor(v) for k, v in {"id": 1.0, "triplet": 2.0, "kd_kl": 3.0, "kd_feat": 4.0,
+                                           "ratio": 0.5}.items()}
+    terms = sureid_objective(raw, alpha=2.0, beta=1.0, kl_weight=0.1, ratio_weight=2.0)
+    assert float(sum(terms.values())) == pytest.approx(13.6)
+    assert float(terms["kd_kl"]) == pytest.approx(0.6)
+    with pytest.raises(KeyError):
+        sureid_objective({"other": torch.tensor(1.0)})
+
+
+def test_pick_view_by_flip():
+    views = torch.tensor([[[1.0], [2.0]], [[3.0], [4.0]]])  # row 0: (as is 1, mirrored 2); row 1: (3, 4)
+    torch.testing.assert_close(pick_view(views, torch.tensor([True, False])), torch.tensor([[2.0], [3.0]]))
+    with pytest.raises(ValueError, match="view axis"):
+        pick_view(torch.zeros(2, 3, 1), torch.tensor([True, False]))
+
+
+# --- NODA ----------------------------------------------------------------------------------------------------
+def _write(path, rgba):
+    cv2.imwrite(str(path), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+
+
+def red(h, w, alpha=255):
+    img = np.zeros((h, w, 4), np.uint8)
+    img[..., 0], img[..., 3] = 255, alpha
+    return torch.from_numpy(img).permute(2, 0, 1).float() / 255
+
+
+def test_load_occluders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_occluders(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no image"):
+        load_occluders(tmp_path)
+    _write(tmp_path / "a.png", np.full((300, 100, 4), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "b.jpg"), np.full((40, 80, 3), 10, np.uint8))
+    occ = load_occluders(tmp_path, max_size=150)
+    assert [tuple(o.shape) for o in occ] == [(4, 150, 50), (4, 40, 80)]  # longest side capped; jpg gets alpha
+    torch.testing.assert_close(occ[1][3], torch.ones(40, 80))
+
+
+def test_occluder_box_rules():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        # aspect 60 / 10 = 6 > 2: vertical, full height, width in [W/3, W/2] = [10.7, 16] at the left/right edge
+        y1, x1, y2, x2 = occluder_box((60, 10), (64, 32), gen)
+        assert (y1, y2) == (0, 64) and 11 <= x2 - x1 <= 16 and (x1 == 0 or x2 == 32)
+        # aspect 40 / 20 = 2 (not > 2): horizontal, full width, height in [H/3, H/2] = [21.3, 32], top/bottom
+        y1, x1, y2, x2 = occluder_box((40, 20), (64, 32), gen)
+        assert (x1, x2) == (0, 32) and 21 <= y2 - y1 <= 32 and (y1 == 0 or y2 == 64)
+
+
+def test_paste_opaque_occluder_region_and_values():
+    images = torch.zeros(6, 3, 64, 32)
+    out, boxes = paste_occluders(images, [red(40, 20)], torch.Generator().manual_seed(3), jitter=0.0, crop_min=1.0)
+    red_norm = torch.tensor((np.array([1.0, 0.0, 0.0]) - IMAGENET_MEAN) / IMAGENET_STD, dtype=torch.float32)
+    assert torch.equal(images, torch.zeros(6, 3, 64, 32))  # input untouched
+    for b, (y1, x1, y2, x2) in enumerate(boxes.tolist()):
+        inside = torch.zeros(64, 32, dtype=torch.bool)
+        inside[y1:y2, x1:x2] = True
+        torch.testing.assert_close(out[b][:, inside], red_norm[:, None].expand(3, int(inside.sum())))
+        assert (out[b][:, ~inside] == 0).all()
+    sides = {("top" if y1 == 0 else "bottom") for y1, _, _, _ in boxes.tolist()}
+    assert sides == {"top", "bottom"}  # both sides drawn with this seed
+
+
+def test_paste_probability_transparency_and_seed():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.zeros(200, 3, 16, 8)
+    _, boxes = paste_occluders(images, [red(8, 8)], gen, prob=0.5)
+    frac = float((boxes[:, 0] >= 0).float().mean())
+    assert 0.4 < frac < 0.6  # each image pasted with probability 1/2
+    _, none = paste_occluders(images[:5], [red(8, 8)], gen, prob=0.0)
+    assert (none == -1).all()
+    clear, _ = paste_occluders(images[:5], [red(8, 8, alpha=0)], gen)
+    assert torch.equal(clear, images[:5])  # alpha 0: nothing visible
+    a, ba = paste_occluders(images[:8], [red(8, 8), red(30, 5)], torch.Generator().manual_seed(7))
+    b, bb = paste_occluders(images[:8], [red(8, 8), red(30, 5)], torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and torch.equal(ba, bb)
+
+
+def test_jitter_colour_identity_and_brightness():
+    rgb = torch.tensor([0.2, 0.4, 0.6]).view(3, 1, 1).expand(3, 2, 2)
+    torch.testing.assert_close(jitter_colour(rgb, 1.0, 1.0, 1.0), rgb)
+    torch.testing.assert_close(jitter_colour(rgb, 0.5, 1.0, 1.0), rgb * 0.5)  # 0.1, 0.2, 0.3
+
+
+# --- method ----------------------------------------------------------------------------------------------------
+def _batch(num_classes=4, teacher_dim=128):
+    torch.manual_seed(0)
+    return {
+        "image": torch.randn(4, 3, 64, 32),
+        "pid": torch.tensor([0, 0, 1, 1]),
+        "flipped": torch.tensor([False, True, False, True]),
+        "vit_teacher.feat": torch.randn(4, 2, teacher_dim),
+        "vit_teacher.logits": torch.randn(4, 2, num_classes),
+    }
+
+
+def test_registered():
+    assert METHODS.get("sureid") is SUREID and METHODS.get("sureid_teacher") is SUREIDTeacher
+
+
+def test_student_train_with_noda_backward_and_embed(tmp_path):
+    _write(tmp_path / "occ.png", np.full((30, 20, 4), 255, np.uint8))
+    method = SUREID(**TINY, occluder_dir=str(tmp_path), teacher_dim=128)
+    model = method.build_model(4).train()
+    losses = method.training_losses(model, _batch(), epoch=0)
+    assert set(losses) == {"id", "triplet", "ratio", "kd_kl", "kd_feat"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.decision[0].out[-1].weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        q = method.embed(model, _batch())
+    assert q["feat"].shape == (4, 64)
+    assert method.distance(q, q).shape == (4, 4)
+
+
+@pytest.mark.parametrize("row", ["t4_vanilla", "t4_hts", "t6_s2t_linear", "t6_t2s_linear", "t6_s2t_interp"])
+def test_ablation_rows_train(row):
+    method = SUREID(**{**TINY, "teacher_dim": 128, "noda": False, **ABLATIONS[row]})
+    model = method.build_model(4).train()
+    losses = method.training_losses(model, _batch(), epoch=0)
+    sum(losses.values()).backward()
+    assert ("ratio" in losses) == method.hts and ("kd_feat" in losses) == method.npkd
+    assert method.caches == ({"vit_teacher": ["feat", "logits"]} if method.npkd else {})
+
+
+def test_ablations_cover_paper_tables():
+    rows = {r for table in PAPER_TABLES.values() for r in table}
+    assert rows == set(ABLATIONS)
+    for row in ABLATIONS:  # every row constructs from params only (arch switch included)
+        SUREID(**{**ABLATIONS[row], "occluder_dir": "x"})
+    assert PAPER_TABLES["V"]["t5_p70"]["throughput"] / PAPER_TABLES["IV"]["t4_vanilla"]["throughput"] == \
+        pytest.approx(1.476, abs=1e-3)
+
+
+def test_missing_teacher_or_occluders_are_clear_errors():
+    method = SUREID(**TINY, noda=False, teacher_dim=128)
+    model = method.build_model(4).train()
+    batch = {k: v for k, v in _batch().items() if not k.startswith("vit_teacher")}
+    with pytest.raises(KeyError, match="vit_teacher.feat"):
+        method.training_losses(model, batch, 0)
+    with pytest.raises(ValueError, match="3 classes but the student has 4"):
+        method.training_losses(model, _batch(num_classes=3), 0)
+    with pytest.raises(ValueError, match="occluder_dir"):
+        SUREID(**TINY, teacher_dim=128).training_losses(model, _batch(), 0)
+
+
+def test_teacher_train_and_cache_outputs():
+    teacher = SUREIDTeacher(**TINY)
+    model = teacher.build_model(4).train()
+    losses = teacher.training_losses(model, _batch(), 0)
+    sum(losses.values()).backward()
+    fields = teacher.cache_fields(4)
+    assert fields == {"feat": ((2, 64), "float32"), "logits": ((2, 4), "float32")}
+    batch = _batch()
+    out = teacher.cache_outputs(model, batch)
+    assert out["feat"].shape == (4, 2, 64) and out["logits"].shape == (4, 2, 4)
+    with torch.no_grad():  # view 1 is the mirrored image
+        mirrored = model.outputs(torch.flip(batch["image"], dims=[3]))
+    torch.testing.assert_close(out["feat"][:, 1], mirrored["feat"])
+    assert not model.training
