@@ -1,0 +1,236 @@
+"""Tests of the synthetic worlds: layouts, ground truth, left/right semantics, determinism, cue structure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from reid.data import synthetic as S
+from reid.data.render import (
+    CANVAS_H,
+    CANVAS_W,
+    FACE_TEMPLATE_112,
+    View,
+    make_identity,
+    make_outfit,
+    render_face_hr,
+    render_person,
+)
+
+CC_TRAIN = re.compile(r"^rgb/(train|val)/(\d{3})/([ABC])_cropped_rgb(\d{3})\.jpg$")
+CC_TEST = re.compile(r"^rgb/test/([ABC])/(\d{3})/\1_cropped_rgb(\d{3})\.jpg$")
+OCC_NAME = re.compile(r"^(bounding_box_train|query|bounding_box_test)/(\d{4})_c([1-8])_f(\d{7})\.jpg$")
+
+
+@pytest.fixture(scope="module")
+def cc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return S.generate_world("synthcc", tmp_path_factory.mktemp("w") / "synthcc", seed=3, scale=0.1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def occ(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return S.generate_world("synthocc", tmp_path_factory.mktemp("w") / "synthocc", seed=3, scale=0.1, progress=False)
+
+
+def _images(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+
+
+def test_constants() -> None:
+    assert len(S.LIP_LABELS) == 20 and S.LIP_LABELS[13] == "Face" and S.LIP_LABELS[14] == "Left-arm"
+    assert len(S.COCO_KEYPOINTS) == 17 and S.COCO_KEYPOINTS[5] == "left_shoulder"
+    assert S.FACE_TEMPLATE_112.shape == (5, 2) and S.FACE_HR_SIZE >= 48
+
+
+def test_synthcc_layout(cc: Path) -> None:
+    imgs = _images(cc)
+    marker = json.loads((cc / "WORLD.json").read_text())
+    assert marker["world"] == "synthcc" and marker["schema_version"] == S.SCHEMA_VERSION
+    assert marker["num_images"] == len(imgs)
+    split_pids: dict[str, set[int]] = {"train": set(), "val": set(), "test": set()}
+    cams: dict[tuple[str, int], set[str]] = {}
+    for rel in imgs:
+        m1, m2 = CC_TRAIN.match(rel), CC_TEST.match(rel)
+        assert m1 or m2, rel
+        split, pid, cam = (m1[1], int(m1[2]), m1[3]) if m1 else ("test", int(m2[2]), m2[1])
+        assert m2 is None or rel.split("/")[2] == cam  # test: camera folder = file prefix
+        split_pids[split].add(pid)
+        cams.setdefault((split, pid), set()).add(cam)
+        assert (cc / "groundtruth" / Path(rel).with_suffix(".npz")).is_file()
+    assert not split_pids["train"] & split_pids["test"] and not split_pids["val"] & split_pids["test"]
+    assert all(c == {"A", "B", "C"} for c in cams.values())
+    for pid in split_pids["test"]:  # PRCC: C shows another outfit than A/B
+        o = marker["identities"][str(pid)]["outfits"]
+        assert o[0] != o[1]
+    # clothes mislead: some test identity's C outfit is another test identity's A/B outfit
+    test_o = {p: marker["identities"][str(p)]["outfits"] for p in split_pids["test"]}
+    assert any(o[1] == q[0] for p, o in test_o.items() for r, q in test_o.items() if p != r)
+    sizes = {cv2.imread(str(cc / r)).shape[:2] for r in imgs}
+    assert (128, 64) in sizes and len(sizes) >= 2  # some cameras are saved at lower resolution
+
+
+def test_synthocc_layout(occ: Path) -> None:
+    imgs = _images(occ)
+    rows = []
+    for rel in imgs:
+        m = OCC_NAME.match(rel)
+        assert m, rel
+        rows.append((m[1], int(m[2]), int(m[3]), rel))
+    by = lambda f: {(p, c) for s, p, c, _ in rows if s == f}  # noqa: E731
+    train, query, gallery = by("bounding_box_train"), by("query"), by("bounding_box_test")
+    assert not {p for p, _ in train} & {p for p, _ in gallery}
+    q_pids, g_pids = {p for p, _ in query}, {p for p, _ in gallery}
+    assert q_pids < g_pids  # distractor identities exist only in the gallery
+    for p, c in query:  # each query has a positive on another camera
+        assert any(gp == p and gc != c for gp, gc in gallery)
+    occl = {s: [bool(S.load_groundtruth(occ, r)["occluded"]) for s2, _, _, r in rows if s2 == s]
+            for s in ("query", "bounding_box_test", "bounding_box_train")}
+    assert all(occl["query"])
+    assert 0 < np.mean(occl["bounding_box_train"]) < 0.6 and np.mean(occl["bounding_box_test"]) < 0.4
+    pngs = sorted((occ / "occluders").glob("*.png"))
+    assert len(pngs) == S.N_OCCLUDERS
+    rgba = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    assert rgba.ndim == 3 and rgba.shape[2] == 4 and rgba[..., 3].max() == 255
+
+
+@pytest.mark.parametrize("world", ["cc", "occ"])
+def test_groundtruth_consistency(world: str, request: pytest.FixtureRequest) -> None:
+    root: Path = request.getfixturevalue(world)
+    n_face = 0
+    for rel in _images(root):
+        img = cv2.imread(str(root / rel))
+        gt = S.load_groundtruth(root, rel)
+        h, w = img.shape[:2]
+        assert gt["parsing"].shape == (h, w) and gt["parsing"].dtype == np.uint8 and gt["parsing"].max() <= 19
+        assert gt["has_face"].shape == () and gt["has_face"].dtype == bool and gt["occluded"].dtype == bool
+        assert gt["face_hr"].shape == (S.FACE_HR_SIZE, S.FACE_HR_SIZE, 3) and gt["face_hr"].dtype == np.uint8
+        kp = gt["keypoints"]
+        assert kp.shape == (17, 3) and kp.dtype == np.float32
+        vis = kp[:, 2] > 0
+        assert set(np.unique(kp[:, 2])) <= {0.0, 1.0, 2.0} and not kp[~vis].any()
+        assert (kp[vis, 0] >= 0).all() and (kp[vis, 0] <= w - 1).all() and (kp[vis, 1] <= h - 1).all()
+        for x, y in kp[kp[:, 2] == 2, :2]:  # visible keypoints lie on the person
+            xi, yi = int(round(x)), int(round(y))
+            assert gt["parsing"][max(0, yi - 1) : yi + 2, max(0, xi - 1) : xi + 2].any(), (rel, x, y)
+        if gt["has_face"]:
+            n_face += 1
+            x1, y1, x2, y2 = gt["face_box"]
+            assert 0 <= x1 < x2 <= w - 1 and 0 <= y1 < y2 <= h - 1, rel
+            lm = gt["face_landmarks"]
+            assert lm.shape == (5, 2) and np.isfinite(lm).all()
+            assert (lm[:, 0] >= x1 - 1).all() and (lm[:, 0] <= x2 + 1).all() and (lm[:, 1] <= y2 + 1).all()
+            assert lm[0, 0] < lm[1, 0] and lm[2, 1] < lm[3, 1]  # eyes left-to-right, nose above mouth
+            assert gt["face_hr"].any() and (gt["parsing"] == 13).any()
+        else:
+            assert np.isnan(gt["face_box"]).all() and np.isnan(gt["face_landmarks"]).all()
+            assert not gt["face_hr"].any()
+        if gt["occluded"]:
+            assert (gt["parsing"] == 0).mean() > 0.3
+    assert n_face > 0
+
+
+def _render(yaw: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ident, outfit = make_identity(1, rng), make_outfit(rng)
+    # short sleeves and shorts, so arm and leg skin (LIP 14-17) are visible
+    outfit = replace(outfit, upper=replace(outfit.upper, kind="tee"), lower=replace(outfit.lower, kind="shorts"))
+    view = View(yaw=yaw, cx=64.0, top=10.0, size=220.0, arm_abd=(12.0, 12.0), arm_swing=0.0, elbow=0.0, stride=4.0)
+    bg = np.full((CANVAS_H, CANVAS_W, 3), 100, np.float32)
+    face = render_face_hr(ident, rng) if abs(yaw) < 40 else None
+    return render_person(ident, outfit, view, bg, rng, face)
+
+
+@pytest.mark.parametrize("yaw,left_on_right", [(0.0, True), (180.0, False)])
+def test_left_right_semantics(yaw: float, left_on_right: bool) -> None:
+    """On a front view the person's left limbs (LIP 14/16/18, COCO left_*) appear on the image's right."""
+    for seed in range(3):
+        body = _render(yaw, seed)
+        lab = body.painter.lab
+        for left, right in ((14, 15), (16, 17), (18, 19)):
+            xl, xr = np.nonzero(lab == left)[1].mean(), np.nonzero(lab == right)[1].mean()
+            assert (xl > xr) == left_on_right, (yaw, left, right)
+        kp = body.keypoints
+        for i in (5, 9, 11, 15):  # left shoulder, wrist, hip, ankle vs the right ones
+            assert (kp[i, 0] > kp[i + 1, 0]) == left_on_right
+        assert (kp[0, 2] == 2) == left_on_right  # the nose is visible only from the front
+        assert (body.face_landmarks is not None) == left_on_right
+
+
+def test_face_hr_is_aligned_to_template() -> None:
+    """The pupils (darkest pixels) of the HR face sit on the template's eye points."""
+    face, alpha = render_face_hr(make_identity(5, np.random.default_rng(5)), np.random.default_rng(6))
+    assert face.shape == (S.FACE_HR_SIZE, S.FACE_HR_SIZE, 3) and alpha.max() > 0.99
+    gray = face.astype(np.float32).sum(-1)
+    tpl = FACE_TEMPLATE_112 * S.FACE_HR_SIZE / 112.0
+    for x, y in tpl[:2]:
+        xi, yi = int(round(x)), int(round(y))
+        win = gray[yi - 3 : yi + 4, xi - 3 : xi + 4]
+        dy, dx = np.unravel_index(np.argmin(win), win.shape)
+        assert abs(dx - 3) <= 1 and abs(dy - 3) <= 1
+
+
+def test_face_landmarks_follow_warp() -> None:
+    """Body landmarks of a frontal face are the template scaled onto the head: same shape, eye line level."""
+    body = _render(0.0, 1)
+    lm, tpl = body.face_landmarks, FACE_TEMPLATE_112
+    ratio = (lm[1, 0] - lm[0, 0]) / (tpl[1, 0] - tpl[0, 0])
+    assert 0.05 < ratio < 0.4
+    assert np.allclose((lm[3] - lm[0]) / ratio, tpl[3] - tpl[0], atol=0.5 / ratio + 6)
+    assert body.painter.lab[int(round(lm[2, 1])), int(round(lm[2, 0]))] == 13  # nose on the Face label
+
+
+def test_determinism_overwrite_and_cli(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    S.generate_world("synthcc", a, seed=7, scale=0.05, progress=False)
+    parser = argparse.ArgumentParser()
+    S.add_arguments(parser)
+    args = parser.parse_args(["--world", "synthcc", "--out", str(b), "--seed", "7", "--scale", "0.05", "--no-progress"])
+    assert S.main(args) == 0
+    (b / "rgb" / "train" / "stray.txt").write_text("x")
+    assert S.main(args) == 0  # a previous complete output (WORLD.json) may be replaced
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) > 100
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+    assert not (tmp_path / "b.tmp").exists() and not (tmp_path / "b.old").exists()
+    spec = S._plan_synthcc(7, 0.05)[0][0]
+    other = S.World("synthcc", 8, 4, [spec.pid]).render(spec)[0]
+    same = S.World("synthcc", 7, S._plan_synthcc(7, 0.05)[2], [spec.pid]).render(spec)[0]
+    assert np.array_equal(cv2.imdecode(np.frombuffer((a / spec.rel).read_bytes(), np.uint8), cv2.IMREAD_COLOR),
+                          cv2.imdecode(cv2.imencode(".jpg", same, [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_COLOR))
+    assert not np.array_equal(same, other)  # another seed, another world
+
+
+def test_refuses_foreign_directory(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        S.generate_world("synthcc", out, scale=0.05, progress=False)
+    assert (out / "precious.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="unknown synthetic world"):
+        S.generate_world("market", tmp_path / "x", progress=False)
+
+
+def test_load_groundtruth_missing_names_file(cc: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"groundtruth/rgb/train/999/A_cropped_rgb001\.npz"):
+        S.load_groundtruth(cc, "rgb/train/999/A_cropped_rgb001.jpg")
+
+
+@pytest.mark.slow
+def test_clothes_mislead_faces_identify(tmp_path: Path) -> None:
+    """Colour histograms of clothes find the person within an outfit (B->A) and fail across outfits (C->A);
+    a descriptor of the clean HR face identifies across outfits; the face cropped from the body much less."""
+    root = S.generate_world("synthcc", tmp_path / "cc", seed=0, scale=0.3, progress=False)
+    r = S.cue_rank1(root)
+    assert r["clothes_B->A"] >= 0.9
+    assert r["clothes_C->A"] <= 0.35
+    assert r["face_hr_C->A"] >= 0.9
+    assert r["face_lr_C->A"] < r["face_hr_C->A"]
