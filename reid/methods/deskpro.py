@@ -176,7 +176,8 @@ def resize_face(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bring face images (B, 3, S, S) to the face stream's input size (bilinear, antialiased when shrinking)."""
     if x.shape[-2:] == (size, size):
         return x
-    return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+    shrink = x.shape[-1] > size
+    return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
 
 
 def normalised_chunks(emb: torch.Tensor) -> torch.Tensor:
@@ -419,7 +420,9 @@ class DeskPro(Method):
             terms["empty"] = batch["image"].new_zeros((), dtype=torch.float32).requires_grad_()
         return terms
 
-    def _body_terms(self, out: DeskProOutput, batch: dict[str, torch.Tensor], pid: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _body_terms(
+        self, out: DeskProOutput, batch: dict[str, torch.Tensor], pid: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         terms = {
             "ce_body": ce_sum(out.body.logits, pid, self.label_smooth),
             "triplet_body": triplet_sum(out.body.triplet, pid, self.triplet_margin),
@@ -444,15 +447,18 @@ class DeskPro(Method):
             terms["ce_face"] = ce
         return terms
 
-    def teacher_logits(self, batch: dict[str, torch.Tensor], rows: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    def teacher_logits(
+        self, batch: dict[str, torch.Tensor], rows: torch.Tensor, num_classes: int
+    ) -> list[torch.Tensor]:
         """The 7 teacher logit tensors (n_face, C) for the face rows: cached view matching `flipped`, or online."""
         if self.online_teacher:
             restored = batch.get("restored_faces.restored")
             if restored is None:
                 raise KeyError("deskpro (online_teacher): batch has no 'restored_faces.restored'")
             teacher = self._online_teacher(num_classes, restored.device)
+            faces = resize_face(restored[rows.to(restored.device)], self.face_size)
             with torch.no_grad():
-                return [z.float() for z in teacher(resize_face(restored[rows.to(restored.device)], self.face_size)).logits]
+                return [z.float() for z in teacher(faces).logits]
         cached = batch.get("face_teacher.logits")
         if cached is None:
             raise KeyError("deskpro: batch has no 'face_teacher.logits' (derived cache face_teacher.h5, field logits)")
@@ -477,7 +483,8 @@ class DeskPro(Method):
             if missing or unexpected:
                 raise ValueError(
                     f"deskpro: {self.face_teacher_model} is not a deskpro_face_teacher model for {num_classes} classes "
-                    f"({len(missing)} missing keys e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})"
+                    f"({len(missing)} missing keys e.g. {missing[:3]}, "
+                    f"{len(unexpected)} unexpected e.g. {unexpected[:3]})"
                 )
             teacher.eval().requires_grad_(False)
             self._teacher = teacher

@@ -106,7 +106,9 @@ class LightMBN(nn.Module):
         self.part_trunk = _branch_trunk(osnet)
         self.channel_trunk = _branch_trunk(osnet)
         self.drop_block = OSBlock(c_out, c_out)
-        self.shared = nn.Sequential(nn.Conv2d(c_out // 2, feat_dim, 1, bias=False), nn.BatchNorm2d(feat_dim), nn.ReLU(True))
+        self.shared = nn.Sequential(
+            nn.Conv2d(c_out // 2, feat_dim, 1, bias=False), nn.BatchNorm2d(feat_dim), nn.ReLU(True)
+        )
         nn.init.kaiming_normal_(self.shared[0].weight, mode="fan_in")
         self.necks = nn.ModuleList(
             [ReducedNeck(c_out, feat_dim, num_classes) for _ in range(5)]
