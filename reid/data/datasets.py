@@ -83,7 +83,8 @@ def _missing(folder: Path, layout: Sequence[str]) -> list[str]:
     return [m for m in layout if not (folder / m).is_dir()]
 
 
-def locate(root: str | Path, layouts: Sequence[Sequence[str]], wrappers: Sequence[str] = ()) -> tuple[Path, tuple[str, ...]]:
+def locate(root: str | Path, layouts: Sequence[Sequence[str]],
+           wrappers: Sequence[str] = ()) -> tuple[Path, tuple[str, ...]]:
     """Find the folder that directly holds one of ``layouts``: ``root`` itself, else one level down.
 
     Known wrapper names are tried first, then any other child folder (an ambiguous match is an error).
@@ -140,7 +141,8 @@ def _raise_bad_names(bad: list[Path], pattern: str) -> None:
     if bad:
         shown = "\n  ".join(str(p) for p in bad[:MAX_LISTED])
         more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-        raise DatasetError(f"{len(bad)} file name(s) do not match the expected pattern {pattern}:\n  {shown}{more}", bad)
+        raise DatasetError(f"{len(bad)} file name(s) do not match the expected pattern {pattern}:\n  {shown}{more}",
+                           bad)
 
 
 def _rel(root: Path, p: Path) -> str:
@@ -287,7 +289,8 @@ def cuhk03_folder(root: str | Path, variant: str | None = None) -> Path:
     parent, _ = locate(root, [(v,)], dataset_info("cuhk03_np").wrappers)
     missing = _missing(parent / v, MARKET_LAYOUT)
     if missing:
-        raise DatasetError(f"{parent / v}: missing subfolder(s) {', '.join(missing)}", [parent / v / m for m in missing])
+        raise DatasetError(f"{parent / v}: missing subfolder(s) {', '.join(missing)}",
+                           [parent / v / m for m in missing])
     return parent / v
 
 

@@ -12,12 +12,13 @@ Semantics (shared/specs/datasets.md section 2):
 - AP is non-interpolated over the full ranking; INP = #good / (position of the last good + 1) (fast-reid);
 - CMC has ``min(max_rank, num_gallery)`` entries (torchreid truncates the same way).
 
-How (no full sort): the kept position of a good item is the number of gallery items ranked before it minus the
-junk items ranked before it. "Ranked before" = strictly closer, or equally close with a lower gallery index.
-Per query the same-pid distances are sorted (a handful of values); every gallery distance is bucketed into them
-with one batched ``searchsorted`` and a histogram, which counts the strictly-closer items of every positive at
-once in O(g log P). Exact ties with a positive are resolved by an explicit index comparison. Work is chunked
-over queries, so memory is O(chunk x g) and the q x g matrix never needs to exist (``evaluate_features``).
+How (no argsort, no q x g index matrix): the kept position of a good item is the number of gallery items ranked
+before it minus the junk items ranked before it, where "ranked before" = strictly closer, or equally close with a
+lower gallery index. A query's same-pid items come from a pid -> gallery-items table (O(P), no q x g mask); the
+strictly-closer counts of all of them come from one values-only sort of the query's distance row (numpy's SIMD
+sort on CPU, torch.sort on GPU) and a batched binary search of the P positive distances into it. Exact ties with
+a positive are resolved by an explicit index comparison. Work is chunked over queries, so memory is
+O(chunk x g); ``evaluate_features`` computes each chunk's distances on the fly and never holds the q x g matrix.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 MODES = ("standard", "cc", "sc")
 METRICS = ("cosine", "euclidean")
-_CHUNK_ELEMENTS = 1 << 23  # query-chunk x gallery elements per step (~35 bytes each of working memory)
+_CHUNK_ELEMENTS = 1 << 24  # query-chunk x gallery elements per step (~8-12 bytes each of working memory)
 _TIE_ELEMENTS = 1 << 24
 
 

@@ -78,6 +78,8 @@ def summarize(result: dict, num_query: int) -> dict:
 def _run(name: str, q_rows: Sequence[IndexRow], g_rows: Sequence[IndexRow],
          score: Callable[[np.ndarray, tuple, tuple, str], dict]) -> dict:
     protocol = PROTOCOLS.get(name)
+    if not g_rows:
+        raise ValueError(f"protocol '{name}': the gallery is empty")
     g_lab = _labels(g_rows)
     out: dict = {"protocol": name, "description": protocol.description}
     for setting in protocol.settings:
@@ -92,14 +94,18 @@ def _run(name: str, q_rows: Sequence[IndexRow], g_rows: Sequence[IndexRow],
 
 def run_protocol(name: str, distmat: np.ndarray | torch.Tensor, q_rows: Sequence[IndexRow],
                  g_rows: Sequence[IndexRow], max_rank: int = 50) -> dict:
-    """Score a (len(q_rows), len(g_rows)) distance matrix under protocol ``name``; clothes compared as strings."""
+    """Score a (len(q_rows), len(g_rows)) distance matrix under protocol ``name``; clothes compared as strings.
+
+    ``max_rank`` is capped at the gallery size without a warning (small synthetic galleries are normal here).
+    """
     if tuple(distmat.shape) != (len(q_rows), len(g_rows)):
         raise ValueError(f"distmat shape {tuple(distmat.shape)} does not match {len(q_rows)} query rows x "
                          f"{len(g_rows)} gallery rows")
 
     def score(idx: np.ndarray, q: tuple, g: tuple, mode: str) -> dict:
         sub = distmat[torch.as_tensor(idx)] if isinstance(distmat, torch.Tensor) else np.asarray(distmat)[idx]
-        return evaluate(sub, q[0], g[0], q[1], g[1], q[2], g[2], mode=mode, max_rank=max_rank)
+        return evaluate(sub, q[0], g[0], q[1], g[1], q[2], g[2], mode=mode,
+                        max_rank=min(max_rank, len(g_rows)))
 
     return _run(name, q_rows, g_rows, score)
 
@@ -115,6 +121,6 @@ def run_protocol_features(name: str, qf: np.ndarray | torch.Tensor, gf: np.ndarr
     def score(idx: np.ndarray, q: tuple, g: tuple, mode: str) -> dict:
         sub = qf[torch.as_tensor(idx)] if isinstance(qf, torch.Tensor) else np.asarray(qf)[idx]
         return evaluate_features(sub, gf, q[0], g[0], q[1], g[1], q[2], g[2], metric=metric, mode=mode,
-                                 max_rank=max_rank, chunk_size=chunk_size, device=device)
+                                 max_rank=min(max_rank, len(g_rows)), chunk_size=chunk_size, device=device)
 
     return _run(name, q_rows, g_rows, score)
