@@ -210,7 +210,8 @@ def test_online_teacher_equals_cached_teacher(tmp_path):
     # the online path sees the restored face mirrored with the body, as the dataset delivers it
     flip = batch["flipped"].view(-1, 1, 1, 1)
     batch["restored_faces.restored"] = torch.where(flip, torch.flip(restored, dims=[3]), restored)
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    # saved like the trainer's final model file (state dict under "state_dict" beside metadata)
+    torch.save({"state_dict": teacher.state_dict(), "num_classes": C}, tmp_path / "teacher.pth")
 
     cached = DeskPro(**TINY)
     online = DeskPro(online_teacher=True, face_teacher_model=str(tmp_path / "teacher.pth"), **TINY)
