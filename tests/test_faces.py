@@ -240,3 +240,38 @@ def test_fields_and_provenance(scrfd_onnx):
     teacher = build_teacher("faces", "onnx", scrfd_onnx, device="cpu", crop_size=64)
     assert teacher.fields()["crop"] == ((64, 64, 3), "uint8") and teacher.fields()["has_face"] == ((), "uint8")
     assert teacher.cache_params()["det_thresh"] == 0.3 and teacher.cache_params()["det_size"] == [640, 640]
+
+
+def test_oracle_reads_groundtruth(tmp_path):
+    synthetic = pytest.importorskip("reid.data.synthetic")
+    assert hasattr(synthetic, "load_groundtruth")
+    root = tmp_path / "world"
+    (root / "groundtruth").mkdir(parents=True)
+    lms = (ARCFACE_TEMPLATE_112 * 0.2 + np.array([40.0, 10.0], np.float32)).astype(np.float32)
+    np.savez(root / "groundtruth" / "a.npz", has_face=np.array(True), face_box=np.array([40, 10, 62, 34], np.float32),
+             face_landmarks=lms)
+    np.savez(root / "groundtruth" / "b.npz", has_face=np.array(False), face_box=np.full(4, np.nan, np.float32),
+             face_landmarks=np.full((5, 2), np.nan, np.float32))
+    teacher = build_teacher("faces", "oracle", None, device="cpu", crop_size=64)
+    img = np.full((128, 64, 3), 90, np.uint8)
+    items = [teacher.load(img, IndexRow(f"{n}.jpg", 1, 0, "", "train"), root) for n in ("a", "b")]
+    out = teacher.infer(items)
+    np.testing.assert_array_equal(out["has_face"], [1, 0])
+    np.testing.assert_array_equal(out["score"], [1.0, 0.0])
+    np.testing.assert_allclose(out["landmarks"][0], lms)
+    np.testing.assert_allclose(out["box"][0], [40, 10, 62, 34])
+    assert (out["crop"][0] == 90).all() and not out["crop"][1].any()  # face region lies inside the grey image
+    assert teacher.provenance()["backend"] == "oracle"
+
+
+def test_upscale_path_without_det_size(scrfd_onnx):
+    teacher = build_teacher("faces", "onnx", scrfd_onnx, device="cpu", pad=0.0, det_size=None, upscale=2.0)
+    item = teacher.load(_face_image(), IndexRow("x.jpg", 1, 0, "", "train"), Path("."))
+    # 128x64 x 2 = 256x128, already multiples of 32; det_scale = 2
+    assert item["blob"].shape == (1, 3, 256, 128) and item["det_scale"] == 2.0
+    out = teacher.infer([item])
+    # the square [16, 32)^2 becomes canvas [32, 64)^2: stride-8 cells x, y in 4..7 fire; boxes are +/- 4 px
+    # (8 / det_scale) around centres (4..7) * 8 / 2 = 16..28 in the crop
+    x1, y1, x2, y2 = out["box"][0]
+    assert out["has_face"][0] == 1 and x2 - x1 == pytest.approx(8) and y2 - y1 == pytest.approx(8)
+    assert 16 <= (x1 + x2) / 2 <= 28 and 16 <= (y1 + y2) / 2 <= 28
