@@ -286,7 +286,7 @@ def render_face_hr(ident: Identity, rng: np.random.Generator, size: int = FACE_H
     def fill(m: np.ndarray, colour: np.ndarray | tuple[float, float, float]) -> None:
         img[m.astype(bool)] = colour
 
-    def ell(c, ax, angle=0.0):
+    def ell(c: tuple[float, float], ax: tuple[float, float], angle: float = 0.0) -> np.ndarray:
         m = np.zeros((ss, ss), np.uint8)
         cv2.ellipse(m, _ipt(c), _ipt(ax), angle, 0, 360, 1, -1, cv2.LINE_8, 4)
         return m

@@ -31,8 +31,10 @@ from reid.data.render import (
     LIP_LABELS,
     OCCLUDER_KINDS,
     OCCLUDER_MODE,
+    BodyRender,
     Identity,
     Outfit,
+    Painter,
     View,
     crop_background,
     make_identity,
@@ -262,7 +264,7 @@ class World:
         gt = _groundtruth(lab, kps, body, face, has_face, occluded, h, w)
         return cv2.cvtColor(img, cv2.COLOR_RGB2BGR), gt
 
-    def _occlude(self, pt, rng: np.random.Generator) -> np.ndarray:
+    def _occlude(self, pt: Painter, rng: np.random.Generator) -> np.ndarray:
         """Paste an occluder over 15-70% of the person; returns its canvas alpha."""
         fg = pt.lab > 0
         j = int(rng.integers(len(self.occluders)))
@@ -297,8 +299,8 @@ def _camera_effects(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> n
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def _groundtruth(lab: np.ndarray, kps: np.ndarray, body, face, has_face: bool, occluded: bool,
-                 h: int, w: int) -> dict[str, np.ndarray]:
+def _groundtruth(lab: np.ndarray, kps: np.ndarray, body: BodyRender, face: tuple[np.ndarray, np.ndarray] | None,
+                 has_face: bool, occluded: bool, h: int, w: int) -> dict[str, np.ndarray]:
     """Ground-truth arrays in the saved frame (docs/contracts.md)."""
     k = np.zeros((17, 3), np.float32)
     xy = _to_saved(kps[:, :2], h, w)
