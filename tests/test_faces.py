@@ -32,8 +32,6 @@ from reid.teachers.onnx_utils import ModelSignatureError
 from reid.teachers.runner import run_teacher
 from tests.standins_faces_pose import export_pose, export_scrfd
 
-NAN = np.nan
-
 
 # --- pure functions ---------------------------------------------------------------------------------------
 def test_anchor_centers_row_major_no_half_offset():

@@ -53,6 +53,8 @@ def test_box_affine_and_inverse_by_hand():
     m = hrnet_box_affine(CROP)
     # s = 192 / (1.2 * 200) = 0.8; t = (96 - 0.8 * 64, 128 - 0.8 * 128) = (44.8, 25.6)
     np.testing.assert_allclose(m, [[0.8, 0, 44.8], [0, 0.8, 25.6]])
+    # the crop centre (64, 128) goes to the input centre (96, 128); the corner (0, 0) to (44.8, 25.6)
+    np.testing.assert_allclose(apply_affine(m, np.array([[64, 128], [0, 0]])), [[96, 128], [44.8, 25.6]])
     # inverse: x = (x' - 44.8) / 0.8 -> [[1.25, 0, -56], [0, 1.25, -32]]
     np.testing.assert_allclose(invert_affine(m), [[1.25, 0, -56], [0, 1.25, -32]])
     m = hrnet_box_affine((0, 0, 300, 100))
