@@ -20,7 +20,9 @@ from reid.teachers.parsing import (
     LABEL_SETS,
     LIP_LABELS,
     PASCAL_LABELS,
+    bilinear_weights,
     decode_schp,
+    decode_schp_reference,
     default_input_size,
     input_size_of,
     preprocess_schp,
@@ -95,6 +97,23 @@ def test_decode_schp_hand_values() -> None:
     # image column x <- input column x+1: columns 1, 2 -> class 0, column 3 -> class 1
     assert labels.dtype == np.uint8 and labels.shape == (5, 3)
     np.testing.assert_array_equal(labels, np.tile([0, 0, 1], (5, 1)))
+
+
+def test_bilinear_weights_hand_values() -> None:
+    # u = 0.5 x: x=0 -> u=0 (all on 0), x=1 -> u=0.5 (half/half), x=2 -> u=1 (all on 1)
+    np.testing.assert_allclose(bilinear_weights(3, 2, 0.5, 0.0), [[1, 0], [0.5, 0.5], [0, 1]])
+    # u = x + 0.5 on 2 inputs: x=1 -> u=1.5 reaches the missing input 2 (border 0): only 0.5 on input 1
+    np.testing.assert_allclose(bilinear_weights(2, 2, 1.0, 0.5), [[0.5, 0.5], [0, 0.5]])
+
+
+@pytest.mark.parametrize("w,h,size", [(64, 128, 473), (37, 80, 473), (300, 200, 512)])
+def test_fast_decode_matches_official_reference(w: int, h: int, size: int) -> None:
+    rng = np.random.default_rng(w)
+    side = output_side(size)
+    logits = F.avg_pool2d(torch.from_numpy(rng.standard_normal((1, 20, side, side)).astype(np.float32)) * 9, 3, 1, 1)[0]
+    fast = decode_schp(logits, schp_affine(w, h, size), w, h)
+    ref = decode_schp_reference(logits, schp_affine(w, h, size), w, h)
+    assert fast.shape == (h, w) and (fast == ref).mean() > 0.999  # only OpenCV's 1/32-px weight rounding differs
 
 
 def test_resize_labels_nearest() -> None:

@@ -18,6 +18,7 @@ Cache field: `labels` uint8 (N, H, W), [H, W] = params `out_size`. Default [128,
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,15 +143,65 @@ def logits_to_image(logits_sxs: np.ndarray, affine: np.ndarray, w: int, h: int) 
     return np.concatenate(chunks, axis=2)
 
 
-def decode_schp(fusion_logits: np.ndarray | torch.Tensor, affine: np.ndarray, w: int, h: int,
-                size: int | None = None) -> np.ndarray:
-    """(C, h', w') fusion logits -> uint8 (h, w) labels: upsample to SxS, inverse affine per channel, argmax.
+def decode_schp_reference(fusion_logits: np.ndarray | torch.Tensor, affine: np.ndarray, w: int, h: int,
+                          size: int | None = None) -> np.ndarray:
+    """The official decode, step by step (slow: materialises C x S x S): upsample, cv2 inverse warp, argmax.
 
-    `size` (S) defaults to the one the affine was built for (see `input_size_of`).
+    Kept as the reference `decode_schp` is tested against.
     """
     size = size or input_size_of(affine, w, h)
     up = upsample_logits(fusion_logits, size).numpy()
     return logits_to_image(up, affine, w, h).argmax(axis=2).astype(np.uint8)
+
+
+def bilinear_weights(n_out: int, n_in: int, scale: float, offset: float) -> np.ndarray:
+    """(n_out, n_in) 1-D linear-interpolation matrix sampling input coordinate u = scale * x + offset for each
+    output x; neighbours outside [0, n_in) contribute 0 (constant border 0, as cv2.BORDER_CONSTANT)."""
+    u = scale * np.arange(n_out, dtype=np.float64) + offset
+    i0 = np.floor(u).astype(np.int64)
+    frac = u - i0
+    mat = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    for idx, wgt in ((i0, 1.0 - frac), (i0 + 1, frac)):
+        ok = (idx >= 0) & (idx < n_in)
+        mat[rows[ok], idx[ok]] += wgt[ok]
+    return mat
+
+
+def schp_decode_matrices(affine: np.ndarray, w: int, h: int, size: int, logit_hw: tuple[int, int]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(h x h') and (w x w') matrices M_y, M_x with image logits = M_y @ L @ M_x^T per class.
+
+    Both steps of the official decode are separable for SCHP's rotation-free affine: the align_corners upsample
+    h' -> S samples u = x (h'-1)/(S-1), the inverse warp samples the SxS map at v = k y + t; composing
+    the two 1-D interpolation matrices gives the same bilinear-of-bilinear values without the C x S x S map (up to
+    OpenCV's 1/32-pixel fixed-point interpolation weights).
+    """
+    if abs(affine[0, 1]) > 1e-12 or abs(affine[1, 0]) > 1e-12:
+        raise ValueError(f"schp_decode_matrices: expects a rotation-free affine, got {np.asarray(affine).tolist()}")
+    mats = []  # image pixel y samples the SxS map at v = k y + t (the forward affine; cv2 inverts the inverse)
+    for n_img, n_logit, a, b in ((h, logit_hw[0], affine[1, 1], affine[1, 2]),
+                                 (w, logit_hw[1], affine[0, 0], affine[0, 2])):
+        up = bilinear_weights(size, n_logit, (n_logit - 1) / (size - 1), 0.0)
+        mats.append(bilinear_weights(n_img, size, a, b) @ up)
+    return mats[0], mats[1]
+
+
+def decode_schp(fusion_logits: np.ndarray | torch.Tensor, affine: np.ndarray, w: int, h: int,
+                size: int | None = None) -> np.ndarray:
+    """(C, h', w') fusion logits -> uint8 (h, w) labels: upsample to SxS (bilinear, align_corners=True), inverse
+    affine per channel (linear, border 0), argmax; computed as two small matmuls (`schp_decode_matrices`) on the
+    logits' device. `size` (S) defaults to the one the affine was built for (see `input_size_of`).
+    """
+    size = size or input_size_of(affine, w, h)
+    logits = torch.as_tensor(fusion_logits).float()
+    if logits.ndim != 3:
+        raise ValueError(f"decode_schp: expected (C, h, w) logits, got shape {tuple(logits.shape)}")
+    m_y, m_x = schp_decode_matrices(affine, w, h, size, (logits.shape[1], logits.shape[2]))
+    m_y = torch.from_numpy(m_y).to(logits)
+    m_x = torch.from_numpy(m_x).to(logits)
+    image_logits = torch.matmul(torch.matmul(m_y, logits), m_x.t())  # (C, h, w)
+    return image_logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
 
 
 def resize_labels(labels: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
@@ -202,7 +253,7 @@ class _TorchSCHP:
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
-        return self.model(torch.from_numpy(batch).to(self.device))[FUSION_OUTPUT].float().cpu()
+        return self.model(torch.from_numpy(batch).to(self.device))[FUSION_OUTPUT].float()  # decoded on device
 
 
 @dataclass
@@ -306,3 +357,18 @@ class ParsingTeacher(Teacher):
         if self.backend == "onnx":
             info["providers"] = list(self._runner.providers)
         return info
+
+
+# --- CLI: `python -m reid export-schp` (the exporter lives with the network in schp_net.py) -----------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `export-schp`: official SCHP checkpoint -> ONNX (input `input.1`; parsing, fusion, edge)."""
+    from reid.teachers import schp_net
+
+    schp_net.add_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`python -m reid export-schp`."""
+    from reid.teachers import schp_net
+
+    return schp_net.main(args)
