@@ -318,3 +318,24 @@ def test_resnet50_forward_backward() -> None:
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 32)).shape == (2, 2048)
+
+
+def test_extra_rows_and_softmax_flatness_claim() -> None:
+    """The module docstring's numbers: a sigma-2 Gaussian joint at 96x32, pooled to 24x8, softmax T=1 vs 0.1."""
+    from reid.methods.pgfl_kd import EXTRA_ABLATIONS
+
+    for overrides in EXTRA_ABLATIONS.values():
+        PGFLKD(backbone="resnet18", **overrides)
+    y, x = torch.meshgrid(torch.arange(96.0), torch.arange(32.0), indexing="ij")
+    hm = torch.zeros(1, 17, 96, 32)
+    hm[0, 13] = torch.exp(-((y - 53) ** 2 + (x - 16) ** 2) / 8)  # left knee, sigma 2
+    top9 = {t: group_heatmaps(hm, (24, 8), "max", t)[0, 3].flatten().topk(9).values.sum().item() for t in (1.0, 0.1)}
+    assert top9[1.0] < 0.07 and top9[0.1] > 0.6
+
+
+def test_mcl_is_stable_for_large_features() -> None:
+    # raw dot products of 400 overflow float32 exp() (limit ~88); the logsumexp form stays finite
+    f = torch.full((2, 8 * 4), 10.0)  # logits 10*10*4 = 400
+    loss = multi_part_contrastive_loss(f, f, part_positive_mask(8))
+    # all logits equal -> per part -log(|P(i)| / 8): 2 * log 8 + 6 * log 4 = 12.4766
+    assert torch.isclose(loss, torch.tensor(2 * math.log(8) + 6 * math.log(4)), atol=1e-4)

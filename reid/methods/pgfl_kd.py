@@ -10,7 +10,10 @@ Choices where the paper is silent (all parameters):
 - groups are merged with a per-pixel max over their joints (`group_merge="max"`): a group's peak stays the
   joints' peak height whatever the group size, so the softmax (scale sensitive) treats 1- and 5-joint groups
   alike; "sum" is available.
-- order: merge 17 -> 8 at heatmap resolution, resize (area) to F's size, spatial softmax with temperature 1.
+- order: merge 17 -> 8 at heatmap resolution, resize (area) to F's size, spatial softmax with temperature 1
+  (no temperature is given, so 1). Caution: heatmap values lie in [0, 1], so over F's 24x8 = 192 cells a
+  temperature-1 softmax is nearly flat (a sigma-2 Gaussian joint: peak weight 0.0093 vs uniform 0.0052, the
+  9 best cells hold 5.6% of the mass); `heatmap_temperature=0.1` keeps 71% there. See EXTRA_ABLATIONS.
 - Eq. 1's g(.) is global *average* pooling exactly as written (f_{l,k} = mean_ij H_k F).
 - Eq. 2: the text says cosine similarity, the formula shows a dot product; default cosine (`feb_similarity`).
 - Eq. 5 uses raw dot products as written (`mcl_normalize=False`); computed with logsumexp, so it is stable.
@@ -86,6 +89,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "sab_im_feb": {**_OFF, "sab": True, "interaction": True, "sab_distill": "mcl", "feb": True},
     "full": {"sab": True, "interaction": True, "sab_distill": "mcl", "feb": True, "consistent": True},
     "sab_cl": {"sab": True, "interaction": True, "sab_distill": "cl", "feb": True, "consistent": True},
+}
+
+# Not in the paper: sharper group maps and the other reading of Eq. 4 (optional runs, same R1/mAP columns).
+EXTRA_ABLATIONS: dict[str, dict[str, Any]] = {
+    "full_sharp_heatmaps": {**ABLATIONS["full"], "heatmap_temperature": 0.1},
+    "full_cl_to_f": {**ABLATIONS["full"], "cl_target": "F"},
 }
 
 
