@@ -15,5 +15,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        [D.metrics_path(*r.split("/", 1)) for r in config["dvc"]["runs"]],
+        all_targets(),
     default_target: True

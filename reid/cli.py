@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "pipeline": ("reid.pipeline", "run one pipeline stage resolved from params.yaml (used by Snakemake and DVC)"),
     "dvc-yaml": ("reid.workflow_gen", "write dvc.yaml from params.yaml (the DVC twin of the Snakefile)"),
     "ablation-table": ("reid.report", "assemble metrics.json files into an ablation table (Markdown + JSON)"),
+    "show-metrics": ("reid.report", "print metrics.json files as a short table"),
 }
 
 # Verbs whose module serves several verbs: verb -> (add-arguments function, main function).
@@ -32,6 +33,7 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
     "merge-shards": ("add_merge_arguments", "merge_main"),
     "evaluate": ("add_evaluate_arguments", "main_evaluate"),
     "teacher-outputs": ("add_teacher_outputs_arguments", "main_teacher_outputs"),
+    "show-metrics": ("add_show_metrics_arguments", "main_show_metrics"),
 }
 
 

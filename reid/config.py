@@ -5,7 +5,7 @@ change reruns exactly the affected jobs), DVC lists the returned keys in the sta
 with `--params params.yaml` (which resolves the same way), and the CLI accepts either.
 
 Precedence of trainer settings (later wins):
-  train < train_presets.<method> < datasets.<ds>.train < run-name seed
+  train < train_presets.<method> < datasets.<ds>.train < datasets.<ds>.train_presets.<method> < run-name seed
 Precedence of method parameters:
   methods.<method> < top-level knobs (e.g. `alpha`) < datasets.<ds>.presets.<method> < ablation row
 Precedence of teacher parameters:
@@ -84,6 +84,14 @@ def parse_run(run: str) -> Run:
     return Run(m.group("method"), m.group("ablation"), int(seed) if seed is not None else None)
 
 
+def split_target(target: str) -> tuple[str, str]:
+    """'<dataset>/<run>' -> (dataset, run)."""
+    ds, sep, run = target.partition("/")
+    if not sep or not ds or not run:
+        raise ConfigError(f"bad target {target!r}: expected <dataset>/<run>")
+    return ds, run
+
+
 def dataset_cfg(cfg: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     ds = _get(cfg, f"datasets.{dataset}")
     if not isinstance(ds, Mapping):
@@ -160,6 +168,7 @@ def stage_train(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[di
 
     train = _merge(take("train"), take(f"train_presets.{run.method}"))
     train = _merge(train, take(f"datasets.{dataset}.train"))
+    train = _merge(train, take(f"datasets.{dataset}.train_presets.{run.method}"))
     if run.seed is not None:
         train["seed"] = run.seed
     if not _has(cfg, f"methods.{run.method}"):

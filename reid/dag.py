@@ -121,6 +121,17 @@ class Stage:
     plots: list[str] = field(default_factory=list)
 
 
+def code_deps(kind: str, teacher: str | None = None) -> list[str]:
+    """The code a DVC stage depends on: narrow, so editing a method never reruns a teacher cache."""
+    if kind == "synth":
+        return ["reid/data/synthetic.py", "reid/data/render.py"]
+    if kind == "index":
+        return ["reid/data/datasets.py", "reid/data/index.py"]
+    if kind == "teach":
+        return ["reid/cache/h5.py", "reid/teachers/base.py", "reid/teachers/runner.py", f"reid/teachers/{teacher}.py"]
+    return ["reid/data", "reid/engine", "reid/methods", "reid/models"]
+
+
 def _pipeline_cmd(stage: str, ds: str, out: str, extra: str = "") -> str:
     base = f"python -m reid pipeline {stage} --dataset {ds} --params params.yaml"
     return " ".join(part for part in (base, extra, f"--out {out}") if part)
@@ -129,7 +140,6 @@ def _pipeline_cmd(stage: str, ds: str, out: str, extra: str = "") -> str:
 def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
     """Every stage needed to build results/<ds>/<run>/metrics.json for each '<ds>/<run>' in `runs`."""
     stages: dict[str, Stage] = {}
-    code = ["reid"]
 
     def add(stage: Stage) -> None:
         stages.setdefault(stage.name, stage)
@@ -137,12 +147,14 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
     def need_index(ds: str) -> None:
         if is_generated(cfg, ds):
             _, keys = C.stage_synth(cfg, ds)
-            add(Stage(f"synth@{ds}", _pipeline_cmd("synth", ds, data_dir(ds)), code, [data_dir(ds)], keys))
+            add(Stage(f"synth@{ds}", _pipeline_cmd("synth", ds, data_dir(ds)), code_deps("synth"), [data_dir(ds)],
+                      keys))
         _, keys = C.stage_index(cfg, ds)
         deps = list(index_deps(cfg, ds).values())
         if not is_generated(cfg, ds):
             deps.append(root_of(cfg, ds))
-        add(Stage(f"index@{ds}", _pipeline_cmd("index", ds, index_path(ds)), code + deps, [index_path(ds)], keys))
+        add(Stage(f"index@{ds}", _pipeline_cmd("index", ds, index_path(ds)), code_deps("index") + deps,
+                  [index_path(ds)], keys))
 
     def need_cache(ds: str, name: str) -> None:
         if name in C.DERIVED_CACHES:
@@ -155,7 +167,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
             _, keys = C.stage_evaluate(cfg, ds, run)
             extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
             add(Stage(f"outputs@{ds}-{name}", _pipeline_cmd("teacher-outputs", ds, cache_path(ds, name), extra),
-                      code + sorted(set(deps.values())), [cache_path(ds, name)], keys))
+                      code_deps("train") + sorted(set(deps.values())), [cache_path(ds, name)], keys))
             return
         need_index(ds)
         deps = teacher_deps(cfg, ds, name)
@@ -165,7 +177,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         _, keys = C.stage_teacher(cfg, ds, name)
         extra = f"--teacher {name} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"teach@{ds}-{name}", _pipeline_cmd("teach", ds, cache_path(ds, name), extra),
-                  code + sorted(set(deps.values())), [cache_path(ds, name)], keys))
+                  code_deps("teach", name) + sorted(set(deps.values())), [cache_path(ds, name)], keys))
 
     def need_model(ds: str, run: str) -> None:
         need_index(ds)
@@ -176,11 +188,11 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         _, keys = C.stage_train(cfg, ds, run)
         extra = f"--run {run} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"train@{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
-                  code + sorted(set(deps.values())), [model_path(ds, run)], keys,
+                  code_deps("train") + sorted(set(deps.values())), [model_path(ds, run)], keys,
                   plots=[train_log_path(ds, run)]))
 
     for target in runs:
-        ds, _, run = target.partition("/")
+        ds, run = C.split_target(target)
         need_model(C.model_dataset(cfg, ds), run)
         need_index(ds)
         deps = evaluate_deps(cfg, ds, run)
@@ -190,5 +202,5 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         _, keys = C.stage_evaluate(cfg, ds, run)
         extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"evaluate@{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
-                  code + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
+                  code_deps("train") + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
     return stages

@@ -49,7 +49,13 @@ def _root(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
     from reid.engine.commands import format_metrics, parse_caches
+
+    if not sys.stderr.isatty():  # a log file: a progress line every 30 s instead of every update
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
 
     caches = parse_caches(args.cache)
     if args.stage == "synth":

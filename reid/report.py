@@ -114,3 +114,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def add_show_metrics_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("metrics", nargs="+", help="metrics.json files")
+
+
+def main_show_metrics(args: argparse.Namespace) -> int:
+    """Print each metrics.json as one block: protocol, then R1/R5/mAP/mINP per setting."""
+    from reid.engine.commands import format_metrics
+
+    for f in sorted(args.metrics):
+        print(format_metrics(json.loads(Path(f).read_text())))
+    return 0

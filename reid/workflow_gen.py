@@ -40,8 +40,15 @@ def dvc_document(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Write repeated lists in full instead of YAML anchors/aliases (easier to read and diff)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render(cfg: Mapping[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(dvc_document(cfg), sort_keys=False, width=1000)
+    return HEADER + yaml.dump(dvc_document(cfg), Dumper=_NoAliasDumper, sort_keys=False, width=1000)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""ResNet-50 ReID backbone (torchvision), last stride 1, ImageNet weights only from a local file.
+"""ResNet ReID backbones (torchvision), last stride 1, ImageNet weights only from a local file.
 
 torchvision's `resnet50-0676ba61.pth` / `resnet50-11ad3fa6.pth` state dicts load as they are; a torchreid- or
 timm-style checkpoint with a `state_dict`/`model` wrapper or a `module.` prefix is unwrapped first.
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import resnet50
+from torchvision.models import resnet18, resnet34, resnet50, resnet101
+
+RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +62,34 @@ def load_pretrained(module: nn.Module, path: str | Path | None, what: str, ignor
         raise ValueError(f"{what}: no tensor of {path} matches the model; is it the right checkpoint?")
 
 
-class ResNet50Backbone(nn.Module):
-    """torchvision ResNet-50 trunk without pooling/fc; `last_stride=1` doubles the final map (16x8 at 256x128)."""
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet trunk without pooling/fc; `last_stride=1` doubles the final map (16x8 at 256x128).
 
-    out_channels = 2048
+    Depth 50 is the papers' backbone; 18/34 are lighter choices for CPU runs on the synthetic worlds.
+    """
 
-    def __init__(self, last_stride: int = 1, weights: str | Path | None = None) -> None:
+    def __init__(self, depth: int = 50, last_stride: int = 1, weights: str | Path | None = None) -> None:
         super().__init__()
-        net = resnet50(weights=None)
+        if depth not in RESNETS:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
+        net = RESNETS[depth](weights=None)
         if last_stride == 1:
-            net.layer4[0].conv2.stride = (1, 1)
-            net.layer4[0].downsample[0].stride = (1, 1)
-        load_pretrained(net, weights, "ResNet-50", ignore_prefixes=("fc.",))
+            block = net.layer4[0]
+            (block.conv2 if depth >= 50 else block.conv1).stride = (1, 1)
+            block.downsample[0].stride = (1, 1)
+        self.out_channels = 2048 if depth >= 50 else 512
+        load_pretrained(net, weights, f"ResNet-{depth}", ignore_prefixes=("fc.",))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+class ResNet50Backbone(ResNetBackbone):
+    """ResNet-50, last stride 1: the backbone of the baseline, PGFL-KD and ISP's alternative."""
+
+    out_channels = 2048
+
+    def __init__(self, last_stride: int = 1, weights: str | Path | None = None) -> None:
+        super().__init__(50, last_stride, weights)

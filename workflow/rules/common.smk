@@ -52,3 +52,14 @@ def teacher_threads(wildcards):
 def train_threads(wildcards):
     kw, _ = C.stage_train(config, wildcards.dataset, wildcards.run)
     return max(1, int(kw["train_cfg"].get("workers", 2)))
+
+
+def all_targets():
+    """metrics.json of every <dataset>/<run> in params.yaml dvc.runs (what `dvc repro` builds too)."""
+    return [D.metrics_path(*C.split_target(t)) for t in config["dvc"]["runs"]]
+
+
+def ablation_inputs(wildcards):
+    from reid.report import ablation_runs
+
+    return [D.metrics_path(wildcards.dataset, run) for run in ablation_runs(config, wildcards.method)]

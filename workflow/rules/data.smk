@@ -10,6 +10,8 @@ rule synth:
         "logs/{dataset}/synth.log",
     benchmark:
         "logs/{dataset}/synth.benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: 1
     shell:
         "python -m reid pipeline synth --dataset {wildcards.dataset} --resolved {params.resolved} "
@@ -28,6 +30,8 @@ rule index:
         "logs/{dataset}/index.log",
     benchmark:
         "logs/{dataset}/index.benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: 2
     shell:
         "python -m reid pipeline index --dataset {wildcards.dataset} --resolved {params.resolved} "

@@ -1,12 +1,6 @@
 # Ablation tables: every row of a method's ABLATIONS x the seeds in params.yaml `ablation.seeds`.
 
 
-def ablation_inputs(wildcards):
-    from reid.report import ablation_runs
-
-    return [D.metrics_path(wildcards.dataset, run) for run in ablation_runs(config, wildcards.method)]
-
-
 rule ablation_table:
     input:
         ablation_inputs,
@@ -17,6 +11,8 @@ rule ablation_table:
         "logs/{dataset}/ablation_{method}.log",
     benchmark:
         "logs/{dataset}/ablation_{method}.benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: 1
     shell:
         "python -m reid ablation-table --method {wildcards.method} --dataset {wildcards.dataset} "

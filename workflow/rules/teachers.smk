@@ -14,6 +14,8 @@ rule teach:
         "logs/{dataset}/teach_{teacher}.log",
     benchmark:
         "logs/{dataset}/teach_{teacher}.benchmark.tsv"
+    conda:
+        "../../envs/teachers.yaml"
     threads: teacher_threads
     resources:
         gpu=teacher_gpu,
@@ -39,6 +41,8 @@ rule teacher_outputs:
         "logs/{dataset}/outputs_{derived}.log",
     benchmark:
         "logs/{dataset}/outputs_{derived}.benchmark.tsv"
+    conda:
+        "../../envs/teachers.yaml"
     threads: 2
     resources:
         gpu=1,

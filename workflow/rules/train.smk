@@ -16,6 +16,8 @@ rule train:
         "logs/{dataset}/train_{run}.log",
     benchmark:
         "logs/{dataset}/train_{run}.benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: train_threads
     resources:
         gpu=1,
@@ -38,6 +40,8 @@ rule evaluate:
         "logs/{dataset}/evaluate_{run}.log",
     benchmark:
         "logs/{dataset}/evaluate_{run}.benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: 2
     shell:
         "python -m reid pipeline evaluate --dataset {wildcards.dataset} --run {wildcards.run} "

@@ -1,0 +1,40 @@
+# The two commands of the README:
+#   make demo   set up, then run the demo DAG end to end on the synthetic worlds and print the metrics
+#   make test   set up, then run the test suite
+# Set ORT=gpu|cpu to force the ONNX Runtime build (default: gpu when nvidia-smi sees a GPU).
+
+PYTHON ?= python3
+VENV ?= .venv
+ORT ?= auto
+CORES ?= 2
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test test-fast lint dvc-yaml clean-results
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml workflow/scripts/select_onnxruntime.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch torchvision
+	$(PY) -m pip install -q -e ".[test]"
+	bash workflow/scripts/select_onnxruntime.sh $(PY) $(ORT)
+	touch $@
+
+demo: install
+	snakemake --cores $(CORES) --rerun-triggers mtime params input
+	$(PY) -m reid show-metrics results/*/*/metrics.json
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	snakemake --lint
+	$(PY) -m reid dvc-yaml --check
+
+dvc-yaml: install
+	$(PY) -m reid dvc-yaml
