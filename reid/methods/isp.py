@@ -1,0 +1,548 @@
+"""ISP: identity-guided human semantic parsing for aligned ReID (Zhu et al., ECCV 2020).
+
+Model: a backbone with a 1/4-resolution feature map (HRNet-W32 branches upsampled and concatenated, 480 ch,
+as in the paper; or ResNet-50 with bilinear upsampling, the paper's Table 6 alternative; or a tiny HRNet for
+tests), a 1x1 conv + BN + ReLU reduction to 256 channels (the reference's `cls_head`) giving M_g, a per-pixel
+linear part classifier (Eq. 5) trained with the parsing loss (Eq. 6) against pseudo part labels, and three
+representations pooled with the part probabilities (Eq. 2 + GAP): the concatenated parts F_1..F_{K-1}, the
+foreground F_f and the global F_g, each with a BNNeck and the BoT loss pair (Eq. 7, alpha = 0.1).
+
+Pseudo labels: the first round comes from the `isp_labels` cache (reid/teachers/isp_labels.py); every `period`
+epochs `on_epoch_start` re-clusters the model's own feature maps of all training images with the cascaded
+clustering (reid/methods/isp_clustering.py, batched over identities, on the trainer's device) and hands them
+to the dataset with `train_set.set_field("isp_labels.labels", labels)`. `semantics: parsing` replaces the pseudo
+labels with the parsing cache (LIP) grouped into K parts: the paper's Table 5 "+extra info" row.
+
+Test time (Eq. 8-10): part visibility from the argmax of the part classifier; the distance averages the cosine
+distances of the shared-visible parts, the global and the foreground features (`matching: aligned`);
+`matching: concat` is the reference's "w/o ARM" (cosine on all features concatenated) and `matching: global`
+uses F_g alone.
+
+Re-clustered labels are kept at the feature-map resolution (h, w) = input/4 in the image frame, like the cache:
+the dataset warps image-frame label maps of any resolution to the input size with nearest sampling, and a
+(N, 64, 32) array is 16x smaller than one at the input size (34 MB vs 541 MB on DukeMTMC-reID), which matters
+because it is also saved with every checkpoint (`extra_state`) so a resumed run continues with the same labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from reid.methods.base import METHODS, Method
+from reid.methods.isp_clustering import IdentityChunker, identity_order
+from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth
+from reid.models.heads import BNNeck
+from reid.models.hrnet import HRNetFeatureMap
+from reid.models.resnet import ResNet50Backbone, load_pretrained
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ABLATIONS", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5", "TRAIN_PRESET", "LIP_PART_GROUPS", "TABLE3_GROUPS",
+    "ISP", "ISPNet", "build_feature_backbone", "part_probabilities", "pooled_representations", "parsing_loss",
+    "reid_loss", "part_visibility", "part_distances", "aligned_distance", "downsample_labels", "lip_to_parts",
+    "assign_parts_to_groups", "part_iou",
+]
+
+# --- paper numbers and ablation rows --------------------------------------------------------------------------
+# Table 4 (K) and Table 5 (semantics): R-1 / R-5 / mAP on DukeMTMC, Market1501; R-1 / mAP on CUHK03-NP.
+PAPER_TABLE4: dict[str, dict[str, float]] = {
+    "k4": {"duke_r1": 89.6, "duke_r5": 95.2, "duke_map": 79.2, "market_r1": 95.3, "market_r5": 98.6,
+           "market_map": 88.6, "cuhk03l_r1": 75.9, "cuhk03l_map": 72.9, "cuhk03d_r1": 73.5, "cuhk03d_map": 71.3},
+    "k5": {"duke_r1": 88.6, "duke_r5": 95.0, "duke_map": 79.1, "market_r1": 94.4, "market_r5": 98.2,
+           "market_map": 87.7, "cuhk03l_r1": 73.9, "cuhk03l_map": 72.4, "cuhk03d_r1": 73.1, "cuhk03d_map": 71.0},
+    "k6": {"duke_r1": 89.0, "duke_r5": 95.1, "duke_map": 78.9, "market_r1": 95.2, "market_r5": 98.4,
+           "market_map": 88.4, "cuhk03l_r1": 75.9, "cuhk03l_map": 73.8, "cuhk03d_r1": 75.2, "cuhk03d_map": 71.4},
+    "k7": {"duke_r1": 89.6, "duke_r5": 95.5, "duke_map": 80.0, "market_r1": 95.0, "market_r5": 98.2,
+           "market_map": 88.4, "cuhk03l_r1": 76.5, "cuhk03l_map": 74.1, "cuhk03d_r1": 73.6, "cuhk03d_map": 70.8},
+    "k8": {"duke_r1": 88.9, "duke_r5": 94.7, "duke_map": 78.4, "market_r1": 94.9, "market_r5": 98.5,
+           "market_map": 88.6, "cuhk03l_r1": 75.9, "cuhk03l_map": 73.1, "cuhk03d_r1": 74.0, "cuhk03d_map": 71.4},
+}
+PAPER_TABLE5: dict[str, dict[str, float]] = {
+    # "baseline" is HRNet-W32 with BNNeck and the BoT losses on the global feature only (the `baseline`
+    # method of this project uses ResNet-50; the row is listed for the table, not reproduced by an ISP row).
+    "baseline": {"duke_r1": 87.7, "duke_r5": 94.3, "duke_map": 77.2, "market_r1": 94.0, "market_r5": 97.9,
+                 "market_map": 85.9, "cuhk03l_r1": 71.9, "cuhk03l_map": 68.5, "cuhk03d_r1": 67.6,
+                 "cuhk03d_map": 64.7},
+    "extra_info": {"duke_r1": 88.6, "duke_r5": 94.7, "duke_map": 79.1, "market_r1": 94.8, "market_r5": 98.4,
+                   "market_map": 87.7, "cuhk03l_r1": 73.3, "cuhk03l_map": 71.9, "cuhk03d_r1": 72.2,
+                   "cuhk03d_map": 69.6},
+    "learned": {"duke_r1": 89.6, "duke_r5": 95.5, "duke_map": 80.0, "market_r1": 95.3, "market_r5": 98.6,
+                "market_map": 88.6, "cuhk03l_r1": 76.5, "cuhk03l_map": 74.1, "cuhk03d_r1": 75.2, "cuhk03d_map": 71.4},
+}
+# Table 3 (K = 6): IoU (%) against SCHP-LIP groups; pseudo labels of the training set / predictions on the test set.
+PAPER_TABLE3: dict[str, dict[str, float]] = {
+    "pseudo_duke": {"foreground": 65.66, "head": 68.17, "legs": 61.83, "shoes": 58.89},
+    "pseudo_market": {"foreground": 65.45, "head": 54.74, "legs": 67.02, "shoes": 55.25},
+    "pseudo_cuhk03l": {"foreground": 51.26, "head": 68.21, "legs": 52.24, "shoes": 57.60},
+    "pred_duke": {"foreground": 66.94, "head": 71.35, "legs": 68.02, "shoes": 62.60},
+    "pred_market": {"foreground": 63.44, "head": 55.78, "legs": 69.10, "shoes": 56.32},
+    "pred_cuhk03l": {"foreground": 53.51, "head": 59.96, "legs": 50.14, "shoes": 59.08},
+}
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    **{f"k{k}": {"num_parts": k} for k in (4, 5, 6, 7, 8)},           # Table 4
+    "learned": {"semantics": "learned"},                                # Table 5 "ISP"
+    "extra_info": {"semantics": "parsing"},                             # Table 5 "+extra info"
+    "wo_arm": {"matching": "concat"},                                   # Table 2 "ISP w/o arm"
+}
+
+# params.yaml `train_presets: isp` (paper Sec. 4.2): 120 epochs, warm-up 10 epochs 3.5e-5 -> 3.5e-4, x0.1 at 40/70,
+# batch 64, Adam, 256x128, random crop / flip / erasing 0.5.
+TRAIN_PRESET: dict[str, Any] = {
+    "epochs": 120, "batch_p": 16, "batch_k": 4, "input_size": [256, 128], "optimizer": "adam", "lr": 3.5e-4,
+    "weight_decay": 5.0e-4, "scheduler": "multistep", "milestones": [40, 70], "gamma": 0.1, "warmup_epochs": 10,
+    "warmup_factor": 0.1, "flip_p": 0.5, "pad": 10, "erasing_p": 0.5,
+}
+
+# LIP label groups (paper footnote 4 for head / legs / shoes; foreground = any non-background label).
+LIP_HEAD = (1, 2, 4, 13)             # hat, hair, sunglasses, face
+LIP_UPPER = (5, 6, 7, 10, 11)        # upper-clothes, dress, coat, jumpsuits, scarf
+LIP_ARMS = (3, 14, 15)               # glove, left/right arm
+LIP_LOWER = (9, 12)                  # pants, skirt
+LIP_LEGS_BARE = (8, 16, 17)          # socks, left/right leg
+LIP_SHOES = (18, 19)
+TABLE3_GROUPS: dict[str, tuple[int, ...]] = {
+    "foreground": tuple(range(1, 20)),
+    "head": LIP_HEAD,
+    "legs": (8, 9, 16, 17),          # left-leg, right-leg, socks, pants (footnote 4)
+    "shoes": LIP_SHOES,
+}
+# Not in the paper's Table 3: an upper-body group for a finer check.
+EXTRA_GROUPS: dict[str, tuple[int, ...]] = {"upper_body": LIP_UPPER + LIP_ARMS}
+
+# `semantics: parsing` (Table 5 "+extra info"): LIP labels grouped into K-1 parts, top to bottom (this
+# project's choice; the paper does not list its grouping).
+LIP_PART_GROUPS: dict[int, tuple[tuple[int, ...], ...]] = {
+    4: (LIP_HEAD, LIP_UPPER + LIP_ARMS, LIP_LOWER + LIP_LEGS_BARE + LIP_SHOES),
+    5: (LIP_HEAD, LIP_UPPER + LIP_ARMS, LIP_LOWER + LIP_LEGS_BARE, LIP_SHOES),
+    6: (LIP_HEAD, LIP_UPPER, LIP_ARMS, LIP_LOWER + LIP_LEGS_BARE, LIP_SHOES),
+    7: (LIP_HEAD, LIP_UPPER, LIP_ARMS, LIP_LOWER, LIP_LEGS_BARE, LIP_SHOES),
+    8: ((1, 2), (4, 13), LIP_UPPER, LIP_ARMS, LIP_LOWER, LIP_LEGS_BARE, LIP_SHOES),
+}
+
+LABEL_KEYS = {"learned": "isp_labels.labels", "parsing": "parsing.labels"}
+
+
+# --- backbones ------------------------------------------------------------------------------------------------
+class UpsampledResNet50(nn.Module):
+    """ResNet-50 (last stride 1, 1/16) bilinearly upsampled to 1/4 of the input (paper Table 6 alternative)."""
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        self.body = ResNet50Backbone(last_stride=1, weights=weights)
+        self.out_channels = ResNet50Backbone.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[-2] // 4, x.shape[-1] // 4)
+        return F.interpolate(self.body(x), size=size, mode="bilinear", align_corners=False)
+
+
+def build_feature_backbone(name: str, weights: str | None = None) -> nn.Module:
+    """A module mapping (B, 3, H, W) to a (B, C, H/4, W/4) feature map, with `out_channels` = C.
+
+    hrnet_w32: HRNetFeatureMap (480 ch); weights = an ImageNet HRNet-W32 classification checkpoint (or the COCO
+    pose one), loaded non-strictly (the classification head keys are ignored). resnet50: torchvision weights.
+    hrnet_tiny: a width-8 HRNet (120 ch) for tests.
+    """
+    if name == "hrnet_w32":
+        net = HRNetFeatureMap(width=32)
+        load_pretrained(net.body, weights, "HRNet-W32 (ISP backbone)",
+                        ignore_prefixes=("final_layer", "incre_modules", "downsamp_modules", "classifier"))
+        return net
+    if name == "hrnet_tiny":
+        net = HRNetFeatureMap(width=8, num_modules=(1, 1, 1), num_blocks=1, stem_blocks=1, stem_width=8)
+        if weights:
+            load_pretrained(net.body, weights, "tiny HRNet")
+        return net
+    if name == "resnet50":
+        return UpsampledResNet50(weights)
+    raise ValueError(f"unknown ISP backbone {name!r}; choose hrnet_w32, resnet50 or hrnet_tiny")
+
+
+# --- equations ----------------------------------------------------------------------------------------------
+def part_probabilities(part_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: P_k(x, y) = softmax_k(W_k^T M_g(x, y)) over the K parts (dim 1 of (B, K, h, w))."""
+    return F.softmax(part_logits.float(), dim=1)
+
+
+def pooled_representations(fmap: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 2 + GAP: F_k = GAP(P_k o M_g) for k = 1..K-1, F_f = GAP(sum_{k>=1} P_k o M_g), F_g = GAP(M_g).
+
+    fmap (B, C, h, w), probs (B, K, h, w) -> parts (B, K-1, C), foreground (B, C), global (B, C).
+    """
+    fmap = fmap.float()
+    hw = fmap.shape[-2] * fmap.shape[-1]
+    parts = torch.einsum("bkhw,bchw->bkc", probs[:, 1:], fmap) / hw
+    return parts, parts.sum(dim=1), fmap.mean(dim=(2, 3))
+
+
+def parsing_loss(part_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: cross-entropy of the part classifier against the pseudo labels, averaged over pixels and images.
+
+    The paper writes a sum over pixels; the reference averages (nn.CrossEntropyLoss), which is what makes
+    alpha = 0.1 a sensible weight next to the per-image ReID losses.
+    """
+    return F.cross_entropy(part_logits.float(), labels.long())
+
+
+def reid_loss(feat: torch.Tensor, logits: torch.Tensor, pids: torch.Tensor, label_smooth: float = 0.1,
+              margin: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """One basic loss group of Eq. 7 (BoT): label-smoothed cross-entropy and batch-hard triplet."""
+    return cross_entropy_label_smooth(logits, pids, label_smooth), batch_hard_triplet(feat, pids, margin)
+
+
+def part_visibility(part_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: l_k = 1 when some pixel's argmax is part k (k = 1..K-1); (B, K, h, w) -> (B, K-1) float."""
+    winner = part_logits.argmax(dim=1).flatten(1)
+    K = part_logits.shape[1]
+    present = F.one_hot(winner, K).amax(dim=1)
+    return present[:, 1:].float()
+
+
+def part_distances(q_parts: torch.Tensor, g_parts: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: d_k = cosine distance between the k-th part features; (nq, P, C), (ng, P, C) -> (nq, ng, P)."""
+    qn, gn = F.normalize(q_parts.float(), dim=-1), F.normalize(g_parts.float(), dim=-1)
+    return 1.0 - torch.einsum("qkc,gkc->qgk", qn, gn)
+
+
+def _cosine(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return 1.0 - F.normalize(q.float(), dim=1) @ F.normalize(g.float(), dim=1).t()
+
+
+def aligned_distance(q: Mapping[str, torch.Tensor], g: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 10: d = (sum_k l_k^q l_k^g d_k + d_g + d_f) / (sum_k l_k^q l_k^g + 2), all cosine distances.
+
+    Vectorised without an (nq, ng, K-1) tensor: sum_k v_k (1 - <q_k, g_k>) = sum_k v_k - <Q', G'> with
+    Q' = (l^q_k * q_k / |q_k|)_k flattened (same for G'), so the numerator is one matrix product.
+    Inputs: dicts with "parts" (n, K-1, C), "visibility" (n, K-1), "global" (n, C), "foreground" (n, C).
+    """
+    vq, vg = q["visibility"].float(), g["visibility"].float()
+    qn = F.normalize(q["parts"].float(), dim=-1) * vq[..., None]
+    gn = F.normalize(g["parts"].float(), dim=-1) * vg[..., None]
+    shared = vq @ vg.t()
+    parts_sum = shared - qn.flatten(1) @ gn.flatten(1).t()
+    d_g = _cosine(q["global"], g["global"])
+    d_f = _cosine(q["foreground"], g["foreground"])
+    return (parts_sum + d_g + d_f) / (shared + 2.0)
+
+
+def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest label of each cell centre: (B, H, W) -> (B, h, w), sampling row floor((i + 0.5) H / h)."""
+    H, W = labels.shape[-2:]
+    h, w = size
+    if (H, W) == (h, w):
+        return labels
+    rows = ((torch.arange(h, device=labels.device) + 0.5) * H / h).long().clamp(max=H - 1)
+    cols = ((torch.arange(w, device=labels.device) + 0.5) * W / w).long().clamp(max=W - 1)
+    return labels[:, rows][:, :, cols]
+
+
+def lip_to_parts(labels: torch.Tensor, num_parts: int) -> torch.Tensor:
+    """LIP labels -> K part labels (0 background, 1..K-1 by LIP_PART_GROUPS[K], top to bottom)."""
+    if num_parts not in LIP_PART_GROUPS:
+        raise ValueError(f"semantics=parsing has LIP groupings for K in {sorted(LIP_PART_GROUPS)}, not {num_parts}")
+    lut = torch.zeros(256, dtype=torch.long, device=labels.device)
+    for part, group in enumerate(LIP_PART_GROUPS[num_parts], start=1):
+        lut[list(group)] = part
+    return lut[labels.long()]
+
+
+# --- Table 3: IoU against grouped parsing labels ------------------------------------------------------------
+def _as_numpy_labels(x: Any) -> np.ndarray:
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _match_resolution(pred: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest (cell-centre) resampling of (N, h, w) labels to (N, H, W), both in the image frame."""
+    if pred.shape[-2:] == tuple(target_hw):
+        return pred
+    H, W = target_hw
+    h, w = pred.shape[-2:]
+    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return pred[:, rows][:, :, cols]
+
+
+def assign_parts_to_groups(pred_labels: Any, parsing_labels: Any, groups: Mapping[str, tuple[int, ...]] = TABLE3_GROUPS
+                           ) -> dict[str, list[int]]:
+    """Map each ISP part label to the parsing group it overlaps most (majority vote over all pixels).
+
+    ISP parts are unnamed clusters, so a group's predicted region is the union of the parts voted to it.
+    Candidates are the groups other than "foreground", plus "other" (foreground pixels in no group) and
+    "background"; parts won by those two belong to no group.
+    """
+    pred = _as_numpy_labels(pred_labels)
+    gt = _as_numpy_labels(parsing_labels)
+    pred = _match_resolution(pred, gt.shape[-2:])
+    named = [g for g in groups if g != "foreground"]
+    lut = np.full(256, len(named), dtype=np.int64)  # "other" foreground
+    lut[0] = len(named) + 1  # background
+    for i, g in enumerate(named):
+        lut[list(groups[g])] = i
+    target = lut[gt.astype(np.int64)]
+    K = int(pred.max()) + 1 if pred.size else 1
+    votes = np.zeros((K, len(named) + 2), dtype=np.int64)
+    np.add.at(votes, (pred.astype(np.int64).ravel(), target.ravel()), 1)
+    assignment: dict[str, list[int]] = {g: [] for g in named}
+    for k in range(1, K):
+        if votes[k].sum() == 0:
+            continue
+        winner = int(votes[k].argmax())
+        if winner < len(named):
+            assignment[named[winner]].append(k)
+    return assignment
+
+
+def part_iou(pred_labels: Any, parsing_labels: Any, groups: Mapping[str, tuple[int, ...]] = TABLE3_GROUPS,
+             assignment: Mapping[str, list[int]] | None = None) -> dict[str, float]:
+    """Table 3 check: IoU per LIP group of ISP part labels (N, h, w) against parsing labels (N, H, W).
+
+    "foreground": pred > 0 vs any non-background LIP label; other groups: the union of the ISP parts assigned
+    to the group (`assign_parts_to_groups` when not given) vs the group's LIP labels. NaN when both are empty.
+    """
+    pred = _as_numpy_labels(pred_labels)
+    gt = _as_numpy_labels(parsing_labels)
+    if pred.ndim != 3 or gt.ndim != 3 or len(pred) != len(gt):
+        raise ValueError(f"part_iou: expected (N, h, w) and (N, H, W) label maps, got {pred.shape} and {gt.shape}")
+    pred = _match_resolution(pred, gt.shape[-2:])
+    if assignment is None:
+        assignment = assign_parts_to_groups(pred, gt, groups)
+    out: dict[str, float] = {}
+    for name, members in groups.items():
+        truth = np.isin(gt, members)
+        mine = pred > 0 if name == "foreground" else np.isin(pred, list(assignment.get(name, [])))
+        union = np.logical_or(truth, mine).sum()
+        out[name] = float(np.logical_and(truth, mine).sum() / union) if union else float("nan")
+    return out
+
+
+# --- model ------------------------------------------------------------------------------------------------
+class ISPNet(nn.Module):
+    """Backbone -> 1x1 reduction (M_g) -> part classifier; parts / foreground / global with a BNNeck each.
+
+    `forward` returns a dict: "fmap" M_g (B, C, h, w), "part_logits" (B, K, h, w); in training the pre-BN
+    features "part_feat" (B, (K-1)C), "fore_feat", "global_feat" and their logits; in eval the post-BN features
+    "parts" (B, K-1, C), "foreground", "global".
+    """
+
+    def __init__(self, num_classes: int, num_parts: int = 7, backbone: str = "hrnet_w32", weights: str | None = None,
+                 reduce_dim: int = 256) -> None:
+        super().__init__()
+        if num_parts < 2:
+            raise ValueError(f"num_parts (K) must be >= 2, got {num_parts}")
+        self.num_parts, self.dim = num_parts, reduce_dim
+        self.backbone = build_feature_backbone(backbone, weights)
+        self.reduce = nn.Sequential(nn.Conv2d(self.backbone.out_channels, reduce_dim, 1), nn.BatchNorm2d(reduce_dim),
+                                    nn.ReLU(inplace=True))
+        self.part_classifier = nn.Conv2d(reduce_dim, num_parts, 1, bias=False)  # Eq. 5: W_k^T M_g(x, y)
+        self.neck_part = BNNeck(reduce_dim * (num_parts - 1), num_classes)
+        self.neck_fore = BNNeck(reduce_dim, num_classes)
+        self.neck_global = BNNeck(reduce_dim, num_classes)
+        for m in list(self.reduce.modules()) + [self.part_classifier]:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """M_g (Eq. 1): the reduced 1/4-resolution map the clustering and the pooling use."""
+        return self.reduce(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.feature_map(x)
+        logits = self.part_classifier(fmap)
+        parts, fore, glob = pooled_representations(fmap, part_probabilities(logits))
+        part_feat, part_bn, part_logits = self.neck_part(parts.flatten(1))
+        fore_feat, fore_bn, fore_logits = self.neck_fore(fore)
+        glob_feat, glob_bn, glob_logits = self.neck_global(glob)
+        out = {"fmap": fmap, "part_logits": logits}
+        if self.training:
+            out.update(part_feat=part_feat, part_id_logits=part_logits, fore_feat=fore_feat,
+                       fore_id_logits=fore_logits, global_feat=glob_feat, global_id_logits=glob_logits)
+        else:
+            out.update({"parts": part_bn.view(len(x), self.num_parts - 1, self.dim), "foreground": fore_bn,
+                        "global": glob_bn})
+        return out
+
+
+# --- the method ----------------------------------------------------------------------------------------------
+@METHODS.register()
+class ISP(Method):
+    """ISP on the shared trainer; `caches` depends on `semantics` (instance attribute)."""
+
+    name = "isp"
+    caches = {"isp_labels": ["labels"]}
+    test_caches: dict[str, list[str]] = {}
+
+    def __init__(
+        self,
+        num_parts: int = 7,
+        backbone: str = "hrnet_w32",
+        weights: str | None = None,
+        reduce_dim: int = 256,
+        alpha: float = 0.1,
+        label_smooth: float = 0.1,
+        triplet_margin: float = 0.3,
+        semantics: str = "learned",
+        period: int = 1,
+        recluster_until: int | None = None,
+        sharpen: bool = True,
+        kmeans_iters: int = 20,
+        cluster_seed: int = 0,
+        cluster_chunk_images: int = 1024,
+        cluster_batch_size: int = 64,
+        labels_dir: str | None = None,
+        matching: str = "aligned",
+        flip_test: bool = False,
+    ) -> None:
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if semantics not in LABEL_KEYS:
+            raise ValueError(f"isp: semantics must be one of {sorted(LABEL_KEYS)}, got {semantics!r}")
+        if matching not in ("aligned", "concat", "global"):
+            raise ValueError(f"isp: matching must be aligned, concat or global, got {matching!r}")
+        if period < 1:
+            raise ValueError(f"isp: period must be >= 1 epoch, got {period}")
+        if semantics == "parsing" and num_parts not in LIP_PART_GROUPS:
+            raise ValueError(f"isp: semantics=parsing needs num_parts in {sorted(LIP_PART_GROUPS)}, got {num_parts}")
+        self.num_parts, self.backbone, self.weights, self.reduce_dim = num_parts, backbone, weights, reduce_dim
+        self.alpha, self.label_smooth, self.triplet_margin = alpha, label_smooth, triplet_margin
+        self.semantics, self.period, self.recluster_until = semantics, period, recluster_until
+        self.sharpen, self.kmeans_iters, self.cluster_seed = sharpen, kmeans_iters, cluster_seed
+        self.cluster_chunk_images, self.cluster_batch_size = cluster_chunk_images, cluster_batch_size
+        self.labels_dir = Path(labels_dir) if labels_dir else None
+        self.matching, self.flip_test = matching, flip_test
+        self.label_key = LABEL_KEYS[semantics]
+        self.caches = {self.label_key.split(".")[0]: ["labels"]}
+        self.labels: np.ndarray | None = None  # current re-clustered labels (N_index, h, w), None = the cache's
+        self.labels_epoch: int | None = None
+        self._applied_to: Any = None
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        return ISPNet(num_classes, self.num_parts, self.backbone, self.weights, self.reduce_dim)
+
+    # --- training -------------------------------------------------------------------------------------------
+    def part_targets(self, batch: Mapping[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Pseudo part labels at the feature-map size (nearest), from the batch key of the chosen semantics."""
+        if self.label_key not in batch:
+            raise KeyError(f"isp: batch has no {self.label_key!r} (caches {self.caches} not given to the trainer?)")
+        labels = batch[self.label_key]
+        if labels.ndim != 3:
+            raise ValueError(f"isp: {self.label_key} must be (B, H, W) labels, got {tuple(labels.shape)}")
+        labels = downsample_labels(labels.long(), size)
+        if self.semantics == "parsing":
+            return lip_to_parts(labels, self.num_parts)
+        top = int(labels.max()) if labels.numel() else 0
+        if top >= self.num_parts:
+            raise ValueError(f"isp: {self.label_key} holds label {top} but num_parts (K) = {self.num_parts}; "
+                             "rebuild the isp_labels cache with the same K")
+        return labels
+
+    def training_losses(self, model: nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        out = model(batch["image"])
+        pids = batch["pid"]
+        targets = self.part_targets(batch, tuple(out["part_logits"].shape[-2:]))
+        losses: dict[str, torch.Tensor] = {}
+        for group in ("part", "fore", "global"):  # L_p, L_f, L_g of Eq. 7
+            ce, tri = reid_loss(out[f"{group}_feat"], out[f"{group}_id_logits"], pids, self.label_smooth,
+                                self.triplet_margin)
+            losses[f"{group}_id"], losses[f"{group}_triplet"] = ce, tri
+        losses["parsing"] = self.alpha * parsing_loss(out["part_logits"], targets)
+        return losses
+
+    # --- re-clustering ---------------------------------------------------------------------------------------
+    def should_recluster(self, epoch: int) -> bool:
+        """Epoch 0 trains on the cache's labels; then every `period` epochs up to `recluster_until` (exclusive)."""
+        if self.semantics != "learned" or epoch == 0 or epoch % self.period:
+            return False
+        return self.recluster_until is None or epoch < self.recluster_until
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        if self.should_recluster(epoch) and self.labels_epoch != epoch:
+            self.labels = self.recluster(trainer)
+            self.labels_epoch = epoch
+            self._save_round(epoch)
+        if self.labels is not None and self._applied_to is not trainer.train_set:
+            trainer.train_set.set_field(self.label_key, self.labels)
+            self._applied_to = trainer.train_set
+
+    @torch.no_grad()
+    def recluster(self, trainer: Any) -> np.ndarray:
+        """Cascaded clustering of the model's M_g over all training images -> labels (N_index, h, w) uint8."""
+        from torch.utils.data import DataLoader, Subset
+
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        base = trainer.feature_loader(self.cluster_batch_size)
+        ds = base.dataset
+        pids = [trainer.rows[p].pid for p in ds.positions]
+        loader = DataLoader(Subset(ds, identity_order(pids).tolist()), batch_size=self.cluster_batch_size,
+                            shuffle=False, num_workers=base.num_workers)
+        device = trainer.device
+        chunker = IdentityChunker(K=self.num_parts, sharpen=self.sharpen, iters=self.kmeans_iters,
+                                  seed=self.cluster_seed, chunk_images=self.cluster_chunk_images, device=device)
+        labels: np.ndarray | None = None
+        amp = device.type == "cuda"
+        for batch in loader:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                fmap = model.feature_map(batch["image"].to(device))
+            if labels is None:  # rows never trained on stay 0 (background)
+                labels = np.zeros((len(trainer.rows), *fmap.shape[-2:]), dtype=np.uint8)
+            rows = batch["index"].numpy()
+            for done_rows, lab in chunker.add(rows, np.array([trainer.rows[int(i)].pid for i in rows]), fmap):
+                labels[done_rows] = lab
+        if labels is None:
+            raise ValueError("isp: re-clustering found no training images")
+        for done_rows, lab in chunker.finish():
+            labels[done_rows] = lab
+        model.train(was_training)
+        log.info("isp: re-clustered %d training images into K=%d parts", len(ds.positions), self.num_parts)
+        return labels
+
+    def _save_round(self, epoch: int) -> None:
+        if self.labels_dir is None or self.labels is None:
+            return
+        self.labels_dir.mkdir(parents=True, exist_ok=True)
+        path = self.labels_dir / f"labels_epoch{epoch:03d}.npy"
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, self.labels)
+        tmp.replace(path)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"labels": self.labels, "labels_epoch": self.labels_epoch}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.labels = state.get("labels")
+        self.labels_epoch = state.get("labels_epoch")
+        self._applied_to = None
+
+    # --- inference --------------------------------------------------------------------------------------------
+    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        out = model(images)
+        feats = {"parts": out["parts"], "global": out["global"], "foreground": out["foreground"],
+                 "visibility": part_visibility(out["part_logits"])}
+        if self.flip_test:
+            flipped = model(torch.flip(images, dims=[3]))
+            for key in ("parts", "global", "foreground"):
+                feats[key] = feats[key] + flipped[key]
+            feats["visibility"] = torch.maximum(feats["visibility"], part_visibility(flipped["part_logits"]))
+        return {k: v.float() for k, v in feats.items()}
+
+    def distance(self, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.matching == "aligned":
+            return aligned_distance(q, g)
+        if self.matching == "global":
+            return _cosine(q["global"], g["global"])
+        cat_q = torch.cat([q["parts"].flatten(1), q["global"], q["foreground"]], dim=1)
+        cat_g = torch.cat([g["parts"].flatten(1), g["global"], g["foreground"]], dim=1)
+        return _cosine(cat_q, cat_g)
+

@@ -1,0 +1,330 @@
+"""The `isp_labels` teacher: ISP's first round of pseudo part labels (cascaded clustering on backbone features).
+
+Not a pretrained parser: a backbone named in params (`backbone: hrnet_w32 | resnet50 | hrnet_tiny`, `weights`: a
+local ImageNet checkpoint, or null for random initialisation with a loud warning) runs over the images at
+`input_size` with the test transform (whole image resized, ImageNet normalisation); its 1/4-resolution feature
+maps are clustered per identity (reid/methods/isp_clustering.py) into labels 0 (background), 1..K-1 (top to
+bottom), stored as `labels` uint8 (N, H/4, W/4) in the image frame.
+
+Why it has its own driver (`build_cache`, CLI verb `isp-labels`) instead of the per-batch runner: clustering
+needs all images of an identity at once, and `run_teacher` writes each batch as soon as `infer` returns it, with
+no final hook. `build_cache` reuses the runner's decode pool and the shared CacheWriter (atomic, resumable,
+same provenance attributes): rows are visited sorted by identity, features are kept (float16, CPU) only until a
+chunk of whole identities is complete, clustered on the teacher's device, and written. A resumed run recomputes
+the identities that still have missing rows; their labels do not depend on chunking (hashed k-means++ draws),
+so the file matches an uninterrupted run.
+
+Rows: identities of the `splits` param (default: train only, the only rows ISP trains on) are clustered per
+identity (train and test identities never share a cluster); every other row is stored as zeros (all
+background). The pipeline's `teach` stage should call `teacher.build_cache(...)` when the teacher has one.
+
+Also here: the Table 3 check verb `isp-iou` (IoU of pseudo labels or of a trained model's part predictions
+against the parsing cache, grouped as the paper's footnote 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from reid.cache.h5 import CacheWriter
+from reid.data.index import IndexRow, index_sha256, read_index
+from reid.data.transforms import Geometry, normalize_rgb, warp
+from reid.teachers.base import TEACHERS, FieldSpec, Teacher, require_weights
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLITS = ("train",)
+
+
+def identity_key(row: IndexRow) -> int:
+    """Clustering group of a row: its pid, kept apart for train and test rows (2*pid, 2*pid+1; junk -1 too)."""
+    return 2 * int(row.pid) + (0 if row.split == "train" else 1)
+
+
+@TEACHERS.register("isp_labels")
+class ISPLabelsTeacher(Teacher):
+    """Cascaded-clustering pseudo part labels; see the module docstring (use `build_cache`, not `run_teacher`)."""
+
+    name = "isp_labels"
+    backends = ("torch",)
+
+    def __init__(self, backend: str = "torch", model_path: str | Path | None = None, device: str = "auto",
+                 **params: Any) -> None:
+        weights = params.pop("weights", None) or (str(model_path) if model_path else None)
+        super().__init__(backend, weights, device, **params)
+        self.backbone_name = str(params.get("backbone", "hrnet_w32"))
+        self.num_parts = int(params.get("num_parts", 7))
+        self.input_size = tuple(int(v) for v in params.get("input_size", (256, 128)))
+        self.sharpen = bool(params.get("sharpen", True))
+        self.iters = int(params.get("iters", 20))
+        self.seed = int(params.get("seed", 0))
+        self.splits = tuple(params.get("splits", DEFAULT_SPLITS))
+        self.chunk_images = int(params.get("chunk_images", 1024))
+        if len(self.input_size) != 2 or self.input_size[0] % 32 or self.input_size[1] % 32:
+            raise ValueError(f"isp_labels: input_size must be [H, W] multiples of 32, got {list(self.input_size)}")
+        if self.num_parts < 2:
+            raise ValueError(f"isp_labels: num_parts (K) must be >= 2, got {self.num_parts}")
+        if self.model_path is not None:
+            require_weights(self.model_path, f"the ISP {self.backbone_name} backbone (ImageNet weights)",
+                            "HRNet-W32-C ImageNet: hrnetv2_w32_imagenet_pretrained.pth (HRNet-Image-Classification "
+                            "model zoo); ResNet-50: torchvision resnet50-0676ba61.pth",
+                            "teachers.isp_labels.weights")
+        self.net: torch.nn.Module | None = None
+
+    # --- contract -------------------------------------------------------------------------------------------
+    @property
+    def map_size(self) -> tuple[int, int]:
+        return self.input_size[0] // 4, self.input_size[1] // 4
+
+    def fields(self) -> dict[str, FieldSpec]:
+        return {"labels": (self.map_size, "uint8")}
+
+    def cache_params(self) -> dict[str, Any]:
+        """What decides the labels (chunk size and device do not); `label_set: isp` = no left/right swap on flip."""
+        return {"backbone": self.backbone_name, "num_parts": self.num_parts, "input_size": list(self.input_size),
+                "sharpen": self.sharpen, "iters": self.iters, "seed": self.seed, "splits": list(self.splits),
+                "label_set": "isp"}
+
+    def provenance(self) -> dict[str, Any]:
+        out = super().provenance()
+        out["weights"] = str(self.model_path) if self.model_path else "random initialisation"
+        return out
+
+    def load(self, image_bgr: np.ndarray | None, row: IndexRow, root: Path, index: int | None = None) -> torch.Tensor:
+        """Test transform: the whole image resized to input_size, RGB, ImageNet mean/std -> (3, H, W)."""
+        if image_bgr is None:
+            raise ValueError(f"isp_labels needs the image of {row.path}")
+        rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+        return normalize_rgb(warp(rgb, Geometry(self.input_size)))
+
+    def setup(self) -> None:
+        """Build the backbone once, in the main process."""
+        if self.net is not None:
+            return
+        from reid.methods.isp import build_feature_backbone
+
+        if self.model_path is None:
+            warnings.warn(f"isp_labels: no `weights` for {self.backbone_name}: clustering the features of a RANDOMLY "
+                          "initialised backbone (the paper starts from ImageNet weights)", stacklevel=2)
+            torch.manual_seed(self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the warning above already said it
+            net = build_feature_backbone(self.backbone_name, str(self.model_path) if self.model_path else None)
+        self.net = net.eval().to(self.device)
+
+    @torch.no_grad()
+    def extract(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Feature maps (B, C, H/4, W/4) of a batch of `load` outputs."""
+        self.setup()
+        x = torch.stack(list(items)).to(self.device)
+        with torch.autocast(self.device.split(":")[0], dtype=torch.float16, enabled=self.device.startswith("cuda")):
+            fmap = self.net(x)
+        if fmap.shape[-2:] != self.map_size:
+            raise ValueError(f"isp_labels: backbone {self.backbone_name} gave maps {tuple(fmap.shape[-2:])}, "
+                             f"expected {self.map_size} (input_size / 4)")
+        return fmap
+
+    def infer(self, items: list[Any]) -> dict[str, np.ndarray]:
+        raise RuntimeError(
+            "isp_labels cannot run through the per-batch teacher runner: the cascaded clustering needs all images "
+            "of an identity at once. Use `python -m reid isp-labels ...` or ISPLabelsTeacher.build_cache()."
+        )
+
+    # --- the global driver -----------------------------------------------------------------------------------
+    def build_cache(self, index_path: str | Path, root: str | Path, out: str | Path, batch_size: int = 16,
+                    workers: int = 2, progress: bool = True) -> dict[str, Any]:
+        """Write the `isp_labels` cache for every index row; returns a run summary (images/s, seconds...)."""
+        from reid.methods.isp_clustering import IdentityChunker
+        from reid.teachers.runner import _batches, _progress, _RowLoader
+
+        rows = read_index(index_path)
+        start = time.perf_counter()
+        with CacheWriter(out, teacher=self.name, backend=self.backend, model_sha256=self.model_sha256,
+                         params=self.cache_params(), index_sha256=index_sha256(index_path),
+                         paths=[r.path for r in rows], fields=self.fields()) as writer:
+            pending = set(writer.pending_rows().tolist())
+            self._write_zeros(writer, sorted(i for i in pending if rows[i].split not in self.splits))
+            todo = self._rows_to_cluster(rows, pending)
+            computed = 0
+            if len(todo):
+                chunker = IdentityChunker(K=self.num_parts, sharpen=self.sharpen, iters=self.iters, seed=self.seed,
+                                          chunk_images=self.chunk_images, device=self.device)
+                batches = _batches(_RowLoader(self, rows, Path(root), todo), batch_size, workers)
+                self.setup()
+                with _progress(len(todo), progress, "isp_labels/torch") as bar:
+                    for batch_rows, items in batches:
+                        keys = np.array([identity_key(rows[i]) for i in batch_rows])
+                        computed += self._write_done(writer, pending, chunker.add(batch_rows, keys,
+                                                                                  self.extract(items)))
+                        bar.update(len(batch_rows))
+                    computed += self._write_done(writer, pending, chunker.finish())
+            final = writer.finalize()
+        seconds = time.perf_counter() - start
+        summary = {"out": str(final), "teacher": self.name, "backend": self.backend, "rows_total": len(rows),
+                   "rows_clustered": int(len(todo)), "rows_written": computed, "rows_resumed": writer.resumed_rows,
+                   "seconds": round(seconds, 3), "images_per_s": round(len(todo) / seconds, 2) if len(todo) else 0.0,
+                   "batch_size": batch_size, "workers": workers, "provenance": self.provenance()}
+        log.info("isp_labels: clustered %d images in %.1f s (%.1f images/s) -> %s", len(todo), seconds,
+                 summary["images_per_s"], final)
+        return summary
+
+    def _rows_to_cluster(self, rows: Sequence[IndexRow], pending: set[int]) -> np.ndarray:
+        """All rows of every identity (of the chosen splits) that still has a pending row, sorted by identity."""
+        keys = np.array([identity_key(r) for r in rows], dtype=np.int64)
+        selected = np.array([r.split in self.splits for r in rows], dtype=bool)
+        needed = {int(keys[i]) for i in pending if selected[i]}
+        cand = np.flatnonzero(selected & np.isin(keys, list(needed)))
+        return cand[np.argsort(keys[cand], kind="stable")]
+
+    def _write_zeros(self, writer: CacheWriter, rows: Sequence[int]) -> None:
+        for start in range(0, len(rows), 256):
+            block = np.asarray(rows[start:start + 256], dtype=np.int64)
+            writer.write_rows(block, {"labels": np.zeros((len(block), *self.map_size), dtype=np.uint8)})
+
+    @staticmethod
+    def _write_done(writer: CacheWriter, pending: set[int], done: list[tuple[np.ndarray, np.ndarray]]) -> int:
+        written = 0
+        for rows, labels in done:
+            keep = np.array([int(r) in pending for r in rows], dtype=bool)
+            if keep.any():
+                writer.write_rows(rows[keep], {"labels": labels[keep]})
+                written += int(keep.sum())
+        return written
+
+
+def build_isp_labels(index: str | Path, root: str | Path, out: str | Path, batch_size: int = 16, workers: int = 2,
+                     device: str = "auto", progress: bool = True, **params: Any) -> dict[str, Any]:
+    """Functional entry point: build the teacher from params and write the cache."""
+    teacher = ISPLabelsTeacher("torch", None, device, **params)
+    return teacher.build_cache(index, root, out, batch_size=batch_size, workers=workers, progress=progress)
+
+
+# --- CLI: isp-labels -------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `python -m reid isp-labels`."""
+    parser.add_argument("--index", required=True, type=Path, help="dataset index CSV")
+    parser.add_argument("--root", required=True, type=Path, help="dataset root the index paths are relative to")
+    parser.add_argument("--out", required=True, type=Path, help="cache file to write (.h5)")
+    parser.add_argument("--params-json", default="{}",
+                        help='teacher params, e.g. {"backbone": "hrnet_w32", "weights": null, "num_parts": 7}')
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="decode worker processes (0 = main process)")
+    parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--summary", type=Path, default=None, help="also write the run summary JSON here")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{flag} is not valid JSON ({exc}): {text!r}")
+    if not isinstance(value, dict):
+        raise SystemExit(f"{flag} must be a JSON object, got {text!r}")
+    return value
+
+
+def main(args: argparse.Namespace) -> int:
+    """`python -m reid isp-labels`: first-round ISP pseudo labels for every index row."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = _json_object(args.params_json, "--params-json")
+    summary = build_isp_labels(args.index, args.root, args.out, args.batch_size, args.workers, args.device,
+                               not args.no_progress, **params)
+    text = json.dumps(summary, sort_keys=True, default=str)
+    print(text)
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(text + "\n")
+    return 0
+
+
+# --- CLI: isp-iou (paper Table 3) ------------------------------------------------------------------------------
+def add_iou_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `python -m reid isp-iou`."""
+    parser.add_argument("--index", required=True, type=Path, help="dataset index CSV")
+    parser.add_argument("--parsing", required=True, type=Path, help="parsing cache (.h5, LIP labels)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--labels", type=Path, help="isp_labels cache (.h5) or a labels_epochNNN.npy of a training run")
+    src.add_argument("--model", type=Path, help="trained ISP model.pt: IoU of its part predictions (argmax)")
+    parser.add_argument("--root", type=Path, default=None, help="dataset root (with --model)")
+    parser.add_argument("--split", default="train", help="train | query | gallery | test (= query + gallery)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+
+
+def _split_rows(rows: Sequence[IndexRow], split: str) -> np.ndarray:
+    wanted = ("query", "gallery") if split == "test" else (split,)
+    return np.array([i for i, r in enumerate(rows) if r.split in wanted], dtype=np.int64)
+
+
+def _read_labels(path: Path, index: Path, positions: np.ndarray) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path)[positions]
+    from reid.cache.h5 import CacheReader
+
+    return CacheReader(path, index_path=index).read("labels", positions)
+
+
+@torch.no_grad()
+def predict_parts(model_path: Path, index: Path, root: Path, positions: np.ndarray, device: str = "auto",
+                  batch_size: int = 32) -> np.ndarray:
+    """Part-classifier argmax (N, h, w) of a trained ISP model over index rows (test transform)."""
+    from torch.utils.data import DataLoader
+
+    from reid.data.dataset import ReIDDataset
+    from reid.engine.inference import load_model
+
+    method, model, ckpt = load_model(model_path, device)
+    if method.name != "isp":
+        raise ValueError(f"{model_path} is a {method.name!r} model; isp-iou --model needs an ISP model")
+    rows = read_index(index)
+    ds = ReIDDataset(rows, root, positions.tolist(), tuple(ckpt["input_size"]), train=False)
+    dev = next(model.parameters()).device
+    out = [model(b["image"].to(dev))["part_logits"].argmax(1).to(torch.uint8).cpu()
+           for b in DataLoader(ds, batch_size=batch_size, shuffle=False)]
+    return torch.cat(out).numpy()
+
+
+def iou_main(args: argparse.Namespace) -> int:
+    """`python -m reid isp-iou`: Table 3-style IoU (foreground, head, legs, shoes) against the parsing cache."""
+    from reid.cache.h5 import CacheReader
+    from reid.methods.isp import assign_parts_to_groups, part_iou
+
+    rows = read_index(args.index)
+    positions = _split_rows(rows, args.split)
+    if not len(positions):
+        raise SystemExit(f"{args.index}: no rows in split {args.split!r}")
+    if args.model is not None:
+        if args.root is None:
+            raise SystemExit("isp-iou --model needs --root (the images are embedded again)")
+        pred, source = predict_parts(args.model, args.index, args.root, positions, args.device), str(args.model)
+    else:
+        pred, source = _read_labels(args.labels, args.index, positions), str(args.labels)
+    parsing = CacheReader(args.parsing, index_path=args.index).read("labels", positions)
+    assignment = assign_parts_to_groups(pred, parsing)
+    result = {"source": source, "parsing": str(args.parsing), "split": args.split, "rows": int(len(positions)),
+              "iou": part_iou(pred, parsing, assignment=assignment), "assignment": assignment}
+    text = json.dumps(result, sort_keys=True)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    parser = argparse.ArgumentParser(prog="isp-labels")
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -1,0 +1,301 @@
+"""ISP method (reid/methods/isp.py) and the isp_labels teacher (reid/teachers/isp_labels.py).
+
+Equations against hand-computed values; the model on tiny inputs; re-clustering through the real trainer; the
+teacher end to end on a few generated images.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reid.methods.isp import (
+    ABLATIONS,
+    ISP,
+    PAPER_TABLE4,
+    PAPER_TABLE5,
+    aligned_distance,
+    assign_parts_to_groups,
+    downsample_labels,
+    lip_to_parts,
+    parsing_loss,
+    part_iou,
+    part_probabilities,
+    part_visibility,
+    pooled_representations,
+)
+
+LN3 = math.log(3.0)
+
+
+# --- equations ----------------------------------------------------------------------------------------------
+def test_eq5_part_probabilities() -> None:
+    # logits (0, ln 3) -> softmax = (1, 3) / 4 = (0.25, 0.75)
+    p = part_probabilities(torch.tensor([0.0, LN3]).view(1, 2, 1, 1))
+    assert torch.allclose(p.flatten(), torch.tensor([0.25, 0.75]))
+
+
+def test_eq2_gap_part_foreground_global() -> None:
+    # C=1, two pixels with M_g = 2 and 4; K=3 probabilities: pixel 0 (0.5, 0.25, 0.25), pixel 1 (0, 1, 0)
+    # F_1 = (0.25*2 + 1*4)/2 = 2.25; F_2 = (0.25*2 + 0*4)/2 = 0.25; F_f = F_1 + F_2 = 2.5; F_g = (2+4)/2 = 3
+    fmap = torch.tensor([2.0, 4.0]).view(1, 1, 1, 2)
+    probs = torch.tensor([[0.5, 0.0], [0.25, 1.0], [0.25, 0.0]]).view(1, 3, 1, 2)
+    parts, fore, glob = pooled_representations(fmap, probs)
+    assert torch.allclose(parts.flatten(), torch.tensor([2.25, 0.25]))
+    assert float(fore) == pytest.approx(2.5) and float(glob) == pytest.approx(3.0)
+
+
+def test_eq6_parsing_loss() -> None:
+    # pixel 0 logits (0, 0), label 0: -log 0.5 = 0.693147; pixel 1 logits (ln 3, 0), label 0: -log 0.75 = 0.287682
+    # mean over pixels = 0.490415
+    logits = torch.tensor([[0.0, LN3], [0.0, 0.0]]).view(1, 2, 1, 2)
+    assert float(parsing_loss(logits, torch.zeros(1, 1, 2, dtype=torch.long))) == pytest.approx(0.490415, abs=1e-6)
+
+
+def test_eq8_visibility() -> None:
+    # K=4, argmax map holds parts 0, 1, 3 -> l_1 = 1, l_2 = 0, l_3 = 1
+    winners = torch.tensor([[0, 1], [3, 3]])
+    logits = torch.nn.functional.one_hot(winners, 4).permute(2, 0, 1)[None].float()
+    assert part_visibility(logits).tolist() == [[1.0, 0.0, 1.0]]
+
+
+def test_eq10_aligned_distance_two_by_two() -> None:
+    # K-1 = 2 parts, C = 2.
+    # q0: parts (1,0),(0,1) vis 1,1 global (1,0) fore (1,0); q1: parts (1,0),(1,0) vis 1,0 global (0,1) fore (1,1)
+    # g0: parts (1,0),(1,0) vis 1,1 global (1,0) fore (0,1); g1: parts (0,1),(0,1) vis 0,1 global (1,1) fore (1,0)
+    # d(q0,g0): d1 = 0, d2 = 1 (orthogonal), d_g = 0, d_f = 1 -> (0+1+0+1)/(2+2) = 0.5
+    # d(q0,g1): only part 2 shared, d2 = 0; d_g = 1 - 1/sqrt2 = 0.292893; d_f = 0 -> 0.292893/3 = 0.097631
+    # d(q1,g0): only part 1 shared, d1 = 0; d_g = 1; d_f = 1 - 1/sqrt2 -> 1.292893/3 = 0.430964
+    # d(q1,g1): nothing shared -> (d_g + d_f)/2 = (0.292893 + 0.292893)/2 = 0.292893
+    q = {"parts": torch.tensor([[[1.0, 0], [0, 1]], [[1, 0], [1, 0]]]), "visibility": torch.tensor([[1.0, 1], [1, 0]]),
+         "global": torch.tensor([[1.0, 0], [0, 1]]), "foreground": torch.tensor([[1.0, 0], [1, 1]])}
+    g = {"parts": torch.tensor([[[1.0, 0], [1, 0]], [[0, 1], [0, 1]]]), "visibility": torch.tensor([[1.0, 1], [0, 1]]),
+         "global": torch.tensor([[1.0, 0], [1, 1]]), "foreground": torch.tensor([[0.0, 1], [1, 0]])}
+    expected = torch.tensor([[0.5, 0.097631], [0.430964, 0.292893]])
+    assert torch.allclose(aligned_distance(q, g), expected, atol=1e-6)
+
+
+def test_downsample_labels_takes_cell_centres() -> None:
+    # 4x4 -> 2x2: rows/cols floor((i + 0.5) * 2) = 1, 3
+    labels = torch.arange(16).view(1, 4, 4)
+    assert downsample_labels(labels, (2, 2)).tolist() == [[[5, 7], [13, 15]]]
+
+
+def test_lip_to_parts_k7() -> None:
+    # hair -> head 1, upper-clothes -> 2, left arm -> 3, pants -> 4, left leg -> 5, right shoe -> 6, background -> 0
+    lip = torch.tensor([[2, 5, 14, 9, 16, 19, 0]])
+    assert lip_to_parts(lip, 7).tolist() == [[1, 2, 3, 4, 5, 6, 0]]
+
+
+def test_part_iou_table3_groups_by_hand() -> None:
+    # 8 pixels. LIP: face, hair, upper-clothes, pants, pants, left-shoe, bg, bg
+    # ISP:          1,    1,    2,             3,     3,     3,         0,  1
+    # votes: part 1 -> head 2 (bg 1) -> head; part 2 -> upper clothes = "other" -> no group;
+    #        part 3 -> legs 2, shoes 1 -> legs
+    # foreground: truth 6 px, pred 7 px (incl. pixel 7), inter 6 -> 6/7; head: {0,1} vs {0,1,7} -> 2/3
+    # legs: {3,4} vs {3,4,5} -> 2/3; shoes: {5} vs {} -> 0
+    gt = np.array([[[13, 2, 5, 9, 9, 18, 0, 0]]])
+    pred = np.array([[[1, 1, 2, 3, 3, 3, 0, 1]]])
+    assert assign_parts_to_groups(pred, gt) == {"head": [1], "legs": [3], "shoes": []}
+    iou = part_iou(pred, gt)
+    assert iou == pytest.approx({"foreground": 6 / 7, "head": 2 / 3, "legs": 2 / 3, "shoes": 0.0})
+
+
+def test_part_iou_resamples_predictions_to_the_parsing_size() -> None:
+    pred = np.array([[[1], [0]]], dtype=np.uint8)           # 2x1: top part 1, bottom background
+    gt = np.array([[[13], [13], [0], [0]]], dtype=np.uint8)  # 4x1: face on the top half
+    assert part_iou(pred, gt)["foreground"] == pytest.approx(1.0)
+
+
+# --- model and method ---------------------------------------------------------------------------------------
+def _batch(K: int, b: int = 8, h: int = 64, w: int = 32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(b, 3, h, w, generator=g), "pid": torch.arange(b) // 2,
+            "isp_labels.labels": torch.randint(0, K, (b, h, w), generator=g),
+            "parsing.labels": torch.randint(0, 20, (b, h, w), generator=g)}
+
+
+@pytest.mark.parametrize("semantics", ["learned", "parsing"])
+def test_training_losses_backward_embed_distance(semantics: str) -> None:
+    torch.manual_seed(0)
+    method = ISP(backbone="hrnet_tiny", num_parts=5, reduce_dim=16, semantics=semantics)
+    assert method.caches == ({"isp_labels": ["labels"]} if semantics == "learned" else {"parsing": ["labels"]})
+    model = method.build_model(num_classes=4)
+    model.train()
+    losses = method.training_losses(model, _batch(5), epoch=0)
+    assert set(losses) == {"part_id", "part_triplet", "fore_id", "fore_triplet", "global_id", "global_triplet",
+                           "parsing"}
+    sum(losses.values()).backward()
+    assert model.part_classifier.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        feats = method.embed(model, {"image": torch.randn(3, 3, 64, 32)})
+    assert feats["parts"].shape == (3, 4, 16) and feats["visibility"].shape == (3, 4)
+    assert feats["global"].shape == (3, 16) and feats["foreground"].shape == (3, 16)
+    for matching in ("aligned", "concat", "global"):
+        method.matching = matching
+        d = method.distance(feats, feats)
+        assert d.shape == (3, 3) and torch.allclose(torch.diagonal(d), torch.zeros(3), atol=1e-5)
+
+
+def test_parsing_loss_weight_is_alpha() -> None:
+    torch.manual_seed(0)
+    a = ISP(backbone="hrnet_tiny", num_parts=4, reduce_dim=8, alpha=0.1)
+    b = ISP(backbone="hrnet_tiny", num_parts=4, reduce_dim=8, alpha=1.0)
+    model = a.build_model(4).train()
+    batch = _batch(4)
+    torch.manual_seed(1)
+    la = a.training_losses(model, batch, 0)["parsing"]
+    torch.manual_seed(1)
+    lb = b.training_losses(model, batch, 0)["parsing"]
+    assert float(la.detach()) == pytest.approx(0.1 * float(lb.detach()), rel=1e-4)
+
+
+def test_labels_with_a_larger_k_are_refused() -> None:
+    method = ISP(backbone="hrnet_tiny", num_parts=4, reduce_dim=8)
+    model = method.build_model(4).train()
+    with pytest.raises(ValueError, match="num_parts"):
+        method.training_losses(model, _batch(7), 0)
+
+
+def test_resnet50_backbone_is_upsampled_to_a_quarter() -> None:
+    from reid.methods.isp import build_feature_backbone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = build_feature_backbone("resnet50", None).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 64, 32)).shape == (1, 2048, 16, 8)
+
+
+def test_recluster_schedule() -> None:
+    m = ISP(backbone="hrnet_tiny", period=2, recluster_until=7)
+    assert [e for e in range(10) if m.should_recluster(e)] == [2, 4, 6]
+    assert not ISP(backbone="hrnet_tiny", semantics="parsing").should_recluster(2)
+
+
+def test_ablation_rows_are_params_and_tables_cover_them() -> None:
+    for name, overrides in ABLATIONS.items():
+        ISP(backbone="hrnet_tiny", **overrides)
+    assert set(PAPER_TABLE4) == {"k4", "k5", "k6", "k7", "k8"}
+    assert PAPER_TABLE4["k7"]["duke_map"] == 80.0 and PAPER_TABLE5["extra_info"]["market_map"] == 87.7
+    with pytest.raises(ValueError, match="semantics"):
+        ISP(semantics="sam")
+
+
+# --- teacher + trainer end to end ----------------------------------------------------------------------------
+def _tiny_world(root: Path) -> Path:
+    """3 train ids x 4 images, 2 query + 2 gallery images; 64x32 people: dark background, bright body bands."""
+    from reid.data.index import IndexRow, sort_rows, write_index
+
+    rows, rng = [], np.random.default_rng(0)
+    plan = [("train", pid, k) for pid in (1, 2, 3) for k in range(4)] + [("query", 7, 0), ("query", 8, 0),
+                                                                         ("gallery", 7, 1), ("gallery", 8, 1)]
+    for split, pid, k in plan:
+        img = rng.integers(0, 30, (64, 32, 3)).astype(np.uint8)
+        colours = rng.integers(120, 255, (3, 3))
+        img[4:20, 8:24], img[20:44, 6:26], img[44:60, 9:23] = colours[0], colours[1], colours[2]
+        rel = f"{split}/{pid:04d}_c{k}_{k}.jpg"
+        (root / split).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), img)
+        rows.append(IndexRow(rel, pid, k % 2, "", split))
+    return write_index(sort_rows(rows), root / "index.csv")
+
+
+@pytest.mark.slow
+def test_teacher_cache_then_training_reclusters(tmp_path: Path) -> None:
+    from reid.cache.h5 import CacheReader
+    from reid.data.index import read_index
+    from reid.engine.trainer import TrainConfig, Trainer
+    from reid.teachers.base import build_teacher
+
+    index = _tiny_world(tmp_path)
+    rows = read_index(index)
+    out = tmp_path / "cache" / "isp_labels.h5"
+    teacher = build_teacher("isp_labels", "torch", None, "cpu", backbone="hrnet_tiny", num_parts=4,
+                            input_size=[64, 32], chunk_images=5)
+    with pytest.raises(RuntimeError, match="per-batch"):
+        teacher.infer([])
+    with pytest.warns(UserWarning, match="RANDOMLY"):
+        summary = teacher.build_cache(index, tmp_path, out, batch_size=4, workers=0, progress=False)
+    assert summary["rows_clustered"] == 12 and summary["rows_written"] == 12
+    reader = CacheReader(out, index_path=index)
+    labels = reader.read("labels", np.arange(len(rows)))
+    assert labels.shape == (16, 16, 8) and labels.dtype == np.uint8 and labels.max() <= 3
+    train = np.array([r.split == "train" for r in rows])
+    assert labels[train].max() > 0 and labels[~train].max() == 0
+    assert reader.attrs["params"]["label_set"] == "isp" and reader.attrs["params"]["num_parts"] == 4
+
+    # the same labels again on a second run (deterministic); a fresh cache file
+    again = tmp_path / "cache" / "again.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_teacher("isp_labels", "torch", None, "cpu", backbone="hrnet_tiny", num_parts=4, input_size=[64, 32],
+                      chunk_images=100).build_cache(index, tmp_path, again, batch_size=3, workers=0, progress=False)
+    assert np.array_equal(CacheReader(again, index_path=index).read("labels", np.arange(len(rows))), labels)
+
+    torch.manual_seed(0)
+    method = ISP(backbone="hrnet_tiny", num_parts=4, reduce_dim=8, period=1, cluster_batch_size=4,
+                 labels_dir=str(tmp_path / "rounds"))
+    cfg = TrainConfig(epochs=2, batch_p=2, batch_k=2, input_size=(64, 32), workers=0, device="cpu", amp=False,
+                      warmup_epochs=0, pad=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(method, rows, tmp_path, {"isp_labels": reader}, tmp_path / "run", cfg)
+        trainer.fit()
+    assert (tmp_path / "rounds" / "labels_epoch001.npy").is_file()
+    assert method.labels is not None and method.labels.shape == (16, 16, 8) and method.labels_epoch == 1
+    assert method.labels[~train].max() == 0 and method.labels[train].max() > 0
+    assert "isp_labels.labels" in trainer.train_set.overrides
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method_state"]
+    assert np.array_equal(state["labels"], method.labels)
+
+    # resume: a new method instance gets the labels back and hands them to the dataset before training
+    resumed = ISP(backbone="hrnet_tiny", num_parts=4, reduce_dim=8, period=5)
+    resumed.load_extra_state(state)
+
+    class _Set:
+        def __init__(self) -> None:
+            self.got: dict[str, np.ndarray] = {}
+
+        def set_field(self, name: str, values: np.ndarray) -> None:
+            self.got[name] = values
+
+    fake = type("T", (), {"train_set": _Set()})()
+    resumed.on_epoch_start(fake, 2)
+    assert np.array_equal(fake.train_set.got["isp_labels.labels"], method.labels)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_teacher_resume_after_a_crash_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reid.teachers.isp_labels import ISPLabelsTeacher, build_isp_labels
+
+    index = _tiny_world(tmp_path)
+    kw = dict(backbone="hrnet_tiny", num_parts=4, input_size=[64, 32], chunk_images=3, device="cpu", workers=0,
+              batch_size=2, progress=False)
+    whole = tmp_path / "whole.h5"
+    build_isp_labels(index, tmp_path, whole, **kw)
+
+    real, calls = ISPLabelsTeacher.extract, {"n": 0}
+
+    def flaky(self: ISPLabelsTeacher, items: list) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, items)
+
+    monkeypatch.setattr(ISPLabelsTeacher, "extract", flaky)
+    crashed = tmp_path / "crashed.h5"
+    with pytest.raises(KeyboardInterrupt):
+        build_isp_labels(index, tmp_path, crashed, **kw)
+    assert not crashed.exists() and crashed.with_name("crashed.h5.tmp").exists()
+    monkeypatch.setattr(ISPLabelsTeacher, "extract", real)
+    summary = build_isp_labels(index, tmp_path, crashed, **kw)
+    assert summary["rows_resumed"] > 0 and summary["rows_clustered"] < 12
+    assert crashed.read_bytes() == whole.read_bytes()
