@@ -55,13 +55,20 @@ def _mix31(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 15)
 
 
-def hashed_uniform(seed: int, keys: torch.Tensor, draw: int, num: int) -> torch.Tensor:
-    """Uniforms in (0, 1) for every (key, n), n < num: a pure function of (seed, key, draw, n); shape (G, num)."""
+def hash_base(seed: int, keys: torch.Tensor, num: int) -> torch.Tensor:
+    """Per-(key, n) hash codes (G, num), a pure function of (seed, key, n); `hashed_uniform` derives draws."""
     h = _mix31(torch.tensor(seed & _MASK31, dtype=torch.int64, device=keys.device))
     h = _mix31(h ^ (keys.to(torch.int64)[:, None] & _MASK31))
-    h = _mix31(h ^ (draw & _MASK31))
     n = torch.arange(num, dtype=torch.int64, device=keys.device)[None, :]
-    h = _mix31(_mix31(h ^ n) + 0x9E3779B)
+    return _mix31(h ^ n)
+
+
+def hashed_uniform(seed: int, keys: torch.Tensor, draw: int, num: int, base: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Uniforms in (0, 1) for every (key, n), n < num: a pure function of (seed, key, draw, n); shape (G, num)."""
+    if base is None:
+        base = hash_base(seed, keys, num)
+    h = _mix31(base ^ ((draw * 0x5851F42D + 0x14057B7E) & _MASK31))
     return (h.double() + 0.5) / float(1 << 31)
 
 
@@ -74,21 +81,25 @@ def two_means_1d(values: torch.Tensor, mask: torch.Tensor, iters: int = 20) -> t
     whose values are all equal has no high cluster (all False).
     """
     v = values.float()
-    big = torch.finfo(v.dtype).max
-    lo = torch.where(mask, v, torch.full_like(v, big)).amin(dim=1)
-    hi = torch.where(mask, v, torch.full_like(v, -big)).amax(dim=1)
-    centres = torch.stack([lo, hi], dim=1)
-    m = mask.float()
+    # Lloyd's iterations on sorted values with prefix sums: each update is O(log N) per row (searchsorted).
+    sorted_v = torch.sort(torch.where(mask, v, torch.full_like(v, math.inf)), dim=1).values
+    finite = torch.where(mask.sort(dim=1, descending=True).values, sorted_v, torch.zeros_like(sorted_v))
+    csum = F.pad(torch.cumsum(finite.double(), dim=1), (1, 0))
+    n_valid = mask.sum(1)
+    lo = sorted_v[:, 0].double()
+    hi = finite.gather(1, (n_valid - 1).clamp(min=0)[:, None])[:, 0].double()
+    total = csum.gather(1, n_valid[:, None])[:, 0]
     for _ in range(iters):
-        high = (v - centres[:, 1:2]).abs() < (v - centres[:, 0:1]).abs()
-        w_hi = high.float() * m
-        w_lo = (~high).float() * m
-        n_hi, n_lo = w_hi.sum(1), w_lo.sum(1)
-        new_hi = torch.where(n_hi > 0, (w_hi * v).sum(1) / n_hi.clamp(min=1), centres[:, 1])
-        new_lo = torch.where(n_lo > 0, (w_lo * v).sum(1) / n_lo.clamp(min=1), centres[:, 0])
-        centres = torch.stack([new_lo, new_hi], dim=1)
-    high = (v - centres[:, 1:2]).abs() < (v - centres[:, 0:1]).abs()
-    return high & mask & (centres[:, 1:2] > centres[:, 0:1]), centres
+        # nearer to hi than to lo <=> above the midpoint (ties go low)
+        mid = ((lo + hi) / 2).to(sorted_v.dtype)
+        n_lo = torch.searchsorted(sorted_v, mid[:, None].contiguous(), right=True)[:, 0].clamp(max=n_valid)
+        n_hi = n_valid - n_lo
+        s_lo = csum.gather(1, n_lo[:, None])[:, 0]
+        hi = torch.where(n_hi > 0, (total - s_lo) / n_hi.clamp(min=1), hi)
+        lo = torch.where(n_lo > 0, s_lo / n_lo.clamp(min=1), lo)
+    mid = ((lo + hi) / 2).to(v.dtype)
+    high = (v > mid[:, None]) & mask
+    return high & (hi > lo)[:, None], torch.stack([lo, hi], dim=1).to(v.dtype)
 
 
 def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -105,12 +116,13 @@ def kmeans_pp_init(x: torch.Tensor, mask: torch.Tensor, k: int, seed: int, keys:
     G, N, C = x.shape
     rows = torch.arange(G, device=x.device)
     x_sq = (x * x).sum(-1)
-    u = hashed_uniform(seed, keys, 0, N).to(x.device)
+    base = hash_base(seed, keys.to(x.device), N)
+    u = hashed_uniform(seed, keys, 0, N, base)
     first = torch.where(mask, u, torch.full_like(u, 2.0)).argmin(dim=1)
     centres = [x[rows, first]]
     d2 = _sq_dist_to(x, x_sq, centres[0])
     for j in range(1, k):
-        e = -torch.log(hashed_uniform(seed, keys, j, N).to(x.device))
+        e = -torch.log(hashed_uniform(seed, keys, j, N, base))
         score = torch.where(mask & (d2 > 0), e / d2.double().clamp(min=1e-30), torch.full_like(e, math.inf))
         pick = score.argmin(dim=1)
         degenerate = ~torch.isfinite(score.gather(1, pick[:, None])[:, 0])
@@ -123,8 +135,8 @@ def kmeans_pp_init(x: torch.Tensor, mask: torch.Tensor, k: int, seed: int, keys:
 def assign_nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centre (squared L2) for every point: (G, N, C), (G, k, C) -> (G, N) long."""
     # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; the first term does not change the argmin.
-    scores = (centres * centres).sum(-1)[:, None, :] - 2.0 * torch.bmm(x, centres.transpose(1, 2))
-    return scores.argmin(dim=2)
+    c_sq = (centres * centres).sum(-1)[:, None, :]
+    return torch.baddbmm(c_sq, x, centres.transpose(1, 2), alpha=-2.0).argmin(dim=2)
 
 
 def kmeans_batched(x: torch.Tensor, mask: torch.Tensor, k: int, iters: int = 20, seed: int = 0,
@@ -133,19 +145,35 @@ def kmeans_batched(x: torch.Tensor, mask: torch.Tensor, k: int, iters: int = 20,
 
     `iters` centre updates after k-means++ seeding (faiss' default is 20), then a final assignment. Empty
     clusters keep their previous centre. Padded points (mask False) get assignment -1 and never move a centre.
+    Both the assignment and the update are one batched matmul each (the update multiplies by a masked one-hot).
     """
     if keys is None:
         keys = torch.arange(x.shape[0], device=x.device)
     x = x.float()
     centres = kmeans_pp_init(x, mask, k, seed, keys)
     m = mask.float()[..., None]
+    onehot = torch.empty((*x.shape[:2], k), dtype=x.dtype, device=x.device)
+    mf = mask.float()
     for _ in range(iters):
-        onehot = F.one_hot(assign_nearest(x, centres), k).float() * m
+        assign = assign_nearest(x, centres)
+        onehot.zero_().scatter_(2, assign[..., None], m)
         sums = torch.bmm(onehot.transpose(1, 2), x)
-        counts = onehot.sum(1)[..., None]
+        counts = torch.zeros(x.shape[0], k, dtype=x.dtype, device=x.device).scatter_add_(1, assign, mf)[..., None]
         centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
     assign = assign_nearest(x, centres)
     return torch.where(mask, assign, torch.full_like(assign, -1)), centres
+
+
+def compact_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the positions of the True entries first (stable), cut to the longest row's count.
+
+    Returns (idx (G, M) positions into dim 1, valid (G, M)); used to cluster only foreground pixels.
+    """
+    counts = mask.sum(1)
+    width = max(int(counts.max()), 1) if mask.numel() else 1
+    idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    return idx, valid
 
 
 def order_clusters_by_row(assign: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
@@ -153,11 +181,17 @@ def order_clusters_by_row(assign: torch.Tensor, rows: torch.Tensor, k: int) -> t
 
     Empty clusters rank last. Used to map clusters to labels 1..K-1 from top to bottom.
     """
+    return order_clusters_by_row_batched(assign, rows[None, :].expand_as(assign), k)
+
+
+def order_clusters_by_row_batched(assign: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
+    """`order_clusters_by_row` with a row number per point, (G, N)."""
     valid = assign >= 0
-    onehot = F.one_hot(assign.clamp(min=0), k).double() * valid[..., None].double()
-    counts = onehot.sum(1)
-    mean_row = (onehot * rows.double()[None, :, None]).sum(1) / counts.clamp(min=1)
-    mean_row = torch.where(counts > 0, mean_row, torch.full_like(mean_row, math.inf))
+    slot = assign.clamp(min=0)
+    counts = torch.zeros(assign.shape[0], k, dtype=torch.float64, device=assign.device)
+    counts.scatter_add_(1, slot, valid.double())
+    row_sum = torch.zeros_like(counts).scatter_add_(1, slot, rows.double() * valid.double())
+    mean_row = torch.where(counts > 0, row_sum / counts.clamp(min=1), torch.full_like(counts, math.inf))
     order = torch.argsort(mean_row, dim=1, stable=True)
     return torch.argsort(order, dim=1, stable=True)
 
@@ -186,15 +220,18 @@ def group_images(pids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def make_buckets(keys: torch.Tensor, members: Sequence[torch.Tensor], pixels_per_image: int, channels: int,
-                 max_elements: int = DEFAULT_MAX_ELEMENTS) -> list[Bucket]:
-    """Identities sorted by image count, packed while G * n_max * pixels * channels <= max_elements."""
+                 max_elements: int = DEFAULT_MAX_ELEMENTS, pad_ratio: float = 1.25) -> list[Bucket]:
+    """Identities sorted by image count, packed while G * n_max * pixels * channels <= max_elements and the
+    largest identity of a bucket has at most `pad_ratio` times the images of its smallest (bounded padding)."""
     sizes = torch.tensor([len(m) for m in members])
     order = torch.argsort(sizes, stable=True).tolist()
     per_image = pixels_per_image * channels
-    buckets, current = [], []
+    buckets: list[list[int]] = []
+    current: list[int] = []
     for i in order:
-        n_max = max(int(sizes[i]), max((int(sizes[j]) for j in current), default=0))
-        if current and (len(current) + 1) * n_max * per_image > max_elements:
+        n_max = int(sizes[i])  # ascending order: the newcomer is the largest
+        if current and ((len(current) + 1) * n_max * per_image > max_elements
+                        or n_max > pad_ratio * int(sizes[current[0]])):
             buckets.append(current)
             current = []
         current.append(i)
@@ -231,15 +268,20 @@ def cluster_bucket(features: torch.Tensor, bucket: Bucket, K: int, sharpen: bool
         act = sharpen_activation(act)
     mask = valid_img[:, :, None].expand(G, n_max, h * w).reshape(G, n_max * h * w)
     fg, _ = two_means_1d(act.reshape(G, -1), mask, iters)
-    x = F.normalize(feats.permute(0, 2, 3, 1).reshape(G, n_max * h * w, C), dim=-1)
+    del act
+    # step 2 on the foreground pixels only, packed to the front of each identity's row
+    idx, valid = compact_rows(fg)
+    x = feats.view(G, n_max, C, h * w).permute(0, 1, 3, 2).reshape(G, n_max * h * w, C)
     del feats
-    keys = bucket.keys.to(device)
-    assign, _ = kmeans_batched(x, fg, K - 1, iters, seed, keys)
-    rows = torch.arange(h, device=device).repeat_interleave(w).repeat(n_max)
-    rank = order_clusters_by_row(assign, rows, K - 1)
-    labels = torch.where(assign >= 0, 1 + rank.gather(1, assign.clamp(min=0)), torch.zeros_like(assign))
+    x = F.normalize(x.gather(1, idx[..., None].expand(-1, -1, C)), dim=-1)
+    assign, _ = kmeans_batched(x, valid, K - 1, iters, seed, bucket.keys.to(device))
+    del x
+    rows = (idx % (h * w)) // w
+    rank = order_clusters_by_row_batched(assign, rows, K - 1)
+    part = torch.where(assign >= 0, 1 + rank.gather(1, assign.clamp(min=0)), torch.zeros_like(assign))
+    labels = torch.zeros((G, n_max * h * w), dtype=torch.long, device=device).scatter_(1, idx, part)
     labels = labels.reshape(G, n_max, h, w).to(torch.uint8)
-    too_few = fg.sum(1) < min_foreground
+    too_few = valid.sum(1) < min_foreground
     if too_few.any():
         labels[too_few] = stripe_labels(h, w, K - 1).to(device)
     return labels
