@@ -178,6 +178,8 @@ def test_recluster_schedule() -> None:
     m = ISP(backbone="hrnet_tiny", period=2, recluster_until=7)
     assert [e for e in range(10) if m.should_recluster(e)] == [2, 4, 6]
     assert not ISP(backbone="hrnet_tiny", semantics="parsing").should_recluster(2)
+    from_model = ISP(backbone="hrnet_tiny", initial="model", period=2)
+    assert from_model.caches == {} and [e for e in range(5) if from_model.should_recluster(e)] == [0, 2, 4]
 
 
 def test_ablation_rows_are_params_and_tables_cover_them() -> None:
@@ -299,3 +301,21 @@ def test_teacher_resume_after_a_crash_gives_the_same_bytes(tmp_path: Path, monke
     summary = build_isp_labels(index, tmp_path, crashed, **kw)
     assert summary["rows_resumed"] > 0 and summary["rows_clustered"] < 12
     assert crashed.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_initial_model_clusters_before_the_first_step_without_a_cache(tmp_path: Path) -> None:
+    from reid.data.index import read_index
+    from reid.engine.trainer import TrainConfig, Trainer
+
+    index = _tiny_world(tmp_path)
+    rows = read_index(index)
+    torch.manual_seed(0)
+    method = ISP(backbone="hrnet_tiny", num_parts=5, reduce_dim=8, initial="model", period=10)
+    cfg = TrainConfig(epochs=1, batch_p=2, batch_k=2, input_size=(64, 32), workers=0, device="cpu", amp=False,
+                      warmup_epochs=0, pad=2)
+    trainer = Trainer(method, rows, tmp_path, {}, tmp_path / "run", cfg)
+    trainer.fit()
+    assert method.labels_epoch == 0 and method.labels.shape == (16, 16, 8) and method.labels.max() <= 4
+    assert "isp_labels.labels" in trainer.train_set.overrides
