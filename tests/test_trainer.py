@@ -1,0 +1,275 @@
+"""The shared trainer and inference on the tiny world with a tiny registered method: LR schedule by hand,
+bit-identical resume after an interruption, NaN guard, exported student, CSV log, metrics.json, NaN distances."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from reid.cache.h5 import CacheReader
+from reid.engine.inference import distance_matrix, evaluate_model, load_model
+from reid.data.samplers import PKBatchSampler
+from reid.engine.trainer import MODEL_FORMAT, Trainer, TrainConfig, lr_factor
+from reid.methods.base import METHODS, Method
+from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth
+from reid.models.heads import BNNeck
+
+# Test-only switches (never in the method's params, so they are not part of the run's fingerprint).
+FAULTS: dict[str, int | None] = {"raise_at": None, "nan_at": None}
+
+
+class Interrupted(RuntimeError):
+    """Stands for a kill in the middle of an epoch."""
+
+
+class TinyNet(nn.Module):
+    """Two strided convs -> average pool -> BNNeck: a few thousand parameters, CPU-fast."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1),
+        )
+        self.neck = BNNeck(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        feat, bn_feat, logits = self.neck(self.body(x))
+        return (feat, logits) if self.training else bn_feat
+
+
+class TinyMethod(Method):
+    """ID + triplet on TinyNet; reads the parsing cache (so the trainer's cache path is exercised)."""
+
+    name = "tiny_test_method"
+    caches = {"parsing": ["labels"]}
+
+    def __init__(self, triplet_margin: float = 0.3) -> None:
+        super().__init__(triplet_margin=triplet_margin)
+        self.margin = triplet_margin
+        self.steps = 0
+        self.frozen_teacher = nn.Linear(4, 4)  # lives on the method, never in the saved student
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        return TinyNet(num_classes)
+
+    def training_losses(self, model: nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        self.steps += 1
+        if FAULTS["raise_at"] is not None and epoch == FAULTS["raise_at"] and self.steps % 24 == 3:
+            raise Interrupted(f"simulated kill in epoch {epoch + 1}")
+        assert batch["parsing.labels"].shape[1:] == batch["image"].shape[2:]
+        feat, logits = model(batch["image"])
+        losses = {"id": cross_entropy_label_smooth(logits, batch["pid"], 0.1),
+                  "triplet": batch_hard_triplet(feat, batch["pid"], self.margin)}
+        if FAULTS["nan_at"] is not None and epoch == FAULTS["nan_at"]:
+            losses["triplet"] = losses["triplet"] * float("nan")
+        return losses
+
+
+if TinyMethod.name not in METHODS:
+    METHODS.register()(TinyMethod)
+
+
+# ---------------------------------------------------------------------------------------------- lr_factor
+
+
+def test_lr_factor_warmup_then_multistep_by_hand() -> None:
+    cfg = TrainConfig(warmup_epochs=4, warmup_factor=0.2, scheduler="multistep", milestones=(6, 8), gamma=0.1)
+    # warm-up: 0.2 + 0.8 * e / 4 -> 0.2, 0.4, 0.6, 0.8; then 1 until epoch 6, 0.1 until 8, 0.01 after.
+    got = [lr_factor(e, cfg) for e in range(10)]
+    expected = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+    assert got == pytest.approx(expected)
+
+
+def test_lr_factor_cosine_by_hand() -> None:
+    cfg = TrainConfig(epochs=12, warmup_epochs=2, warmup_factor=0.1, scheduler="cosine", min_lr_factor=0.01)
+    # warm-up: 0.1, 0.55; cosine over span 12 - 2 = 10: f(t) = 0.01 + 0.99 * 0.5 * (1 + cos(pi t)), t = (e-2)/10
+    # e=2 -> 1.0; e=7 (t=0.5) -> 0.01 + 0.495 = 0.505; e=12 (t=1) -> 0.01.
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(1, cfg) == pytest.approx(0.55)
+    assert lr_factor(2, cfg) == pytest.approx(1.0)
+    assert lr_factor(7, cfg) == pytest.approx(0.505)
+    assert lr_factor(12, cfg) == pytest.approx(0.01)
+    assert lr_factor(4, cfg) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.2)))
+
+
+def test_lr_factor_unknown_scheduler() -> None:
+    with pytest.raises(ValueError, match="unknown scheduler 'step'"):
+        lr_factor(5, TrainConfig(warmup_epochs=0, scheduler="step"))
+
+
+def test_train_config_rejects_unknown_keys() -> None:
+    with pytest.raises(KeyError, match=r"unknown train settings \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    cfg = TrainConfig.from_dict({"input_size": [64, 32], "milestones": [1]})
+    assert cfg.input_size == (64, 32) and cfg.milestones == (1,)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _cfg(**over) -> TrainConfig:
+    base = dict(epochs=2, batch_p=2, batch_k=2, input_size=(32, 16), lr=1e-3, warmup_epochs=1, milestones=(1,),
+                workers=0, device="cpu", amp=False, pad=2, seed=3)
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def _trainer(world, cache: Path, out: Path, **over) -> Trainer:
+    caches = {"parsing": CacheReader(cache, index_path=world.index)}
+    return Trainer(TinyMethod(), world.rows, world.root, caches, out, _cfg(**over), index_hash="tiny")
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _log_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_world, tiny_parsing_cache, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run (24 steps of 2 ids x 2 images per epoch); returns its output folder."""
+    out = tmp_path_factory.mktemp("run_full")
+    _trainer(tiny_world, tiny_parsing_cache, out).fit()
+    return out
+
+
+def test_model_file_holds_the_student_only(trained: Path) -> None:
+    ckpt = torch.load(trained / "model.pt", map_location="cpu", weights_only=False)
+    assert set(ckpt) == {"format", "method", "method_params", "num_classes", "input_size", "state_dict",
+                         "method_state", "index_sha256"}
+    assert ckpt["format"] == MODEL_FORMAT and ckpt["method"] == "tiny_test_method"
+    assert ckpt["num_classes"] == 4 and ckpt["input_size"] == [32, 16]
+    assert set(ckpt["state_dict"]) == set(TinyNet(4).state_dict())  # no optimiser, no teacher weights
+    method, model, _ = load_model(trained / "model.pt", device="cpu")
+    assert isinstance(model, TinyNet) and not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][k])
+
+
+def test_train_log_has_one_row_per_epoch_with_loss_terms(tiny_world, trained: Path) -> None:
+    rows = _log_rows(trained / "train_log.csv")
+    # 4 ids x 24 images / K=2 = 48 chunks, 2 ids per batch: at most 24 steps; fewer when the random draw leaves
+    # a single identity with chunks at the end. The exact count is the sampler's, for that epoch.
+    labels = [r.pid for r in tiny_world.rows if r.split == "train"]
+    sampler = PKBatchSampler(labels, 2, 2, seed=3)
+    steps = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        steps.append(str(len(sampler)))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "id", "triplet", "total", "lr", "steps", "seconds", "images_per_s"]
+    for r in rows:
+        assert float(r["total"]) == pytest.approx(float(r["id"]) + float(r["triplet"]), rel=1e-4)
+    assert [r["steps"] for r in rows] == steps and all(20 <= int(n) <= 24 for n in steps)
+    # warm-up epoch 0 at 0.1 x lr, epoch 1 past milestone 1 at gamma x lr
+    assert float(rows[0]["lr"]) == pytest.approx(1e-4) and float(rows[1]["lr"]) == pytest.approx(1e-4)
+
+
+def _interrupt_and_resume(world, cache: Path, out: Path, **over) -> None:
+    """Kill a run at the 3rd step of epoch 2, check what it left, then resume it to the end."""
+    FAULTS["raise_at"] = 1
+    try:
+        with pytest.raises(Interrupted):
+            _trainer(world, cache, out, **over).fit()
+    finally:
+        FAULTS["raise_at"] = None
+    assert not (out / "model.pt").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert [r["epoch"] for r in _log_rows(out / "train_log.csv")] == ["1"]
+    resumed = _trainer(world, cache, out, **over)
+    resumed.fit()
+    assert resumed.start_epoch == 1
+
+
+def _assert_same_run(full: Path, again: Path) -> None:
+    a, b = _state(full / "model.pt"), _state(again / "model.pt")
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    log_full, log_again = _log_rows(full / "train_log.csv"), _log_rows(again / "train_log.csv")
+    assert [r["epoch"] for r in log_again] == ["1", "2"]
+    for x, y in zip(log_full, log_again):
+        assert (x["total"], x["id"], x["triplet"]) == (y["total"], y["id"], y["triplet"])
+
+
+def test_interrupted_run_resumes_bit_identically(tiny_world, tiny_parsing_cache, trained: Path, tmp_path) -> None:
+    _interrupt_and_resume(tiny_world, tiny_parsing_cache, tmp_path)
+    _assert_same_run(trained, tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical_with_loader_workers(tiny_world, tiny_parsing_cache, tmp_path) -> None:
+    # With workers the augmentation draws come from per-worker seeds derived from the per-epoch loader generator.
+    _trainer(tiny_world, tiny_parsing_cache, tmp_path / "full", workers=2).fit()
+    _interrupt_and_resume(tiny_world, tiny_parsing_cache, tmp_path / "resumed", workers=2)
+    _assert_same_run(tmp_path / "full", tmp_path / "resumed")
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(tiny_world, tiny_parsing_cache, tmp_path) -> None:
+    _trainer(tiny_world, tiny_parsing_cache, tmp_path, epochs=1).save_checkpoint(0)
+    other = _trainer(tiny_world, tiny_parsing_cache, tmp_path, epochs=1, lr=5e-4)
+    assert other.try_resume() is False and other.start_epoch == 0
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_world, tiny_parsing_cache, tmp_path):
+    FAULTS["nan_at"] = 1
+    try:
+        with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 2, step 1 \(id=.*, triplet=nan\)"
+                           r".*checkpoint\.pt"):
+            _trainer(tiny_world, tiny_parsing_cache, tmp_path).fit()
+    finally:
+        FAULTS["nan_at"] = None
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "model.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+
+def test_evaluate_model_writes_prcc_metrics(tiny_world, trained: Path, tmp_path) -> None:
+    out = tmp_path / "metrics.json"
+    returned = evaluate_model(trained / "model.pt", tiny_world.index, tiny_world.root, "synthcc", out,
+                              batch_size=16, workers=0, device="cpu")
+    metrics = json.loads(out.read_text())
+    assert metrics == json.loads(json.dumps(returned))
+    assert metrics["protocol"] == "prcc" and metrics["method"] == "tiny_test_method"
+    assert metrics["num_query_images"] == 16 and metrics["num_gallery_images"] == 12
+    queries = {"same_clothes": 1, "cross_clothes": 2}  # PRCC: camera B (camid 1) and C (camid 2) vs gallery A
+    for setting, camid in queries.items():
+        m = metrics[setting]
+        n = sum(r.split == "query" and r.camid == camid for r in tiny_world.rows)
+        assert m["num_query"] == n
+        for key in ("R1", "R5", "mAP", "mINP"):
+            assert 0.0 <= m[key] <= 100.0, (setting, key)
+        # percent: R1 is a multiple of 100 / num_query
+        assert m["R1"] / (100.0 / n) == pytest.approx(round(m["R1"] / (100.0 / n)))
+        assert m["R1"] <= m["R5"] <= m["R10"] <= m["R20"] == pytest.approx(100.0)
+
+
+class _NaNDistance(TinyMethod):
+    def distance(self, q: dict, g: dict) -> torch.Tensor:
+        d = torch.zeros(len(q["feat"]), len(g["feat"]))
+        d[0, 1] = float("nan")
+        return d
+
+
+def test_distance_with_nan_is_refused() -> None:
+    q, g = {"feat": torch.ones(3, 4)}, {"feat": torch.ones(5, 4)}
+    with pytest.raises(FloatingPointError, match="1 non-finite values"):
+        distance_matrix(_NaNDistance(), q, g)
+    ok = distance_matrix(TinyMethod(), q, g, chunk=2)  # chunked over queries: 2 + 1
+    assert ok.shape == (3, 5) and np.allclose(ok, 0.0, atol=1e-6)
