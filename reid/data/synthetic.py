@@ -397,7 +397,8 @@ def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(specs, desc=f"synth {world}", unit="img", file=sys.stderr)
+        items = tqdm(specs, desc=f"synth {world}", unit="img", file=sys.stderr,
+                     mininterval=0.1 if sys.stderr.isatty() else 30.0)
     counts: dict[str, int] = {}
     for spec in items:
         bgr, gt = w.render(spec)

@@ -111,7 +111,7 @@ def teacher_outputs(
     from reid.data.dataset import ReIDDataset
     from reid.data.index import index_sha256, read_index
     from reid.engine.inference import load_model
-    from reid.engine.trainer import method_fields, open_caches
+    from reid.engine.trainer import method_fields, open_caches, progress_interval
     from reid.teachers.base import file_sha256
 
     method, model, ckpt = load_model(model_path, device)
@@ -129,7 +129,7 @@ def teacher_outputs(
                      params=dict(method.params), index_sha256=index_sha256(index), paths=[r.path for r in rows],
                      fields=fields) as writer:
         todo = set(int(i) for i in writer.pending_rows())
-        for batch in tqdm(loader, desc=f"{method.name} outputs", dynamic_ncols=True):
+        for batch in tqdm(loader, desc=f"{method.name} outputs", dynamic_ncols=True, mininterval=progress_interval()):
             idx = batch["index"].numpy()
             keep = np.array([i in todo for i in idx])
             if not keep.any():

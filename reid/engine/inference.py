@@ -19,7 +19,14 @@ from tqdm import tqdm
 
 from reid.data.dataset import ReIDDataset
 from reid.data.index import IndexRow, read_index, select
-from reid.engine.trainer import MODEL_FORMAT, filter_positions, method_fields, open_caches, resolve_device
+from reid.engine.trainer import (
+    MODEL_FORMAT,
+    filter_positions,
+    method_fields,
+    open_caches,
+    progress_interval,
+    resolve_device,
+)
 from reid.methods.base import Method, build_method
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,7 @@ def extract(
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     parts: dict[str, list[torch.Tensor]] = {}
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=progress_interval()):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             feats = method.embed(model, batch)

@@ -286,7 +286,7 @@ class Trainer:
         steps, images, t0 = 0, 0, time.perf_counter()
         loader = self._loader(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, disable=self.rank != 0,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=progress_interval())
         for batch in bar:
             batch = self._to_device(batch)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
@@ -343,6 +343,13 @@ class Trainer:
                 path,
             )
         return path
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: live on a terminal, every 30 s into a log file."""
+    import sys
+
+    return 0.1 if sys.stderr.isatty() else 30.0
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -78,7 +78,8 @@ def _batches(dataset: _RowLoader, batch_size: int, workers: int) -> Iterator[tup
 def _progress(total: int, enabled: bool, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
 def run_teacher(teacher: Teacher, index_path: str | Path, root: str | Path, out: str | Path, batch_size: int = 16,
