@@ -319,3 +319,38 @@ def test_initial_model_clusters_before_the_first_step_without_a_cache(tmp_path: 
     trainer.fit()
     assert method.labels_epoch == 0 and method.labels.shape == (16, 16, 8) and method.labels.max() <= 4
     assert "isp_labels.labels" in trainer.train_set.overrides
+
+
+def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+    import json
+
+    from reid.cache.h5 import CacheWriter
+    from reid.data.index import index_sha256, read_index
+    from reid.teachers.isp_labels import add_iou_arguments, iou_main
+
+    index = _tiny_world(tmp_path)
+    rows = read_index(index)
+    n = len(rows)
+    # parsing: face on rows 0-7, pants on rows 16-23 of a 32x16 map; ISP labels (16x8): part 1 on rows 0-3,
+    # part 2 on rows 8-11 -> the same regions at half resolution: IoU 1 for foreground, head and legs
+    lip = np.zeros((n, 32, 16), dtype=np.uint8)
+    lip[:, 0:8, 4:12], lip[:, 16:24, 4:12] = 13, 9
+    isp = np.zeros((n, 16, 8), dtype=np.uint8)
+    isp[:, 0:4, 2:6], isp[:, 8:12, 2:6] = 1, 2
+    parsing = tmp_path / "parsing.h5"
+    with CacheWriter(parsing, teacher="parsing", backend="oracle", model_sha256="", params={"label_set": "lip"},
+                     index_sha256=index_sha256(index), paths=[r.path for r in rows],
+                     fields={"labels": ((32, 16), "uint8")}) as w:
+        w.write_rows(np.arange(n), {"labels": lip})
+        w.finalize()
+    np.save(tmp_path / "labels_epoch001.npy", isp)
+    parser = argparse.ArgumentParser()
+    add_iou_arguments(parser)
+    args = parser.parse_args(["--index", str(index), "--parsing", str(parsing), "--labels",
+                              str(tmp_path / "labels_epoch001.npy"), "--split", "train"])
+    assert iou_main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["rows"] == 12 and result["assignment"] == {"head": [1], "legs": [2], "shoes": []}
+    assert result["iou"]["foreground"] == pytest.approx(1.0) and result["iou"]["head"] == pytest.approx(1.0)
+    assert result["iou"]["legs"] == pytest.approx(1.0) and math.isnan(result["iou"]["shoes"])
