@@ -19,6 +19,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "merge-shards": ("reid.teachers.runner", "join the shard files of a teacher cache"),
     "inspect": ("reid.viz.contact_sheet", "print a cache's provenance and statistics; draw a contact sheet"),
     "export-schp": ("reid.teachers.parsing", "export the pure-PyTorch SCHP network to ONNX"),
+    "isp-labels": ("reid.teachers.isp_labels", "ISP's first-round pseudo part labels into an HDF5 cache"),
+    "isp-iou": ("reid.teachers.isp_labels", "IoU of ISP parts against the parsing cache (paper Table 3)"),
     "train": ("reid.engine.commands", "train a method"),
     "evaluate": ("reid.engine.commands", "evaluate a trained model with the dataset's protocol"),
     "teacher-outputs": ("reid.engine.commands", "cache a trained teacher model's outputs for its student"),
@@ -34,6 +36,7 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
     "evaluate": ("add_evaluate_arguments", "main_evaluate"),
     "teacher-outputs": ("add_teacher_outputs_arguments", "main_teacher_outputs"),
     "show-metrics": ("add_show_metrics_arguments", "main_show_metrics"),
+    "isp-iou": ("add_iou_arguments", "iou_main"),
 }
 
 

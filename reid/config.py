@@ -31,7 +31,7 @@ TOP_LEVEL_KNOBS: dict[str, tuple[str, str]] = {"alpha": ("deskpro", "alpha")}
 # Caches made from a trained model (by `reid teacher-outputs`), not by an auxiliary teacher: name -> run.
 DERIVED_CACHES: dict[str, str] = {"face_teacher": "deskpro_face_teacher", "vit_teacher": "sureid_teacher"}
 
-RUN_RE = re.compile(r"^(?P<method>[a-z0-9_]+)(?:--(?P<ablation>[A-Za-z0-9_.+-]+?))?(?:--s(?P<seed>\d+))?$")
+RUN_RE = re.compile(r"^(?P<method>[a-z0-9_]+)(?:--(?!s\d+$)(?P<ablation>[A-Za-z0-9_.+-]+?))?(?:--s(?P<seed>\d+))?$")
 
 
 class ConfigError(ValueError):
@@ -142,6 +142,7 @@ def stage_index(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], l
 
 
 def stage_teacher(cfg: Mapping[str, Any], dataset: str, teacher: str) -> tuple[dict[str, Any], list[str]]:
+    dataset_cfg(cfg, dataset)  # an unknown dataset is an error, not silently the defaults
     base = _get(cfg, f"teachers.{teacher}")
     if not isinstance(base, Mapping):
         raise ConfigError(f"teacher {teacher!r} is not configured under `teachers:` in params.yaml")
@@ -150,11 +151,14 @@ def stage_teacher(cfg: Mapping[str, Any], dataset: str, teacher: str) -> tuple[d
     if _has(cfg, f"datasets.{dataset}.teachers.{teacher}"):
         keys.append(f"datasets.{dataset}.teachers.{teacher}")
     run = {k: merged.pop(k) for k in ("backend", "model", "batch_size", "workers", "device") if k in merged}
+    if run.get("backend") == "oracle":  # the oracle reads ground truth: a weights file named globally is not used
+        run["model"] = None
     return {"teacher": teacher, **run, "params": merged}, keys
 
 
 def stage_train(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[dict[str, Any], list[str]]:
     run = parse_run(run_name)
+    dataset_cfg(cfg, dataset)  # an unknown dataset is an error, not silently the defaults
     keys: list[str] = []
 
     def take(dotted: str) -> dict[str, Any]:

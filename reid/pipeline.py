@@ -49,13 +49,7 @@ def _root(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    import os
-    import sys
-
     from reid.engine.commands import format_metrics, parse_caches
-
-    if not sys.stderr.isatty():  # a log file: a progress line every 30 s instead of every update
-        os.environ.setdefault("TQDM_MININTERVAL", "30")
 
     caches = parse_caches(args.cache)
     if args.stage == "synth":
@@ -84,8 +78,9 @@ def main(args: argparse.Namespace) -> int:
             params[f"{name}_cache"] = caches[name]
         teacher = build_teacher(kw["teacher"], kw.get("backend", "onnx"), kw.get("model"),
                                 kw.get("device", "auto"), **params)
-        summary = run_teacher(teacher, args.index, _root(args), args.out, batch_size=int(kw.get("batch_size", 16)),
-                              workers=int(kw.get("workers", 2)))
+        run = getattr(teacher, "build_cache", None) or (lambda *a, **k: run_teacher(teacher, *a, **k))
+        summary = run(args.index, _root(args), args.out, batch_size=int(kw.get("batch_size", 16)),
+                      workers=int(kw.get("workers", 2)))
         print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}, sort_keys=True))
     elif args.stage == "train":
         from reid.engine.trainer import train

@@ -310,7 +310,7 @@ class Trainer:
             sums["total"] = sums.get("total", 0.0) + float(total.detach())
             steps += 1
             images += len(batch["image"])
-            bar.set_postfix(loss=f"{float(total):.3f}")
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         seconds = time.perf_counter() - t0

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from reid.models.heads import BNNeck
-from reid.models.osnet import OSBlock, OSNet, osnet_tiny, osnet_x1_0
+from reid.models.osnet import OSNET_WIDTHS, OSBlock, OSNet, osnet_tiny, osnet_width
 
 __all__ = ["LightMBN", "MBNOutput", "drop_top_rows", "NUM_EMBEDDINGS", "EMBEDDING_NAMES"]
 
@@ -93,12 +93,12 @@ class LightMBN(nn.Module):
         width: str = "x1_0",
     ) -> None:
         super().__init__()
-        if width == "x1_0":
-            osnet = osnet_x1_0(weights)
+        if width in OSNET_WIDTHS:
+            osnet = osnet_width(width, weights)
         elif width == "tiny":
             osnet = osnet_tiny()  # CPU tests only; no weights exist for it
         else:
-            raise ValueError(f"LightMBN: unknown width '{width}' (expected 'x1_0' or 'tiny')")
+            raise ValueError(f"LightMBN: unknown width '{width}' (expected one of {sorted(OSNET_WIDTHS)} or 'tiny')")
         c_stem, c_out = osnet.channels[2], osnet.channels[3]
         self.stem_channels, self.feat_dim, self.drop_ratio = c_stem, feat_dim, drop_ratio
         self.stem = nn.Sequential(osnet.conv1, osnet.maxpool, osnet.conv2, osnet.conv3[0])

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from reid.models.resnet import load_pretrained
 
-__all__ = ["OSBlock", "OSNet", "osnet_x1_0", "osnet_tiny", "OSNET_X1_0_CHANNELS"]
+__all__ = ["OSBlock", "OSNet", "osnet_x1_0", "osnet_width", "osnet_tiny", "OSNET_X1_0_CHANNELS", "OSNET_WIDTHS"]
 
 OSNET_X1_0_CHANNELS = (64, 256, 384, 512)
 
@@ -164,6 +164,25 @@ def osnet_x1_0(weights: str | Path | None = None, num_classes: int = 1000) -> OS
     """
     model = OSNet(num_classes=num_classes)
     load_pretrained(model, weights, "OSNet-x1.0")
+    return model
+
+
+# torchreid's width variants (each has an ImageNet checkpoint there: osnet_x0_75_imagenet.pth, ...).
+OSNET_WIDTHS: dict[str, tuple[int, int, int, int]] = {
+    "x1_0": (64, 256, 384, 512),
+    "x0_75": (48, 192, 288, 384),
+    "x0_5": (32, 128, 192, 256),
+    "x0_25": (16, 64, 96, 128),
+}
+
+
+def osnet_width(width: str, weights: str | Path | None = None, num_classes: int = 1000) -> OSNet:
+    """OSNet of a torchreid width multiplier (x1_0, x0_75, x0_5, x0_25), optionally with its local weights."""
+    if width not in OSNET_WIDTHS:
+        raise ValueError(f"OSNet: unknown width '{width}' (expected one of {sorted(OSNET_WIDTHS)})")
+    channels = OSNET_WIDTHS[width]
+    model = OSNet(num_classes=num_classes, channels=channels, feature_dim=512)
+    load_pretrained(model, weights, f"OSNet-{width}")
     return model
 
 
