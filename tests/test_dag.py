@@ -1,0 +1,200 @@
+"""The two orchestrators agree: dvc.yaml is up to date, Snakemake's planned jobs equal dvc.yaml's stages (same
+outputs, same input files), each DVC stage lists exactly the params.yaml keys reid.config resolves for it, the
+params schema rejects unknown keys, and `snakemake --lint` is clean."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reid import config as C
+from reid import dag as D
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_copy(dest: Path) -> Path:
+    """Copy the working tree's tracked and untracked-but-not-ignored files (no data, caches or .venv)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         check=True, capture_output=True).stdout.decode()
+    for rel in filter(None, out.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def parse_dry_run(text: str) -> list[dict]:
+    """Jobs of `snakemake -n` output: [{'rule', 'input': set, 'output': set}] (the `all` rule excluded)."""
+    jobs: list[dict] = []
+    current: dict | None = None
+    for line in text.splitlines():
+        head = re.match(r"^(local)?rule (\w+):$", line)
+        if head:
+            current = {"rule": head.group(2), "input": set(), "output": set()}
+            jobs.append(current)
+            continue
+        field = re.match(r"^    (input|output): (.*)$", line)
+        if field and current is not None:
+            current[field.group(1)] = {p.strip() for p in field.group(2).split(",") if p.strip()}
+    return [j for j in jobs if j["rule"] != "all"]
+
+
+def is_code(dep: str) -> bool:
+    return dep == "reid" or dep.startswith("reid/")
+
+
+def dvc_outputs(stage: dict) -> set[str]:
+    out = set(stage.get("outs", []))
+    for key in ("metrics", "plots"):
+        for item in stage.get(key, []):
+            out |= set(item) if isinstance(item, dict) else {item}
+    return out
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return C.load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def dvc_stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.fixture(scope="module")
+def planned_jobs(params: dict, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Snakemake's dry-run plan, everything forced, for every dvc.runs target, in a copy of the repository."""
+    work = repo_copy(tmp_path_factory.mktemp("repo"))
+    targets = [D.metrics_path(*C.split_target(t)) for t in params["dvc"]["runs"]]
+    proc = snakemake(work, "-n", "--forceall", "--cores", "1", *targets)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = parse_dry_run(proc.stdout + proc.stderr)
+    assert jobs, "no job parsed from the dry run"
+    return jobs
+
+
+def test_dvc_yaml_is_up_to_date() -> None:
+    proc = subprocess.run([sys.executable, "-m", "reid", "dvc-yaml", "--check"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "is up to date" in proc.stdout
+
+
+def test_dvc_yaml_check_detects_a_stale_file(tmp_path: Path) -> None:
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text((REPO / "dvc.yaml").read_text().replace("--out data/synthcc", "--out data/other", 1))
+    proc = subprocess.run([sys.executable, "-m", "reid", "dvc-yaml", "--check", "--params",
+                           str(REPO / "params.yaml"), "--out", str(stale)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "is out of date" in proc.stdout
+
+
+@pytest.mark.slow
+def test_snakemake_jobs_equal_dvc_stages(planned_jobs: list[dict], dvc_stages: dict) -> None:
+    snake = {frozenset(j["output"]): j for j in planned_jobs}
+    assert len(snake) == len(planned_jobs), "two Snakemake jobs with the same outputs"
+    dvc = {frozenset(dvc_outputs(s)): (name, s) for name, s in dvc_stages.items()}
+    assert set(snake) == set(dvc), (
+        f"only in Snakemake: {sorted(map(sorted, set(snake) - set(dvc)))}; "
+        f"only in dvc.yaml: {sorted(map(sorted, set(dvc) - set(snake)))}"
+    )
+    for outs, (name, stage) in dvc.items():
+        data_deps = {d for d in stage["deps"] if not is_code(d)}
+        assert snake[outs]["input"] == data_deps, f"{name}: inputs differ"
+
+
+@pytest.mark.slow
+def test_each_target_needs_the_same_jobs(planned_jobs: list[dict], params: dict) -> None:
+    """Per target: the jobs upstream of its metrics.json in Snakemake's plan = reid.dag.stages_for([target])."""
+    producer = {out: j for j in planned_jobs for out in j["output"]}
+
+    def upstream(path: str, seen: set[frozenset]) -> None:
+        job = producer.get(path)
+        if job is None or frozenset(job["output"]) in seen:
+            return
+        seen.add(frozenset(job["output"]))
+        for dep in job["input"]:
+            upstream(dep, seen)
+
+    for target in params["dvc"]["runs"]:
+        seen: set[frozenset] = set()
+        upstream(D.metrics_path(*C.split_target(target)), seen)
+        stages = D.stages_for(params, [target])
+        expected = {frozenset(s.outs + s.metrics + s.plots) for s in stages.values()}
+        assert seen == expected, target
+
+
+def _stage_keys(params: dict, stage: dict) -> list[str]:
+    """The keys reid.config resolves for the command a DVC stage runs."""
+    argv = shlex.split(stage["cmd"])
+    assert argv[:4] == ["python", "-m", "reid", "pipeline"], stage["cmd"]
+    kind = argv[4]
+    opts = dict(zip(argv[5::2], argv[6::2]))
+    ds = opts["--dataset"]
+    assert opts["--params"] == "params.yaml"
+    if kind == "synth":
+        return C.stage_synth(params, ds)[1]
+    if kind == "index":
+        return C.stage_index(params, ds)[1]
+    if kind == "teach":
+        return C.stage_teacher(params, ds, opts["--teacher"])[1]
+    if kind == "train":
+        return C.stage_train(params, ds, opts["--run"])[1]
+    if kind in ("evaluate", "teacher-outputs"):
+        return C.stage_evaluate(params, ds, opts["--run"])[1]
+    raise AssertionError(f"unknown pipeline stage {kind!r} in {stage['cmd']}")
+
+
+def test_dvc_params_are_exactly_the_resolved_keys(params: dict, dvc_stages: dict) -> None:
+    assert dvc_stages
+    for name, stage in dvc_stages.items():
+        assert stage.get("params", []) == _stage_keys(params, stage), name
+        for key in stage.get("params", []):
+            assert C._has(params, key), f"{name} lists {key}, which params.yaml lacks"
+
+
+def test_dvc_code_deps_are_narrow(dvc_stages: dict) -> None:
+    """Editing a method must not rerun a teacher cache or the synthetic world."""
+    for name, stage in dvc_stages.items():
+        if name.startswith(("synth@", "index@", "teach@")):
+            assert not any(d.startswith("reid/methods") for d in stage["deps"]), name
+
+
+def test_schema_accepts_params_and_rejects_unknown_keys(params: dict) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = yaml.safe_load((REPO / "workflow/schemas/params.schema.yaml").read_text())
+    jsonschema.validate(params, schema)
+    bad = dict(params, learning_rate=0.1)
+    with pytest.raises(jsonschema.ValidationError, match="learning_rate"):
+        jsonschema.validate(bad, schema)
+    bad_train = dict(params, train=dict(params["train"], epoch=3))
+    with pytest.raises(jsonschema.ValidationError, match="epoch"):
+        jsonschema.validate(bad_train, schema)
+
+
+def test_snakemake_lint_is_clean(tmp_path: Path) -> None:
+    work = repo_copy(tmp_path)
+    proc = snakemake(work, "--lint", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+
+
+def test_parse_dry_run_reads_rule_blocks() -> None:
+    text = ("rule train:\n    input: a/index.csv, data/x\n    output: m/model.pt, m/log.csv\n    jobid: 1\n"
+            "localrule all:\n    input: r/metrics.json\n")
+    assert parse_dry_run(text) == [{"rule": "train", "input": {"a/index.csv", "data/x"},
+                                    "output": {"m/model.pt", "m/log.csv"}}]
