@@ -46,3 +46,28 @@ def tiny_parsing_cache(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathF
     teacher = build_teacher("parsing", "oracle", None, "cpu", out_size=[32, 16])
     run_teacher(teacher, tiny_world.index, tiny_world.root, out, batch_size=16, workers=0, progress=False)
     return out
+
+
+def copy_repo(dest: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Copy the working tree's tracked and untracked-but-not-ignored files into `dest` (no data, caches, .venv).
+
+    `skip`: path prefixes left out (e.g. ".dvc/" to `dvc init` the copy afresh).
+    """
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                             check=True, capture_output=True).stdout.decode()
+    for rel in filter(None, listing.split("\0")):
+        src = repo / rel
+        if src.is_file() and not rel.startswith(skip):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def repo_copier():
+    """`copy_repo` as a fixture, so test modules need not import conftest."""
+    return copy_repo

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +17,6 @@ from reid import config as C
 from reid import dag as D
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def repo_copy(dest: Path) -> Path:
-    """Copy the working tree's tracked and untracked-but-not-ignored files (no data, caches or .venv)."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         check=True, capture_output=True).stdout.decode()
-    for rel in filter(None, out.split("\0")):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    return dest
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -76,9 +63,9 @@ def dvc_stages() -> dict:
 
 
 @pytest.fixture(scope="module")
-def planned_jobs(params: dict, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def planned_jobs(params: dict, tmp_path_factory: pytest.TempPathFactory, repo_copier) -> list[dict]:
     """Snakemake's dry-run plan, everything forced, for every dvc.runs target, in a copy of the repository."""
-    work = repo_copy(tmp_path_factory.mktemp("repo"))
+    work = repo_copier(tmp_path_factory.mktemp("repo"))
     targets = [D.metrics_path(*C.split_target(t)) for t in params["dvc"]["runs"]]
     proc = snakemake(work, "-n", "--forceall", "--cores", "1", *targets)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -170,7 +157,7 @@ def test_dvc_params_are_exactly_the_resolved_keys(params: dict, dvc_stages: dict
 def test_dvc_code_deps_are_narrow(dvc_stages: dict) -> None:
     """Editing a method must not rerun a teacher cache or the synthetic world."""
     for name, stage in dvc_stages.items():
-        if name.startswith(("synth@", "index@", "teach@")):
+        if name.startswith(("synth-", "index-", "teach-")):
             assert not any(d.startswith("reid/methods") for d in stage["deps"]), name
 
 
@@ -186,8 +173,8 @@ def test_schema_accepts_params_and_rejects_unknown_keys(params: dict) -> None:
         jsonschema.validate(bad_train, schema)
 
 
-def test_snakemake_lint_is_clean(tmp_path: Path) -> None:
-    work = repo_copy(tmp_path)
+def test_snakemake_lint_is_clean(tmp_path: Path, repo_copier) -> None:
+    work = repo_copier(tmp_path)
     proc = snakemake(work, "--lint", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
@@ -198,3 +185,10 @@ def test_parse_dry_run_reads_rule_blocks() -> None:
             "localrule all:\n    input: r/metrics.json\n")
     assert parse_dry_run(text) == [{"rule": "train", "input": {"a/index.csv", "data/x"},
                                     "output": {"m/model.pt", "m/log.csv"}}]
+
+
+def test_dvc_stage_names_are_valid() -> None:
+    """DVC reserves '@' (foreach/matrix) and most punctuation in stage names; only letters, digits, '_' and '-'."""
+    is_valid_name = pytest.importorskip("dvc.stage.utils").is_valid_name
+    names = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    assert names and all(is_valid_name(n) for n in names), [n for n in names if not is_valid_name(n)]

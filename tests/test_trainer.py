@@ -188,6 +188,7 @@ def _interrupt_and_resume(world, cache: Path, out: Path, **over) -> None:
     assert not (out / "model.pt").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 0
     assert [r["epoch"] for r in _log_rows(out / "train_log.csv")] == ["1"]
+    (out / "train_log.csv").unlink()  # Snakemake deletes a failed job's outputs: the rows live in the checkpoint
     resumed = _trainer(world, cache, out, **over)
     resumed.fit()
     assert resumed.start_epoch == 1
@@ -215,6 +216,12 @@ def test_resume_is_bit_identical_with_loader_workers(tiny_world, tiny_parsing_ca
     _trainer(tiny_world, tiny_parsing_cache, tmp_path / "full", workers=2).fit()
     _interrupt_and_resume(tiny_world, tiny_parsing_cache, tmp_path / "resumed", workers=2)
     _assert_same_run(tmp_path / "full", tmp_path / "resumed")
+
+
+def test_finished_run_leaves_no_checkpoint(tiny_world, tiny_parsing_cache, trained: Path) -> None:
+    # A rerun of a finished run (e.g. after a code change) must train anew, not re-export the old weights.
+    assert not (trained / "checkpoint.pt").exists()
+    assert _trainer(tiny_world, tiny_parsing_cache, trained).try_resume() is False
 
 
 def test_checkpoint_of_another_configuration_is_not_resumed(tiny_world, tiny_parsing_cache, tmp_path) -> None:

@@ -1,0 +1,93 @@
+"""End to end in a scratch copy of the repository: Snakemake builds a tiny baseline run, DVC then agrees that
+nothing is left to do, and a `dvc exp run -S` of a training key reruns exactly train + evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+TARGET = "results/synthcc/baseline/metrics.json"
+MODEL = "models/synthcc/baseline/model.pt"
+STAGES = ["synth-synthcc", "index-synthcc", "train-synthcc-baseline", "evaluate-synthcc-baseline"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python`, `dvc`, `snakemake`
+    env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _run(work: Path, *cmd: str, timeout: int = 180) -> str:
+    proc = subprocess.run(list(cmd), cwd=work, env=_env(), capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}"
+    return out
+
+
+def _tiny_params(path: Path) -> None:
+    """A 0.1-scale world, 1 epoch of ResNet-18 baseline at 64x32 with 4 x 2 batches, and one DVC run."""
+    p = yaml.safe_load(path.read_text())
+    p["dvc"]["runs"] = ["synthcc/baseline"]
+    ds = p["datasets"]["synthcc"]
+    ds["generate"]["scale"] = 0.1
+    ds["train"] = {"epochs": 1, "batch_p": 4, "batch_k": 2, "input_size": [64, 32], "warmup_epochs": 0,
+                   "workers": 0, "pad": 2, "device": "cpu", "amp": False}
+    ds.setdefault("presets", {})["baseline"] = {"depth": 18}
+    p["train_presets"]["baseline"] = {}
+    p["evaluate"] = {"batch_size": 32, "workers": 0, "device": "cpu"}
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def _ran_stages(text: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", text))
+
+
+@pytest.mark.slow
+def test_snakemake_then_dvc(tmp_path: Path, repo_copier) -> None:
+    work = repo_copier(tmp_path / "repo", skip=(".dvc/",))
+    py = sys.executable
+    _tiny_params(work / "params.yaml")
+    _run(work, py, "-m", "reid", "dvc-yaml")
+    _run(work, "git", "init", "-q")
+    _run(work, py, "-m", "dvc", "init", "-q")
+    _run(work, py, "-m", "dvc", "config", "core.analytics", "false")
+    _run(work, "git", "add", "-A")
+    _run(work, "git", "commit", "-q", "-m", "tiny pipeline")
+
+    # 1. Snakemake builds the run; its onsuccess hook records the four DVC stages in dvc.lock.
+    out = _run(work, py, "-m", "snakemake", "--cores", "2", TARGET)
+    assert "recorded 4 DVC stage(s)" in out, out[-3000:]
+    metrics = json.loads((work / TARGET).read_text())
+    assert metrics["protocol"] == "prcc" and metrics["method"] == "baseline" and metrics["dataset"] == "synthcc"
+    for setting in ("same_clothes", "cross_clothes"):
+        assert 0.0 <= metrics[setting]["mAP"] <= 100.0 and metrics[setting]["num_query"] == 8
+    lock = yaml.safe_load((work / "dvc.lock").read_text())
+    assert sorted(lock["stages"]) == sorted(STAGES)
+    model_mtime = (work / MODEL).stat().st_mtime_ns
+
+    # 2. Snakemake again: nothing to do (DVC's commit kept the outputs' times).
+    out = _run(work, py, "-m", "snakemake", "--cores", "2", TARGET)
+    assert "Nothing to be done" in out, out[-3000:]
+
+    # 3. DVC agrees: up to date, and `dvc repro` runs no stage and leaves the model alone.
+    assert "Data and pipelines are up to date" in _run(work, py, "-m", "dvc", "status")
+    out = _run(work, py, "-m", "dvc", "repro")
+    assert _ran_stages(out) == set(), out[-3000:]
+    assert (work / MODEL).stat().st_mtime_ns == model_mtime
+    assert "Nothing to be done" in _run(work, py, "-m", "snakemake", "-n", "--cores", "2", TARGET)
+
+    # 4. A training key changed through `dvc exp run -S`: exactly train + evaluate rerun.
+    out = _run(work, py, "-m", "dvc", "exp", "run", "-S", "train.lr=0.0007", timeout=240)
+    assert _ran_stages(out) == {"train-synthcc-baseline", "evaluate-synthcc-baseline"}, out[-3000:]
+    assert "Data and pipelines are up to date" in _run(work, py, "-m", "dvc", "status")
+    assert (work / MODEL).stat().st_mtime_ns != model_mtime
