@@ -17,3 +17,11 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+onsuccess:
+    # Record in dvc.lock the DVC stages whose outputs this run built or checked, so that a later `dvc repro`
+    # recomputes nothing (reid/dvc_sync.py; a no-op without `dvc init`).
+    from reid.dvc_sync import sync_after_snakemake
+
+    sync_after_snakemake(str(f) for job in workflow.dag.jobs for f in job.output)

@@ -147,13 +147,13 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
     def need_index(ds: str) -> None:
         if is_generated(cfg, ds):
             _, keys = C.stage_synth(cfg, ds)
-            add(Stage(f"synth@{ds}", _pipeline_cmd("synth", ds, data_dir(ds)), code_deps("synth"), [data_dir(ds)],
+            add(Stage(f"synth-{ds}", _pipeline_cmd("synth", ds, data_dir(ds)), code_deps("synth"), [data_dir(ds)],
                       keys))
         _, keys = C.stage_index(cfg, ds)
         deps = list(index_deps(cfg, ds).values())
         if not is_generated(cfg, ds):
             deps.append(root_of(cfg, ds))
-        add(Stage(f"index@{ds}", _pipeline_cmd("index", ds, index_path(ds)), code_deps("index") + deps,
+        add(Stage(f"index-{ds}", _pipeline_cmd("index", ds, index_path(ds)), code_deps("index") + deps,
                   [index_path(ds)], keys))
 
     def need_cache(ds: str, name: str) -> None:
@@ -166,7 +166,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
                     need_cache(ds, dep)
             _, keys = C.stage_evaluate(cfg, ds, run)
             extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
-            add(Stage(f"outputs@{ds}-{name}", _pipeline_cmd("teacher-outputs", ds, cache_path(ds, name), extra),
+            add(Stage(f"outputs-{ds}-{name}", _pipeline_cmd("teacher-outputs", ds, cache_path(ds, name), extra),
                       code_deps("train") + sorted(set(deps.values())), [cache_path(ds, name)], keys))
             return
         need_index(ds)
@@ -176,7 +176,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
                 need_cache(ds, dep)
         _, keys = C.stage_teacher(cfg, ds, name)
         extra = f"--teacher {name} --index {index_path(ds)} {cache_args(deps)}".strip()
-        add(Stage(f"teach@{ds}-{name}", _pipeline_cmd("teach", ds, cache_path(ds, name), extra),
+        add(Stage(f"teach-{ds}-{name}", _pipeline_cmd("teach", ds, cache_path(ds, name), extra),
                   code_deps("teach", name) + sorted(set(deps.values())), [cache_path(ds, name)], keys))
 
     def need_model(ds: str, run: str) -> None:
@@ -187,7 +187,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
                 need_cache(ds, dep)
         _, keys = C.stage_train(cfg, ds, run)
         extra = f"--run {run} --index {index_path(ds)} {cache_args(deps)}".strip()
-        add(Stage(f"train@{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
+        add(Stage(f"train-{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
                   code_deps("train") + sorted(set(deps.values())), [model_path(ds, run)], keys,
                   plots=[train_log_path(ds, run)]))
 
@@ -201,6 +201,6 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
                 need_cache(ds, dep)
         _, keys = C.stage_evaluate(cfg, ds, run)
         extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
-        add(Stage(f"evaluate@{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
+        add(Stage(f"evaluate-{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
                   code_deps("train") + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
     return stages

@@ -77,8 +77,16 @@ def warp(arr: np.ndarray, geom: Geometry, dst_hw: tuple[int, int] | None = None,
     """Warp an HxW[xC] array with `geom`; outside the source is 0 (background label, zero heat, black pixels)."""
     dst_h, dst_w = dst_hw or geom.out_hw
     m = geom.matrix(arr.shape[:2], (dst_h, dst_w))
-    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.warpAffine(arr, m, (dst_w, dst_h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if nearest:
+        return cv2.warpAffine(arr, m, (dst_w, dst_h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=0)
+    # Bilinear: replicate the edge so that upsampling does not blend the image's own border pixels with black
+    # (a dark 1-pixel frame), then zero what lies outside the source (the padding) with a nearest-warped mask.
+    out = cv2.warpAffine(arr, m, (dst_w, dst_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    inside = cv2.warpAffine(np.ones(arr.shape[:2], np.uint8), m, (dst_w, dst_h), flags=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out[inside == 0] = 0
+    return out
 
 
 def warp_labels(labels: np.ndarray, geom: Geometry, dst_hw: tuple[int, int], label_set: str = "lip") -> np.ndarray:

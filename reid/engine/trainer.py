@@ -207,6 +207,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []  # per-epoch log rows, also kept in the checkpoint
 
     # --- loaders -----------------------------------------------------------------------------------------
     def _loader(self, epoch: int) -> DataLoader:
@@ -244,7 +245,8 @@ class Trainer:
         if self.rank != 0:
             return
         _atomic_save(
-            {"epoch": epoch, "fingerprint": self._fingerprint(), "model": self.model.state_dict(),
+            {"epoch": epoch, "fingerprint": self._fingerprint(), "history": self.history,
+             "model": self.model.state_dict(),
              "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
              "scaler": self.scaler.state_dict(), "method_state": self.method.extra_state(), "rng": _collect_rng()},
             self.checkpoint_path,
@@ -265,6 +267,7 @@ class Trainer:
         self.method.load_extra_state(ckpt.get("method_state", {}))
         _restore_rng(ckpt["rng"])
         self.start_epoch = ckpt["epoch"] + 1
+        self.history = list(ckpt.get("history", []))
         log.info("resumed from %s after epoch %d", self.checkpoint_path, ckpt["epoch"])
         return True
 
@@ -321,15 +324,19 @@ class Trainer:
     def fit(self) -> Path:
         self.try_resume()
         log_path = self.out_dir / "train_log.csv"
-        history = _read_log(log_path)[: self.start_epoch]
+        # the log rows come from the checkpoint: an orchestrator may have deleted the failed job's train_log.csv
+        self.history = self.history[: self.start_epoch] or _read_log(log_path)[: self.start_epoch]
         for epoch in range(self.start_epoch, self.cfg.epochs):
             row = self.train_epoch(epoch)
-            history.append(row)
+            self.history.append(row)
             if self.rank == 0:
-                _write_log(log_path, history)
+                _write_log(log_path, self.history)
                 log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
             self.save_checkpoint(epoch)
-        return self.export()
+        path = self.export()
+        if self.rank == 0:  # the run is complete: a rerun (e.g. after a code change) trains anew, never re-exports
+            self.checkpoint_path.unlink(missing_ok=True)
+        return path
 
     def export(self) -> Path:
         """Write `model.pt`: the student's weights and what inference needs to rebuild it (no teachers)."""
