@@ -296,7 +296,7 @@ class Trainer:
                 losses = self.method.training_losses(self.ddp_model, batch, epoch)
             total = sum(losses.values())
             if not torch.isfinite(total):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1}, step {steps + 1} ({terms}). The last good checkpoint "
                     f"is {self.checkpoint_path}; lower the learning rate or check the caches for NaN values."

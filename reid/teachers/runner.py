@@ -51,13 +51,6 @@ def _collate(samples: list[tuple[int, Any]]) -> tuple[np.ndarray, list[Any]]:
     return np.array([s[0] for s in samples], dtype=np.int64), [s[1] for s in samples]
 
 
-def _worker_init(_: int) -> None:
-    """One thread per decode worker: the workers are the parallelism; OpenCV's own pool would oversubscribe."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _batches(dataset: _RowLoader, batch_size: int, workers: int) -> Iterator[tuple[np.ndarray, list[Any]]]:
     """Ordered batches; decoding in ``workers`` forked processes (in-process when 0 or fork is unavailable)."""
     if workers > 0 and "fork" not in mp.get_all_start_methods():
@@ -71,7 +64,7 @@ def _batches(dataset: _RowLoader, batch_size: int, workers: int) -> Iterator[tup
 
     # fork: the teacher (possibly holding a model session) is inherited, never pickled; load() must not use it.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                        worker_init_fn=_worker_init, multiprocessing_context="fork", prefetch_factor=4)
+                        multiprocessing_context="fork", prefetch_factor=4)  # reid/__init__ keeps cv2 single-threaded
     yield from loader
 
 
