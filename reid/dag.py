@@ -101,10 +101,13 @@ def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     return deps
 
 
+# Dependency names that are not caches; every other name in a stage's deps is a cache (teacher or derived).
+NON_CACHE_DEPS = frozenset({"index", "root", "model", "weights"})
+
+
 def cache_args(deps: Mapping[str, str]) -> str:
     """`--cache name=path` for every cache among a stage's deps."""
-    skip = {"index", "root", "model", "weights"}
-    return " ".join(f"--cache {k}={shlex.quote(v)}" for k, v in sorted(deps.items()) if k not in skip)
+    return " ".join(f"--cache {k}={shlex.quote(v)}" for k, v in sorted(deps.items()) if k not in NON_CACHE_DEPS)
 
 
 # --- the DVC side: explicit stages for a set of targets ------------------------------------------------------
@@ -161,9 +164,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
             run = C.DERIVED_CACHES[name]
             need_model(ds, run)
             deps = derived_deps(cfg, ds, name)
-            for dep in deps:
-                if dep not in ("index", "root", "model", "weights"):
-                    need_cache(ds, dep)
+            need_caches(ds, deps)
             _, keys = C.stage_evaluate(cfg, ds, run)
             extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
             add(Stage(f"outputs-{ds}-{name}", _pipeline_cmd("teacher-outputs", ds, cache_path(ds, name), extra),
@@ -171,20 +172,21 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
             return
         need_index(ds)
         deps = teacher_deps(cfg, ds, name)
-        for dep in deps:
-            if dep not in ("index", "root", "weights"):
-                need_cache(ds, dep)
+        need_caches(ds, deps)
         _, keys = C.stage_teacher(cfg, ds, name)
         extra = f"--teacher {name} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"teach-{ds}-{name}", _pipeline_cmd("teach", ds, cache_path(ds, name), extra),
                   code_deps("teach", name) + sorted(set(deps.values())), [cache_path(ds, name)], keys))
 
+    def need_caches(ds: str, deps: Mapping[str, str]) -> None:
+        for dep in deps:
+            if dep not in NON_CACHE_DEPS:
+                need_cache(ds, dep)
+
     def need_model(ds: str, run: str) -> None:
         need_index(ds)
         deps = train_deps(cfg, ds, run)
-        for dep in deps:
-            if dep not in ("index", "root"):
-                need_cache(ds, dep)
+        need_caches(ds, deps)
         _, keys = C.stage_train(cfg, ds, run)
         extra = f"--run {run} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"train-{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
@@ -196,9 +198,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         need_model(C.model_dataset(cfg, ds), run)
         need_index(ds)
         deps = evaluate_deps(cfg, ds, run)
-        for dep in deps:
-            if dep not in ("index", "root", "model"):
-                need_cache(ds, dep)
+        need_caches(ds, deps)
         _, keys = C.stage_evaluate(cfg, ds, run)
         extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"evaluate-{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),

@@ -242,11 +242,9 @@ def main(args: argparse.Namespace) -> int:
     params = _json_object(args.params_json, "--params-json")
     summary = build_isp_labels(args.index, args.root, args.out, args.batch_size, args.workers, args.device,
                                not args.no_progress, **params)
-    text = json.dumps(summary, sort_keys=True, default=str)
-    print(text)
-    if args.summary:
-        args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(text + "\n")
+    from reid.teachers.runner import report_summary
+
+    report_summary(summary, args.summary)
     return 0
 
 

@@ -162,12 +162,17 @@ def main(args: argparse.Namespace) -> int:
     summary = run_teacher(teacher, args.index, args.root, args.out, batch_size=args.batch_size,
                           workers=args.workers, shard=parse_shard(args.shard), progress=not args.no_progress,
                           flush_every_s=args.flush_every)
+    report_summary(summary, args.summary)
+    return 0
+
+
+def report_summary(summary: dict[str, Any], path: Path | None) -> None:
+    """Print a teacher run's summary as one JSON line and, when asked, also write it to `path`."""
     text = json.dumps(summary, sort_keys=True, default=str)
     print(text)
-    if args.summary:
-        args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(text + "\n")
-    return 0
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
