@@ -106,7 +106,12 @@ def model_dataset(cfg: Mapping[str, Any], dataset: str) -> str:
 
 
 def ablation_overrides(method: str, ablation: str | None) -> dict[str, Any]:
-    """The parameter overrides of a named ablation row (the method module's ABLATIONS dict)."""
+    """The parameter overrides of a named ablation row.
+
+    Rows come from the method module's ABLATIONS (the paper's tables, assembled by `ablation-table`) and
+    EXTRA_ABLATIONS (further variants reachable by run name, e.g. `pgfl_kd--full_sharp_heatmaps`, but not part
+    of the assembled table).
+    """
     if ablation is None:
         return {}
     import importlib
@@ -115,7 +120,7 @@ def ablation_overrides(method: str, ablation: str | None) -> dict[str, Any]:
         module = importlib.import_module(f"reid.methods.{method}")
     except ModuleNotFoundError:
         module = None
-    table = getattr(module, "ABLATIONS", {}) if module else {}
+    table = {**getattr(module, "ABLATIONS", {}), **getattr(module, "EXTRA_ABLATIONS", {})} if module else {}
     if ablation not in table:
         raise ConfigError(f"method {method!r} has no ablation {ablation!r}; known: {sorted(table)}")
     return dict(table[ablation])

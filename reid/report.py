@@ -18,9 +18,17 @@ from reid import config as C
 METRIC_KEYS = ("R1", "mAP")
 
 
-def ablation_rows(method: str) -> list[str]:
+def ablation_rows(method: str, cfg: Mapping[str, Any] | None = None) -> list[str]:
+    """The method's ABLATIONS rows in table order, restricted to `ablation.rows.<method>` when that is set."""
     module = importlib.import_module(f"reid.methods.{method}")
-    return list(getattr(module, "ABLATIONS", {}))
+    rows = list(getattr(module, "ABLATIONS", {}))
+    chosen = C._get(cfg or {}, f"ablation.rows.{method}", None)
+    if not chosen:
+        return rows
+    unknown = [r for r in chosen if r not in rows]
+    if unknown:
+        raise C.ConfigError(f"ablation.rows.{method} names unknown rows {unknown}; known: {rows}")
+    return [r for r in rows if r in chosen]
 
 
 def ablation_seeds(cfg: Mapping[str, Any]) -> list[int]:
@@ -29,19 +37,29 @@ def ablation_seeds(cfg: Mapping[str, Any]) -> list[int]:
 
 def ablation_runs(cfg: Mapping[str, Any], method: str) -> list[str]:
     """Run names of every ablation row for every seed: <method>--<row>--s<seed>."""
-    return [f"{method}--{row}--s{seed}" for row in ablation_rows(method) for seed in ablation_seeds(cfg)]
+    return [f"{method}--{row}--s{seed}" for row in ablation_rows(method, cfg) for seed in ablation_seeds(cfg)]
+
+
+def _is_row(vals: Any) -> bool:
+    """A paper row maps metric names to numbers (a table of tables maps names to rows)."""
+    return isinstance(vals, Mapping) and all(not isinstance(v, Mapping) for v in vals.values())
 
 
 def paper_numbers(method: str) -> dict[str, dict[str, float]]:
+    """Every PAPER_TABLE* row of the method, by row name; tables of tables (SUREID's PAPER_TABLES) are flattened."""
     module = importlib.import_module(f"reid.methods.{method}")
     out: dict[str, dict[str, float]] = {}
+
+    def collect(table: Mapping[str, Any]) -> None:
+        for row, vals in table.items():
+            if _is_row(vals):
+                out.setdefault(str(row), {}).update({str(k): v for k, v in vals.items()})
+            elif isinstance(vals, Mapping):
+                collect(vals)
+
     for name in dir(module):
-        if name.startswith("PAPER_TABLE"):
-            table = getattr(module, name)
-            if isinstance(table, Mapping):
-                for row, vals in table.items():
-                    if isinstance(vals, Mapping):
-                        out.setdefault(str(row), {}).update({str(k): v for k, v in vals.items()})
+        if name.startswith("PAPER_TABLE") and isinstance(getattr(module, name), Mapping):
+            collect(getattr(module, name))
     return out
 
 
