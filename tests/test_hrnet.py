@@ -111,3 +111,15 @@ def test_tiny_onnx_export_matches_torch(tmp_path):
         want = model(x).numpy()
     assert got.shape == (1, 17, 16, 8)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_reid_feature_map_from_scratch_tells_images_apart_in_eval_mode() -> None:
+    """A ReID backbone trained from scratch needs a He init: the pose init N(0, 0.001) embeds every image at ~0."""
+    from reid.models.hrnet import HRNetFeatureMap
+
+    torch.manual_seed(0)
+    net = HRNetFeatureMap(width=8, num_modules=(1, 1, 1), num_blocks=1, stem_blocks=1, stem_width=8).eval()
+    with torch.no_grad():
+        feats = net(torch.randn(4, 3, 64, 32))
+    assert feats.shape == (4, net.out_channels, 16, 8)
+    assert feats.std(0).mean() > 0.1

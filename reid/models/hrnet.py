@@ -340,6 +340,20 @@ class HRNetFeatureMap(nn.Module):
         super().__init__()
         self.body = HRNet(width=width, multi_scale_output=multi_scale_output, **kwargs)
         self.out_channels = sum(self.body.channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He (fan-out) initialisation, as HRNet's ImageNet classification training starts from.
+
+        The pose network's N(0, 0.001) init suits a heatmap regressor fine-tuned from ImageNet, but a ReID
+        backbone trained from scratch with it gives activations ~1e-10 at eval time (BN running stats start at
+        0/1), so every image embeds to nearly the same point. Loaded weights replace this init anyway.
+        """
+        for m in self.body.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return upsample_concat(self.body.forward_features(x))
