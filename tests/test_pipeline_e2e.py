@@ -91,3 +91,40 @@ def test_snakemake_then_dvc(tmp_path: Path, repo_copier) -> None:
     assert _ran_stages(out) == {"train-synthcc-baseline", "evaluate-synthcc-baseline"}, out[-3000:]
     assert "Data and pipelines are up to date" in _run(work, py, "-m", "dvc", "status")
     assert (work / MODEL).stat().st_mtime_ns != model_mtime
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_alpha_reruns_only_deskpro(tmp_path: Path, repo_copier) -> None:
+    """`dvc exp run -S alpha=...` (DeSKPro's top-level KD weight) reruns DeSKPro's train + evaluate only: not the
+    teacher caches, not the face teacher or its logits; `dvc exp show` lists alpha and the metrics."""
+    from test_methods_e2e import tiny_synthetic
+
+    work = repo_copier(tmp_path / "repo", skip=(".dvc/",))
+    py = sys.executable
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    tiny_synthetic(params)
+    params["dvc"]["runs"] = ["synthcc/deskpro"]
+    params["evaluate"] = {"batch_size": 32, "workers": 0, "device": "cpu"}
+    params["train_presets"]["deskpro"] = {}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(work, py, "-m", "reid", "dvc-yaml")
+    _run(work, "git", "init", "-q")
+    _run(work, py, "-m", "dvc", "init", "-q")
+    _run(work, py, "-m", "dvc", "config", "core.analytics", "false")
+    _run(work, "git", "add", "-A")
+    _run(work, "git", "commit", "-q", "-m", "tiny deskpro pipeline")
+
+    out = _run(work, py, "-m", "dvc", "repro", timeout=600)
+    first = _ran_stages(out)
+    assert {"teach-synthcc-parsing", "train-synthcc-deskpro_face_teacher", "train-synthcc-deskpro"} <= first, first
+    _run(work, "git", "add", "-A")
+    _run(work, "git", "commit", "-q", "-m", "lock")
+
+    out = _run(work, py, "-m", "dvc", "exp", "run", "-S", "alpha=0.5", timeout=600)
+    assert _ran_stages(out) == {"train-synthcc-deskpro", "evaluate-synthcc-deskpro"}, out[-3000:]
+    shown = _run(work, py, "-m", "dvc", "exp", "show", "--csv")
+    header, *rows = shown.strip().splitlines()
+    columns = header.split(",")
+    assert "alpha" in columns and any(c.startswith("cross_clothes.R1") for c in columns), header
+    alphas = {row.split(",")[columns.index("alpha")] for row in rows}
+    assert {"0.8", "0.5"} <= alphas, shown
