@@ -356,3 +356,14 @@ def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert result["rows"] == 12 and result["assignment"] == {"head": [1], "legs": [2], "shoes": []}
     assert result["iou"]["foreground"] == pytest.approx(1.0) and result["iou"]["head"] == pytest.approx(1.0)
     assert result["iou"]["legs"] == pytest.approx(1.0) and math.isnan(result["iou"]["shoes"])
+
+
+def test_cpu_backbone_has_hrnet_w18_small_topology() -> None:
+    """The synthetic worlds' ISP backbone: HRNet-W18-small-v2 widths (18/36/72/144 -> 270 channels at 1/4)."""
+    from reid.methods.isp import build_feature_backbone
+
+    net = build_feature_backbone("hrnet_w18_small")
+    assert net.out_channels == 18 + 36 + 72 + 144
+    assert 3.5e6 < sum(p.numel() for p in net.parameters()) < 4.5e6
+    with pytest.raises(ValueError, match="choose hrnet_w32, hrnet_w18_small, resnet50 or hrnet_tiny"):
+        build_feature_backbone("hrnet_w48")

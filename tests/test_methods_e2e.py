@@ -65,8 +65,9 @@ def tiny_synthetic(p: dict[str, Any]) -> None:
             teacher.update(TINY_TEACHER)
         ds["teachers"]["parsing"]["out_size"] = [64, 32]
         ds["teachers"]["faces"]["crop_size"] = 32
-        ds["teachers"]["isp_labels"]["input_size"] = [64, 32]
+        ds["teachers"]["isp_labels"].update(input_size=[64, 32], backbone="hrnet_tiny")
         ds.setdefault("presets", {}).setdefault("deskpro", {})["face_size"] = 32
+        ds["presets"]["isp"] = {"backbone": "hrnet_tiny"}
         ds.setdefault("train_presets", {})["deskpro_face_teacher"] = {"input_size": [32, 32], "pad": 2}
         for vit in ("sureid", "sureid_teacher"):  # the ViTs' img_size must equal the trainer's input_size
             ds["presets"].setdefault(vit, {})["img_size"] = [64, 32]

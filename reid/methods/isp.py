@@ -153,11 +153,17 @@ def build_feature_backbone(name: str, weights: str | None = None) -> nn.Module:
 
     hrnet_w32: HRNetFeatureMap (480 ch); weights = an ImageNet HRNet-W32 classification checkpoint (or the COCO
     pose one), loaded non-strictly (the classification head keys are ignored). resnet50: torchvision weights.
-    hrnet_tiny: a width-8 HRNet (120 ch) for tests.
+    hrnet_w18_small: HRNet-W18-small-v2's topology (270 ch, 3.9 M parameters; stage modules 1/3/2, 2 blocks per
+    branch), the CPU-sized backbone of the synthetic worlds. hrnet_tiny: a width-8 HRNet (120 ch, 0.2 M) for tests.
     """
     if name == "hrnet_w32":
         net = HRNetFeatureMap(width=32)
         load_pretrained(net.body, weights, "HRNet-W32 (ISP backbone)",
+                        ignore_prefixes=("final_layer", "incre_modules", "downsamp_modules", "classifier"))
+        return net
+    if name == "hrnet_w18_small":
+        net = HRNetFeatureMap(width=18, num_modules=(1, 3, 2), num_blocks=2, stem_blocks=2, stem_width=64)
+        load_pretrained(net.body, weights, "HRNet-W18-small-v2 (ISP backbone)",
                         ignore_prefixes=("final_layer", "incre_modules", "downsamp_modules", "classifier"))
         return net
     if name == "hrnet_tiny":
@@ -167,7 +173,7 @@ def build_feature_backbone(name: str, weights: str | None = None) -> nn.Module:
         return net
     if name == "resnet50":
         return UpsampledResNet50(weights)
-    raise ValueError(f"unknown ISP backbone {name!r}; choose hrnet_w32, resnet50 or hrnet_tiny")
+    raise ValueError(f"unknown ISP backbone {name!r}; choose hrnet_w32, hrnet_w18_small, resnet50 or hrnet_tiny")
 
 
 # --- equations ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The `isp_labels` teacher: ISP's first round of pseudo part labels (cascaded clustering on backbone features).
 
-Not a pretrained parser: a backbone named in params (`backbone: hrnet_w32 | resnet50 | hrnet_tiny`, `weights`: a
+Not a pretrained parser: a backbone named in params (`backbone: hrnet_w32 | resnet50 | hrnet_w18_small | hrnet_tiny`, `weights`: a
 local ImageNet checkpoint, or null for random initialisation with a loud warning) runs over the images at
 `input_size` with the test transform (whole image resized, ImageNet normalisation); its 1/4-resolution feature
 maps are clustered per identity (reid/methods/isp_clustering.py) into labels 0 (background), 1..K-1 (top to
