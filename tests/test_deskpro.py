@@ -225,7 +225,9 @@ def test_online_teacher_equals_cached_teacher(tmp_path):
     torch.manual_seed(0)
     la = cached.training_losses(model, batch, 0)["kd_face"]
     lb = online.training_losses(model, batch, 0)["kd_face"]
-    assert la.item() == pytest.approx(lb.item(), rel=1e-5)
+    # logits agree to 1e-5 (flip of the restored face vs of its logits: different float sums), so the KL agrees
+    # to ~1e-8 absolute; relative to a loss of ~1e-3 that is 1e-5, too tight a bound to state
+    assert la.item() == pytest.approx(lb.item(), rel=1e-4, abs=1e-7)
     # the frozen teacher is never part of the student's model / checkpoint
     assert online._teacher is not None and not any(p.requires_grad for p in online._teacher.parameters())
     assert set(online.build_model(C).state_dict()) == set(model.state_dict())
