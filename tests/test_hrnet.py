@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from reid.models.hrnet import HRNet, HRNetFeatureMap, hrnet_tiny, hrnet_w32, read_state_dict, upsample_concat
+from reid.models.hrnet import (
+    HRNET_TINY,
+    HRNet,
+    HRNetFeatureMap,
+    hrnet_tiny,
+    hrnet_w32,
+    read_state_dict,
+    upsample_concat,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +89,7 @@ def test_tiny_shapes_and_features():
 
 
 def test_feature_map_channels():
-    fmap = HRNetFeatureMap(width=8, num_modules=(1, 1, 1), num_blocks=1, stem_blocks=1, stem_width=8).eval()
+    fmap = HRNetFeatureMap(**HRNET_TINY).eval()
     out = fmap(torch.randn(1, 3, 64, 32))
     assert out.shape == (1, 8 + 16 + 32 + 64, 16, 8) and fmap.out_channels == 120
     assert HRNetFeatureMap(width=32).out_channels == 480  # 32 + 64 + 128 + 256
@@ -115,10 +123,8 @@ def test_tiny_onnx_export_matches_torch(tmp_path):
 
 def test_reid_feature_map_from_scratch_tells_images_apart_in_eval_mode() -> None:
     """A ReID backbone trained from scratch needs a He init: the pose init N(0, 0.001) embeds every image at ~0."""
-    from reid.models.hrnet import HRNetFeatureMap
-
     torch.manual_seed(0)
-    net = HRNetFeatureMap(width=8, num_modules=(1, 1, 1), num_blocks=1, stem_blocks=1, stem_width=8).eval()
+    net = HRNetFeatureMap(**HRNET_TINY).eval()
     with torch.no_grad():
         feats = net(torch.randn(4, 3, 64, 32))
     assert feats.shape == (4, net.out_channels, 16, 8)

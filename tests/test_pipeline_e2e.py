@@ -48,6 +48,17 @@ def _tiny_params(path: Path) -> None:
     path.write_text(yaml.safe_dump(p, sort_keys=False))
 
 
+def _init_repo(work: Path, message: str) -> None:
+    """Make the scratch copy a git + DVC repository with dvc.yaml generated from its params.yaml, committed."""
+    py = sys.executable
+    _run(work, py, "-m", "reid", "dvc-yaml")
+    _run(work, "git", "init", "-q")
+    _run(work, py, "-m", "dvc", "init", "-q")
+    _run(work, py, "-m", "dvc", "config", "core.analytics", "false")
+    _run(work, "git", "add", "-A")
+    _run(work, "git", "commit", "-q", "-m", message)
+
+
 def _ran_stages(text: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", text))
 
@@ -57,12 +68,7 @@ def test_snakemake_then_dvc(tmp_path: Path, repo_copier) -> None:
     work = repo_copier(tmp_path / "repo", skip=(".dvc/",))
     py = sys.executable
     _tiny_params(work / "params.yaml")
-    _run(work, py, "-m", "reid", "dvc-yaml")
-    _run(work, "git", "init", "-q")
-    _run(work, py, "-m", "dvc", "init", "-q")
-    _run(work, py, "-m", "dvc", "config", "core.analytics", "false")
-    _run(work, "git", "add", "-A")
-    _run(work, "git", "commit", "-q", "-m", "tiny pipeline")
+    _init_repo(work, "tiny pipeline")
 
     # 1. Snakemake builds the run; its onsuccess hook records the four DVC stages in dvc.lock.
     out = _run(work, py, "-m", "snakemake", "--cores", "2", TARGET)
@@ -107,12 +113,7 @@ def test_dvc_exp_run_alpha_reruns_only_deskpro(tmp_path: Path, repo_copier) -> N
     params["evaluate"] = {"batch_size": 32, "workers": 0, "device": "cpu"}
     params["train_presets"]["deskpro"] = {}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(work, py, "-m", "reid", "dvc-yaml")
-    _run(work, "git", "init", "-q")
-    _run(work, py, "-m", "dvc", "init", "-q")
-    _run(work, py, "-m", "dvc", "config", "core.analytics", "false")
-    _run(work, "git", "add", "-A")
-    _run(work, "git", "commit", "-q", "-m", "tiny deskpro pipeline")
+    _init_repo(work, "tiny deskpro pipeline")
 
     out = _run(work, py, "-m", "dvc", "repro", timeout=600)
     first = _ran_stages(out)

@@ -40,7 +40,7 @@ from reid.methods.base import METHODS, Method
 from reid.methods.isp_clustering import IdentityChunker, identity_order
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth
 from reid.models.heads import BNNeck
-from reid.models.hrnet import HRNetFeatureMap
+from reid.models.hrnet import HRNET_TINY, HRNET_W18_SMALL, HRNetFeatureMap
 from reid.models.resnet import ResNet50Backbone, load_pretrained
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,15 @@ class UpsampledResNet50(nn.Module):
         return F.interpolate(self.body(x), size=size, mode="bilinear", align_corners=False)
 
 
+# ISP backbones built from HRNet: name -> (HRNetFeatureMap topology, name in the weights warning). Their ImageNet
+# checkpoints (or the COCO pose one) load non-strictly: the classification / pose head keys are ignored.
+_HRNET_BACKBONES: dict[str, tuple[dict[str, Any], str]] = {
+    "hrnet_w32": ({"width": 32}, "HRNet-W32 (ISP backbone)"),
+    "hrnet_w18_small": (HRNET_W18_SMALL, "HRNet-W18-small-v2 (ISP backbone)"),
+}
+_HRNET_HEAD_KEYS = ("final_layer", "incre_modules", "downsamp_modules", "classifier")
+
+
 def build_feature_backbone(name: str, weights: str | None = None) -> nn.Module:
     """A module mapping (B, 3, H, W) to a (B, C, H/4, W/4) feature map, with `out_channels` = C.
 
@@ -156,18 +165,13 @@ def build_feature_backbone(name: str, weights: str | None = None) -> nn.Module:
     hrnet_w18_small: HRNet-W18-small-v2's topology (270 ch, 3.9 M parameters; stage modules 1/3/2, 2 blocks per
     branch), the CPU-sized backbone of the synthetic worlds. hrnet_tiny: a width-8 HRNet (120 ch, 0.2 M) for tests.
     """
-    if name == "hrnet_w32":
-        net = HRNetFeatureMap(width=32)
-        load_pretrained(net.body, weights, "HRNet-W32 (ISP backbone)",
-                        ignore_prefixes=("final_layer", "incre_modules", "downsamp_modules", "classifier"))
-        return net
-    if name == "hrnet_w18_small":
-        net = HRNetFeatureMap(width=18, num_modules=(1, 3, 2), num_blocks=2, stem_blocks=2, stem_width=64)
-        load_pretrained(net.body, weights, "HRNet-W18-small-v2 (ISP backbone)",
-                        ignore_prefixes=("final_layer", "incre_modules", "downsamp_modules", "classifier"))
+    if name in _HRNET_BACKBONES:
+        topology, what = _HRNET_BACKBONES[name]
+        net = HRNetFeatureMap(**topology)
+        load_pretrained(net.body, weights, what, ignore_prefixes=_HRNET_HEAD_KEYS)
         return net
     if name == "hrnet_tiny":
-        net = HRNetFeatureMap(width=8, num_modules=(1, 1, 1), num_blocks=1, stem_blocks=1, stem_width=8)
+        net = HRNetFeatureMap(**HRNET_TINY)
         if weights:
             load_pretrained(net.body, weights, "tiny HRNet")
         return net

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -364,11 +364,15 @@ def hrnet_w32(**kwargs) -> HRNet:
     return HRNet(width=32, **kwargs)
 
 
+# Topologies besides the official W32 (HRNet's defaults), as HRNet / HRNetFeatureMap keywords.
+HRNET_TINY: dict[str, Any] = dict(width=8, num_modules=(1, 1, 1), num_blocks=1, stem_blocks=1, stem_width=8)
+# HRNet-W18-small-v2 (HRNet-Image-Classification): widths 18/36/72/144, stage modules 1/3/2, 2 blocks per branch.
+HRNET_W18_SMALL: dict[str, Any] = dict(width=18, num_modules=(1, 3, 2), num_blocks=2, stem_blocks=2, stem_width=64)
+
+
 def hrnet_tiny(**kwargs) -> HRNet:
     """A few-thousand-parameter HRNet for tests and stand-in models (same topology, tiny widths/depths)."""
-    defaults = dict(width=8, num_modules=(1, 1, 1), num_blocks=1, stem_blocks=1, stem_width=8)
-    defaults.update(kwargs)
-    return HRNet(**defaults)
+    return HRNet(**{**HRNET_TINY, **kwargs})
 
 
 def hrnet_w32_reid_features(x: Tensor, model: HRNet) -> Tensor:
