@@ -105,25 +105,53 @@ def model_dataset(cfg: Mapping[str, Any], dataset: str) -> str:
     return str(dataset_cfg(cfg, dataset).get("train_on", dataset))
 
 
-def ablation_overrides(method: str, ablation: str | None) -> dict[str, Any]:
-    """The parameter overrides of a named ablation row.
-
-    Rows come from the method module's ABLATIONS (the paper's tables, assembled by `ablation-table`) and
-    EXTRA_ABLATIONS (further variants reachable by run name, e.g. `pgfl_kd--full_sharp_heatmaps`, but not part
-    of the assembled table).
-    """
-    if ablation is None:
-        return {}
+def _method_tables(method: str) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, dict[str, Any]]]]:
+    """(trained rows, evaluation-only rows) of a method module: ABLATIONS + EXTRA_ABLATIONS, EVAL_ABLATIONS."""
     import importlib
 
     try:
         module = importlib.import_module(f"reid.methods.{method}")
     except ModuleNotFoundError:
-        module = None
-    table = {**getattr(module, "ABLATIONS", {}), **getattr(module, "EXTRA_ABLATIONS", {})} if module else {}
-    if ablation not in table:
-        raise ConfigError(f"method {method!r} has no ablation {ablation!r}; known: {sorted(table)}")
-    return dict(table[ablation])
+        return {}, {}
+    trained = {**getattr(module, "ABLATIONS", {}), **getattr(module, "EXTRA_ABLATIONS", {})}
+    return trained, dict(getattr(module, "EVAL_ABLATIONS", {}))
+
+
+def ablation_overrides(method: str, ablation: str | None) -> dict[str, Any]:
+    """The parameter overrides of a named ablation row.
+
+    Rows come from the method module's ABLATIONS (the paper's tables, assembled by `ablation-table`),
+    EXTRA_ABLATIONS (further variants reachable by run name, e.g. `pgfl_kd--full_sharp_heatmaps`, but not part
+    of the assembled table) and EVAL_ABLATIONS (row -> (trained row, test-time overrides): the trained row's
+    model evaluated another way, e.g. `pgfl_kd--test_P`; see `model_run`).
+    """
+    if ablation is None:
+        return {}
+    trained, evaluated = _method_tables(method)
+    if ablation in evaluated:
+        base, test_time = evaluated[ablation]
+        return {**ablation_overrides(method, base), **test_time}
+    if ablation not in trained:
+        raise ConfigError(f"method {method!r} has no ablation {ablation!r}; known: {sorted({**trained, **evaluated})}")
+    return dict(trained[ablation])
+
+
+def eval_overrides(run_name: str) -> dict[str, Any]:
+    """Test-time parameter overrides of an evaluation-only run ({} for a run that trains its own model)."""
+    run = parse_run(run_name)
+    _, evaluated = _method_tables(run.method)
+    return dict(evaluated[run.ablation][1]) if run.ablation in evaluated else {}
+
+
+def model_run(run_name: str) -> str:
+    """The run whose model.pt a run evaluates: itself, or for an evaluation-only row its trained row (same seed),
+    so e.g. `pgfl_kd--test_P--s1` reuses `pgfl_kd--full--s1` instead of training the same network again."""
+    run = parse_run(run_name)
+    _, evaluated = _method_tables(run.method)
+    if run.ablation not in evaluated:
+        return run_name
+    base = evaluated[run.ablation][0]
+    return run.method + (f"--{base}" if base else "") + (f"--s{run.seed}" if run.seed is not None else "")
 
 
 # --- stages ----------------------------------------------------------------------------------------------
@@ -195,7 +223,11 @@ def stage_train(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[di
 def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[dict[str, Any], list[str]]:
     ev = dict(_get(cfg, "evaluate", {}) or {})
     keys = ["evaluate"] if _has(cfg, "evaluate") else []
-    return {"dataset": dataset_cfg(cfg, dataset).get("loader", dataset), **ev}, keys
+    out = {"dataset": dataset_cfg(cfg, dataset).get("loader", dataset), **ev}
+    overrides = eval_overrides(run_name)
+    if overrides:  # only evaluation-only rows carry the key, so other runs' resolved params stay as they were
+        out["method_overrides"] = overrides
+    return out, keys
 
 
 def method_caches(cfg: Mapping[str, Any], dataset: str, run_name: str, train: bool = True) -> list[str]:

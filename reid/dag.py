@@ -96,7 +96,7 @@ def derived_deps(cfg: Mapping[str, Any], ds: str, name: str) -> dict[str, str]:
 
 
 def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
-    deps = {"model": model_path(C.model_dataset(cfg, ds), run), "index": index_path(ds), **index_deps(cfg, ds)}
+    deps = {"model": model_path(C.model_dataset(cfg, ds), C.model_run(run)), "index": index_path(ds), **index_deps(cfg, ds)}
     deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
     return deps
 
@@ -195,7 +195,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
 
     for target in runs:
         ds, run = C.split_target(target)
-        need_model(C.model_dataset(cfg, ds), run)
+        need_model(C.model_dataset(cfg, ds), C.model_run(run))
         need_index(ds)
         deps = evaluate_deps(cfg, ds, run)
         need_caches(ds, deps)

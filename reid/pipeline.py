@@ -101,6 +101,6 @@ def main(args: argparse.Namespace) -> int:
         kw = _resolve(args, C.stage_evaluate, args.run)
         metrics = evaluate_model(args.model, args.index, _root(args), kw["dataset"], args.out, caches,
                                  batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
-                                 device=str(kw.get("device", "auto")))
+                                 device=str(kw.get("device", "auto")), overrides=kw.get("method_overrides"))
         print(format_metrics(metrics))
     return 0

@@ -1,7 +1,8 @@
 """`python -m reid ablation-table`: a method's ablation rows x seeds -> mean and spread, beside the paper.
 
-A method module may define `ABLATIONS` (row -> parameter overrides) and `PAPER_TABLES` or `PAPER_TABLE*`
-dicts (row -> {metric: value}); the table prints the paper's numbers next to the measured ones.
+A method module may define `ABLATIONS` (row -> parameter overrides), `EVAL_ABLATIONS` (row -> (trained row,
+test-time overrides)) and `PAPER_TABLES` or `PAPER_TABLE*` dicts (row -> {metric: value}); the table prints the
+paper's numbers next to the measured ones.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ METRIC_KEYS = ("R1", "mAP")
 
 
 def ablation_rows(method: str, cfg: Mapping[str, Any] | None = None) -> list[str]:
-    """The method's ABLATIONS rows in table order, restricted to `ablation.rows.<method>` when that is set."""
+    """The method's ABLATIONS then EVAL_ABLATIONS rows in table order, restricted to `ablation.rows.<method>` when
+    that is set."""
     module = importlib.import_module(f"reid.methods.{method}")
-    rows = list(getattr(module, "ABLATIONS", {}))
+    rows = list(getattr(module, "ABLATIONS", {})) + list(getattr(module, "EVAL_ABLATIONS", {}))
     chosen = C._get(cfg or {}, f"ablation.rows.{method}", None)
     if not chosen:
         return rows

@@ -54,16 +54,31 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset loader name (selects the evaluation protocol)")
     p.add_argument("--cache", action="append", metavar="NAME=PATH", help="a test-time cache (repeatable)")
     p.add_argument("--out", required=True, help="metrics.json")
+    p.add_argument("--set", action="append", metavar="PARAM=VALUE", dest="overrides",
+                   help="override a test-time method parameter, e.g. test_feature=P (repeatable; VALUE is YAML)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`param=value` pairs -> dict, each value read as YAML (so 0.5, true, [1, 2] keep their types)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--set expects PARAM=VALUE, got {item!r}")
+        out[name] = yaml.safe_load(value)
+    return out
 
 
 def main_evaluate(args: argparse.Namespace) -> int:
     from reid.engine.inference import evaluate_model
 
     metrics = evaluate_model(args.model, args.index, args.root, args.dataset, args.out, parse_caches(args.cache),
-                             args.batch_size, args.workers, args.device)
+                             args.batch_size, args.workers, args.device, overrides=parse_overrides(args.overrides))
     print(format_metrics(metrics))
     return 0
 

@@ -32,17 +32,33 @@ from reid.methods.base import Method, build_method
 log = logging.getLogger(__name__)
 
 
-def load_model(path: str | Path, device: str = "auto") -> tuple[Method, torch.nn.Module, dict[str, Any]]:
-    """Rebuild a method and its student network from `model.pt` (eval mode, on `device`)."""
+def load_model(
+    path: str | Path, device: str = "auto", overrides: Mapping[str, Any] | None = None,
+) -> tuple[Method, torch.nn.Module, dict[str, Any]]:
+    """Rebuild a method and its student network from `model.pt` (eval mode, on `device`).
+
+    `overrides` replace saved method parameters that act at test time only (e.g. PGFL-KD's `test_feature`, ISP's
+    `matching`), so one trained network can be evaluated several ways; one that changes the network is an error.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path} (train it first: `python -m reid train`)")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a {MODEL_FORMAT} file (format={ckpt.get('format')!r})")
-    method = build_method(ckpt["method"], **ckpt["method_params"])
+    params = {**ckpt["method_params"], **(overrides or {})}
+    try:
+        method = build_method(ckpt["method"], **params)
+    except TypeError as e:
+        raise ValueError(f"{path}: cannot apply overrides {dict(overrides or {})} to {ckpt['method']}: {e}") from e
     model = method.build_model(ckpt["num_classes"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        if not overrides:
+            raise
+        raise ValueError(f"{path}: overrides {dict(overrides)} change the network; only test-time parameters "
+                         f"can be overridden at evaluation ({str(e).splitlines()[0]})") from e
     method.load_extra_state(ckpt.get("method_state", {}))
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -91,12 +107,16 @@ def evaluate_model(
     batch_size: int = 64,
     workers: int = 2,
     device: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Embed query and gallery of `index`, rank with the method's distance, run the dataset's protocol."""
+    """Embed query and gallery of `index`, rank with the method's distance, run the dataset's protocol.
+
+    `overrides`: test-time method parameters replacing the saved ones (see `load_model`); recorded in the metrics.
+    """
     from reid.data.datasets import dataset_info
     from reid.eval.protocols import run_protocol
 
-    method, model, ckpt = load_model(model_path, device)
+    method, model, ckpt = load_model(model_path, device, overrides)
     rows: list[IndexRow] = read_index(index)
     opened = open_caches(caches or {}, index)
     info = dataset_info(dataset)
@@ -128,6 +148,8 @@ def evaluate_model(
         "embed_images_per_s": round(n_images / max(embed_s, 1e-9), 2),
         "test_caches": sorted(method.test_caches),
     })
+    if overrides:
+        metrics["method_overrides"] = dict(overrides)
     if getattr(method, "require_field", None):
         metrics["subset"] = f"only images with {method.require_field}"
     out = Path(out)

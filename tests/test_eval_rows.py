@@ -1,0 +1,103 @@
+"""Evaluation-only ablation rows (EVAL_ABLATIONS): a trained row's model evaluated with test-time overrides.
+
+PGFL-KD's Table 8 (`test_P` ... `test_E`: the `full` model tested on another feature) and ISP's "w/o ARM" (`wo_arm`:
+the `learned` model matched by concatenation) change nothing in training, so the DAG must reuse the trained row's
+model.pt (same seed) instead of training the same network again, and `reid evaluate --set` must apply the
+override and refuse one that changes the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from reid import config as C
+from reid import dag as D
+from reid import report
+from reid.engine.commands import parse_overrides
+from reid.engine.inference import load_model
+from reid.engine.trainer import MODEL_FORMAT
+from reid.methods.pgfl_kd import ABLATIONS, PGFLKD
+
+
+def _cfg() -> dict:
+    return {
+        "datasets": {"toy": {"loader": "synthocc", "root": "data/toy", "generate": {"world": "synthocc"}}},
+        "methods": {"pgfl_kd": {"backbone": "resnet18"}, "isp": {}},
+        "teachers": {"keypoints": {"backend": "oracle"}},
+        "train": {"epochs": 1},
+    }
+
+
+def test_eval_row_reuses_the_trained_rows_model_of_the_same_seed() -> None:
+    assert C.model_run("pgfl_kd--test_P--s2") == "pgfl_kd--full--s2"
+    assert C.model_run("pgfl_kd--test_E") == "pgfl_kd--full"
+    assert C.model_run("isp--wo_arm--s1") == "isp--learned--s1"
+    assert C.model_run("pgfl_kd--full--s2") == "pgfl_kd--full--s2"  # a trained row is its own model
+    assert C.model_run("baseline") == "baseline"
+
+
+def test_eval_row_params_are_the_trained_row_plus_the_override() -> None:
+    assert C.ablation_overrides("pgfl_kd", "test_V") == {**ABLATIONS["full"], "test_feature": "V"}
+    assert C.eval_overrides("pgfl_kd--test_V--s0") == {"test_feature": "V"}
+    assert C.eval_overrides("pgfl_kd--full--s0") == {}
+    resolved, _ = C.stage_train(_cfg(), "toy", "pgfl_kd--test_P--s0")
+    assert resolved["method_params"]["test_feature"] == "P"
+    # only evaluation-only rows carry method_overrides, so the other runs' resolved parameters are unchanged
+    assert C.stage_evaluate(_cfg(), "toy", "pgfl_kd--test_P--s0")[0]["method_overrides"] == {"test_feature": "P"}
+    assert "method_overrides" not in C.stage_evaluate(_cfg(), "toy", "pgfl_kd--full--s0")[0]
+
+
+def test_dag_evaluates_the_trained_model_with_the_eval_rows_test_caches() -> None:
+    deps = D.evaluate_deps(_cfg(), "toy", "pgfl_kd--test_P--s1")
+    assert deps["model"] == "models/toy/pgfl_kd--full--s1/model.pt"
+    assert deps["keypoints"] == "cache/toy/keypoints.h5"  # f_P needs the heatmaps at test time; f_G does not
+    assert "keypoints" not in D.evaluate_deps(_cfg(), "toy", "pgfl_kd--full--s1")
+    stages = D.stages_for(_cfg(), ["toy/pgfl_kd--test_P--s1"])
+    assert "train-toy-pgfl_kd--full--s1" in stages
+    assert not any(name.startswith("train-toy-pgfl_kd--test_P") for name in stages)
+
+
+def test_eval_rows_are_assembled_after_the_trained_rows() -> None:
+    rows = report.ablation_rows("pgfl_kd")
+    assert rows[: len(ABLATIONS)] == list(ABLATIONS)
+    assert rows[len(ABLATIONS):] == ["test_P", "test_V", "test_F", "test_E"]
+    paper = report.paper_numbers("pgfl_kd")
+    assert paper["test_P"]["R1"] == 57.1 and paper["full"]["GFLOPs"] == 8.98
+    assert report.ablation_rows("isp", {"ablation": {"rows": {"isp": ["wo_arm", "k7"]}}}) == ["k7", "wo_arm"]
+
+
+def test_parse_overrides_reads_yaml_values() -> None:
+    assert parse_overrides(["test_feature=P", "flip_test=false", "ratio=0.5"]) == {
+        "test_feature": "P", "flip_test": False, "ratio": 0.5}
+    with pytest.raises(SystemExit, match="PARAM=VALUE"):
+        parse_overrides(["test_feature"])
+
+
+@pytest.fixture()
+def pgfl_model_file(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    method = PGFLKD(backbone="resnet18", **ABLATIONS["full"])
+    model = method.build_model(num_classes=3)
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "method": method.name, "method_params": method.params, "num_classes": 3,
+                "input_size": [64, 32], "state_dict": model.state_dict(), "method_state": {}}, path)
+    return path
+
+
+def test_load_model_applies_a_test_time_override(pgfl_model_file: Path) -> None:
+    method, model, _ = load_model(pgfl_model_file, "cpu")
+    assert method.test_feature == "G" and not method.test_caches
+    method, model_p, _ = load_model(pgfl_model_file, "cpu", {"test_feature": "P"})
+    assert method.test_feature == "P" and "keypoints" in method.test_caches
+    for a, b in zip(model.state_dict().values(), model_p.state_dict().values()):
+        assert torch.equal(a, b)  # the same trained weights, only the test feature differs
+
+
+def test_load_model_refuses_an_override_that_changes_the_network(pgfl_model_file: Path) -> None:
+    with pytest.raises(ValueError, match="change the network"):
+        load_model(pgfl_model_file, "cpu", {"feb": False, "consistent": False})
+    with pytest.raises(ValueError, match="cannot apply overrides"):
+        load_model(pgfl_model_file, "cpu", {"no_such_param": 1})
