@@ -20,10 +20,12 @@ METRIC_KEYS = ("R1", "mAP")
 
 
 def ablation_rows(method: str, cfg: Mapping[str, Any] | None = None) -> list[str]:
-    """The method's ABLATIONS then EVAL_ABLATIONS rows in table order, restricted to `ablation.rows.<method>` when
-    that is set."""
+    """The method's ABLATIONS and EVAL_ABLATIONS rows in the paper's table order (rows outside the paper's tables
+    last, as declared), restricted to `ablation.rows.<method>` when that is set."""
     module = importlib.import_module(f"reid.methods.{method}")
     rows = list(getattr(module, "ABLATIONS", {})) + list(getattr(module, "EVAL_ABLATIONS", {}))
+    paper_order = {row: i for i, row in enumerate(paper_numbers(method))}
+    rows.sort(key=lambda row: paper_order.get(row, len(paper_order)))  # stable: the others keep their order
     chosen = C._get(cfg or {}, f"ablation.rows.{method}", None)
     if not chosen:
         return rows

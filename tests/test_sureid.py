@@ -11,9 +11,12 @@ import torch
 
 from reid.data.occluders import jitter_colour, load_occluders, occluder_box, paste_occluders
 from reid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from reid import config as C
+from reid import report
 from reid.methods.base import METHODS
 from reid.methods.sureid import (
     ABLATIONS,
+    EVAL_ABLATIONS,
     PAPER_TABLES,
     SUREID,
     SUREIDTeacher,
@@ -204,9 +207,31 @@ def test_ablation_rows_train(row):
 
 def test_ablations_cover_paper_tables():
     rows = {r for table in PAPER_TABLES.values() for r in table}
-    assert rows == set(ABLATIONS)
+    assert rows == set(ABLATIONS) | set(EVAL_ABLATIONS) and not set(ABLATIONS) & set(EVAL_ABLATIONS)
     for row in ABLATIONS:  # every row constructs from params only (arch switch included)
         SUREID(**{**ABLATIONS[row], "occluder_dir": "x"})
+    assert report.ablation_rows("sureid") == [r for table in PAPER_TABLES.values() for r in table]  # paper order
+
+
+# What each reusing row means in the paper, as overrides of the full SUReID defaults.
+_PAPER_MEANING = {"t5_p70": {"keep_ratio": 0.7}, "t6_t2s_interp": {"align": "interp", "align_direction": "t2s"},
+                  "t7_suvit_wo_noda": {"noda": False}, "t7_sureid": {}}
+
+
+@pytest.mark.parametrize("row", sorted(EVAL_ABLATIONS))
+def test_rows_reusing_a_model_are_exactly_its_configuration(row):
+    """t5_p70, t6_t2s_interp, t7_* reuse a Table IV row's model: the row as the paper means it must construct the
+    same method as the row whose model it reuses (every setting, defaults included)."""
+    base, test_time = EVAL_ABLATIONS[row]
+    assert test_time == {}
+    assert C.model_run(f"sureid--{row}--s1") == f"sureid--{base}--s1"
+
+    def settings(method: SUREID) -> dict:
+        return {k: v for k, v in vars(method).items() if k != "params" and not isinstance(v, torch.Generator)}
+
+    meant = SUREID(**{**_PAPER_MEANING[row], "occluder_dir": "x"})
+    reused = SUREID(**{**ABLATIONS[base], "occluder_dir": "x"})
+    assert settings(meant) == settings(reused)
     assert PAPER_TABLES["V"]["t5_p70"]["throughput"] / PAPER_TABLES["IV"]["t4_vanilla"]["throughput"] == \
         pytest.approx(1.476, abs=1e-3)
 

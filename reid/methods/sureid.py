@@ -38,6 +38,7 @@ from reid.models.vit import ARCHS, DEFAULT_PRUNE_LAYERS, VisionTransformer, buil
 
 __all__ = [
     "ABLATIONS",
+    "EVAL_ABLATIONS",
     "PAPER_TABLES",
     "SUREID",
     "SUREIDTeacher",
@@ -394,19 +395,24 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "t4_hts": {"hts": True, "npkd": False, "noda": False},
     "t4_hts_npkd": {"hts": True, "npkd": True, "noda": False},
     "t4_sureid": {},
-    # Table V: keep ratio p (stages keep p, p^2, p^3)
-    **{f"t5_p{round(p * 100)}": {"keep_ratio": p} for p in (0.5, 0.6, 0.7, 0.8, 0.9)},
-    # Table VI: feature alignment of NPKD
+    # Table V: keep ratio p (stages keep p, p^2, p^3); p = 0.7 is `t4_sureid` (below)
+    **{f"t5_p{round(p * 100)}": {"keep_ratio": p} for p in (0.5, 0.6, 0.8, 0.9)},
+    # Table VI: feature alignment of NPKD; t2s interp is `t4_sureid` (below)
     "t6_s2t_linear": {"align": "linear", "align_direction": "s2t"},
     "t6_t2s_linear": {"align": "linear", "align_direction": "t2s"},
     "t6_s2t_interp": {"align": "interp", "align_direction": "s2t"},
-    "t6_t2s_interp": {"align": "interp", "align_direction": "t2s"},
     # Table VII: NODA. The paper's "Vanilla ViT" rows (61.9 R1) differ from Table IV's vanilla DeiT (57.6), so
     # they are read as a ViT-B/16 backbone; the SUViT/SUReID rows are the DeiT-S student of Table IV.
     "t7_vanilla_vit": {**_BASELINE, "arch": "vit_base"},
     "t7_vanilla_vit_noda": {"hts": False, "npkd": False, "noda": True, "arch": "vit_base"},
-    "t7_suvit_wo_noda": {"noda": False},
-    "t7_sureid": {},
+}
+# Rows of Tables V-VII that are the very configuration of a Table IV row: they reuse its model (same seed), so the
+# same network is not trained again (see reid.config.model_run).
+EVAL_ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "t5_p70": ("t4_sureid", {}),
+    "t6_t2s_interp": ("t4_sureid", {}),
+    "t7_suvit_wo_noda": ("t4_hts_npkd", {}),
+    "t7_sureid": ("t4_sureid", {}),
 }
 
 PAPER_TABLES: dict[str, dict[str, dict[str, float]]] = {
