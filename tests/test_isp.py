@@ -356,6 +356,16 @@ def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert result["rows"] == 12 and result["assignment"] == {"head": [1], "legs": [2], "shoes": []}
     assert result["iou"]["foreground"] == pytest.approx(1.0) and result["iou"]["head"] == pytest.approx(1.0)
     assert result["iou"]["legs"] == pytest.approx(1.0) and math.isnan(result["iou"]["shoes"])
+    # the same labels as a model.pt's last clustering round (method_state) give the same answer
+    torch.save({"method_state": {"labels": torch.from_numpy(isp), "labels_epoch": 1}}, tmp_path / "model.pt")
+    args.labels = tmp_path / "model.pt"
+    assert iou_main(args) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["iou"] == result["iou"] and again["assignment"] == result["assignment"]
+    torch.save({"method_state": {}}, tmp_path / "other.pt")
+    args.labels = tmp_path / "other.pt"
+    with pytest.raises(SystemExit, match="no pseudo labels in method_state"):
+        iou_main(args)
 
 
 def test_cpu_backbone_has_hrnet_w18_small_topology() -> None:

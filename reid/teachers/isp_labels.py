@@ -254,7 +254,8 @@ def add_iou_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, type=Path, help="dataset index CSV")
     parser.add_argument("--parsing", required=True, type=Path, help="parsing cache (.h5, LIP labels)")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--labels", type=Path, help="isp_labels cache (.h5) or a labels_epochNNN.npy of a training run")
+    src.add_argument("--labels", type=Path, help="pseudo labels: isp_labels cache (.h5), a labels_epochNNN.npy of a "
+                     "training run, or an ISP model.pt (its last clustering round)")
     src.add_argument("--model", type=Path, help="trained ISP model.pt: IoU of its part predictions (argmax)")
     parser.add_argument("--root", type=Path, default=None, help="dataset root (with --model)")
     parser.add_argument("--split", default="train", help="train | query | gallery | test (= query + gallery)")
@@ -268,8 +269,14 @@ def _split_rows(rows: Sequence[IndexRow], split: str) -> np.ndarray:
 
 
 def _read_labels(path: Path, index: Path, positions: np.ndarray) -> np.ndarray:
+    """Pseudo labels (N, h, w) of index rows `positions` from a cache, a per-round .npy, or a model.pt's last round."""
     if path.suffix == ".npy":
         return np.load(path)[positions]
+    if path.suffix == ".pt":
+        state = torch.load(path, map_location="cpu", weights_only=False).get("method_state", {})
+        if state.get("labels") is None:
+            raise SystemExit(f"{path}: no pseudo labels in method_state (not an ISP model trained with clustering)")
+        return np.asarray(state["labels"])[positions]
     from reid.cache.h5 import CacheReader
 
     return CacheReader(path, index_path=index).read("labels", positions)
