@@ -46,7 +46,8 @@ from reid.models.resnet import ResNet50Backbone, load_pretrained
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ABLATIONS", "EVAL_ABLATIONS", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5", "TRAIN_PRESET", "LIP_PART_GROUPS", "TABLE3_GROUPS",
+    "ABLATIONS", "EVAL_ABLATIONS", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5", "TRAIN_PRESET", "LIP_PART_GROUPS",
+    "TABLE3_GROUPS",
     "ISP", "ISPNet", "build_feature_backbone", "part_probabilities", "pooled_representations", "parsing_loss",
     "reid_loss", "part_visibility", "part_distances", "aligned_distance", "downsample_labels", "lip_to_parts",
     "assign_parts_to_groups", "part_iou",
