@@ -50,7 +50,9 @@ def load_model(
     try:
         method = build_method(ckpt["method"], **params)
     except TypeError as e:
-        raise ValueError(f"{path}: cannot apply overrides {dict(overrides or {})} to {ckpt['method']}: {e}") from e
+        if not overrides:
+            raise
+        raise ValueError(f"{path}: cannot apply overrides {dict(overrides)} to {ckpt['method']}: {e}") from e
     model = method.build_model(ckpt["num_classes"])
     try:
         model.load_state_dict(ckpt["state_dict"])
