@@ -25,7 +25,6 @@ Usage: python benchmarks/bench_deskpro.py [--quick] [--device auto|cpu|cuda] [--
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.cache.h5 import CacheReader, CacheWriter  # noqa: E402
 from reid.data.transforms import normalize_rgb  # noqa: E402
 from reid.methods.deskpro import ABLATIONS, DeskPro  # noqa: E402
@@ -324,9 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = run(args)
     print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_result(result, args.out)
     return 0
 
 

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.methods.isp_clustering import cascaded_clustering  # noqa: E402
 
 PAPER_HOURS_PER_RUN = 6.3
@@ -143,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
     return 0
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.methods.pgfl_kd import ABLATIONS, PGFLKD, PGFLNet, pgfl_flops  # noqa: E402
 from reid.models.hrnet import hrnet_tiny, hrnet_w32  # noqa: E402
 
@@ -152,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.data.datasets import load_synthcc  # noqa: E402
 from reid.data.index import read_index, write_index  # noqa: E402
 from reid.data.synthetic import generate_world  # noqa: E402
@@ -232,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return single(args)
     result = run(args)
     print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_result(result, args.out)
     return 0
 
 

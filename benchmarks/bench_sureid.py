@@ -13,7 +13,6 @@ Usage: python benchmarks/bench_sureid.py [--quick] [--device cpu|cuda] [--amp] [
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.methods.sureid import PAPER_TABLES  # noqa: E402
 from reid.models.vit import ARCHS, VisionTransformer, build_vit, keep_counts  # noqa: E402
 
@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = run(args)
     print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return 0
 
 
