@@ -64,6 +64,8 @@ def test_interpolation_teacher_8d_to_student_4d_by_hand():
     # -> [0, 1, 3, 5, 7, 9, 11, 12]
     up = align_features(torch.tensor([[0.0, 4.0, 8.0, 12.0]]), 8, "interp")
     torch.testing.assert_close(up, torch.tensor([[0.0, 1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 12.0]]))
+    # equal dimensions (DeiT-S teacher and student): the identity in either direction, so s2t_interp == t2s_interp
+    assert align_features(teacher, 8, "interp") is teacher
     # Eq. 13 feature term: f_s = [1, 2, 3, 4] vs I(f_t) = [0.5, 2.5, 4.5, 6.5]
     # diff [0.5, -0.5, -1.5, -2.5] -> 0.25 + 0.25 + 2.25 + 6.25 = 9.0
     f_s = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
