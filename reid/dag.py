@@ -96,7 +96,8 @@ def derived_deps(cfg: Mapping[str, Any], ds: str, name: str) -> dict[str, str]:
 
 
 def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
-    model = model_path(C.model_dataset(cfg, ds), C.model_run(run))  # an evaluation-only row reads its trained row's
+    # an evaluation-only row (EVAL_ABLATIONS) reads the model of the row it reuses
+    model = model_path(C.model_dataset(cfg, ds), C.model_run(run))
     deps = {"model": model, "index": index_path(ds), **index_deps(cfg, ds)}
     deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
     return deps
