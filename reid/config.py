@@ -121,7 +121,7 @@ def ablation_overrides(method: str, ablation: str | None) -> dict[str, Any]:
     """The parameter overrides of a named ablation row.
 
     Rows come from the method module's ABLATIONS (the paper's tables, assembled by `ablation-table`),
-    EXTRA_ABLATIONS (further variants reachable by run name, e.g. `pgfl_kd--full_sharp_heatmaps`, but not part
+    EXTRA_ABLATIONS (further variants reachable by run name, e.g. `pgfl_kd--full_t1_heatmaps`, but not part
     of the assembled table) and EVAL_ABLATIONS (row -> (trained row, test-time overrides): the trained row's
     model evaluated another way, e.g. `pgfl_kd--test_P`; see `model_run`).
     """

@@ -123,3 +123,21 @@ def test_unreadable_image_names_the_path(tmp_path: Path) -> None:
         ds[0]
     with pytest.raises(OSError, match=r"cannot read image .*missing\.jpg"):
         ds[1]
+
+
+def test_random_erasing_blanks_the_cached_heatmaps_where_it_blanks_the_image(tiny_world, tiny_parsing_cache) -> None:
+    """A pose estimator would find no joint in an erased region, so the cached heat there must go too."""
+    ds = _train_set(tiny_world, tiny_parsing_cache, erasing_p=1.0)
+    n = len(tiny_world.rows)
+    ds.set_field("keypoints.heatmaps", np.ones((n, 17, 32, 16), np.float32))
+    torch.manual_seed(3)
+    sample = ds[0]
+    heat = sample["keypoints.heatmaps"]  # at input / 4 = 16 x 8
+    image_erased = (sample["image"] == 0).all(dim=0)  # the mean colour in all three channels
+    assert image_erased.any() and heat.shape == (17, 16, 8)
+    # a cell is erased iff the image pixel at its centre is; the other cells keep their (warped) heat
+    centres = image_erased[2::4, 2::4]
+    assert (heat[:, centres] == 0).all()
+    inside = torch.zeros_like(centres)
+    inside[1:-1, 1:-1] = True  # away from the zero padding of the crop
+    assert (heat[:, ~centres & inside] > 0).all()

@@ -40,13 +40,14 @@ def test_eval_row_reuses_the_trained_rows_model_of_the_same_seed() -> None:
 
 
 def test_eval_row_params_are_the_trained_row_plus_the_override() -> None:
-    assert C.ablation_overrides("pgfl_kd", "test_V") == {**ABLATIONS["full"], "test_feature": "V"}
-    assert C.eval_overrides("pgfl_kd--test_V--s0") == {"test_feature": "V"}
+    assert C.ablation_overrides("pgfl_kd", "test_V") == {**ABLATIONS["full"], "test_feature": "V", "test_neck": False}
+    assert C.eval_overrides("pgfl_kd--test_V--s0") == {"test_feature": "V", "test_neck": False}
     assert C.eval_overrides("pgfl_kd--full--s0") == {}
     resolved, _ = C.stage_train(_cfg(), "toy", "pgfl_kd--test_P--s0")
     assert resolved["method_params"]["test_feature"] == "P"
     # only evaluation-only rows carry method_overrides, so the other runs' resolved parameters are unchanged
-    assert C.stage_evaluate(_cfg(), "toy", "pgfl_kd--test_P--s0")[0]["method_overrides"] == {"test_feature": "P"}
+    assert C.stage_evaluate(_cfg(), "toy", "pgfl_kd--test_P--s0")[0]["method_overrides"] == {
+        "test_feature": "P", "test_neck": False}
     assert "method_overrides" not in C.stage_evaluate(_cfg(), "toy", "pgfl_kd--full--s0")[0]
 
 
@@ -62,8 +63,9 @@ def test_dag_evaluates_the_trained_model_with_the_eval_rows_test_caches() -> Non
 
 def test_eval_rows_are_assembled_after_the_trained_rows() -> None:
     rows = report.ablation_rows("pgfl_kd")
-    assert rows[: len(ABLATIONS)] == list(ABLATIONS)
-    assert rows[len(ABLATIONS):] == ["test_P", "test_V", "test_F", "test_E"]
+    trained_in_paper = [r for r in ABLATIONS if r != "full_literal_cl"]
+    assert rows[: len(trained_in_paper)] == trained_in_paper
+    assert rows[len(trained_in_paper):] == ["test_G", "test_P", "test_V", "test_F", "test_E", "full_literal_cl"]
     paper = report.paper_numbers("pgfl_kd")
     assert paper["test_P"]["R1"] == 57.1 and paper["full"]["GFLOPs"] == 8.98
     assert report.ablation_rows("isp", {"ablation": {"rows": {"isp": ["wo_arm", "k7"]}}}) == ["k7", "wo_arm"]

@@ -193,6 +193,55 @@ def test_load_official_style_checkpoint(tmp_path: Path, caplog: pytest.LogCaptur
             torch.testing.assert_close(a, b)
 
 
+def test_abn_scales_like_inplace_abn_hand_values() -> None:
+    """InPlaceABN normalises with |weight| + eps: a negative weight scales like its absolute value."""
+    layer = schp_net.ABN(2, "none").eval()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([-2.0, 0.5]))
+        layer.bias.copy_(torch.tensor([1.0, 0.0]))
+        layer.running_mean.copy_(torch.tensor([1.0, 0.0]))
+        layer.running_var.copy_(torch.tensor([4.0, 1.0]))
+    x = torch.tensor([3.0, -2.0]).reshape(1, 2, 1, 1)
+    y = layer(x).flatten()
+    eps = layer.eps
+    # channel 0: (3 - 1) / sqrt(4 + eps) * (2 + eps) + 1 ~= 3.0 (a plain BatchNorm2d gives -1.0)
+    expected0 = 2.0 / (4.0 + eps) ** 0.5 * (2.0 + eps) + 1.0
+    expected1 = -2.0 / (1.0 + eps) ** 0.5 * (0.5 + eps)
+    torch.testing.assert_close(y, torch.tensor([expected0, expected1]))
+    leaky = schp_net.ABN(1).eval()
+    with torch.no_grad():
+        leaky.weight.fill_(-1.0)
+    torch.testing.assert_close(leaky(torch.full((1, 1, 1, 1), -3.0)).flatten(),
+                               torch.tensor([-3.0 / (1 + leaky.eps) ** 0.5 * (1 + leaky.eps) * 0.01]))
+
+
+def test_checkpoint_with_negated_norm_weights_parses_the_same(tmp_path: Path) -> None:
+    """Real SCHP checkpoints may hold negative ABN weights; InPlaceABN ignores their sign, so must we."""
+    ckpt = tmp_path / "lip.pth"
+    save_official_style_checkpoint(ckpt)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    inner = state["state_dict"] if "state_dict" in state else state
+    flipped = dict(inner)
+    model = build_schp(20, "tiny")
+    abn_names = {n for n, m in model.named_modules() if isinstance(m, schp_net.ABN)}
+    negated = 0
+    for key, value in inner.items():
+        name = key.removeprefix("module.").rsplit(".", 1)
+        if name[0] in abn_names and name[1] == "weight":
+            flipped[key] = -value
+            negated += 1
+    assert negated > 10
+    neg_ckpt = tmp_path / "lip_negated.pth"
+    torch.save({"state_dict": flipped} if "state_dict" in state else flipped, neg_ckpt)
+    other = build_schp(20, "tiny")
+    load_schp_checkpoint(model, ckpt)
+    load_schp_checkpoint(other, neg_ckpt)
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        for a, b in zip(model.eval()(x), other.eval()(x)):
+            torch.testing.assert_close(a, b)
+
+
 def test_checkpoint_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     ckpt = tmp_path / "lip.pth"
     save_official_style_checkpoint(ckpt)

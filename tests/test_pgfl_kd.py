@@ -29,6 +29,7 @@ from reid.methods.pgfl_kd import (
     pgfl_flops,
     resize_maps,
     spatial_softmax,
+    map_support,
 )
 
 E = math.e
@@ -152,13 +153,38 @@ def test_eq2_eq3_foreground_attention_and_pooling() -> None:
 def test_eq4_consistent_loss_value_and_detached_teacher() -> None:
     student = torch.tensor([[1.0, 2.0], [0.0, 0.0]], requires_grad=True)
     teacher = torch.tensor([[3.0, 0.0], [0.0, 0.0]], requires_grad=True)
-    loss = consistent_loss(student, teacher)
+    loss = consistent_loss(student, teacher, "literal")
     # image 1: (1-3)^2 + (2-0)^2 = 8, image 2: 0 -> batch mean 4
     assert torch.isclose(loss, torch.tensor(4.0))
     loss.backward()
     # d/ds = 2 (s - t) / B = (-2, 2) for image 1; the teacher gets no gradient
     assert torch.allclose(student.grad, torch.tensor([[-2.0, 2.0], [0.0, 0.0]]))
     assert teacher.grad is None
+
+
+def test_eq4_normalized_form_hand_value_bounded_and_zero_when_aligned() -> None:
+    student = torch.tensor([[1.0, 2.0], [0.0, -3.0]])
+    teacher = torch.tensor([[3.0, 0.0], [0.0, 5.0]])
+    # image 1: 2 - 2 cos = 2 - 2 * 3 / (sqrt(5) * 3) = 1.1055728; image 2: opposite directions -> 4
+    loss = consistent_loss(student, teacher)  # default form
+    assert torch.isclose(loss, torch.tensor((2 - 2 / math.sqrt(5) + 4.0) / 2), atol=1e-6)
+    assert torch.isclose(consistent_loss(student, 7.0 * student), torch.tensor(0.0), atol=1e-6)
+    big = torch.randn(16, 32) * 1e3
+    assert float(consistent_loss(big, torch.randn(16, 32))) <= 4.0
+    with pytest.raises(ValueError, match="cl_form"):
+        consistent_loss(student, teacher, "cosine")
+
+
+def test_literal_eq4_on_the_model_is_the_squared_norm_of_f_f() -> None:
+    """Eq. 4 as printed, with f_E = f_F + f_G detached, is ||f_F||^2 whatever f_G is (no fixed point)."""
+    torch.manual_seed(0)
+    model = PGFLNet(4, backbone="resnet18").train()
+    batch = _batch(b=4, h=64, w=32)
+    out = model(batch["image"], batch["keypoints.heatmaps"])
+    literal = consistent_loss(out["G"], out["E"], "literal").detach()
+    assert torch.isclose(literal, out["F"].detach().pow(2).sum(dim=1).mean(), rtol=1e-4)
+    bounded = consistent_loss(out["G"], out["E"]).detach()
+    assert 0.0 <= bounded.item() <= 4.0 and bounded.item() < literal.item()
 
 
 def test_eq5_multi_part_contrastive_with_symmetric_positives() -> None:
@@ -264,6 +290,7 @@ def test_ablation_rows_build_and_give_their_losses() -> None:
         "sab_im_feb": {"reid_G", "reid_V", "mcl", "reid_E"},
         "full": {"reid_G", "reid_V", "mcl", "reid_E", "cl"},
         "sab_cl": {"reid_G", "reid_V", "sab_cl", "reid_E", "cl"},
+        "full_literal_cl": {"reid_G", "reid_V", "mcl", "reid_E", "cl"},
     }
     assert set(ABLATIONS) == set(expected)
     assert set(PAPER_TABLE6) | set(PAPER_TABLE7) <= set(ABLATIONS)
@@ -339,3 +366,58 @@ def test_mcl_is_stable_for_large_features() -> None:
     loss = multi_part_contrastive_loss(f, f, part_positive_mask(8))
     # all logits equal -> per part -log(|P(i)| / 8): 2 * log 8 + 6 * log 4 = 12.4766
     assert torch.isclose(loss, torch.tensor(2 * math.log(8) + 6 * math.log(4)), atol=1e-4)
+
+
+def test_map_support_hand_values() -> None:
+    uniform = torch.full((1, 2, 2), 0.25)
+    one_hot = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    skewed = torch.tensor([[[0.5, 0.3], [0.2, 0.0]]])
+    got = {name: map_support(torch.cat([uniform, one_hot, skewed]), top=1) for name in ("x",)}["x"]
+    # 1 / sum p^2: 1 / (4 * 0.0625) = 4, 1, 1 / (0.25 + 0.09 + 0.04) = 2.6315789
+    torch.testing.assert_close(got["effective_cells"], torch.tensor([4.0, 1.0, 1 / 0.38]))
+    torch.testing.assert_close(got["support_fraction"], torch.tensor([1.0, 0.25, 1 / 1.52]))
+    torch.testing.assert_close(got["top_mass"], torch.tensor([0.25, 1.0, 0.5]))
+
+
+def test_default_group_map_of_a_peaked_joint_holds_most_of_its_mass() -> None:
+    """A sigma-2 joint on the 32x16 heatmap of a 128x64 input, grouped onto F's 8x4 grid (ResNet last stride 1):
+    at the default temperature the best 4 of 32 cells hold most of the mass; at T = 1 they hold ~1/8 (flat)."""
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(16.0), indexing="ij")
+    hm = torch.zeros(1, 17, 32, 16)
+    hm[0, 14] = torch.exp(-((y - 21) ** 2 + (x - 6) ** 2) / 8)  # right knee
+    default = map_support(group_heatmaps(hm, (8, 4)))["top_mass"][0, GROUP_NAMES.index("right_knee")]
+    flat = map_support(group_heatmaps(hm, (8, 4), temperature=1.0))["top_mass"][0, GROUP_NAMES.index("right_knee")]
+    assert float(default) > 0.5 and float(flat) < 0.2
+    assert PGFLNet(2, backbone="resnet18").heatmap_temperature == 0.1
+
+
+def test_table8_rows_compare_every_feature_before_any_bnneck() -> None:
+    from reid.methods.pgfl_kd import EVAL_ABLATIONS
+
+    assert set(EVAL_ABLATIONS) == {f"test_{f}" for f in "GPVFE"}
+    assert all(row == "full" and ov["test_neck"] is False for row, ov in EVAL_ABLATIONS.values())
+    torch.manual_seed(0)
+    method = PGFLKD(backbone="resnet18", test_feature="G", test_neck=False, flip_test=False)
+    model = method.build_model(num_classes=4).eval()
+    batch = _batch(b=3, h=64, w=32)
+    with torch.no_grad():
+        raw = method.embed(model, batch)["feat"]
+        out = model(batch["image"], batch["keypoints.heatmaps"])
+        deployed = PGFLKD(backbone="resnet18", flip_test=False).embed(model, batch)["feat"]
+        e_raw = PGFLKD(backbone="resnet18", test_feature="E", test_neck=False, flip_test=False).embed(model, batch)
+    torch.testing.assert_close(raw, out["G"])
+    torch.testing.assert_close(deployed, out["G_bn"])
+    torch.testing.assert_close(e_raw["feat"], out["E"])
+
+
+def test_probe_reports_group_map_and_feb_support() -> None:
+    torch.manual_seed(0)
+    method = PGFLKD(backbone="resnet18")
+    assert method.probe_caches == {"keypoints": ["heatmaps"]}
+    model = method.build_model(num_classes=4).eval()
+    stats = method.probe(model, _batch(b=3, h=64, w=32))
+    for key in ("group_map_effective_cells", "group_map_top_mass", "feb_attention_effective_cells",
+                "part_feature_pairwise_cos", "F_cos_to_G", "group_map_top_mass/head"):
+        assert stats[key].shape == (3,) and torch.isfinite(stats[key]).all(), key
+    assert (stats["group_map_top_mass"] <= 1.0 + 1e-6).all()
+    assert PGFLKD(backbone="resnet18", **ABLATIONS["baseline"]).probe(model, {}) == {}

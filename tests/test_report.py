@@ -46,7 +46,7 @@ def test_paper_numbers_flatten_tables_of_tables() -> None:
 
 def test_ablation_rows_can_be_restricted_in_params() -> None:
     everything = report.ablation_runs({"ablation": {"seeds": [0, 1]}}, "pgfl_kd")
-    assert len(everything) == 2 * (7 + 4) and everything[0] == "pgfl_kd--baseline--s0"  # Table 6-7 + Table 8
+    assert len(everything) == 2 * (8 + 5) and everything[0] == "pgfl_kd--baseline--s0"  # Table 6-7 (+ literal Eq. 4) + Table 8
     cfg = {"ablation": {"seeds": [0], "rows": {"pgfl_kd": ["full", "baseline"]}}}
     assert report.ablation_runs(cfg, "pgfl_kd") == ["pgfl_kd--baseline--s0", "pgfl_kd--full--s0"]  # table order
     with pytest.raises(C.ConfigError, match=r"ablation.rows.pgfl_kd names unknown rows \['nope'\]"):
@@ -56,5 +56,5 @@ def test_ablation_rows_can_be_restricted_in_params() -> None:
 def test_extra_ablations_are_reachable_by_run_name() -> None:
     from reid.methods.pgfl_kd import EXTRA_ABLATIONS
 
-    assert C.ablation_overrides("pgfl_kd", "full_sharp_heatmaps") == EXTRA_ABLATIONS["full_sharp_heatmaps"]
-    assert "full_sharp_heatmaps" not in report.ablation_rows("pgfl_kd")  # not part of the assembled table
+    assert C.ablation_overrides("pgfl_kd", "full_t1_heatmaps") == EXTRA_ABLATIONS["full_t1_heatmaps"]
+    assert "full_t1_heatmaps" not in report.ablation_rows("pgfl_kd")  # not part of the assembled table

@@ -156,3 +156,12 @@ def test_upsampling_keeps_the_border_colour_and_padding_is_black() -> None:
     padded = warp(img, Geometry((64, 32), pad=2, dx=0, dy=0))
     assert (padded[:2] == 0).all() and (padded[:, :2] == 0).all()
     assert (padded[2:, 2:] == 200).all()
+
+
+def test_erase_heatmaps_hand_cells() -> None:
+    from reid.data.transforms import erase_heatmaps
+
+    hm = np.arange(1, 9, dtype=np.float32).reshape(1, 4, 2)  # 4x2 cells over a 16x8 image: centres y 2,6,10,14; x 2,6
+    out = erase_heatmaps(hm, (4, 0, 8, 4), (16, 8))  # rows 4..11, columns 0..3 -> cells (1,0) and (2,0)
+    assert out[0].tolist() == [[1, 2], [0, 4], [0, 6], [7, 8]]
+    assert hm[0, 1, 0] == 3  # the input is not modified

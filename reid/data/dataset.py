@@ -18,8 +18,9 @@ from torch.utils.data import Dataset
 from reid.data.index import IndexRow
 from reid.data.transforms import (
     Geometry,
+    erase_heatmaps,
+    erasing_box,
     normalize_rgb,
-    random_erasing,
     random_geometry,
     warp,
     warp_heatmaps,
@@ -117,8 +118,10 @@ class ReIDDataset(Dataset):
         img = self._field(self.image_field, row_id) if self.image_field else read_rgb(self.root / row.path)
         geom = random_geometry(self.input_size, self.flip_p, self.pad) if self.train else Geometry(self.input_size)
         image = normalize_rgb(warp(img, geom))
-        if self.train and self.erasing_p > 0:
-            image = random_erasing(image, self.erasing_p)
+        erased = erasing_box(self.input_size, self.erasing_p) if self.train and self.erasing_p > 0 else None
+        if erased is not None:
+            y, x, eh, ew = erased
+            image[:, y : y + eh, x : x + ew] = 0.0
         sample: dict[str, Any] = {
             "image": image,
             "pid": self.pid_labels.get(row.pid, -1) if self.pid_labels is not None else row.pid,
@@ -135,7 +138,10 @@ class ReIDDataset(Dataset):
                 label_set = self.label_sets.get(name.split(".", 1)[0], "lip")
                 sample[name] = torch.from_numpy(warp_labels(value, geom, (H, W), label_set).astype(np.int64))
             elif kind == "heatmaps":
-                sample[name] = torch.from_numpy(warp_heatmaps(value, geom, (max(H // 4, 1), max(W // 4, 1))))
+                maps = warp_heatmaps(value, geom, (max(H // 4, 1), max(W // 4, 1)))
+                if erased is not None:
+                    maps = erase_heatmaps(maps, erased, (H, W))
+                sample[name] = torch.from_numpy(maps)
             elif kind == "rgb":
                 face = value[:, ::-1] if geom.flip else value
                 sample[name] = normalize_rgb(np.ascontiguousarray(face))

@@ -3,7 +3,8 @@
 Every geometric step (resize to the input size, horizontal flip, zero-pad + random crop) is one affine map from
 a source array's pixel grid to the output grid, so the image and each cached map (stored at its own resolution in
 the image frame) are warped once with the *same* geometry. Flips also swap left/right semantics: LIP/ATR label
-values and COCO keypoint channels. Random erasing touches the image only.
+values and COCO keypoint channels. Random erasing blanks the image and the cached keypoint heatmaps (a pose
+estimator would see no joint there); label maps keep their labels (the parsing of the unerased person).
 """
 
 from __future__ import annotations
@@ -119,6 +120,28 @@ def normalize_rgb(img_rgb_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
+def erasing_box(
+    hw: tuple[int, int],
+    p: float = 0.5,
+    area: tuple[float, float] = (0.02, 0.4),
+    ratio: float = 0.3,
+    gen: torch.Generator | None = None,
+) -> tuple[int, int, int, int] | None:
+    """Zhong et al. random erasing: draw the rectangle (y, x, h, w) to erase on an (H, W) image, or None."""
+    if float(torch.rand((), generator=gen)) >= p:
+        return None
+    h, w = hw
+    for _ in range(100):
+        target = float(torch.empty(()).uniform_(*area, generator=gen)) * h * w
+        aspect = float(torch.empty(()).uniform_(ratio, 1.0 / ratio, generator=gen))
+        eh, ew = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+        if 0 < eh < h and 0 < ew < w:
+            y = int(torch.randint(0, h - eh + 1, (), generator=gen))
+            x = int(torch.randint(0, w - ew + 1, (), generator=gen))
+            return y, x, eh, ew
+    return None
+
+
 def random_erasing(
     img: torch.Tensor,
     p: float = 0.5,
@@ -127,17 +150,28 @@ def random_erasing(
     gen: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Zhong et al. random erasing on a normalised CxHxW tensor (erased to 0 = the mean colour)."""
-    if float(torch.rand((), generator=gen)) >= p:
+    box = erasing_box(tuple(img.shape[-2:]), p, area, ratio, gen)
+    if box is None:
         return img
-    _, h, w = img.shape
-    for _ in range(100):
-        target = float(torch.empty(()).uniform_(*area, generator=gen)) * h * w
-        aspect = float(torch.empty(()).uniform_(ratio, 1.0 / ratio, generator=gen))
-        eh, ew = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
-        if 0 < eh < h and 0 < ew < w:
-            y = int(torch.randint(0, h - eh + 1, (), generator=gen))
-            x = int(torch.randint(0, w - ew + 1, (), generator=gen))
-            img = img.clone()
-            img[:, y : y + eh, x : x + ew] = 0.0
-            return img
+    y, x, eh, ew = box
+    img = img.clone()
+    img[:, y : y + eh, x : x + ew] = 0.0
     return img
+
+
+def erase_heatmaps(heatmaps: np.ndarray, box: tuple[int, int, int, int], image_hw: tuple[int, int]) -> np.ndarray:
+    """Zero CxhxW heatmap cells whose centre lies in the image rectangle `box` (y, x, h, w) that was erased.
+
+    Why: a pose estimator run on the erased image would find no joint there; leaving the cached heat would tell
+    the network where a hidden joint is, which no test image can.
+    """
+    y, x, eh, ew = box
+    H, W = image_hw
+    h, w = heatmaps.shape[-2:]
+    centre_y = (np.arange(h) + 0.5) * H / h
+    centre_x = (np.arange(w) + 0.5) * W / w
+    rows = (centre_y >= y) & (centre_y < y + eh)
+    cols = (centre_x >= x) & (centre_x < x + ew)
+    out = heatmaps.copy()
+    out[..., rows[:, None] & cols[None, :]] = 0
+    return out

@@ -10,18 +10,28 @@ Choices where the paper is silent (all parameters):
 - groups are merged with a per-pixel max over their joints (`group_merge="max"`): a group's peak stays the
   joints' peak height whatever the group size, so the softmax (scale sensitive) treats 1- and 5-joint groups
   alike; "sum" is available.
-- order: merge 17 -> 8 at heatmap resolution, resize (area) to F's size, spatial softmax with temperature 1
-  (no temperature is given, so 1). Caution: heatmap values lie in [0, 1], so over F's 24x8 = 192 cells a
-  temperature-1 softmax is nearly flat (a sigma-2 Gaussian joint: peak weight 0.0093 vs uniform 0.0052, the
-  9 best cells hold 5.6% of the mass); `heatmap_temperature=0.1` keeps 71% there. See EXTRA_ABLATIONS.
+- order: merge 17 -> 8 at heatmap resolution, resize (area) to F's size, spatial softmax with temperature
+  `heatmap_temperature` = 0.1. The paper gives no temperature. Heatmap values lie in [0, 1], so a
+  temperature-1 softmax can raise a peak at most e^1 = 2.7x above the background: over F's 24x8 = 192 cells a
+  sigma-2 Gaussian joint keeps 5.6% of the mass in its 9 best cells (on 8x4: the top cell 0.041 vs 0.031
+  uniform), i.e. the group maps are uniform and the part features all equal f_G (pose-blind). At 0.1 the same
+  joint keeps most of the mass near its peak, while a weak (occluded) joint still spreads out, which is what
+  "suppress noise and outliers" asks for. `group_map_support` measures this; `python -m reid probe` prints it
+  for a trained model. Temperature 1 is the `full_t1_heatmaps` row.
 - Eq. 1's g(.) is global *average* pooling exactly as written (f_{l,k} = mean_ij H_k F).
 - Eq. 2: the text says cosine similarity, the formula shows a dot product; default cosine (`feb_similarity`).
 - Eq. 5 uses raw dot products as written (`mcl_normalize=False`); computed with logsumexp, so it is stable.
 - Table 7's SAB "consistent loss" variant is ||f_G - f_P||^2 with f_P detached (the SAB teacher is f_P).
 - flip test-time augmentation as in the shared baseline (`flip_test`); the paper does not mention it.
-- Eq. 4 as written has teacher f_E = f_F + f_G (detached): its value is ||f_F||^2 and its gradient on f_G is
-  -2 f_F, a steady pull along f_F. Kept as the default (`cl_target="E"`); `cl_target="F"` (||f_G - f_F||^2)
-  is the alternative reading, for comparison only.
+- Eq. 4 as written, ||f_G - sg(f_E)||^2 with f_E = f_F + f_G, equals ||f_F||^2: it has no fixed point and its
+  gradient on f_G is a constant pull -2 f_F (in a trained run the weighted term grew 96 -> 246 in three epochs
+  while each ReID loss was ~5). The paper's intent is that f_G "approach" the teacher f_E, which retrieval
+  judges by direction (cosine distance), so the default compares directions: `cl_form="normalized"`,
+  ||f_G/|f_G| - sg(f_E)/|f_E|||^2 = 2 - 2 cos(f_G, f_E), bounded in [0, 4] and zero when f_G is aligned with
+  f_E. The literal form is `cl_form="literal"` (row `full_literal_cl`); `cl_target="F"` aims at f_F instead.
+  The same form applies to Table 7's SAB consistent loss.
+- Table 8 compares features like for like: P and F have no BNNeck of their own, so with `test_neck=False`
+  every feature (G included, row `test_G`) is taken before any BNNeck and L2-normalised by the cosine distance.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ PAPER_TABLE7: dict[str, dict[str, float]] = {
 # Table 8: the full model tested with each feature (GFLOPs incl. HRNet, params M, R1, mAP); f_G is row `full`.
 PAPER_TABLE8: dict[str, dict[str, float]] = {
     "full": {"GFLOPs": 8.98, "params_M": 39.89, "R1": 63.0, "mAP": 54.1},
+    "test_G": {"GFLOPs": 8.98, "params_M": 39.89, "R1": 63.0, "mAP": 54.1},
     "test_P": {"GFLOPs": 24.75, "params_M": 116.09, "R1": 57.1, "mAP": 46.7},
     "test_V": {"GFLOPs": 24.75, "params_M": 117.54, "R1": 62.8, "mAP": 53.0},
     "test_F": {"GFLOPs": 24.72, "params_M": 103.51, "R1": 58.3, "mAP": 47.3},
@@ -89,17 +100,21 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "sab_im": {**_OFF, "sab": True, "interaction": True, "sab_distill": "mcl"},
     "sab_im_feb": {**_OFF, "sab": True, "interaction": True, "sab_distill": "mcl", "feb": True},
     "full": {"sab": True, "interaction": True, "sab_distill": "mcl", "feb": True, "consistent": True},
+    # Eq. 4 read literally (||f_G - sg(f_F + f_G)||^2 = ||f_F||^2): what the paper writes, no fixed point.
+    "full_literal_cl": {"sab": True, "interaction": True, "sab_distill": "mcl", "feb": True, "consistent": True,
+                        "cl_form": "literal"},
     "sab_cl": {"sab": True, "interaction": True, "sab_distill": "cl", "feb": True, "consistent": True},
 }
 
-# Table 8 rows: the `full` model (same seed) evaluated with another test feature; nothing is trained again.
+# Table 8 rows: the `full` model (same seed) evaluated with each test feature, all before any BNNeck (f_P and
+# f_F have none), so that the five features are compared like for like; nothing is trained again.
 EVAL_ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    f"test_{f}": ("full", {"test_feature": f}) for f in TEST_FEATURES if f != "G"
+    f"test_{f}": ("full", {"test_feature": f, "test_neck": False}) for f in TEST_FEATURES
 }
 
-# Not in the paper: sharper group maps and the other reading of Eq. 4 (optional runs, same R1/mAP columns).
+# Not in the paper: the paper-silent temperature at 1 (flat group maps) and the other reading of Eq. 4.
 EXTRA_ABLATIONS: dict[str, dict[str, Any]] = {
-    "full_sharp_heatmaps": {**ABLATIONS["full"], "heatmap_temperature": 0.1},
+    "full_t1_heatmaps": {**ABLATIONS["full"], "heatmap_temperature": 1.0},
     "full_cl_to_f": {**ABLATIONS["full"], "cl_target": "F"},
 }
 
@@ -139,18 +154,33 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
-def spatial_softmax(maps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+DEFAULT_HEATMAP_TEMPERATURE = 0.1
+
+
+def spatial_softmax(maps: torch.Tensor, temperature: float = DEFAULT_HEATMAP_TEMPERATURE) -> torch.Tensor:
     """H_k = softmax over all h*w positions of map_k / T (Sec. 3.1): each group map sums to 1."""
     b, k, h, w = maps.shape
     return F.softmax(maps.float().reshape(b, k, h * w) / temperature, dim=2).reshape(b, k, h, w)
 
 
 def group_heatmaps(
-    heatmaps: torch.Tensor, size: tuple[int, int], mode: str = "max", temperature: float = 1.0
+    heatmaps: torch.Tensor, size: tuple[int, int], mode: str = "max", temperature: float = DEFAULT_HEATMAP_TEMPERATURE
 ) -> torch.Tensor:
     """17 COCO heatmaps -> the paper's normalised K = 8 group maps H (B,8,h',w') at F's size."""
     merged = merge_keypoint_groups(heatmaps.float(), mode)
     return spatial_softmax(resize_maps(merged, size), temperature)
+
+
+def map_support(maps: torch.Tensor, top: int = 4) -> dict[str, torch.Tensor]:
+    """How concentrated normalised maps (..., h, w), each summing to 1, are; per map:
+
+    `effective_cells` = 1 / sum p^2 (h*w for a uniform map, 1 for a single cell), its share of all cells
+    `support_fraction`, and `top_mass`, the mass held by the `top` best cells (top/(h*w) when uniform).
+    """
+    flat = maps.float().flatten(-2)
+    eff = 1.0 / flat.pow(2).sum(dim=-1).clamp(min=1e-12)
+    top_mass = flat.topk(min(top, flat.shape[-1]), dim=-1).values.sum(dim=-1)
+    return {"effective_cells": eff, "support_fraction": eff / flat.shape[-1], "top_mass": top_mass}
 
 
 # --- equations ------------------------------------------------------------------------------------------
@@ -181,9 +211,21 @@ def attentive_pool(fmap: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,bhw->bc", fmap, attention.to(fmap.dtype))
 
 
-def consistent_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Eq. 4: ||f_G - f_E||_2^2 per image (teacher detached), averaged over the batch."""
-    return (student.float() - teacher.detach().float()).pow(2).sum(dim=1).mean()
+CL_FORMS = ("normalized", "literal")
+
+
+def consistent_loss(student: torch.Tensor, teacher: torch.Tensor, form: str = "normalized") -> torch.Tensor:
+    """Eq. 4: ||f_G - sg(f_E)||_2^2 per image, averaged over the batch.
+
+    form="literal": on the raw features, as printed. form="normalized" (default): on L2-normalised features,
+    = 2 - 2 cos(f_G, f_E), bounded in [0, 4], zero when f_G points along the teacher (see the module docstring).
+    """
+    s, t = student.float(), teacher.detach().float()
+    if form == "normalized":
+        s, t = F.normalize(s, dim=1), F.normalize(t, dim=1)
+    elif form != "literal":
+        raise ValueError(f"cl_form must be one of {CL_FORMS}, got {form!r}")
+    return (s - t).pow(2).sum(dim=1).mean()
 
 
 def part_positive_mask(num_parts: int, symmetric_pairs: tuple[tuple[int, int], ...] = GROUP_FLIP_PAIRS) -> torch.Tensor:
@@ -294,7 +336,7 @@ class PGFLNet(nn.Module):
         interaction: bool = True,
         feb: bool = True,
         group_merge: str = "max",
-        heatmap_temperature: float = 1.0,
+        heatmap_temperature: float = DEFAULT_HEATMAP_TEMPERATURE,
         feb_similarity: str = "cosine",
         feb_temperature: float = 1.0,
     ) -> None:
@@ -331,11 +373,13 @@ class PGFLNet(nn.Module):
                 raise ValueError(f"PGFL-KD with SAB/FEB needs '{HEATMAP_KEY}' in the batch (keypoint cache)")
             groups = group_heatmaps(heatmaps, tuple(fmap.shape[-2:]), self.group_merge, self.heatmap_temperature)
             f_l = part_features(fmap, groups)
+            out["group_maps"], out["part_features"] = groups, f_l
             if self.use_sab:
                 out["P"] = self.sab(f_l)
                 out["V"] = fuse(f_g, out["P"])
             if self.use_feb:
                 att = foreground_attention(fmap, f_l, self.feb_similarity, self.feb_temperature)
+                out["feb_attention"] = att
                 out["F"] = attentive_pool(fmap, att)
                 out["E"] = out["F"] + f_g
         for name, neck in self.necks.items():
@@ -365,10 +409,11 @@ class PGFLKD(Method):
         feb: bool = True,
         consistent: bool = True,
         cl_target: str = "E",
+        cl_form: str = "normalized",
         lambda_cl: float = 0.25,
         lambda_mcl: float = 0.25,
         group_merge: str = "max",
-        heatmap_temperature: float = 1.0,
+        heatmap_temperature: float = DEFAULT_HEATMAP_TEMPERATURE,
         feb_similarity: str = "cosine",
         feb_temperature: float = 1.0,
         mcl_normalize: bool = False,
@@ -378,6 +423,7 @@ class PGFLKD(Method):
         id_weight: float = 1.0,
         triplet_weight: float = 1.0,
         test_feature: str = "G",
+        test_neck: bool = True,
         flip_test: bool = True,
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -391,6 +437,8 @@ class PGFLKD(Method):
             raise ValueError("interaction / sab_distill need sab=True")
         if cl_target not in ("E", "F"):
             raise ValueError(f"cl_target must be 'E' (paper) or 'F', got {cl_target!r}")
+        if cl_form not in CL_FORMS:
+            raise ValueError(f"cl_form must be one of {CL_FORMS}, got {cl_form!r}")
         if consistent and not feb:
             raise ValueError("consistent=True needs feb=True")
         self.net_kwargs = dict(
@@ -398,15 +446,16 @@ class PGFLKD(Method):
             group_merge=group_merge, heatmap_temperature=heatmap_temperature, feb_similarity=feb_similarity,
             feb_temperature=feb_temperature,
         )
-        self.sab_distill, self.consistent, self.cl_target = sab_distill, consistent, cl_target
+        self.sab_distill, self.consistent, self.cl_target, self.cl_form = sab_distill, consistent, cl_target, cl_form
         self.lambda_cl, self.lambda_mcl = lambda_cl, lambda_mcl
         self.mcl_normalize, self.mcl_temperature = mcl_normalize, mcl_temperature
         self.label_smooth, self.triplet_margin = label_smooth, triplet_margin
         self.id_weight, self.triplet_weight = id_weight, triplet_weight
-        self.test_feature, self.flip_test = test_feature, flip_test
+        self.test_feature, self.test_neck, self.flip_test = test_feature, test_neck, flip_test
         self.positives = part_positive_mask(len(KEYPOINT_GROUPS))
         self.caches = {"keypoints": ["heatmaps"]} if (sab or feb) else {}
         self.test_caches = {} if test_feature == "G" else {"keypoints": ["heatmaps"]}
+        self.probe_caches = {"keypoints": ["heatmaps"]} if (sab or feb) else {}
 
     def build_model(self, num_classes: int) -> nn.Module:
         return PGFLNet(num_classes, **self.net_kwargs)
@@ -437,18 +486,21 @@ class PGFLKD(Method):
                 out["G"], out["P"], self.positives, self.mcl_normalize, self.mcl_temperature
             )
         elif self.sab_distill == "cl":  # Table 7: consistent loss towards f_P instead of Eq. 5
-            losses["sab_cl"] = self.lambda_mcl * consistent_loss(out["G"], out["P"])
+            losses["sab_cl"] = self.lambda_mcl * consistent_loss(out["G"], out["P"], self.cl_form)
         if self.consistent:
-            losses["cl"] = self.lambda_cl * consistent_loss(out["G"], out[self.cl_target])
+            losses["cl"] = self.lambda_cl * consistent_loss(out["G"], out[self.cl_target], self.cl_form)
         return losses
 
     def _feature(self, model: nn.Module, images: torch.Tensor, hm: torch.Tensor | None) -> torch.Tensor:
-        """One view's test feature: BN'd output of the branch's BNNeck when it has one, else the raw feature."""
-        if self.test_feature == "G":
+        """One view's test feature: with `test_neck`, the BN'd output of the branch's BNNeck when it has one;
+        without, the raw feature before any BNNeck (every branch alike: Table 8's like-for-like comparison)."""
+        if self.test_feature == "G" and self.test_neck:
             return model(images)
+        if self.test_feature == "G":
+            return model.backbone(images).mean(dim=(2, 3))
         out = model(images, hm)
         key = f"{self.test_feature}_bn"
-        return out[key] if key in out else out[self.test_feature]
+        return out[key] if (self.test_neck and key in out) else out[self.test_feature]
 
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Test feature (`test_feature`, default the deployed f_G), plus its mirror (flipped heatmaps) if flip_test."""
@@ -458,6 +510,31 @@ class PGFLKD(Method):
         if self.flip_test:
             feat = feat + self._feature(model, torch.flip(images, dims=[3]), None if hm is None else flip_coco_heatmaps(hm))
         return {"feat": feat}
+
+    @torch.no_grad()
+    def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-image mechanism statistics: how concentrated the group maps H_k and the FEB attention are, and
+        how distinct the part features f_{l,k} and f_F are from f_G (cosine); see `map_support`."""
+        if not self.probe_caches:
+            return {}
+        out = model(batch["image"], self._heatmaps(batch, True))
+        stats: dict[str, torch.Tensor] = {}
+        groups = map_support(out["group_maps"])
+        for name, value in groups.items():
+            stats[f"group_map_{name}"] = value.mean(dim=1)
+            for k, gname in enumerate(GROUP_NAMES):
+                stats[f"group_map_{name}/{gname}"] = value[:, k]
+        f_l, f_g = F.normalize(out["part_features"].float(), dim=2), F.normalize(out["G"].float(), dim=1)
+        k = f_l.shape[1]
+        pair = torch.einsum("bic,bjc->bij", f_l, f_l)
+        off = ~torch.eye(k, dtype=torch.bool, device=pair.device)
+        stats["part_feature_pairwise_cos"] = pair[:, off].mean(dim=1)
+        stats["part_feature_cos_to_G"] = torch.einsum("bkc,bc->bk", f_l, f_g).mean(dim=1)
+        if "feb_attention" in out:
+            for name, value in map_support(out["feb_attention"]).items():
+                stats[f"feb_attention_{name}"] = value
+            stats["F_cos_to_G"] = (F.normalize(out["F"].float(), dim=1) * f_g).sum(dim=1)
+        return stats
 
 
 # --- complexity -----------------------------------------------------------------------------------------

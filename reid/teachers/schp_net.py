@@ -75,7 +75,12 @@ SCHP_TINY = SCHPConfig(layers=(1, 1, 1, 1), stem_width=4, planes=(4, 4, 8, 8), p
 
 
 class ABN(nn.BatchNorm2d):
-    """BatchNorm2d + activation, a drop-in for InPlaceABN(Sync) in inference ('none' or 'leaky_relu')."""
+    """BatchNorm2d + activation, a drop-in for InPlaceABN(Sync) in inference ('none' or 'leaky_relu').
+
+    InPlaceABN scales by |weight| + eps, not by the raw weight (its kernels need a positive scale to invert the
+    activation in the backward pass), in training and inference alike; a checkpoint with a negative norm weight
+    therefore normalises differently from a plain BatchNorm2d. `abn_scale` is that scale.
+    """
 
     def __init__(self, num_features: int, activation: str = "leaky_relu", slope: float = LEAKY_SLOPE) -> None:
         super().__init__(num_features)
@@ -84,8 +89,16 @@ class ABN(nn.BatchNorm2d):
         self.activation = activation
         self.slope = slope
 
+    def abn_scale(self) -> torch.Tensor:
+        """InPlaceABN's effective scale: |weight| + eps."""
+        return self.weight.abs() + self.eps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
+        use_batch = self.training or self.running_mean is None
+        x = F.batch_norm(
+            x, None if use_batch else self.running_mean, None if use_batch else self.running_var,
+            self.abn_scale(), self.bias, use_batch, self.momentum or 0.0, self.eps,
+        )
         return F.leaky_relu(x, self.slope) if self.activation == "leaky_relu" else x
 
 
