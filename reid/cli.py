@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "isp-iou": ("reid.teachers.isp_labels", "IoU of ISP parts against the parsing cache (paper Table 3)"),
     "train": ("reid.engine.commands", "train a method"),
     "evaluate": ("reid.engine.commands", "evaluate a trained model with the dataset's protocol"),
+    "probe": ("reid.engine.probe", "measure a trained model's mechanism (e.g. PGFL-KD group-map support)"),
     "teacher-outputs": ("reid.engine.commands", "cache a trained teacher model's outputs for its student"),
     "pipeline": ("reid.pipeline", "run one pipeline stage resolved from params.yaml (used by Snakemake and DVC)"),
     "dvc-yaml": ("reid.workflow_gen", "write dvc.yaml from params.yaml (the DVC twin of the Snakefile)"),

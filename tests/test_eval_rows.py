@@ -8,6 +8,7 @@ override and refuse one that changes the network.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,24 @@ def test_load_model_refuses_an_override_that_changes_the_network(pgfl_model_file
         load_model(pgfl_model_file, "cpu", {"feb": False, "consistent": False})
     with pytest.raises(ValueError, match="cannot apply overrides"):
         load_model(pgfl_model_file, "cpu", {"no_such_param": 1})
+
+
+def test_probe_cli_prints_the_group_map_support(pgfl_model_file: Path, tiny_world, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from reid.cli import main
+    from reid.teachers.base import build_teacher
+    from reid.teachers.runner import run_teacher
+
+    keypoints = tmp_path / "keypoints.h5"
+    run_teacher(build_teacher("keypoints", "oracle", None, "cpu"), tiny_world.index, tiny_world.root, keypoints,
+                batch_size=16, workers=0, progress=False)
+    out = tmp_path / "probe.json"
+    assert main(["probe", "--model", str(pgfl_model_file), "--index", str(tiny_world.index), "--root",
+                 str(tiny_world.root), "--cache", f"keypoints={keypoints}", "--limit", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "group_map_top_mass" in printed and "feb_attention_effective_cells" in printed
+    report = json.loads(out.read_text())
+    assert report["images"] == 8 and 0 < report["stats"]["group_map_top_mass"]["mean"] <= 1
+    with pytest.raises(KeyError, match="keypoints"):
+        main(["probe", "--model", str(pgfl_model_file), "--index", str(tiny_world.index), "--root",
+              str(tiny_world.root)])

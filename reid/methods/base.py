@@ -28,6 +28,7 @@ class Method:
     name: ClassVar[str] = ""
     caches: ClassVar[dict[str, list[str]]] = {}
     test_caches: ClassVar[dict[str, list[str]]] = {}
+    probe_caches: ClassVar[dict[str, list[str]]] = {}
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -61,6 +62,12 @@ class Method:
     def distance(self, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> torch.Tensor:
         """Default: cosine distance 1 - cos on 'feat'."""
         return cosine_distance(q["feat"], g["feat"])
+
+    # --- diagnostics -----------------------------------------------------------------------------------
+    def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-image statistics of the method's mechanism (B,) by name, read by `python -m reid probe`; the
+        batch carries the `probe_caches` fields. Default: none."""
+        return {}
 
 
 def cosine_distance(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
