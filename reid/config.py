@@ -161,7 +161,10 @@ def stage_synth(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], l
     gen = dataset_cfg(cfg, dataset).get("generate")
     if not gen:
         raise ConfigError(f"datasets.{dataset} has no `generate:` section: it is a real dataset on disk")
-    return {"world": gen["world"], "seed": int(gen.get("seed", 0)), "scale": float(gen.get("scale", 1.0))}, [
+    from reid.data.synthetic import SCHEMA_VERSION  # a renderer change reruns the world and what depends on it
+
+    return {"world": gen["world"], "seed": int(gen.get("seed", 0)), "scale": float(gen.get("scale", 1.0)),
+            "renderer_version": SCHEMA_VERSION}, [
         f"datasets.{dataset}.generate"
     ]
 

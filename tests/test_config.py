@@ -123,7 +123,7 @@ def test_train_errors_name_the_key() -> None:
 
 
 def test_synth_and_index_stages() -> None:
-    assert C.stage_synth(_cfg(), "toy") == ({"world": "synthcc", "seed": 2, "scale": 0.5},
+    assert C.stage_synth(_cfg(), "toy") == ({"world": "synthcc", "seed": 2, "scale": 0.5, "renderer_version": 2},
                                             ["datasets.toy.generate"])
     assert C.stage_index(_cfg(), "toy") == ({"dataset": "synthcc", "root": "data/toy"},
                                             ["datasets.toy.loader", "datasets.toy.root"])

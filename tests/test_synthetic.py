@@ -94,10 +94,34 @@ def test_synthocc_layout(occ: Path) -> None:
             for s in ("query", "bounding_box_test", "bounding_box_train")}
     assert all(occl["query"])
     assert 0 < np.mean(occl["bounding_box_train"]) < 0.6 and np.mean(occl["bounding_box_test"]) < 0.4
-    pngs = sorted((occ / "occluders").glob("*.png"))
-    assert len(pngs) == S.N_OCCLUDERS
-    rgba = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    train_pngs = sorted((occ / "occluders").glob("*.png"))
+    test_pngs = sorted((occ / "occluders_test").glob("*.png"))
+    assert len(train_pngs) + len(test_pngs) == S.N_OCCLUDERS and train_pngs and test_pngs
+    rgba = cv2.imread(str(train_pngs[0]), cv2.IMREAD_UNCHANGED)
     assert rgba.ndim == 3 and rgba.shape[2] == 4 and rgba[..., 3].max() == 255
+    train_bytes = {p.read_bytes() for p in train_pngs}
+    assert not train_bytes & {p.read_bytes() for p in test_pngs}  # NODA's folder holds no test occluder
+
+
+def test_train_and_test_images_are_occluded_by_disjoint_sprites(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test-set leakage: the sprites hiding query / gallery people never appear in training images (nor, via
+    <root>/occluders/, in SUREID's NODA)."""
+    world = S.World("synthocc", 0, 8, [1, 2])
+    drawn: dict[bool, set[int]] = {True: set(), False: set()}
+    original = S.World._occlude
+
+    def spy(self, pt, rng, pool):
+        drawn[current] |= set(pool)
+        return original(self, pt, rng, pool)
+
+    monkeypatch.setattr(S.World, "_occlude", spy)
+    for current, rel in ((False, "bounding_box_train/0001_c1_f0000001.jpg"), (True, "query/0001_c2_f0000002.jpg"),
+                         (True, "bounding_box_test/0002_c1_f0000003.jpg")):
+        world.render(S.ImageSpec(rel, 1 if "0001" in rel else 2, 0, 0, True, (1, 0, len(rel))))
+    assert drawn[False] and drawn[True] and not drawn[False] & drawn[True]
+    assert drawn[False] | drawn[True] == set(range(S.N_OCCLUDERS))
+    assert S.ImageSpec("rgb/test/C/001/x.jpg", 1, 2, 0, False, (0,)).is_test
+    assert not S.ImageSpec("rgb/train/001/x.jpg", 1, 0, 0, False, (0,)).is_test
 
 
 @pytest.mark.parametrize("world", ["cc", "occ"])

@@ -161,6 +161,28 @@ def test_reweight_lambda_learns_in_training_only():
     assert float(model.reweight_lambda.detach()) == pytest.approx(0.5)
 
 
+def test_train_and_eval_compute_the_same_feature_at_keep_ratio_1():
+    """With every token kept, the training path (masks, Eq. 7-8) and the deployed path (top-k, Eq. 7-8) must give
+    one feature: the BNNeck is fitted in training to what inference deploys."""
+    torch.manual_seed(0)
+    model = tiny(keep_ratio=1.0)
+    with torch.no_grad():
+        model.reweight_lambda.fill_(0.8)
+        for dec in model.decision:  # make every Gumbel draw "keep" (index 1)
+            dec.out[-1].weight.zero_()
+            dec.out[-1].bias.copy_(torch.tensor([-50.0, 50.0]))
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        train_feat, side = model.train().forward_features(x)
+        assert all(bool((d == 1).all()) for d in side.decisions)
+        eval_feat, _ = model.eval().forward_features(x)
+    torch.testing.assert_close(eval_feat, train_feat, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        model.reweight_lambda.zero_()
+        unweighted = model.forward_features(x)[0]
+    assert not torch.allclose(unweighted, eval_feat, atol=1e-3)  # the reweighting really acts at inference
+
+
 # --- forward / backward ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("keep_ratio", [None, 0.7])
 def test_tiny_forward_backward_train_and_eval(keep_ratio):

@@ -51,7 +51,7 @@ __all__ = [
     "generate_world", "load_groundtruth", "cue_rank1", "add_arguments", "main",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: training and test images are occluded by disjoint sprite pools
 WORLDS = ("synthcc", "synthocc")
 _WORLD_CODE = {"synthcc": 1, "synthocc": 2}
 JPEG_QUALITY = 90
@@ -92,6 +92,11 @@ class ImageSpec:
     outfit: int
     occlude: bool
     key: tuple[int, ...]
+
+    @property
+    def is_test(self) -> bool:
+        """Query / gallery image (PRCC `rgb/test/`, Market-style `query/`, `bounding_box_test/`)."""
+        return self.rel.startswith(("rgb/test/", "query/", "bounding_box_test/"))
 
 
 CC_CAMERAS = (
@@ -232,6 +237,10 @@ class World:
         for j in range(N_OCCLUDERS):
             kind = OCCLUDER_KINDS[j % len(OCCLUDER_KINDS)]
             self.occluders.append((kind, make_occluder(kind, _rng(seed, world, _S_OCC, j))))
+        # Disjoint sprite pools: training images (and NODA, which reads <root>/occluders/) never see the objects
+        # that occlude the test images (written to <root>/occluders_test/ for reference only).
+        self.occluder_pools = {split: [j for j in range(N_OCCLUDERS) if occluder_split(j) == split]
+                               for split in ("train", "test")}
 
     def render(self, spec: ImageSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Render one image: BGR uint8 in its saved size and its ground truth in that frame."""
@@ -247,7 +256,7 @@ class World:
         has_face = face is not None and _face_inside(body.face_landmarks, body.face_mask)
         occluded = False
         if spec.occlude:
-            alpha = self._occlude(pt, rng)
+            alpha = self._occlude(pt, rng, self.occluder_pools["test" if spec.is_test else "train"])
             occluded = True
             vis = kps[:, 2] == 2
             ki = np.clip(np.round(kps[:, :2]).astype(int), 0, [CANVAS_W - 1, CANVAS_H - 1])
@@ -264,10 +273,10 @@ class World:
         gt = _groundtruth(lab, kps, body, face, has_face, occluded, h, w)
         return cv2.cvtColor(img, cv2.COLOR_RGB2BGR), gt
 
-    def _occlude(self, pt: Painter, rng: np.random.Generator) -> np.ndarray:
-        """Paste an occluder over 15-70% of the person; returns its canvas alpha."""
+    def _occlude(self, pt: Painter, rng: np.random.Generator, pool: list[int]) -> np.ndarray:
+        """Paste an occluder of `pool` over 15-70% of the person; returns its canvas alpha."""
         fg = pt.lab > 0
-        j = int(rng.integers(len(self.occluders)))
+        j = pool[int(rng.integers(len(pool)))]
         kind, sprite = self.occluders[j]
         mode = OCCLUDER_MODE[kind]
         for _ in range(8):
@@ -346,11 +355,19 @@ def _write_jpg(path: Path, bgr: np.ndarray) -> None:
     path.write_bytes(enc.tobytes())
 
 
+def occluder_split(j: int) -> str:
+    """Which images sprite j may occlude: even sprites the training split, odd ones the test split (every kind
+    appears in both pools, as 20 sprites cycle through 7 kinds)."""
+    return "train" if j % 2 == 0 else "test"
+
+
 def _write_occluders(world: World, root: Path) -> list[str]:
-    (root / "occluders").mkdir(parents=True, exist_ok=True)
+    """Training sprites to <root>/occluders/ (NODA's default source), test sprites to <root>/occluders_test/."""
     names = []
     for j, (kind, rgba) in enumerate(world.occluders):
-        name = f"occluders/{j:02d}_{kind}.png"
+        folder = "occluders" if occluder_split(j) == "train" else "occluders_test"
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        name = f"{folder}/{j:02d}_{kind}.png"
         ok, enc = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
         if not ok:
             raise OSError(f"PNG encoding failed for {root / name}")

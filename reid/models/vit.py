@@ -12,7 +12,9 @@ predicts keep/drop for every image token.
   (Eq. 3) that cuts the dropped tokens out of the attention of every later block (Eq. 4-6), so the model learns
   to work without them; the class-token attention of the last block reweights the tokens (Eq. 7-8).
 - Inference: no Gumbel noise, no masking: at each stage the `floor(N * p^s)` best-scored tokens are gathered
-  (static shapes) and the others are really removed, so later blocks cost less.
+  (static shapes) and the others are really removed, so later blocks cost less. The class-token reweighting
+  (Eq. 7-8) is applied here too, over the tokens kept, so the BNNeck and classifier fitted in training see the
+  feature that is deployed (applied in training only, the deployed feature had cosine 0.980 with it).
 Layout follows timm's order: layers -> model -> weight loading -> factories (incl. a tiny test variant).
 """
 
@@ -103,7 +105,7 @@ def topk_keep(tokens: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch
 
 
 def cls_attention_reweight(x: torch.Tensor, cls_attn: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: x_out = x + lambda * concat(x_cls-part, Attn_cls (x) x_image) (training only).
+    """Eq. 8: x_out = x + lambda * concat(x_cls-part, Attn_cls (x) x_image) (training and inference).
 
     Interpretation of the paper's compact notation (stated because it is ambiguous): `cls_attn` (B, N) is the
     head-averaged class-token attention over the N image tokens (Eq. 7); the image tokens are reweighted by it
@@ -340,7 +342,8 @@ class VisionTransformer(nn.Module):
     def _forward_infer(self, x: torch.Tensor) -> tuple[torch.Tensor, HTSOutput]:
         """Static top-k per stage by the keep score; dropped tokens leave the sequence for good."""
         counts = keep_counts(self.patch_embed.num_patches, self.ratios)
-        out, stage = HTSOutput(), 0
+        out, stage, cls_attn = HTSOutput(), 0, None
+        last = len(self.blocks) - 1
         origin = torch.arange(x.shape[1] - 1, device=x.device).expand(x.shape[0], -1)
         for i, blk in enumerate(self.blocks):
             if stage < len(self.prune_layers) and i == self.prune_layers[stage]:
@@ -351,7 +354,11 @@ class VisionTransformer(nn.Module):
                 out.keep_index.append(origin)
                 x = torch.cat([x[:, :1], img], dim=1)
                 stage += 1
-            x = blk(x)[0]
+            want = self.cls_reweight and i == last
+            x, attn = blk(x, None, want)
+            cls_attn = attn if want else cls_attn
+        if cls_attn is not None:
+            x = cls_attention_reweight(x, cls_attn, self.reweight_lambda)
         return self.norm(x)[:, 0], out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
