@@ -64,6 +64,20 @@ def test_eq5_kd_over_two_logit_pairs_with_tau_squared():
     assert facial_knowledge_propagation(student, teacher, tau).item() == pytest.approx(1.098612, abs=1e-5)
 
 
+def test_eq5_direction_with_an_asymmetric_pair():
+    """One pair whose two KL directions differ: KL(p_t || p_s) is Eq. 5 (teacher first), not KL(p_s || p_t).
+    tau = 2; teacher/tau = [ln3, 0] -> p_t = [3/4, 1/4]; student uniform p_s = [1/2, 1/2]:
+    KL(t||s) = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812 -> x tau^2 = 0.523248;
+    KL(s||t) = 0.5 ln(2/3) + 0.5 ln 2 = 0.143841 -> 0.575364 (the wrong direction)."""
+    teacher = [torch.tensor([[2 * math.log(3.0), 0.0]], requires_grad=True)]
+    student = [torch.tensor([[0.0, 0.0]], requires_grad=True)]
+    loss = facial_knowledge_propagation(student, teacher, 2.0)
+    assert loss.item() == pytest.approx(0.523248, abs=1e-5)
+    assert loss.item() != pytest.approx(0.575364, abs=1e-3)
+    loss.backward()
+    assert teacher[0].grad is None and student[0].grad.abs().sum() > 0  # only the student learns
+
+
 def test_eq6_sums_over_the_sets():
     # CE without smoothing on uniform logits over 2 classes: ln 2 per set, 2 sets -> 2 ln 2
     logits = [torch.zeros(3, 2), torch.zeros(3, 2)]
@@ -159,10 +173,39 @@ def test_embed_and_distance_with_and_without_faces():
     face_cos = torch.einsum("ikd,jkd->ij", feats["face"], feats["face"]) / 7
     # query 1 has no face: body stream only, against every gallery image
     assert torch.allclose(d[1], 1 - body_cos[1], atol=1e-5)
-    # query 0 and gallery 2 both have a face: mean over 14 chunks; gallery 3 has none: body only
+    # query 0 has a face: 14 chunks against every gallery image; gallery 3 has none, so its face term is query 0's
+    # mean face cosine over the gallery faces (images 0, 2, 5)
     assert d[0, 2].item() == pytest.approx(1 - (body_cos[0, 2] + face_cos[0, 2]).item() / 2, abs=1e-5)
-    assert d[0, 3].item() == pytest.approx(1 - body_cos[0, 3].item(), abs=1e-5)
+    stand_in = face_cos[0, [0, 2, 5]].mean()
+    assert d[0, 3].item() == pytest.approx(1 - (body_cos[0, 3] + stand_in).item() / 2, abs=1e-5)
     assert d[0, 0].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def _unit(*v: float) -> list[float]:
+    x = torch.tensor(v)
+    return (x / x.norm()).tolist()
+
+
+def test_distance_ranks_one_query_on_one_scale_hand_values():
+    """1 chunk per stream, 2-d. Query q (face) against g0 (face), g1 (no face), g2 (face).
+    body cos: q.g0 = 0.6, q.g1 = 0.8, q.g2 = 0.0; face cos: q.g0 = 1.0, q.g2 = -0.5.
+    mean rule: g1's face stand-in = (1.0 - 0.5) / 2 = 0.25 -> sims (0.6 + 1)/2 = 0.8, (0.8 + 0.25)/2 = 0.525,
+    (0 - 0.5)/2 = -0.25 -> d = 0.2, 0.475, 1.25 -> ranking g0, g1, g2.
+    zero rule: g1 -> (0.8 + 0)/2 = 0.4 -> d = 0.6. The old mixed rule gave g1 body only: d = 0.2, a tie with g0.
+    A face-less query (q2) ranks by body only: d = 1 - body cos."""
+    q_body = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    g_body = torch.tensor([[_unit(0.6, 0.8)], [_unit(0.8, 0.6)], [[0.0, 1.0]]])
+    q_face = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])
+    g_face = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]], [_unit(-0.5, 0.8660254)]])
+    q = {"body": q_body, "face": q_face, "has_face": torch.tensor([1.0, 0.0])}
+    g = {"body": g_body, "face": g_face, "has_face": torch.tensor([1.0, 0.0, 1.0])}
+    d = deskpro_distance(q, g)
+    torch.testing.assert_close(d[0], torch.tensor([0.2, 0.475, 1.25]), atol=1e-5, rtol=0)
+    assert d[0].argsort().tolist() == [0, 1, 2]
+    torch.testing.assert_close(deskpro_distance(q, g, "zero")[0], torch.tensor([0.2, 0.6, 1.25]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(d[1], torch.tensor([0.2, 0.4, 0.0]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="missing_face"):
+        deskpro_distance(q, g, "skip")
 
 
 def test_no_face_anywhere_gives_no_nan():
@@ -176,7 +219,9 @@ def test_face_only_distance_is_defined_for_face_less_pairs():
     q = {"face": torch.nn.functional.normalize(torch.randn(2, 7, 4), dim=2), "has_face": torch.tensor([1.0, 0.0])}
     d = deskpro_distance(q, q)
     assert torch.isfinite(d).all()
-    assert d[0, 1].item() == pytest.approx(1.0) and d[0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    # query 0 has a face; gallery 1 has none: the stand-in is query 0's mean face cosine over gallery faces = 1
+    assert d[0, 1].item() == pytest.approx(0.0, abs=1e-6) and d[0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    assert d[1].tolist() == [1.0, 1.0]  # a face-less query of a face-only model ties everywhere
 
 
 # --- face teacher, cache, online ---------------------------------------------------------------------------

@@ -138,3 +138,56 @@ def test_lightmbn_outputs_and_backward():
     mbn.eval()
     with torch.no_grad():
         assert mbn(x).embeddings.shape == (4, 7, 512)
+
+
+def _identity_branches(mbn: LightMBN) -> LightMBN:
+    """Replace the learned trunks by identities so that pooling can be checked on a hand-made map."""
+    for name in ("global_trunk", "part_trunk", "channel_trunk", "drop_block"):
+        setattr(mbn, name, torch.nn.Identity())
+    return mbn
+
+
+def test_lightmbn_branches_pool_as_the_reference():
+    """global: average (f_glo) and max after drop-top (f_glo_drop); part: max (f_p0) and two average stripes;
+    channel: average split into halves, each through the shared conv."""
+    torch.manual_seed(0)
+    mbn = _identity_branches(LightMBN(num_classes=3, width="tiny")).eval()
+    c = mbn.necks[0].reduction.in_channels
+    f = torch.zeros(1, c, 6, 2)
+    f[0, :, 0, 0] = 9.0   # the strongest row (row 0) holds a 9
+    f[0, :, 4, 1] = 3.0   # a weaker peak lower down
+    f[0, :, 5, 0] = 1.0
+    pooled = mbn.pooled_features(f)
+    col = lambda t: t[0, :, 0, 0]  # noqa: E731
+    torch.testing.assert_close(col(pooled[0]), torch.full((c,), 13.0 / 12))  # average over 12 cells
+    torch.testing.assert_close(col(pooled[1]), torch.full((c,), 9.0))        # eval: no drop, max
+    torch.testing.assert_close(col(pooled[2]), torch.full((c,), 9.0))        # part: global max
+    torch.testing.assert_close(col(pooled[3]), torch.full((c,), 9.0 / 6))    # top stripe: rows 0-2 average
+    torch.testing.assert_close(col(pooled[4]), torch.full((c,), 4.0 / 6))    # bottom stripe: rows 3-5
+    half = c // 2
+    avg = f.mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(pooled[5], mbn.shared(avg[:, :half]))
+    torch.testing.assert_close(pooled[6], mbn.shared(avg[:, half:]))
+    # training: drop-top zeroes round(0.33 * 6) = 2 rows with the largest peak energy (rows 0 and 4), so the
+    # drop path's max is the remaining 1; the average path still sees everything
+    mbn.train()
+    mbn.shared.eval()  # (batch statistics of one image are undefined; the shared conv is not under test here)
+    pooled_train = mbn.pooled_features(f)
+    torch.testing.assert_close(col(pooled_train[1]), torch.full((c,), 1.0))
+    torch.testing.assert_close(col(pooled_train[0]), torch.full((c,), 13.0 / 12))
+
+
+def test_lightmbn_triplet_set_is_the_pre_bn_glo_glo_drop_p0():
+    torch.manual_seed(0)
+    mbn = LightMBN(num_classes=3, width="tiny").eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        mbn.necks[0].neck.bn.running_mean.fill_(0.5)  # so that the BN visibly changes the feature
+        out = mbn(x)
+        pooled = mbn.pooled_features(mbn.forward_stem(x))
+        heads = [neck(p) for neck, p in zip(mbn.necks, pooled)]
+    assert len(out.triplet) == 3 and len(out.logits) == 7
+    for got, idx in zip(out.triplet, (0, 1, 2)):  # glo, glo_drop, p0: the features before their BNNeck's BN
+        torch.testing.assert_close(got, heads[idx][0])
+    torch.testing.assert_close(out.embeddings, torch.stack([h[1] for h in heads], dim=1))
+    assert not torch.allclose(out.triplet[0], heads[0][1])  # pre-BN, not the post-BN embedding

@@ -11,11 +11,13 @@ Two registered methods share this module:
 
 Every Table 3 row is reachable by params (`ABLATIONS`), with the paper's numbers in `PAPER_TABLE3`.
 
-Test time (no teacher, no parsing): each 512-d embedding chunk is L2-normalised after flip TTA; the distance is
-1 - the mean chunk cosine over the 7 body chunks plus the 7 face chunks when BOTH query and gallery image have a
-face, and over the 7 body chunks otherwise (the paper: "query images with no face detected only enable the
-global stream"). Averaging (not summing) keeps the two cases on one scale, and a missing face never produces a
-zero chunk that would be normalised into NaN (the public code's bug).
+Test time (no teacher, no parsing): each 512-d embedding chunk is L2-normalised after flip TTA; the distance
+(`deskpro_distance`) uses one rule per query: a query without a face is ranked by its 7 body chunks against the
+whole gallery (the paper: "query images with no face detected only enable the global stream"); a query with a
+face by its 14 chunks against the whole gallery, a face-less gallery image contributing a defined stand-in for
+its face cosine (`missing_face`). Mixing the two rules inside one ranking (the previous rule) put gallery images
+with and without a face on different scales. A missing face never produces a zero chunk that would be
+normalised into NaN (the public code's bug).
 """
 
 from __future__ import annotations
@@ -312,8 +314,12 @@ class DeskPro(Method):
         triplet_margin: float = 0.7,
         csa_layers: int = 2,
         drop_ratio: float = 0.33,
+        missing_face: str = "mean",
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if missing_face not in MISSING_FACE_RULES:
+            raise ValueError(f"missing_face must be one of {MISSING_FACE_RULES}, got {missing_face!r}")
+        self.missing_face = missing_face
         base = self._preset(preset)
         self.epsilon = float(epsilon if epsilon is not None else base["epsilon"])
         self.lambda_att = float(lambda_att if lambda_att is not None else base["lambda_att"])
@@ -520,25 +526,47 @@ class DeskPro(Method):
         return getattr(model, "module", model).face.feat_dim
 
     def distance(self, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> torch.Tensor:
-        """1 - mean chunk cosine over body chunks (+ face chunks where both images have a face)."""
-        return deskpro_distance(q, g)
+        """One scale per query: body chunks only for a face-less query, body + face chunks for a query with one."""
+        return deskpro_distance(q, g, self.missing_face)
 
 
-def deskpro_distance(q: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Combine the streams explicitly: for a pair (i, j) with both faces, sim = (sum body cos + sum face cos) / 14;
-    otherwise sim = sum body cos / 7 (face-only model: sum face cos / 7 with both faces, 0 otherwise); d = 1 - sim.
+MISSING_FACE_RULES = ("mean", "zero")
+
+
+def deskpro_distance(
+    q: dict[str, torch.Tensor], g: dict[str, torch.Tensor], missing_face: str = "mean"
+) -> torch.Tensor:
+    """One distance scale per query, so a ranking never mixes scales and never holds NaN:
+
+    - query without a face (or no face stream): d = 1 - (sum of the 7 body chunk cosines) / 7 for every gallery
+      image (the paper: "query images with no face detected only enable the global stream");
+    - query with a face: d = 1 - (sum of the 7 body + 7 face chunk cosines) / 14 for every gallery image; where
+      the gallery image has no face, its face chunk cosine is a defined stand-in: `missing_face="mean"` (default)
+      the query's mean face chunk cosine over the gallery images that have a face (no evidence either way: the
+      face-less image is ranked by its body against the query's typical face match), `"zero"` a cosine of 0.
+    A face-only model (no body stream) uses the face terms alone, /7; a face-less query then ties everywhere.
     """
-    sim_sum: torch.Tensor | None = None
-    count: torch.Tensor | float = 0.0
-    if "body" in q:
-        sim_sum = q["body"].flatten(1) @ g["body"].flatten(1).t()
-        count = float(q["body"].shape[1])
-    if "face" in q:
-        both = q["has_face"].float()[:, None] * g["has_face"].float()[None, :]
-        face_sum = (q["face"].flatten(1) @ g["face"].flatten(1).t()) * both
-        sim_sum = face_sum if sim_sum is None else sim_sum + face_sum
-        count = count + both * q["face"].shape[1]
-    if sim_sum is None:
+    if missing_face not in MISSING_FACE_RULES:
+        raise ValueError(f"missing_face must be one of {MISSING_FACE_RULES}, got {missing_face!r}")
+    if "body" not in q and "face" not in q:
         raise ValueError("deskpro_distance: the embeddings have neither 'body' nor 'face'")
-    count = torch.as_tensor(count, dtype=sim_sum.dtype, device=sim_sum.device)
+    n_q = len(q["body"] if "body" in q else q["face"])
+    n_g = len(g["body"] if "body" in g else g["face"])
+    device = (q["body"] if "body" in q else q["face"]).device
+    sim_sum = torch.zeros(n_q, n_g, device=device)
+    count = torch.zeros(n_q, 1, device=device)
+    if "body" in q:
+        sim_sum = sim_sum + q["body"].flatten(1).float() @ g["body"].flatten(1).float().t()
+        count = count + q["body"].shape[1]
+    if "face" in q:
+        q_has, g_has = q["has_face"].float().view(-1, 1) > 0, g["has_face"].float().view(1, -1) > 0
+        face_sim = (q["face"].flatten(1).float() @ g["face"].flatten(1).float().t())
+        if missing_face == "mean":
+            n_faces = g_has.float().sum()
+            stand_in = (face_sim * g_has).sum(dim=1, keepdim=True) / n_faces.clamp(min=1.0)
+        else:
+            stand_in = torch.zeros(n_q, 1, device=device)
+        face_sim = torch.where(g_has, face_sim, stand_in.expand_as(face_sim))
+        sim_sum = sim_sum + torch.where(q_has, face_sim, torch.zeros_like(face_sim))
+        count = count + q_has.float() * q["face"].shape[1]
     return 1.0 - sim_sum / count.clamp(min=1.0)
