@@ -113,6 +113,31 @@ def test_part_iou_resamples_predictions_to_the_parsing_size() -> None:
     assert part_iou(pred, gt)["foreground"] == pytest.approx(1.0)
 
 
+def test_official_table3_metric_by_hand() -> None:
+    """The reference's miou.py: per group the mean of the group's and its complement's IoU, fixed part labels.
+    8 pixels. LIP row 0: face, face, upper-clothes, bg; row 1: pants, pants, left-shoe, bg.
+    K = 6 parts row 0: 1, 0, 2, 0; row 1: 4, 4, 5, 5.
+    foreground: truth 6 px, pred 6 px, both 5 -> 5/7; complement: truth 2, pred 2, both 1 -> 1/3; mean 11/21.
+    head (part 1): {0,1} vs {0} -> 1/2; complement 6 vs 7, both 6 -> 6/7; mean 19/28.
+    legs (part 4): {4,5} vs {4,5} -> 1, complement 1 -> 1. shoes (part 5): {6} vs {6,7} -> 1/2, 6/7 -> 19/28.
+    K = 7: legs = parts 4, 5 -> {4,5} vs {4..7}: 1/2, complement 4/6 -> 7/12; shoes = part 6 (none): 0, 7/8."""
+    from reid.methods.isp import binary_mean_iou, official_part_iou
+
+    gt = np.array([[[13, 13, 5, 0], [9, 9, 18, 0]]], dtype=np.uint8)
+    pred = np.array([[[1, 0, 2, 0], [4, 4, 5, 5]]], dtype=np.uint8)
+    assert official_part_iou(pred, gt, 6) == pytest.approx(
+        {"foreground": 11 / 21, "head": 19 / 28, "legs": 1.0, "shoes": 19 / 28})
+    k7 = official_part_iou(pred, gt, 7)
+    assert k7["legs"] == pytest.approx(7 / 12) and k7["shoes"] == pytest.approx(7 / 16)
+    assert set(official_part_iou(pred, gt, 5)) == {"foreground"}  # detailed groups only for K = 6, 7
+    # the calibration floor: all background scores (0 + 2/8) / 2 on the foreground
+    assert official_part_iou(np.zeros_like(pred), gt, 6)["foreground"] == pytest.approx(0.125)
+    assert binary_mean_iou(np.zeros(4, bool), np.zeros(4, bool)) == pytest.approx(0.5)  # empty class -> 0 / max(1, 0)
+    # the ground truth is resized (nearest) to the label grid: a 4x8 map of the same layout gives the same numbers
+    big = np.repeat(np.repeat(gt, 2, axis=1), 2, axis=2)
+    assert official_part_iou(pred, big, 6) == pytest.approx(official_part_iou(pred, gt, 6))
+
+
 # --- model and method ---------------------------------------------------------------------------------------
 def _batch(K: int, b: int = 8, h: int = 64, w: int = 32) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
@@ -356,6 +381,9 @@ def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert result["rows"] == 12 and result["assignment"] == {"head": [1], "legs": [2], "shoes": []}
     assert result["iou"]["foreground"] == pytest.approx(1.0) and result["iou"]["head"] == pytest.approx(1.0)
     assert result["iou"]["legs"] == pytest.approx(1.0) and math.isnan(result["iou"]["shoes"])
+    assert result["num_parts"] == 3  # not recorded with a .npy: one more than the largest label
+    assert set(result["official_iou"]) == {"foreground"} and result["official_iou"]["foreground"] == pytest.approx(1.0)
+    assert result["official_iou_all_background"]["foreground"] < 1.0
     # the same labels as a model.pt's last clustering round (method_state) give the same answer
     torch.save({"method_state": {"labels": torch.from_numpy(isp), "labels_epoch": 1}}, tmp_path / "model.pt")
     args.labels = tmp_path / "model.pt"

@@ -50,7 +50,7 @@ __all__ = [
     "TABLE3_GROUPS",
     "ISP", "ISPNet", "build_feature_backbone", "part_probabilities", "pooled_representations", "parsing_loss",
     "reid_loss", "part_visibility", "part_distances", "aligned_distance", "downsample_labels", "lip_to_parts",
-    "assign_parts_to_groups", "part_iou",
+    "assign_parts_to_groups", "part_iou", "official_part_iou", "binary_mean_iou", "OFFICIAL_PART_GROUPS",
 ]
 
 # --- paper numbers and ablation rows --------------------------------------------------------------------------
@@ -337,6 +337,49 @@ def part_iou(pred_labels: Any, parsing_labels: Any, groups: Mapping[str, tuple[i
         mine = pred > 0 if name == "foreground" else np.isin(pred, list(assignment.get(name, [])))
         union = np.logical_or(truth, mine).sum()
         out[name] = float(np.logical_and(truth, mine).sum() / union) if union else float("nan")
+    return out
+
+
+# The official Table 3 metric (reference `engine/miou.py`): fixed part labels per group for K = 6 and 7 (parts
+# are ordered top to bottom, so part 1 is the head), foreground = any part > 0 for every K.
+OFFICIAL_PART_GROUPS: dict[int, dict[str, tuple[int, ...]]] = {
+    6: {"head": (1,), "legs": (4,), "shoes": (5,)},
+    7: {"head": (1,), "legs": (4, 5), "shoes": (6,)},
+}
+
+
+def resize_labels_nearest_cv2(gt: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) label maps resized to (N, h, w) with cv2 INTER_NEAREST, as the reference resizes its ground truth."""
+    import cv2
+
+    h, w = hw
+    if gt.shape[-2:] == (h, w):
+        return gt
+    return np.stack([cv2.resize(np.ascontiguousarray(g), (w, h), interpolation=cv2.INTER_NEAREST) for g in gt])
+
+
+def binary_mean_iou(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Mean of the IoU of the positive class and of its complement, from one 2x2 confusion matrix over all pixels
+    (the reference's "IoU" of a group); each class IoU is tp / max(1, |truth| + |pred| - tp)."""
+    t, p = truth.astype(bool).ravel(), pred.astype(bool).ravel()
+    ious = []
+    for cls_t, cls_p in ((~t, ~p), (t, p)):
+        tp = np.logical_and(cls_t, cls_p).sum()
+        ious.append(tp / max(1.0, cls_t.sum() + cls_p.sum() - tp))
+    return float(np.mean(ious))
+
+
+def official_part_iou(pred_labels: Any, parsing_labels: Any, num_parts: int,
+                      groups: Mapping[str, tuple[int, ...]] = TABLE3_GROUPS) -> dict[str, float]:
+    """Table 3 as the official code computes it: ground truth resized (cv2 nearest) to the label grid, fixed
+    part-to-group labels (`OFFICIAL_PART_GROUPS`, head / legs / shoes only for K = 6 or 7), and per group the
+    mean of the group's and its complement's IoU (`binary_mean_iou`). An all-background prediction already
+    scores about the background share; `isp-iou` prints that floor beside the result."""
+    pred = _as_numpy_labels(pred_labels)
+    gt = resize_labels_nearest_cv2(_as_numpy_labels(parsing_labels), pred.shape[-2:])
+    out = {"foreground": binary_mean_iou(np.isin(gt, groups["foreground"]), pred > 0)}
+    for name, parts in OFFICIAL_PART_GROUPS.get(num_parts, {}).items():
+        out[name] = binary_mean_iou(np.isin(gt, groups[name]), np.isin(pred, parts))
     return out
 
 

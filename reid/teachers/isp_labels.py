@@ -31,7 +31,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -259,6 +259,8 @@ def add_iou_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--model", type=Path, help="trained ISP model.pt: IoU of its part predictions (argmax)")
     parser.add_argument("--root", type=Path, default=None, help="dataset root (with --model)")
     parser.add_argument("--split", default="train", help="train | query | gallery | test (= query + gallery)")
+    parser.add_argument("--num-parts", type=int, default=None,
+                        help="K of the labels (default: read from the model.pt or the cache's provenance)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
 
@@ -302,10 +304,31 @@ def predict_parts(model_path: Path, index: Path, root: Path, positions: np.ndarr
     return torch.cat(out).numpy()
 
 
+def _fmt(ious: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {100 * v:.1f}%" for name, v in ious.items())
+
+
+def _num_parts(path: Path) -> int | None:
+    """K recorded with the labels: an ISP model.pt's method params or a cache's provenance; None if unknown."""
+    try:
+        if path.suffix == ".pt":
+            params = torch.load(path, map_location="cpu", weights_only=False).get("method_params", {})
+            return int(params.get("num_parts", 7))
+        if path.suffix == ".h5":
+            from reid.cache.h5 import CacheReader
+
+            params = CacheReader(path).attrs.get("params", {})
+            params = json.loads(params) if isinstance(params, str) else params
+            return int(params["num_parts"]) if "num_parts" in params else None
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return None
+
+
 def iou_main(args: argparse.Namespace) -> int:
     """`python -m reid isp-iou`: Table 3-style IoU (foreground, head, legs, shoes) against the parsing cache."""
     from reid.cache.h5 import CacheReader
-    from reid.methods.isp import assign_parts_to_groups, part_iou
+    from reid.methods.isp import assign_parts_to_groups, official_part_iou, part_iou
 
     rows = read_index(args.index)
     positions = _split_rows(rows, args.split)
@@ -319,10 +342,17 @@ def iou_main(args: argparse.Namespace) -> int:
         pred, source = _read_labels(args.labels, args.index, positions), str(args.labels)
     parsing = CacheReader(args.parsing, index_path=args.index).read("labels", positions)
     assignment = assign_parts_to_groups(pred, parsing)
+    k = args.num_parts or _num_parts(args.model or args.labels) or int(pred.max()) + 1
+    floor = official_part_iou(np.zeros_like(pred), parsing, k)
     result = {"source": source, "parsing": str(args.parsing), "split": args.split, "rows": int(len(positions)),
-              "iou": part_iou(pred, parsing, assignment=assignment), "assignment": assignment}
+              "num_parts": k,
+              "iou": part_iou(pred, parsing, assignment=assignment), "assignment": assignment,
+              "official_iou": official_part_iou(pred, parsing, k), "official_iou_all_background": floor}
     text = json.dumps(result, sort_keys=True)
     print(text)
+    print(f"per-group IoU (majority-vote parts): " + _fmt(result["iou"]), file=sys.stderr)
+    print(f"official Table 3 metric (K={k}, fixed parts): " + _fmt(result["official_iou"]), file=sys.stderr)
+    print("  calibration floor, an all-background prediction: " + _fmt(floor), file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
