@@ -1,7 +1,7 @@
 """Evaluation-only ablation rows (EVAL_ABLATIONS): a trained row's model evaluated with test-time overrides.
 
 PGFL-KD's Table 8 (`test_P` ... `test_E`: the `full` model tested on another feature) and ISP's "w/o ARM" (`wo_arm`:
-the `learned` model matched by concatenation) change nothing in training, so the DAG must reuse the trained row's
+the default `k7` model matched by concatenation) change nothing in training, so the DAG must reuse the trained row's
 model.pt (same seed) instead of training the same network again, and `reid evaluate --set` must apply the
 override and refuse one that changes the network.
 """
@@ -35,7 +35,8 @@ def _cfg() -> dict:
 def test_eval_row_reuses_the_trained_rows_model_of_the_same_seed() -> None:
     assert C.model_run("pgfl_kd--test_P--s2") == "pgfl_kd--full--s2"
     assert C.model_run("pgfl_kd--test_E") == "pgfl_kd--full"
-    assert C.model_run("isp--wo_arm--s1") == "isp--learned--s1"
+    assert C.model_run("isp--wo_arm--s1") == "isp--k7--s1"
+    assert C.model_run("isp--learned--s1") == "isp--k7--s1"  # Table 5 "ISP" is the default configuration = k7
     assert C.model_run("pgfl_kd--full--s2") == "pgfl_kd--full--s2"  # a trained row is its own model
     assert C.model_run("baseline") == "baseline"
 

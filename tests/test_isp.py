@@ -149,8 +149,9 @@ def _batch(K: int, b: int = 8, h: int = 64, w: int = 32) -> dict[str, torch.Tens
 @pytest.mark.parametrize("semantics", ["learned", "parsing"])
 def test_training_losses_backward_embed_distance(semantics: str) -> None:
     torch.manual_seed(0)
-    method = ISP(backbone="hrnet_tiny", num_parts=5, reduce_dim=16, semantics=semantics)
+    method = ISP(backbone="hrnet_tiny", num_parts=5, reduce_dim=16, semantics=semantics, initial="cache")
     assert method.caches == ({"isp_labels": ["labels"]} if semantics == "learned" else {"parsing": ["labels"]})
+    assert ISP(backbone="hrnet_tiny", num_parts=5).caches == {}  # default: the first round clusters the model
     model = method.build_model(num_classes=4)
     model.train()
     losses = method.training_losses(model, _batch(5), epoch=0)
@@ -200,7 +201,7 @@ def test_resnet50_backbone_is_upsampled_to_a_quarter() -> None:
 
 
 def test_recluster_schedule() -> None:
-    m = ISP(backbone="hrnet_tiny", period=2, recluster_until=7)
+    m = ISP(backbone="hrnet_tiny", period=2, recluster_until=7, initial="cache")
     assert [e for e in range(10) if m.should_recluster(e)] == [2, 4, 6]
     assert not ISP(backbone="hrnet_tiny", semantics="parsing").should_recluster(2)
     from_model = ISP(backbone="hrnet_tiny", initial="model", period=2)
