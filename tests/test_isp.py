@@ -406,3 +406,42 @@ def test_cpu_backbone_has_hrnet_w18_small_topology() -> None:
     assert 3.5e6 < sum(p.numel() for p in net.parameters()) < 4.5e6
     with pytest.raises(ValueError, match="choose hrnet_w32, hrnet_w18_small, resnet50 or hrnet_tiny"):
         build_feature_backbone("hrnet_w48")
+
+
+# --- official-code architecture: incre_modules and the spatial attention ------------------------------------
+def test_spatial_attention_multiplies_the_feature_map() -> None:
+    from reid.methods.isp import ISPNet, SpatialAttention
+
+    torch.manual_seed(0)
+    net = ISPNet(3, num_parts=4, backbone="hrnet_tiny", reduce_dim=8, incre_modules=False).eval()
+    assert isinstance(net.attention, SpatialAttention)
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        mask = net.attention(net.reduce(net.backbone(x)))
+        assert mask.shape == (2, 1, 16, 8) and bool(((mask > 0) & (mask < 1)).all())
+        net.attention.scale[0].weight.zero_()  # sigmoid(BN(0)) = sigmoid(0) = 1/2 everywhere
+        torch.testing.assert_close(net.feature_map(x), 0.5 * net.reduce(net.backbone(x)))
+    plain = ISPNet(3, num_parts=4, backbone="hrnet_tiny", reduce_dim=8, spatial_attention=False)
+    assert plain.attention is None
+
+
+def test_incre_modules_follow_the_official_layout_and_load_from_the_imagenet_checkpoint(tmp_path: Path) -> None:
+    from reid.methods.isp import build_feature_backbone
+    from reid.models.hrnet import HRNetFeatureMap, HRNET_TINY
+
+    torch.manual_seed(0)
+    source = HRNetFeatureMap(**HRNET_TINY, incre_modules=True)
+    assert source.out_channels == 128 + 256 + 512 + 1024  # 1920, as the official cls_head's input
+    # an ImageNet-classification-style checkpoint: the trunk at top level, then incre_modules.<i>.0.*
+    state = {**source.body.state_dict(), **{f"incre_modules.{k}": v for k, v in source.incre_modules.state_dict().items()}}
+    assert "incre_modules.0.0.conv1.weight" in state and "incre_modules.0.0.downsample.0.weight" in state
+    ckpt = tmp_path / "hrnet_imagenet.pth"
+    torch.save(state, ckpt)
+    loaded = build_feature_backbone("hrnet_tiny", str(ckpt), incre_modules=True)
+    for (name, a), b in zip(source.incre_modules.state_dict().items(), loaded.incre_modules.state_dict().values()):
+        assert torch.equal(a, b), name
+    x = torch.randn(1, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), source.eval()(x))
+        assert loaded(x).shape == (1, 1920, 16, 8)
+    assert build_feature_backbone("hrnet_tiny", str(ckpt)).out_channels == sum(source.body.channels)

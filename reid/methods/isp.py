@@ -16,6 +16,13 @@ clustering (reid/methods/isp_clustering.py, batched over identities, on the trai
 to the dataset with `train_set.set_field("isp_labels.labels", labels)`. `semantics: parsing` replaces the pseudo
 labels with the parsing cache (LIP) grouped into K parts: the paper's Table 5 "+extra info" row.
 
+Official-code details the paper does not mention (`cls_hrnet.py`), both on by default because the published
+numbers were produced with them: `incre_modules` passes every HRNet branch through the ImageNet classifier's
+incre_modules Bottleneck (1920 channels for W32, weights from the same ImageNet checkpoint) before the 1x1
+reduction, and `spatial_attention` multiplies M_g by a learned sigmoid mask (`SpatialAttention`) before the part
+classifier, the pooling and the clustering, so the mask shapes the foreground/background split. Either can be
+switched off to get the architecture as the paper describes it (rows `no_attention`, `no_incre`).
+
 Test time (Eq. 8-10): part visibility from the argmax of the part classifier; the distance averages the cosine
 distances of the shared-visible parts, the global and the foreground features (`matching: aligned`);
 `matching: concat` is the reference's "w/o ARM" (cosine on all features concatenated) and `matching: global`
@@ -43,7 +50,7 @@ from reid.methods.isp_clustering import IdentityChunker, identity_order
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth
 from reid.models.heads import BNNeck
 from reid.models.hrnet import HRNET_TINY, HRNET_W18_SMALL, HRNetFeatureMap
-from reid.models.resnet import ResNet50Backbone, load_pretrained
+from reid.models.resnet import ResNet50Backbone, load_pretrained, load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +104,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "extra_info": {"semantics": "parsing"},                             # Table 5 "+extra info"
     # Not in the paper: the first round from the isp_labels cache (a separately initialised backbone).
     "learned_cache": {"semantics": "learned", "initial": "cache"},
+    # Not in the paper: the official code's two additions off (the architecture as the paper describes it).
+    "no_attention": {"spatial_attention": False},
+    "no_incre": {"incre_modules": False},
 }
 # Rows that need no training of their own: Table 5 "ISP" is the default configuration, i.e. `k7`; Table 2
 # "ISP w/o arm" is that model (same seed) matched by cosine on all features concatenated (test time only).
@@ -165,8 +175,11 @@ _HRNET_BACKBONES: dict[str, tuple[dict[str, Any], str]] = {
 _HRNET_HEAD_KEYS = ("final_layer", "incre_modules", "downsamp_modules", "classifier")
 
 
-def build_feature_backbone(name: str, weights: str | None = None) -> nn.Module:
+def build_feature_backbone(name: str, weights: str | None = None, incre_modules: bool = False) -> nn.Module:
     """A module mapping (B, 3, H, W) to a (B, C, H/4, W/4) feature map, with `out_channels` = C.
+
+    `incre_modules` (HRNet backbones only): pass each branch through the ImageNet classifier's incre_modules
+    Bottleneck (1920 channels in all), loaded from the same checkpoint, as ISP's official code does.
 
     hrnet_w32: HRNetFeatureMap (480 ch); weights = an ImageNet HRNet-W32 classification checkpoint (or the COCO
     pose one), loaded non-strictly (the classification head keys are ignored). resnet50: torchvision weights.
@@ -175,13 +188,18 @@ def build_feature_backbone(name: str, weights: str | None = None) -> nn.Module:
     """
     if name in _HRNET_BACKBONES:
         topology, what = _HRNET_BACKBONES[name]
-        net = HRNetFeatureMap(**topology)
+        net = HRNetFeatureMap(**topology, incre_modules=incre_modules)
         load_pretrained(net.body, weights, what, ignore_prefixes=_HRNET_HEAD_KEYS)
+        if weights and incre_modules:
+            n = net.load_incre_modules(load_state_dict_file(weights), str(weights))
+            log.info("%s: %d incre_modules tensors loaded from %s", what, n, weights)
         return net
     if name == "hrnet_tiny":
-        net = HRNetFeatureMap(**HRNET_TINY)
+        net = HRNetFeatureMap(**HRNET_TINY, incre_modules=incre_modules)
         if weights:
-            load_pretrained(net.body, weights, "tiny HRNet")
+            load_pretrained(net.body, weights, "tiny HRNet", ignore_prefixes=("incre_modules",))
+            if incre_modules:
+                net.load_incre_modules(load_state_dict_file(weights), str(weights))
         return net
     if name == "resnet50":
         return UpsampledResNet50(weights)
@@ -389,6 +407,25 @@ def official_part_iou(pred_labels: Any, parsing_labels: Any, num_parts: int,
 
 
 # --- model ------------------------------------------------------------------------------------------------
+class SpatialAttention(nn.Module):
+    """The official code's `SpatialAttn` (not in the paper): a (B, 1, h, w) sigmoid mask multiplied into M_g
+    before the part classifier, the pooling and the clustering. 3x3 stride-2 conv to 1 channel + BN + ReLU,
+    bilinear upsampling back (align_corners=True, as the reference), 1x1 conv + BN, sigmoid."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(channels, 1, 3, stride=2, padding=1), nn.BatchNorm2d(1))
+        self.scale = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1))
+        for conv in (self.down[0], self.scale[0]):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_in")
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.down(fmap))
+        a = F.interpolate(a, size=fmap.shape[-2:], mode="bilinear", align_corners=True)
+        return torch.sigmoid(self.scale(a))
+
+
 class ISPNet(nn.Module):
     """Backbone -> 1x1 reduction (M_g) -> part classifier; parts / foreground / global with a BNNeck each.
 
@@ -398,18 +435,19 @@ class ISPNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, num_parts: int = 7, backbone: str = "hrnet_w32", weights: str | None = None,
-                 reduce_dim: int = 256) -> None:
+                 reduce_dim: int = 256, spatial_attention: bool = True, incre_modules: bool = True) -> None:
         super().__init__()
         if num_parts < 2:
             raise ValueError(f"num_parts (K) must be >= 2, got {num_parts}")
         self.num_parts, self.dim = num_parts, reduce_dim
-        self.backbone = build_feature_backbone(backbone, weights)
+        self.backbone = build_feature_backbone(backbone, weights, incre_modules and backbone != "resnet50")
         self.reduce = nn.Sequential(nn.Conv2d(self.backbone.out_channels, reduce_dim, 1), nn.BatchNorm2d(reduce_dim),
                                     nn.ReLU(inplace=True))
         self.part_classifier = nn.Conv2d(reduce_dim, num_parts, 1, bias=False)  # Eq. 5: W_k^T M_g(x, y)
         self.neck_part = BNNeck(reduce_dim * (num_parts - 1), num_classes)
         self.neck_fore = BNNeck(reduce_dim, num_classes)
         self.neck_global = BNNeck(reduce_dim, num_classes)
+        self.attention = SpatialAttention(reduce_dim) if spatial_attention else None
         for m in list(self.reduce.modules()) + [self.part_classifier]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in")
@@ -417,8 +455,10 @@ class ISPNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """M_g (Eq. 1): the reduced 1/4-resolution map the clustering and the pooling use."""
-        return self.reduce(self.backbone(x))
+        """M_g (Eq. 1): the reduced 1/4-resolution map the clustering and the pooling use (times the spatial
+        attention mask when it is on, as in the official code)."""
+        fmap = self.reduce(self.backbone(x))
+        return fmap * self.attention(fmap) if self.attention is not None else fmap
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.feature_map(x)
@@ -452,6 +492,8 @@ class ISP(Method):
         backbone: str = "hrnet_w32",
         weights: str | None = None,
         reduce_dim: int = 256,
+        spatial_attention: bool = True,
+        incre_modules: bool = True,
         alpha: float = 0.1,
         label_smooth: float = 0.1,
         triplet_margin: float = 0.3,
@@ -480,6 +522,7 @@ class ISP(Method):
         if semantics == "parsing" and num_parts not in LIP_PART_GROUPS:
             raise ValueError(f"isp: semantics=parsing needs num_parts in {sorted(LIP_PART_GROUPS)}, got {num_parts}")
         self.num_parts, self.backbone, self.weights, self.reduce_dim = num_parts, backbone, weights, reduce_dim
+        self.spatial_attention, self.incre_modules = spatial_attention, incre_modules
         self.alpha, self.label_smooth, self.triplet_margin = alpha, label_smooth, triplet_margin
         self.semantics, self.initial = semantics, initial
         self.period, self.recluster_until = period, recluster_until
@@ -495,7 +538,8 @@ class ISP(Method):
         self._applied_to: Any = None
 
     def build_model(self, num_classes: int) -> nn.Module:
-        return ISPNet(num_classes, self.num_parts, self.backbone, self.weights, self.reduce_dim)
+        return ISPNet(num_classes, self.num_parts, self.backbone, self.weights, self.reduce_dim,
+                      self.spatial_attention, self.incre_modules)
 
     # --- training -------------------------------------------------------------------------------------------
     def part_targets(self, batch: Mapping[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

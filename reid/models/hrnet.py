@@ -329,18 +329,48 @@ def upsample_concat(features: Sequence[Tensor]) -> Tensor:
     return torch.cat(ups, dim=1)
 
 
+# HRNet-Image-Classification's `incre_modules`: one Bottleneck per branch raising its channels to 4x these.
+INCRE_HEAD_CHANNELS: tuple[int, ...] = (32, 64, 128, 256)
+
+
 class HRNetFeatureMap(nn.Module):
     """ReID backbone: HRNet branches upsampled to 1/4 and concatenated (W32: 480 channels at H/4 x W/4).
 
     Built with `multi_scale_output=True` by default so every branch is fused (ISP's layout); the pose head is
-    not used. `out_channels` tells heads what to expect.
+    not used. With `incre_modules=True` each branch first passes through the ImageNet classifier's
+    `incre_modules` Bottleneck (channels C, 2C, 4C, 8C -> 128, 256, 512, 1024; 1920 in all), as ISP's official
+    `cls_hrnet.py` does before its 1x1 reduction; their weights load from the same ImageNet checkpoint
+    (`load_incre_modules`). `out_channels` tells heads what to expect.
     """
 
-    def __init__(self, width: int = 32, multi_scale_output: bool = True, **kwargs) -> None:
+    def __init__(self, width: int = 32, multi_scale_output: bool = True, incre_modules: bool = False,
+                 **kwargs) -> None:
         super().__init__()
         self.body = HRNet(width=width, multi_scale_output=multi_scale_output, **kwargs)
-        self.out_channels = sum(self.body.channels)
+        if incre_modules:
+            heads = INCRE_HEAD_CHANNELS[: len(self.body.channels)]
+            self.incre_modules: nn.ModuleList | None = nn.ModuleList(
+                nn.Sequential(Bottleneck(c, h)) for c, h in zip(self.body.channels, heads))
+            self.out_channels = sum(h * Bottleneck.expansion for h in heads)
+        else:
+            self.incre_modules = None
+            self.out_channels = sum(self.body.channels)
         self.reset_parameters()
+
+    def load_incre_modules(self, state: dict[str, Tensor], source: str) -> int:
+        """Load `incre_modules.*` tensors of an ImageNet HRNet checkpoint; returns how many; warns when absent."""
+        if self.incre_modules is None:
+            return 0
+        own = {k.removeprefix("incre_modules."): v for k, v in state.items() if k.startswith("incre_modules.")}
+        if not own:
+            log.warning("%s has no incre_modules.* tensors (a pose checkpoint?): ISP's incre_modules start random",
+                        source)
+            return 0
+        missing, unexpected = self.incre_modules.load_state_dict(own, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{source}: incre_modules do not match this HRNet ({len(missing)} missing e.g. "
+                             f"{missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})")
+        return len(own)
 
     def reset_parameters(self) -> None:
         """He (fan-out) initialisation, as HRNet's ImageNet classification training starts from.
@@ -349,14 +379,17 @@ class HRNetFeatureMap(nn.Module):
         backbone trained from scratch with it gives activations ~1e-10 at eval time (BN running stats start at
         0/1), so every image embeds to nearly the same point. Loaded weights replace this init anyway.
         """
-        for m in self.body.modules():
+        for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return upsample_concat(self.body.forward_features(x))
+        features = self.body.forward_features(x)
+        if self.incre_modules is not None:
+            features = [m(f) for m, f in zip(self.incre_modules, features)]
+        return upsample_concat(features)
 
 
 def hrnet_w32(**kwargs) -> HRNet:
