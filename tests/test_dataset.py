@@ -141,3 +141,43 @@ def test_random_erasing_blanks_the_cached_heatmaps_where_it_blanks_the_image(tin
     inside = torch.zeros_like(centres)
     inside[1:-1, 1:-1] = True  # away from the zero padding of the crop
     assert (heat[:, ~centres & inside] > 0).all()
+
+
+class _TwoFaceReader:
+    """Stand-in for the faces + restored_faces caches: a raw crop and a restored face of different content."""
+
+    attrs: dict = {}
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.img = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {"crop": self.img, "restored": self.img}
+
+
+def test_face_fields_are_translated_and_erased_jointly_in_training(tiny_world) -> None:
+    """DeSKPro's reference augments the raw and the restored face with one flip / translation / erasing; so does
+    `rgb_augment`, and only in training."""
+    raw, restored = _TwoFaceReader(16, 0), _TwoFaceReader(16, 0)
+    caches = {"faces": raw, "restored_faces": restored}
+    fields = ["faces.crop", "restored_faces.restored"]
+    ds = ReIDDataset(tiny_world.rows, tiny_world.root, list(range(8)), (64, 32), train=True, caches=caches,
+                     fields=fields, flip_p=0.0, pad=0, erasing_p=1.0, rgb_augment=True)
+    torch.manual_seed(0)
+    changed = 0
+    for i in range(8):
+        sample = ds[i]
+        assert torch.equal(sample["faces.crop"], sample["restored_faces.restored"])  # the same moves on both
+        changed += int(not torch.equal(sample["faces.crop"], normalize_rgb(raw.img)))
+        assert (sample["faces.crop"] == 0).all(dim=0).any()  # erasing_p = 1: a rectangle at the mean colour
+    assert changed == 8
+    plain = ReIDDataset(tiny_world.rows, tiny_world.root, [0], (64, 32), train=True, caches=caches, fields=fields,
+                        flip_p=0.0, pad=0, erasing_p=1.0)
+    assert torch.equal(plain[0]["faces.crop"], normalize_rgb(raw.img))  # without rgb_augment: untouched
+
+
+def test_rgb_moves_scale_to_a_field_of_another_size() -> None:
+    from reid.data.dataset import _rescale_moves
+
+    move, box = _rescale_moves(((16, 16), ((18, 18, 2, 1), (4, 8, 6, 2))), (32, 32))
+    assert move == (36, 36, 4, 2) and box == (8, 16, 12, 4)

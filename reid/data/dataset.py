@@ -18,10 +18,12 @@ from torch.utils.data import Dataset
 from reid.data.index import IndexRow
 from reid.data.transforms import (
     Geometry,
+    apply_translation,
     erase_heatmaps,
     erasing_box,
     normalize_rgb,
     random_geometry,
+    random_translation,
     warp,
     warp_heatmaps,
     warp_labels,
@@ -61,6 +63,8 @@ class ReIDDataset(Dataset):
         fields: "<teacher>.<field>" names to put in each sample.
         image_field: take the image from this cached RGB field instead of the image file.
         pid_labels / clothes_labels: raw pid / clothes key -> contiguous label (train); identity if None.
+        rgb_augment: in training, also translate (Random2DTranslation) and erase the cached RGB fields (face
+            crops), drawn once per sample so that every RGB field (raw and restored face) moves alike.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class ReIDDataset(Dataset):
         flip_p: float = 0.5,
         pad: int = 10,
         erasing_p: float = 0.5,
+        rgb_augment: bool = False,
     ) -> None:
         self.rows, self.root = rows, Path(root)
         self.positions = list(positions)
@@ -88,6 +93,7 @@ class ReIDDataset(Dataset):
         self.image_field = image_field
         self.pid_labels, self.clothes_labels = pid_labels, clothes_labels
         self.flip_p, self.pad, self.erasing_p = flip_p, pad, erasing_p
+        self.rgb_augment = rgb_augment
         self.overrides: dict[str, np.ndarray] = {}
         needed = {f.split(".", 1)[0] for f in self.fields + ([image_field] if image_field else [])}
         missing = sorted(needed - set(self.caches))
@@ -131,6 +137,7 @@ class ReIDDataset(Dataset):
             "flipped": geom.flip,
         }
         H, W = self.input_size
+        rgb_moves: dict[tuple[int, int], tuple[Any, Any]] = {}  # per field size: (translation, erasing box)
         for name in self.fields:
             value = self._field(name, row_id)
             kind = field_kind(name, value)
@@ -143,11 +150,39 @@ class ReIDDataset(Dataset):
                     maps = erase_heatmaps(maps, erased, (H, W))
                 sample[name] = torch.from_numpy(maps)
             elif kind == "rgb":
-                face = value[:, ::-1] if geom.flip else value
-                sample[name] = normalize_rgb(np.ascontiguousarray(face))
+                face = np.ascontiguousarray(value[:, ::-1] if geom.flip else value)
+                if self.train and self.rgb_augment:
+                    size = face.shape[:2]
+                    if not rgb_moves:  # drawn once per sample, on the first RGB field's grid
+                        rgb_moves[size] = (random_translation(size), erasing_box(size, self.erasing_p))
+                    if size not in rgb_moves:
+                        rgb_moves[size] = _rescale_moves(next(iter(rgb_moves.items())), size)
+                    move, box = rgb_moves[size]
+                    face = apply_translation(face, move) if move is not None else face
+                    tensor = normalize_rgb(face)
+                    if box is not None:
+                        y, x, eh, ew = box
+                        tensor[:, y : y + eh, x : x + ew] = 0.0
+                    sample[name] = tensor
+                else:
+                    sample[name] = normalize_rgb(face)
             else:
                 sample[name] = torch.from_numpy(np.ascontiguousarray(value))
         return sample
+
+
+def _rescale_moves(ref: tuple[tuple[int, int], tuple[Any, Any]], size: tuple[int, int]) -> tuple[Any, Any]:
+    """The translation and erasing box drawn on the reference grid, scaled to another RGB field's grid."""
+    (h0, w0), (move, box) = ref
+    sy, sx = size[0] / h0, size[1] / w0
+    if move is not None:
+        nh, nw, y, x = move
+        move = (round(nh * sy), round(nw * sx), min(round(y * sy), round(nh * sy) - size[0]),
+                min(round(x * sx), round(nw * sx) - size[1]))
+    if box is not None:
+        y, x, eh, ew = box
+        box = (round(y * sy), round(x * sx), max(1, round(eh * sy)), max(1, round(ew * sx)))
+    return move, box
 
 
 def _label_set(reader: Any) -> str:

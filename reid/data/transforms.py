@@ -175,3 +175,25 @@ def erase_heatmaps(heatmaps: np.ndarray, box: tuple[int, int, int, int], image_h
     out = heatmaps.copy()
     out[..., rows[:, None] & cols[None, :]] = 0
     return out
+
+
+def random_translation(hw: tuple[int, int], p: float = 0.5, scale: float = 1.125,
+                       gen: torch.Generator | None = None) -> tuple[int, int, int, int] | None:
+    """Random2DTranslation (torchreid, used by DeSKPro's reference for faces): with probability p, enlarge an
+    (h, w) image to (round(h * scale), round(w * scale)) and crop (y, x, h, w) back at a random offset; None
+    otherwise. Returns (new_h, new_w, y, x)."""
+    if float(torch.rand((), generator=gen)) >= p:
+        return None
+    h, w = hw
+    nh, nw = int(round(h * scale)), int(round(w * scale))
+    y = int(torch.randint(0, nh - h + 1, (), generator=gen))
+    x = int(torch.randint(0, nw - w + 1, (), generator=gen))
+    return nh, nw, y, x
+
+
+def apply_translation(img: np.ndarray, move: tuple[int, int, int, int]) -> np.ndarray:
+    """Enlarge (bilinear) and crop an HxWx3 image as `random_translation` drew it."""
+    nh, nw, y, x = move
+    h, w = img.shape[:2]
+    big = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(big[y : y + h, x : x + w])

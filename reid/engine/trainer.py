@@ -188,7 +188,7 @@ class Trainer:
             rows, root, self.train_rows, cfg.input_size, train=True, caches=self.caches,
             fields=method_fields(method, train=True), image_field=getattr(method, "image_field", None),
             pid_labels=self.pid_labels, clothes_labels=self.clothes_labels,
-            flip_p=cfg.flip_p, pad=cfg.pad, erasing_p=cfg.erasing_p,
+            flip_p=cfg.flip_p, pad=cfg.pad, erasing_p=cfg.erasing_p, rgb_augment=method.rgb_field_augment,
         )
         labels = [self.pid_labels[rows[i].pid] for i in self.train_rows]
         self.sampler = PKBatchSampler(labels, cfg.batch_p, cfg.batch_k, cfg.seed, self.rank, self.world_size)

@@ -29,6 +29,8 @@ class Method:
     caches: ClassVar[dict[str, list[str]]] = {}
     test_caches: ClassVar[dict[str, list[str]]] = {}
     probe_caches: ClassVar[dict[str, list[str]]] = {}
+    # Training also translates and erases cached RGB fields (e.g. face crops), jointly for all of a sample's.
+    rgb_field_augment: bool = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params

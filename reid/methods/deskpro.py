@@ -315,11 +315,14 @@ class DeskPro(Method):
         csa_layers: int = 2,
         drop_ratio: float = 0.33,
         missing_face: str = "mean",
+        face_augment: bool = True,
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if missing_face not in MISSING_FACE_RULES:
             raise ValueError(f"missing_face must be one of {MISSING_FACE_RULES}, got {missing_face!r}")
         self.missing_face = missing_face
+        # the reference's face augmentation (flip + Random2DTranslation + RandomErasing on raw and restored faces)
+        self.rgb_field_augment = face_augment
         base = self._preset(preset)
         self.epsilon = float(epsilon if epsilon is not None else base["epsilon"])
         self.lambda_att = float(lambda_att if lambda_att is not None else base["lambda_att"])
