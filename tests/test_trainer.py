@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def _trainer(world, cache: Path, out: Path, **over) -> Trainer:
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def _log_rows(path: Path) -> list[dict[str, str]]:
@@ -238,7 +239,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_world, 
             _trainer(tiny_world, tiny_parsing_cache, tmp_path).fit()
     finally:
         FAULTS["nan_at"] = None
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (tmp_path / "model.pt").exists()
@@ -280,3 +281,83 @@ def test_distance_with_nan_is_refused() -> None:
         distance_matrix(_NaNDistance(), q, g)
     ok = distance_matrix(TinyMethod(), q, g, chunk=2)  # chunked over queries: 2 + 1
     assert ok.shape == (3, 5) and np.allclose(ok, 0.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- files that run code
+class _Payload:
+    """Pickles into a call of `Path.touch(marker)`: what a malicious .pth / model.pt / checkpoint.pt would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _malicious(path: Path, marker: Path, wrap: dict | None = None) -> Path:
+    torch.save({**(wrap or {}), "payload": _Payload(marker)}, path)
+    assert not marker.exists()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["weights", "model", "isp_labels"])
+def test_a_pickle_payload_never_runs_and_the_error_names_the_file(tmp_path: Path, kind: str) -> None:
+    from reid.engine.inference import load_model
+    from reid.models.resnet import load_state_dict_file
+    from reid.serialization import UnsafeFileError
+    from reid.teachers.isp_labels import _read_labels
+
+    marker = tmp_path / "pwned"
+    bad = _malicious(tmp_path / f"{kind}.pth", marker, {"format": MODEL_FORMAT, "state_dict": {}})
+    load = {"weights": lambda: load_state_dict_file(bad), "model": lambda: load_model(bad, "cpu"),
+            "isp_labels": lambda: _read_labels(bad.rename(tmp_path / "m.pt"), tmp_path / "i.csv", np.arange(1))}[kind]
+    with pytest.raises(UnsafeFileError, match=r"refused.*could run code") as info:
+        load()
+    assert str(tmp_path) in str(info.value)
+    assert not marker.exists()
+
+
+def test_an_unusable_checkpoint_is_moved_aside_and_training_restarts(tiny_world, tiny_parsing_cache, tmp_path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    marker = tmp_path / "pwned"
+    for content in (b"", b"garbage, not a zip", None):
+        path = tmp_path / "checkpoint.pt"
+        if content is None:
+            _malicious(path, marker)
+        else:
+            path.write_bytes(content)
+        trainer = _trainer(tiny_world, tiny_parsing_cache, tmp_path, epochs=1)
+        with caplog.at_level(logging.WARNING):
+            assert trainer.try_resume() is False and trainer.start_epoch == 0
+        assert "checkpoint.pt" in caplog.text and "moved it aside" in caplog.text and not path.exists()
+        caplog.clear()
+        for p in tmp_path.glob("checkpoint.pt.unusable-*"):
+            p.unlink()
+    assert not marker.exists()
+
+
+def test_model_and_checkpoint_load_weights_only(trained: Path, tiny_world, tiny_parsing_cache, tmp_path) -> None:
+    torch.load(trained / "model.pt", map_location="cpu", weights_only=True)  # no pickled objects inside
+    _trainer(tiny_world, tiny_parsing_cache, tmp_path, epochs=1).save_checkpoint(0)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert set(ckpt["rng"]["numpy"]) == {"name", "keys", "pos", "has_gauss", "cached_gaussian"}
+
+
+def test_an_old_model_format_is_a_clear_error(tmp_path: Path) -> None:
+    from reid.engine.inference import load_model
+
+    torch.save({"format": "reid-model/1", "state_dict": {}}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model.pt: not a reid-model/2 file.*older version.*train it again"):
+        load_model(tmp_path / "model.pt", "cpu")
+
+
+def test_safetensors_weights_are_accepted(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from reid.models.resnet import load_state_dict_file
+
+    save_file({"fc.weight": torch.ones(2, 3)}, str(tmp_path / "w.safetensors"))
+    assert torch.equal(load_state_dict_file(tmp_path / "w.safetensors")["fc.weight"], torch.ones(2, 3))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="bad.safetensors: not a readable safetensors"):
+        load_state_dict_file(tmp_path / "bad.safetensors")

@@ -28,6 +28,7 @@ from reid.engine.trainer import (
     resolve_device,
 )
 from reid.methods.base import Method, build_method
+from reid.serialization import load_file
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,12 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path} (train it first: `python -m reid train`)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a {MODEL_FORMAT} file (format={ckpt.get('format')!r})")
+    ckpt = load_file(path, "model")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        hint = (" (written by an older version of this project that pickled Python objects; train it again)"
+                if found == "reid-model/1" else "")
+        raise ValueError(f"{path}: not a {MODEL_FORMAT} file (format={found!r}){hint}")
     params = {**ckpt["method_params"], **(overrides or {})}
     try:
         method = build_method(ckpt["method"], **params)

@@ -31,10 +31,11 @@ from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import IndexRow, index_sha256, read_index, select
 from reid.data.samplers import PKBatchSampler
 from reid.methods.base import Method, build_method
+from reid.serialization import CorruptFileError, UnsafeFileError, load_file
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "reid-model/1"
+MODEL_FORMAT = "reid-model/2"  # 2: loadable weights-only (RNG states and method state as tensors)
 
 
 @dataclass
@@ -141,7 +142,13 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _collect_rng() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    """RNG states as tensors and plain numbers, so the checkpoint loads weights-only (no pickled objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -149,7 +156,9 @@ def _collect_rng() -> dict[str, Any]:
 
 def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -256,7 +265,16 @@ class Trainer:
         """Resume from `checkpoint.pt` when it belongs to this exact run; otherwise start fresh."""
         if not self.checkpoint_path.is_file():
             return False
-        ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        try:
+            ckpt = load_file(self.checkpoint_path, "checkpoint")
+            if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+                raise CorruptFileError(f"{self.checkpoint_path}: not a training checkpoint of this project")
+        except (UnsafeFileError, CorruptFileError) as exc:
+            aside = self.checkpoint_path.with_name(f"{self.checkpoint_path.name}.unusable-{int(time.time())}")
+            if self.rank == 0:
+                os.replace(self.checkpoint_path, aside)
+            log.warning("%s; moved it aside to %s and training starts from scratch", exc, aside)
+            return False
         if ckpt.get("fingerprint") != self._fingerprint():
             log.warning("%s belongs to another configuration: starting from scratch", self.checkpoint_path)
             return False

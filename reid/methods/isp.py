@@ -635,10 +635,13 @@ class ISP(Method):
         tmp.replace(path)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"labels": self.labels, "labels_epoch": self.labels_epoch}
+        """The current pseudo-labels as a uint8 tensor (model.pt and checkpoints load weights-only)."""
+        labels = None if self.labels is None else torch.from_numpy(np.ascontiguousarray(self.labels))
+        return {"labels": labels, "labels_epoch": self.labels_epoch}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.labels = state.get("labels")
+        labels = state.get("labels")
+        self.labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
         self.labels_epoch = state.get("labels_epoch")
         self._applied_to = None
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reid.serialization import load_file
+
 log = logging.getLogger(__name__)
 
 BN_MOMENTUM = 0.1
@@ -311,10 +313,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             f"HRNet checkpoint not found: {path}. Weights are never downloaded: get pose_hrnet_w32_256x192.pth "
             "from the official deep-high-resolution-net.pytorch model zoo, place it there, or fix params.yaml."
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{path}: cannot be read as a PyTorch state dict ({exc})") from exc
+    obj = load_file(path, "HRNet checkpoint")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

@@ -14,20 +14,23 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 
+from reid.serialization import load_file
+
 RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
 
 log = logging.getLogger(__name__)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file and unwrap the usual containers (`state_dict`, `model`, `module.` prefixes)."""
+    """Read a weights file (.pth / .pt weights-only, or .safetensors) and unwrap the usual containers
+    (`state_dict`, `model`, `module.` prefixes). A file that would run code is refused naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file not found: {path}. Weights are never downloaded: place the file there or change the "
             "path in params.yaml."
         )
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_file(path, "weights")
     for key in ("state_dict", "model", "net"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from reid.cache.h5 import CacheWriter
+from reid.serialization import load_file
 from reid.data.index import IndexRow, index_sha256, read_index
 from reid.data.transforms import Geometry, normalize_rgb, warp
 from reid.teachers.base import TEACHERS, FieldSpec, Teacher, require_weights
@@ -275,7 +276,7 @@ def _read_labels(path: Path, index: Path, positions: np.ndarray) -> np.ndarray:
     if path.suffix == ".npy":
         return np.load(path)[positions]
     if path.suffix == ".pt":
-        state = torch.load(path, map_location="cpu", weights_only=False).get("method_state", {})
+        state = load_file(path, "model").get("method_state", {})
         if state.get("labels") is None:
             raise SystemExit(f"{path}: no pseudo labels in method_state (not an ISP model trained with clustering)")
         return np.asarray(state["labels"])[positions]
@@ -312,7 +313,7 @@ def _num_parts(path: Path) -> int | None:
     """K recorded with the labels: an ISP model.pt's method params or a cache's provenance; None if unknown."""
     try:
         if path.suffix == ".pt":
-            params = torch.load(path, map_location="cpu", weights_only=False).get("method_params", {})
+            params = load_file(path, "model").get("method_params", {})
             return int(params.get("num_parts", 7))
         if path.suffix == ".h5":
             from reid.cache.h5 import CacheReader

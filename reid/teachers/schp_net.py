@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reid.serialization import load_file
+
 __all__ = [
     "SCHPConfig",
     "SCHP_RESNET101",
@@ -316,7 +318,7 @@ def load_schp_checkpoint(model: AugmentCE2P, path: str | Path) -> dict[str, list
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SCHP checkpoint not found: {path}")
-    state = strip_module_prefix(_unwrap_checkpoint(torch.load(path, map_location="cpu", weights_only=True), path))
+    state = strip_module_prefix(_unwrap_checkpoint(load_file(path, "SCHP checkpoint"), path))
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
@@ -343,7 +345,7 @@ def load_schp_checkpoint(model: AugmentCE2P, path: str | Path) -> dict[str, list
 def num_classes_in_checkpoint(path: str | Path) -> int:
     """The class count of a checkpoint, read from its fusion classifier (`fushion.3.bias`)."""
     path = Path(path)
-    state = strip_module_prefix(_unwrap_checkpoint(torch.load(path, map_location="cpu", weights_only=True), path))
+    state = strip_module_prefix(_unwrap_checkpoint(load_file(path, "SCHP checkpoint"), path))
     if "fushion.3.bias" not in state:
         raise ValueError(f"{path}: no 'fushion.3.bias' key: not an AugmentCE2P checkpoint")
     return int(state["fushion.3.bias"].shape[0])
