@@ -283,7 +283,7 @@ def test_teacher_cache_then_training_reclusters(tmp_path: Path) -> None:
     assert "isp_labels.labels" in trainer.train_set.overrides
     # a finished run removes checkpoint.pt; model.pt carries the same method state
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
-    state = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["method_state"]
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["method_state"]
     assert np.array_equal(state["labels"], method.labels)
 
     # resume: a new method instance gets the labels back and hands them to the dataset before training

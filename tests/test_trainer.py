@@ -147,7 +147,7 @@ def trained(tiny_world, tiny_parsing_cache, tmp_path_factory) -> Path:
 
 
 def test_model_file_holds_the_student_only(trained: Path) -> None:
-    ckpt = torch.load(trained / "model.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
     assert set(ckpt) == {"format", "method", "method_params", "num_classes", "input_size", "state_dict",
                          "method_state", "index_sha256"}
     assert ckpt["format"] == MODEL_FORMAT and ckpt["method"] == "tiny_test_method"
@@ -187,7 +187,7 @@ def _interrupt_and_resume(world, cache: Path, out: Path, **over) -> None:
     finally:
         FAULTS["raise_at"] = None
     assert not (out / "model.pt").exists()
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 0
     assert [r["epoch"] for r in _log_rows(out / "train_log.csv")] == ["1"]
     (out / "train_log.csv").unlink()  # Snakemake deletes a failed job's outputs: the rows live in the checkpoint
     resumed = _trainer(world, cache, out, **over)
