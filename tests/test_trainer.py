@@ -361,3 +361,35 @@ def test_safetensors_weights_are_accepted(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="bad.safetensors: not a readable safetensors"):
         load_state_dict_file(tmp_path / "bad.safetensors")
+
+
+def test_evaluate_without_query_rows_is_a_clear_error(tiny_world, trained: Path, tmp_path) -> None:
+    from reid.data.index import write_index
+
+    index = write_index([r for r in tiny_world.rows if r.split != "query"], tmp_path / "no_query.csv")
+    with pytest.raises(ValueError, match=r"no_query.csv: no query rows to evaluate"):
+        evaluate_model(trained / "model.pt", index, tiny_world.root, "synthcc", tmp_path / "m.json", workers=0,
+                       device="cpu")
+
+
+def test_degenerate_features_are_refused() -> None:
+    from reid.engine.inference import check_not_degenerate
+
+    same = {"query": {"feat": torch.zeros(4, 8)}, "gallery": {"feat": torch.randn(5, 8)}}
+    with pytest.raises(ValueError, match=r"m.pt: every query image has the same 'feat' feature.*degenerate"):
+        check_not_degenerate(same, "m.pt")
+    check_not_degenerate({"query": {"feat": torch.randn(4, 8), "has_face": torch.zeros(4)}}, "m.pt")  # flags skip
+    no_faces = {"query": {"body": torch.randn(3, 7, 4), "face": torch.zeros(3, 7, 4), "has_face": torch.zeros(3)}}
+    check_not_degenerate(no_faces, "m.pt")  # DeSKPro: face-less images have zero face embeddings by design
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        check_not_degenerate({"gallery": {"feat": torch.tensor([[1.0, float("nan")], [0.0, 1.0]])}}, "m.pt")
+
+
+def test_nan_loss_in_the_first_epoch_cites_no_checkpoint(tiny_world, tiny_parsing_cache, tmp_path) -> None:
+    FAULTS["nan_at"] = 0
+    try:
+        with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 .*No epoch finished, so there is no "
+                                                     r"checkpoint to resume"):
+            _trainer(tiny_world, tiny_parsing_cache, tmp_path).fit()
+    finally:
+        FAULTS["nan_at"] = None

@@ -103,6 +103,26 @@ def distance_matrix(method: Method, q: Mapping[str, torch.Tensor], g: Mapping[st
     return dist
 
 
+def check_not_degenerate(feats: Mapping[str, Mapping[str, torch.Tensor]], model_path: str | Path) -> None:
+    """Refuse features that cannot rank: every embedding equal (e.g. all zero), so every distance ties and the
+    metrics would only reflect the tie order. Names the model file."""
+    for split, parts in feats.items():
+        for key, value in parts.items():
+            if key in ("has_face", "visibility"):  # flags, not embeddings
+                continue
+            if key == "face" and "has_face" in parts:  # only images with a face have a face embedding
+                value = value[parts["has_face"].bool().view(-1)]
+            if len(value) < 2:
+                continue
+            v = value.float().reshape(len(value), -1)
+            if not torch.isfinite(v).all():
+                raise FloatingPointError(f"{model_path}: {split} feature '{key}' has non-finite values")
+            if float((v - v[:1]).abs().max()) == 0.0:
+                raise ValueError(f"{model_path}: every {split} image has the same '{key}' feature "
+                                 f"(all {float(v[0].abs().max()):.3g} in magnitude): a degenerate model; the "
+                                 "ranking would be the tie order, so it is not evaluated")
+
+
 def evaluate_model(
     model_path: str | Path,
     index: str | Path,
@@ -134,6 +154,9 @@ def evaluate_model(
         if len(kept) < len(pos):
             log.warning("%s: %d of %d %s images lack %s and are left out", method.name, len(pos) - len(kept),
                         len(pos), split, getattr(method, "require_field", ""))
+        if not kept:
+            why = f" ({len(pos)} rows, none with {getattr(method, 'require_field', None)})" if pos else ""
+            raise ValueError(f"{index}: no {split} rows to evaluate{why}; is this a test split of {dataset}?")
     t0 = time.perf_counter()
     feats = {}
     for split, pos in subsets.items():
@@ -141,6 +164,7 @@ def evaluate_model(
                          fields=method_fields(method, train=False), image_field=getattr(method, "image_field", None))
         feats[split] = extract(method, model, ds, batch_size, workers, desc=f"embed {split}")
     embed_s = time.perf_counter() - t0
+    check_not_degenerate(feats, model_path)
     dist = distance_matrix(method, feats["query"], feats["gallery"])
     q_rows = [rows[i] for i in subsets["query"]]
     g_rows = [rows[i] for i in subsets["gallery"]]

@@ -315,9 +315,11 @@ class Trainer:
             total = sum(losses.values())
             if not torch.isfinite(total):
                 terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                last = (f"The last good checkpoint is {self.checkpoint_path} (epoch {epoch})"
+                        if self.checkpoint_path.is_file() else "No epoch finished, so there is no checkpoint to resume")
                 raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1}, step {steps + 1} ({terms}). The last good checkpoint "
-                    f"is {self.checkpoint_path}; lower the learning rate or check the caches for NaN values."
+                    f"non-finite loss at epoch {epoch + 1}, step {steps + 1} ({terms}). {last}; lower the "
+                    "learning rate or check the caches for NaN values."
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
