@@ -321,3 +321,19 @@ def test_cli_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = parser.parse_args(["--dataset", "prcc", "--root", str(tmp_path / "none"), "--out", str(out)])
     assert main(bad) == 1
     assert "not found" in capsys.readouterr().out
+
+
+def test_a_truncated_jpeg_is_an_error_naming_it(tmp_path: Path) -> None:
+    """cv2 decodes a JPEG cut to a third of its bytes without failing (grey rows); the index check must not."""
+    build_ltcc(tmp_path)
+    path = tmp_path / "LTCC_ReID" / "query" / "150_1_c4_000001.jpg"
+    rng = np.random.default_rng(0)
+    assert cv2.imwrite(str(path), rng.integers(0, 256, (128, 64, 3), dtype=np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    assert cv2.imread(str(path)) is not None  # the silent failure this check exists for
+    with pytest.raises(DatasetError, match=r"150_1_c4_000001.jpg: truncated JPEG") as exc:
+        build_index("ltcc", tmp_path)
+    assert [Path(p).name for p in exc.value.paths] == ["150_1_c4_000001.jpg"]
+    path.write_bytes(data + b"\x00" * 16)  # zero padding after the end-of-image marker is fine
+    assert len(build_index("ltcc", tmp_path)) == 6

@@ -179,9 +179,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     snakemake(work, "data/synthcc", "data/synthocc")  # the synth rule; the real-layout trees are made from these
 
-    prcc = make_prcc_tree(work / "data/synthcc", work / "real" / "PRCC")
-    duke = make_duke_tree(work / "data/synthocc", work / "real" / "Occluded_Duke")
-    occluders = Path(shutil.copytree(work / "data/synthocc/occluders", work / "real" / "occluders"))
+    # real-layout roots with a space and non-ASCII characters: every rule must quote the paths it passes
+    real = work / "réal data"
+    prcc = make_prcc_tree(work / "data/synthcc", real / "PRCC")
+    duke = make_duke_tree(work / "data/synthocc", real / "Occluded_Duke")
+    occluders = Path(shutil.copytree(work / "data/synthocc/occluders", real / "occluders"))
     real_datasets(params, prcc, duke, export_standins(work / "weights"), occluders)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     snakemake(work, *[f"results/{run}/metrics.json" for run in ALL_RUNS])
@@ -257,7 +259,7 @@ def test_real_layout_trees_ran_the_onnx_teachers(workspace: Path) -> None:
         assert attrs["model_sha256"] == file_sha256(workspace / "weights" / weights), (dataset, teacher, attrs)
     with h5py.File(workspace / "cache" / "prcc" / "faces.h5", "r") as fh:
         assert np.asarray(fh["has_face"]).any(), "the stand-in detector found no face on the painted heads"
-    assert not (workspace / "real" / "PRCC" / "groundtruth").exists()
+    assert not (workspace / "réal data" / "PRCC" / "groundtruth").exists()
 
 
 def test_second_run_has_nothing_to_do(workspace: Path) -> None:

@@ -149,20 +149,37 @@ def _rel(root: Path, p: Path) -> str:
     return p.relative_to(root).as_posix()
 
 
-def verify_images(root: Path, rows: Sequence[IndexRow], workers: int | None = None) -> None:
-    """Decode every image with cv2.imread in a thread pool; list every file that fails in one error."""
+def image_problem(path: Path) -> str | None:
+    """Why an image file is unusable, or None: cv2 cannot decode it, or a JPEG lacks its end-of-image marker.
+
+    libjpeg decodes a truncated JPEG without failing (grey rows where the data stops, one unnamed warning on
+    stderr), so a JPEG must end with the EOI marker FF D9 (only zero padding may follow). Entropy-coded data
+    stuffs every FF byte, so FF D9 cannot occur there by chance.
+    """
     import cv2  # local import: opencv is heavy and only needed here
+    import numpy as np
 
-    def bad(row: IndexRow) -> bool:
-        return cv2.imread(str(root / row.path), cv2.IMREAD_COLOR) is None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if data[:2] == b"\xff\xd8" and not data[-1024:].rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return "truncated JPEG (no end-of-image marker)"
+    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+        return "cannot be decoded by cv2"
+    return None
 
+
+def verify_images(root: Path, rows: Sequence[IndexRow], workers: int | None = None) -> None:
+    """Fully decode-check every image in a thread pool; list every file that fails, with why, in one error."""
     n = workers or min(16, 4 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=n) as pool:
-        failed = [root / r.path for r, b in zip(rows, pool.map(bad, rows, chunksize=64)) if b]
+        problems = list(pool.map(lambda r: image_problem(root / r.path), rows, chunksize=64))
+    failed = [(root / r.path, why) for r, why in zip(rows, problems) if why]
     if failed:
-        shown = "\n  ".join(str(p) for p in failed[:MAX_LISTED])
+        shown = "\n  ".join(f"{p}: {why}" for p, why in failed[:MAX_LISTED])
         more = f"\n  ... and {len(failed) - MAX_LISTED} more" if len(failed) > MAX_LISTED else ""
-        raise DatasetError(f"{len(failed)} image(s) cannot be decoded by cv2.imread:\n  {shown}{more}", failed)
+        raise DatasetError(f"{len(failed)} image(s) are unusable:\n  {shown}{more}", [p for p, _ in failed])
 
 
 def _finish(root: Path, rows: list[IndexRow], splits: Iterable[str], where: dict[str, Path],

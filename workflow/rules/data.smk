@@ -15,7 +15,7 @@ rule synth:
     threads: 1
     shell:
         "python -m reid pipeline synth --dataset {wildcards.dataset} --resolved {params.resolved} "
-        "--out {output} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule index:
@@ -35,4 +35,4 @@ rule index:
     threads: 2
     shell:
         "python -m reid pipeline index --dataset {wildcards.dataset} --resolved {params.resolved} "
-        "--root {params.root} --out {output} > {log} 2>&1"
+        "--root {params.root:q} --out {output:q} > {log:q} 2>&1"

@@ -16,4 +16,4 @@ rule ablation_table:
     threads: 1
     shell:
         "python -m reid ablation-table --method {wildcards.method} --dataset {wildcards.dataset} "
-        "--out-md {output.md} --out-json {output.json} {input} > {log} 2>&1"
+        "--out-md {output.md:q} --out-json {output.json:q} {input:q} > {log:q} 2>&1"

@@ -21,8 +21,8 @@ rule teach:
         gpu=teacher_gpu,
     shell:
         "python -m reid pipeline teach --dataset {wildcards.dataset} --teacher {wildcards.teacher} "
-        "--resolved {params.resolved} --index {input.index} --root {params.root} {params.caches} "
-        "--out {output} > {log} 2>&1"
+        "--resolved {params.resolved} --index {input.index:q} --root {params.root:q} {params.caches} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule teacher_outputs:
@@ -48,5 +48,5 @@ rule teacher_outputs:
         gpu=1,
     shell:
         "python -m reid pipeline teacher-outputs --dataset {wildcards.dataset} --run {params.run} "
-        "--resolved {params.resolved} --model {input.model} --index {input.index} --root {params.root} "
-        "{params.caches} --out {output} > {log} 2>&1"
+        "--resolved {params.resolved} --model {input.model:q} --index {input.index:q} --root {params.root:q} "
+        "{params.caches} --out {output:q} > {log:q} 2>&1"

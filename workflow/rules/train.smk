@@ -23,8 +23,8 @@ rule train:
         gpu=1,
     shell:
         "python -m reid pipeline train --dataset {wildcards.dataset} --run {wildcards.run} "
-        "--resolved {params.resolved} --index {input.index} --root {params.root} {params.caches} "
-        "--out {params.out_dir} > {log} 2>&1"
+        "--resolved {params.resolved} --index {input.index:q} --root {params.root:q} {params.caches} "
+        "--out {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -45,5 +45,5 @@ rule evaluate:
     threads: 2
     shell:
         "python -m reid pipeline evaluate --dataset {wildcards.dataset} --run {wildcards.run} "
-        "--resolved {params.resolved} --model {input.model} --index {input.index} --root {params.root} "
-        "{params.caches} --out {output} > {log} 2>&1"
+        "--resolved {params.resolved} --model {input.model:q} --index {input.index:q} --root {params.root:q} "
+        "{params.caches} --out {output:q} > {log:q} 2>&1"
