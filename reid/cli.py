@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "teach": ("reid.teachers.runner", "run one auxiliary model over an index into an HDF5 cache"),
     "merge-shards": ("reid.teachers.runner", "join the shard files of a teacher cache"),
     "inspect": ("reid.viz.contact_sheet", "print a cache's provenance and statistics; draw a contact sheet"),
+    "verify": ("reid.cache.verify", "read every row of a cache and list unreadable rows by index and path"),
     "export-schp": ("reid.teachers.parsing", "export the pure-PyTorch SCHP network to ONNX"),
     "isp-labels": ("reid.teachers.isp_labels", "ISP's first-round pseudo part labels into an HDF5 cache"),
     "isp-iou": ("reid.teachers.isp_labels", "IoU of ISP parts against the parsing cache (paper Table 3)"),

@@ -17,6 +17,7 @@ import pytest
 from reid.cache.h5 import (
     CacheError,
     CacheIndexMismatch,
+    CacheCorrupt,
     CacheReader,
     CacheWriter,
     describe,
@@ -307,3 +308,35 @@ def test_inspect_cli_writes_sheet_with_overlays(tmp_path: Path, capsys) -> None:
     # the face crop panel beside the body: RGB red -> BGR (0, 0, 255)
     assert img[10, cs.TILE_W + 10].tolist() == [0, 0, 255]
     assert img.shape[0] > cs.TILE_H  # caption + legend rows below the tiles
+
+
+def test_a_truncated_cache_is_an_error_naming_it(tmp_path: Path) -> None:
+    out = fill(tmp_path / "parsing.h5", [range(N)])
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CacheCorrupt, match=r"parsing.h5: cannot be opened as HDF5.*truncated or damaged"):
+        CacheReader(out)
+
+
+def test_a_damaged_chunk_names_the_file_and_row_and_verify_lists_it(tmp_path: Path, capsys) -> None:
+    from reid.cli import main
+
+    out = fill(tmp_path / "keypoints.h5", [range(N)])
+    with h5open(out) as f:  # the byte range of row 6's compressed `labels` chunk
+        info = f["labels"].id.get_chunk_info(6)
+        offset, size = info.byte_offset, info.size
+    raw = bytearray(out.read_bytes())
+    raw[offset : offset + size] = b"\xff" * size
+    out.write_bytes(bytes(raw))
+    reader = CacheReader(out)
+    assert np.array_equal(reader[5]["labels"], values([5])["labels"][0])  # the other rows still read
+    with pytest.raises(CacheCorrupt, match=r"keypoints.h5: row 6 \(train/006.png\) cannot be read"):
+        reader[6]
+    with pytest.raises(CacheCorrupt, match=r"keypoints.h5: field 'labels' cannot be read"):
+        reader.read("labels", [2, 6])
+    assert reader.verify() == [(6, "train/006.png", reader.verify()[0][2])]
+    assert main(["verify", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "FAIL" in printed and "row 6 (train/006.png)" in printed
+    good = fill(tmp_path / "good.h5", [range(N)])
+    assert main(["verify", str(good)]) == 0 and "OK" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """HDF5 caches aligned with the dataset index (writer, reader, shard merge, inspection statistics)."""
 
 from reid.cache.h5 import (
+    CacheCorrupt,
     CacheError,
     CacheIndexMismatch,
     CacheMeta,
@@ -15,6 +16,7 @@ from reid.cache.h5 import (
 )
 
 __all__ = [
+    "CacheCorrupt",
     "CacheError",
     "CacheIndexMismatch",
     "CacheMeta",

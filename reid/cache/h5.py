@@ -56,9 +56,20 @@ class CacheIndexMismatch(CacheError):
     """The cache was built for a different index than the one given."""
 
 
+class CacheCorrupt(CacheError):
+    """The HDF5 file itself is damaged (truncated, bit-flipped): it must be rebuilt."""
+
+
 def h5open(path: str | Path, mode: str = "r") -> h5py.File:
-    """Open an HDF5 file with the project's single locking setting (see module docstring)."""
-    return h5py.File(path, mode, locking=False)
+    """Open an HDF5 file with the project's single locking setting (see module docstring); a file that HDF5
+    cannot open for reading is a CacheCorrupt naming it (h5py's own OSError does not)."""
+    try:
+        return h5py.File(path, mode, locking=False)
+    except OSError as exc:
+        if mode != "r" or not Path(path).is_file():
+            raise
+        raise CacheCorrupt(f"{path}: cannot be opened as HDF5 ({exc}); the file is truncated or damaged: delete "
+                           "it and rerun the rule that makes it (snakemake / dvc repro)") from exc
 
 
 def tmp_path(out: str | Path) -> Path:
@@ -488,7 +499,11 @@ class CacheReader:
         if not -n <= i < n:
             raise IndexError(f"row {i} out of range for {self.path} ({n} rows)")
         f = self._h5()
-        return {k: f[k][int(i) % n] for k in self.fields}
+        try:
+            return {k: f[k][int(i) % n] for k in self.fields}
+        except OSError as exc:
+            raise CacheCorrupt(f"{self.path}: row {int(i) % n} ({self.paths[int(i) % n]}) cannot be read ({exc}); "
+                               "the file is damaged: delete it and rerun the rule that makes it") from exc
 
     def read(self, field_name: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Batched read of one field for any rows (any order, repeats allowed)."""
@@ -498,9 +513,32 @@ class CacheReader:
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows out of range for {self.path} ({len(self)} rows)")
         uniq, inverse = np.unique(rows, return_inverse=True)  # h5py needs increasing indices
-        data = self._h5()[field_name][uniq] if uniq.size else np.empty(
-            (0, *self.meta.fields[field_name][0]), self.meta.fields[field_name][1])
+        try:
+            data = self._h5()[field_name][uniq] if uniq.size else np.empty(
+                (0, *self.meta.fields[field_name][0]), self.meta.fields[field_name][1])
+        except OSError as exc:
+            raise CacheCorrupt(f"{self.path}: field '{field_name}' cannot be read for rows {uniq[:5].tolist()}... "
+                               f"({exc}); the file is damaged: `python -m reid verify {self.path}` lists the rows"
+                               ) from exc
         return data[inverse]
+
+    def verify(self, block: int = 256) -> list[tuple[int, str, str]]:
+        """Read every row of every field; returns (row, image path, error) for each unreadable row."""
+        bad: list[tuple[int, str, str]] = []
+        f = self._h5()
+        for start in range(0, len(self), block):
+            stop = min(start + block, len(self))
+            try:
+                for k in self.meta.fields:
+                    f[k][start:stop]
+            except OSError:
+                for i in range(start, stop):  # find the rows of the damaged block
+                    try:
+                        for k in self.meta.fields:
+                            f[k][i]
+                    except OSError as exc:
+                        bad.append((i, self.paths[i], str(exc).splitlines()[0]))
+        return bad
 
 
 LABEL_HINTS = ("label",)
