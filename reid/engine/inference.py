@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from reid.data.dataset import ReIDDataset
 from reid.data.index import IndexRow, read_index, select
+from reid.data.workers import worker_init
 from reid.engine.trainer import (
     MODEL_FORMAT,
     filter_positions,
@@ -78,7 +79,7 @@ def extract(
 ) -> dict[str, torch.Tensor]:
     """Run `method.embed` over a dataset; returns each feature key concatenated over rows (on CPU)."""
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=worker_init)
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=progress_interval()):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

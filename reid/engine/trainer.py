@@ -30,6 +30,7 @@ from tqdm import tqdm
 from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import IndexRow, index_sha256, read_index, select
 from reid.data.samplers import PKBatchSampler
+from reid.data.workers import worker_init
 from reid.methods.base import Method, build_method
 from reid.serialization import CorruptFileError, UnsafeFileError, load_file
 
@@ -236,7 +237,8 @@ class Trainer:
             image_field=getattr(self.method, "image_field", None),
             pid_labels=self.pid_labels, clothes_labels=self.clothes_labels,
         )
-        return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=self.cfg.workers)
+        return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=self.cfg.workers,
+                          worker_init_fn=worker_init)
 
     # --- checkpoints -------------------------------------------------------------------------------------
     @property
@@ -380,6 +382,7 @@ def progress_interval() -> float:
 
 
 def _seed_worker(worker_id: int) -> None:
+    worker_init(worker_id)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
 

@@ -62,9 +62,11 @@ def _batches(dataset: _RowLoader, batch_size: int, workers: int) -> Iterator[tup
         return
     from torch.utils.data import DataLoader
 
+    from reid.data.workers import worker_init
+
     # fork: the teacher (possibly holding a model session) is inherited, never pickled; load() must not use it.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                        multiprocessing_context="fork", prefetch_factor=4)  # reid/__init__ keeps cv2 single-threaded
+                        multiprocessing_context="fork", prefetch_factor=4, worker_init_fn=worker_init)  # reid/__init__ keeps cv2 single-threaded
     yield from loader
 
 
