@@ -255,3 +255,19 @@ def teacher_inputs(cfg: Mapping[str, Any], dataset: str, teacher: str) -> list[s
 
 def to_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# Threads per job, one formula for both orchestrators: Snakemake's `threads:` and the stage command itself
+# (`reid pipeline` pins torch to it), so a run made by `dvc repro` computes with the same thread count as one
+# made by Snakemake, and gives the same bytes (CPU float reductions depend on the thread count).
+STAGE_THREADS = {"synth": 1, "index": 2, "evaluate": 2, "teacher-outputs": 2}
+
+
+def stage_threads(stage: str, resolved: Mapping[str, Any]) -> int:
+    """Threads of one job of `stage` with resolved parameters `resolved` (train: its loader workers, teach: its
+    decode workers, at least 1)."""
+    if stage == "train":
+        return max(1, int(resolved["train_cfg"].get("workers", 2)))
+    if stage == "teach":
+        return max(1, int(resolved.get("workers", 2)))
+    return STAGE_THREADS.get(stage, 1)

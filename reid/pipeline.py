@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from typing import Any, Callable
 
 from reid import config as C
@@ -48,6 +49,16 @@ def _root(args: argparse.Namespace) -> str:
     raise SystemExit("--root is required with --resolved")
 
 
+def pin_threads(stage: str, resolved: dict[str, Any]) -> int:
+    """Pin torch (and OpenMP) to the stage's thread count (config.stage_threads), whoever started the job."""
+    import torch
+
+    n = C.stage_threads(stage, resolved)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    return n
+
+
 def main(args: argparse.Namespace) -> int:
     from reid.engine.commands import format_metrics, parse_caches
 
@@ -70,6 +81,7 @@ def main(args: argparse.Namespace) -> int:
         from reid.teachers.runner import run_teacher
 
         kw = _resolve(args, C.stage_teacher, args.teacher)
+        pin_threads("teach", kw)
         params = dict(kw["params"])
         needs = params.pop("needs", [])
         for name in needs:
@@ -86,12 +98,14 @@ def main(args: argparse.Namespace) -> int:
         from reid.engine.trainer import train
 
         kw = _resolve(args, C.stage_train, args.run)
+        pin_threads("train", kw)
         train(kw["method"], kw["method_params"], args.index, _root(args), args.out, caches=caches,
               train_cfg=kw["train_cfg"])
     elif args.stage == "teacher-outputs":
         from reid.engine.commands import teacher_outputs
 
         kw = _resolve(args, C.stage_evaluate, args.run)
+        pin_threads("teacher-outputs", kw)
         teacher_outputs(args.model, args.index, _root(args), args.out, caches,
                         batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                         device=str(kw.get("device", "auto")))
@@ -99,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
         from reid.engine.inference import evaluate_model
 
         kw = _resolve(args, C.stage_evaluate, args.run)
+        pin_threads("evaluate", kw)
         metrics = evaluate_model(args.model, args.index, _root(args), kw["dataset"], args.out, caches,
                                  batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                                  device=str(kw.get("device", "auto")), overrides=kw.get("method_overrides"))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from reid import config as C
 from reid.methods.deskpro import ABLATIONS as DESKPRO_ABLATIONS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg() -> dict:
@@ -181,3 +186,18 @@ def test_repo_params_resolve_for_every_dvc_run() -> None:
         ds, run = C.split_target(target)
         kw, keys = C.stage_train(cfg, C.model_dataset(cfg, ds), run)
         assert keys[0] == "train" and f"methods.{C.parse_run(run).method}" in keys
+
+
+def test_stage_threads_is_one_formula_for_both_orchestrators() -> None:
+    from reid.pipeline import pin_threads
+
+    assert C.stage_threads("train", {"train_cfg": {"workers": 3}}) == 3
+    assert C.stage_threads("train", {"train_cfg": {"workers": 0}}) == 1
+    assert C.stage_threads("teach", {"workers": 4}) == 4 and C.stage_threads("evaluate", {}) == 2
+    before = torch.get_num_threads()
+    try:
+        assert pin_threads("train", {"train_cfg": {"workers": 1}}) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    rules = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    assert 'C.stage_threads("train"' in rules and 'C.stage_threads("teach"' in rules

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 TARGET = "results/synthcc/baseline/metrics.json"
@@ -27,8 +28,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(work: Path, *cmd: str, timeout: int = 180) -> str:
-    proc = subprocess.run(list(cmd), cwd=work, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _run(work: Path, *cmd: str, timeout: int = 180, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(list(cmd), cwd=work, env={**_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}"
     return out
@@ -80,6 +82,7 @@ def test_snakemake_then_dvc(tmp_path: Path, repo_copier) -> None:
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(STAGES)
     model_mtime = (work / MODEL).stat().st_mtime_ns
+    snakemake_weights = torch.load(work / MODEL, map_location="cpu", weights_only=True)["state_dict"]
 
     # 2. Snakemake again: nothing to do (DVC's commit kept the outputs' times).
     out = _run(work, py, "-m", "snakemake", "--cores", "2", TARGET)
@@ -97,6 +100,17 @@ def test_snakemake_then_dvc(tmp_path: Path, repo_copier) -> None:
     assert _ran_stages(out) == {"train-synthcc-baseline", "evaluate-synthcc-baseline"}, out[-3000:]
     assert "Data and pipelines are up to date" in _run(work, py, "-m", "dvc", "status")
     assert (work / MODEL).stat().st_mtime_ns != model_mtime
+
+    # 5. The same training made by DVC, in an environment that asks for another thread count, gives the same
+    #    tensors as Snakemake's: the stage pins its threads itself (config.stage_threads).
+    _run(work, "git", "checkout", "--", "params.yaml")
+    out = _run(work, py, "-m", "dvc", "repro", "--force", "--no-run-cache", "--single-item", "train-synthcc-baseline",
+               env={"OMP_NUM_THREADS": "1"})
+    assert _ran_stages(out) == {"train-synthcc-baseline"}, out[-3000:]
+    dvc_weights = torch.load(work / MODEL, map_location="cpu", weights_only=True)["state_dict"]
+    assert snakemake_weights.keys() == dvc_weights.keys()
+    for key, value in snakemake_weights.items():
+        assert torch.equal(value, dvc_weights[key]), key
 
 
 @pytest.mark.slow

@@ -45,13 +45,11 @@ def teacher_gpu(wildcards):
 
 
 def teacher_threads(wildcards):
-    kw, _ = C.stage_teacher(config, wildcards.dataset, wildcards.teacher)
-    return max(1, int(kw.get("workers", 2)))
+    return C.stage_threads("teach", C.stage_teacher(config, wildcards.dataset, wildcards.teacher)[0])
 
 
 def train_threads(wildcards):
-    kw, _ = C.stage_train(config, wildcards.dataset, wildcards.run)
-    return max(1, int(kw["train_cfg"].get("workers", 2)))
+    return C.stage_threads("train", C.stage_train(config, wildcards.dataset, wildcards.run)[0])
 
 
 def all_targets():

@@ -12,7 +12,7 @@ rule synth:
         "logs/{dataset}/synth.benchmark.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: 1
+    threads: C.STAGE_THREADS["synth"]
     shell:
         "python -m reid pipeline synth --dataset {wildcards.dataset} --resolved {params.resolved} "
         "--out {output:q} > {log:q} 2>&1"
@@ -32,7 +32,7 @@ rule index:
         "logs/{dataset}/index.benchmark.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: 2
+    threads: C.STAGE_THREADS["index"]
     shell:
         "python -m reid pipeline index --dataset {wildcards.dataset} --resolved {params.resolved} "
         "--root {params.root:q} --out {output:q} > {log:q} 2>&1"

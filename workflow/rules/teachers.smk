@@ -43,7 +43,7 @@ rule teacher_outputs:
         "logs/{dataset}/outputs_{derived}.benchmark.tsv"
     conda:
         "../../envs/teachers.yaml"
-    threads: 2
+    threads: C.STAGE_THREADS["teacher-outputs"]
     resources:
         gpu=1,
     shell:

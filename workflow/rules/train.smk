@@ -42,7 +42,7 @@ rule evaluate:
         "logs/{dataset}/evaluate_{run}.benchmark.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: 2
+    threads: C.STAGE_THREADS["evaluate"]
     shell:
         "python -m reid pipeline evaluate --dataset {wildcards.dataset} --run {wildcards.run} "
         "--resolved {params.resolved} --model {input.model:q} --index {input.index:q} --root {params.root:q} "
