@@ -43,7 +43,11 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"parameter file not found: {path}")
     with open(path) as fh:
-        return yaml.safe_load(fh) or {}
+        cfg = yaml.safe_load(fh) or {}
+    from reid.params_check import check_params
+
+    check_params(cfg)  # every code-fed section typed before any work (reid/params_check.py)
+    return cfg
 
 
 def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:

@@ -201,3 +201,48 @@ def test_stage_threads_is_one_formula_for_both_orchestrators() -> None:
         torch.set_num_threads(before)
     rules = (REPO / "workflow" / "rules" / "common.smk").read_text()
     assert 'C.stage_threads("train"' in rules and 'C.stage_threads("teach"' in rules
+
+
+def test_params_check_names_every_bad_key_and_type() -> None:
+    from reid.params_check import ParamsError, check_params
+
+    cfg = C.load_params(REPO / "params.yaml")
+    check_params(cfg)  # the shipped file is clean
+    bad = {**cfg, "datasets": {**cfg["datasets"], "synthocc": {**cfg["datasets"]["synthocc"],
+                                                               "train": {"epochs": "two", "bacth_p": 4}}},
+           "methods": {**cfg["methods"], "pgfl_kd": {"heatmap_temprature": 0.1, "lambda_cl": [1]}},
+           "train_presets": {"isp": {"input_size": [256, "x"]}}}
+    with pytest.raises(ParamsError) as info:
+        check_params(bad)
+    text = str(info.value)
+    assert "datasets.synthocc.train.epochs: expected int, got 'two'" in text
+    assert "datasets.synthocc.train.bacth_p: unknown parameter of the trainer (TrainConfig)" in text
+    assert "methods.pgfl_kd.heatmap_temprature: unknown parameter of method pgfl_kd (did you mean " \
+           "heatmap_temperature" in text
+    assert "methods.pgfl_kd.lambda_cl: expected a number, got [1]" in text
+    assert "train_presets.isp.input_size[1]: expected int, got 'x'" in text
+    with pytest.raises(ParamsError, match=r"datasets.synthcc.presets.nosuch: no method named 'nosuch'"):
+        check_params({"datasets": {"synthcc": {"presets": {"nosuch": {}}}}})
+
+
+@pytest.mark.slow
+def test_snakemake_dry_run_and_the_dvc_stage_command_refuse_a_bad_key(tmp_path: Path, repo_copier) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    work = repo_copier(tmp_path / "repo")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["datasets"]["synthocc"]["train"]["epochs"] = "two"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bin_dir = Path(sys.executable).parent
+    smk = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "results/synthocc/baseline/metrics.json"],
+                         cwd=work, capture_output=True, text=True, timeout=300)
+    assert smk.returncode != 0
+    assert "datasets.synthocc.train.epochs: expected int, got 'two'" in smk.stdout + smk.stderr
+    stage = subprocess.run([sys.executable, "-m", "reid", "pipeline", "synth", "--dataset", "synthocc", "--params",
+                            "params.yaml", "--out", "data/synthocc"], cwd=work, capture_output=True, text=True,
+                           timeout=300)
+    assert stage.returncode != 0 and "datasets.synthocc.train.epochs: expected int" in stage.stderr
+    assert not (work / "data" / "synthocc").exists()  # refused before any work

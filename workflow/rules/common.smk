@@ -9,8 +9,10 @@ from snakemake.utils import validate
 
 from reid import config as C
 from reid import dag as D
+from reid.params_check import check_params
 
 validate(config, "../schemas/params.schema.yaml")
+check_params(config)  # the nested sections, typed from the code that reads them (reid/params_check.py)
 
 wildcard_constraints:
     dataset="[^/]+",

@@ -1,0 +1,137 @@
+"""Type-check the nested sections of params.yaml against the code that reads them, before any job runs.
+
+The JSON schema (workflow/schemas/params.schema.yaml) fixes the top-level layout; the sections that feed code are
+checked here against that code itself, so the check cannot drift from it:
+- `train`, `train_presets.<m>`, `datasets.<ds>.train`, `datasets.<ds>.train_presets.<m>`: the fields and types
+  of the trainer's `TrainConfig` dataclass;
+- `methods.<m>`, `datasets.<ds>.presets.<m>`: the parameters and annotations of method m's constructor.
+Every problem names its full key, e.g. `datasets.synthocc.train.epochs: expected int, got 'two'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any, Mapping
+
+__all__ = ["ParamsError", "check_params", "check_value"]
+
+
+class ParamsError(ValueError):
+    """params.yaml holds an unknown key or a value of the wrong type (the message lists each, by full key)."""
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+def check_value(key: str, value: Any, annotation: Any) -> list[str]:
+    """Problems of `value` against a type annotation (int, float, bool, str, None, unions, list/tuple/dict)."""
+    if annotation in (Any, inspect.Parameter.empty):
+        return []
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if any(not check_value(key, value, option) for option in options):
+            return []
+        names = " or ".join(_name(o) for o in options)
+        return [f"{key}: expected {names}, got {_describe(value)}"]
+    if annotation is type(None):
+        return [] if value is None else [f"{key}: expected null, got {_describe(value)}"]
+    if annotation is bool:
+        return [] if isinstance(value, bool) else [f"{key}: expected true or false, got {_describe(value)}"]
+    if annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return [] if ok else [f"{key}: expected int, got {_describe(value)}"]
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return [] if ok else [f"{key}: expected a number, got {_describe(value)}"]
+    if annotation is str:
+        return [] if isinstance(value, str) else [f"{key}: expected a string, got {_describe(value)}"]
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return [f"{key}: expected a list, got {_describe(value)}"]
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        if not args:
+            return []
+        if origin is tuple and len(args) > 1 and Ellipsis not in typing.get_args(annotation):
+            if len(value) != len(args):
+                return [f"{key}: expected {len(args)} values, got {len(value)}"]
+            return [p for i, (v, a) in enumerate(zip(value, args)) for p in check_value(f"{key}[{i}]", v, a)]
+        return [p for i, v in enumerate(value) for p in check_value(f"{key}[{i}]", v, args[0])]
+    if origin is dict or annotation is dict:
+        return [] if isinstance(value, Mapping) else [f"{key}: expected a mapping, got {_describe(value)}"]
+    return []  # an annotation this checker does not model: accepted
+
+
+def _name(annotation: Any) -> str:
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def _check_section(key: str, section: Any, hints: Mapping[str, Any], owner: str) -> list[str]:
+    if section is None:
+        return []
+    if not isinstance(section, Mapping):
+        return [f"{key}: expected a mapping, got {_describe(section)}"]
+    problems = []
+    for name, value in section.items():
+        if name not in hints:
+            close = [k for k in hints if k.lower().startswith(str(name).lower()[:3])][:3]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems.append(f"{key}.{name}: unknown parameter of {owner}{hint}")
+        else:
+            problems += check_value(f"{key}.{name}", value, hints[name])
+    return problems
+
+
+def _train_hints() -> dict[str, Any]:
+    from reid.engine.trainer import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+
+
+def _method_hints(name: str) -> dict[str, Any] | None:
+    from reid.methods.base import METHODS, build_method  # noqa: F401  (registers the methods)
+    import reid.methods  # noqa: F401
+
+    if name not in METHODS.names():
+        return None
+    init = METHODS.get(name).__init__
+    sig = inspect.signature(init)
+    hints = typing.get_type_hints(init)
+    return {p: hints.get(p, Any) for p in sig.parameters if p not in ("self", "args", "kwargs")}
+
+
+def check_params(cfg: Mapping[str, Any]) -> None:
+    """Raise ParamsError listing every unknown key and wrong type in the code-fed sections of params.yaml."""
+    problems: list[str] = []
+    train = _train_hints()
+    problems += _check_section("train", cfg.get("train"), train, "the trainer (TrainConfig)")
+    for method, section in (cfg.get("train_presets") or {}).items():
+        problems += _check_section(f"train_presets.{method}", section, train, "the trainer (TrainConfig)")
+
+    def method_section(key: str, method: str, section: Any) -> None:
+        hints = _method_hints(method)
+        if hints is None:
+            from reid.methods.base import METHODS
+
+            problems.append(f"{key}: no method named {method!r} (registered: {', '.join(METHODS.names())})")
+        else:
+            problems.extend(_check_section(key, section, hints, f"method {method}"))
+
+    for method, section in (cfg.get("methods") or {}).items():
+        method_section(f"methods.{method}", method, section)
+    for ds, dcfg in (cfg.get("datasets") or {}).items():
+        if not isinstance(dcfg, Mapping):
+            continue
+        problems += _check_section(f"datasets.{ds}.train", dcfg.get("train"), train, "the trainer (TrainConfig)")
+        for method, section in (dcfg.get("train_presets") or {}).items():
+            problems += _check_section(f"datasets.{ds}.train_presets.{method}", section, train,
+                                       "the trainer (TrainConfig)")
+        for method, section in (dcfg.get("presets") or {}).items():
+            method_section(f"datasets.{ds}.presets.{method}", method, section)
+    if problems:
+        raise ParamsError("params.yaml: " + ("\n  ".join([f"{len(problems)} problem(s):"] + problems)))
