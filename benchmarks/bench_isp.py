@@ -7,7 +7,7 @@ on one TITAN X: about 3.2 min per round if it re-clustered every one of 120 epoc
 
 What is measured: the whole feature set (16,522 x 256 x 64 x 32 float32 = 35 GB) does not fit in memory here, so
 the identities are processed in groups of about `--group-images` images, as the trainer and the teacher do
-(reid/methods/isp_clustering.py IdentityChunker): each group's synthetic features are generated (float16, on
+(reid/models/isp_clustering.py IdentityChunker): each group's synthetic features are generated (float16, on
 the target device, NOT timed), then `cascaded_clustering` is timed on it (device synchronised; includes the
 bucket gather, the float32 conversion, both k-means steps and the label scatter). `--limit-images` stops after
 that many images and extrapolates linearly (the cost is linear in pixels at a fixed iteration count, which
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
-from reid.methods.isp_clustering import cascaded_clustering  # noqa: E402
+from reid.models.isp_clustering import cascaded_clustering  # noqa: E402
 
 PAPER_HOURS_PER_RUN = 6.3
 PAPER_EPOCHS = 120

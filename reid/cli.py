@@ -21,7 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "verify": ("reid.cache.verify", "read every row of a cache and list unreadable rows by index and path"),
     "export-schp": ("reid.teachers.parsing", "export the pure-PyTorch SCHP network to ONNX"),
     "isp-labels": ("reid.teachers.isp_labels", "ISP's first-round pseudo part labels into an HDF5 cache"),
-    "isp-iou": ("reid.teachers.isp_labels", "IoU of ISP parts against the parsing cache (paper Table 3)"),
+    "isp-iou": ("reid.eval.isp_iou", "IoU of ISP parts against the parsing cache (paper Table 3)"),
     "train": ("reid.engine.commands", "train a method"),
     "evaluate": ("reid.engine.commands", "evaluate a trained model with the dataset's protocol"),
     "probe": ("reid.engine.probe", "measure a trained model's mechanism (e.g. PGFL-KD group-map support)"),

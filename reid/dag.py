@@ -13,9 +13,11 @@ DAGs cannot drift apart; tests/test_dag.py checks that Snakemake's planned jobs 
 
 from __future__ import annotations
 
+import functools
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 from reid import config as C
 
@@ -126,15 +128,74 @@ class Stage:
     plots: list[str] = field(default_factory=list)
 
 
+# The modules each kind of stage starts from; `code_deps` follows their imports (module-level and local) through
+# the package, so a stage depends on exactly the code it can run. Teachers and methods are looked up by name at
+# run time (registries), hence the explicit teacher module and the `reid.methods` package (which imports them all).
+STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
+    "synth": ("reid.data.synthetic",),
+    "index": ("reid.data.datasets",),
+    "teach": ("reid.teachers.runner", "reid.teachers.base"),
+    "train": ("reid.engine.trainer", "reid.methods"),
+    "teacher-outputs": ("reid.engine.commands", "reid.methods"),
+    "evaluate": ("reid.engine.inference", "reid.methods"),
+}
+# Every stage runs through these (`reid pipeline` resolving params.yaml); their own imports are stage-specific.
+STAGE_COMMON = ("reid/__init__.py", "reid/__main__.py", "reid/cli.py", "reid/pipeline.py", "reid/config.py",
+                "reid/params_check.py")
+
+
+def module_file(module: str, package_root: Path | None = None) -> Path | None:
+    """The source file of a `reid.*` module or package (its __init__.py), or None."""
+    root = package_root or Path(__file__).resolve().parents[1]
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """`reid.*` modules a file imports anywhere (top level or inside functions), including `from x import sub`."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name == "reid" or a.name.startswith("reid.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and (
+                node.module == "reid" or node.module.startswith("reid.")):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # submodules; non-modules are dropped below
+    return found
+
+
+def import_closure(entries: Iterable[str], package_root: Path | None = None) -> list[str]:
+    """Repository-relative files of the `reid` modules `entries` import, transitively, with their packages'
+    __init__.py files (importing reid.a.b runs reid/__init__.py and reid/a/__init__.py)."""
+    root = package_root or Path(__file__).resolve().parents[1]
+    seen: set[str] = set()
+    todo = list(entries)
+    files: set[Path] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = module_file(module, root)
+        if path is None:
+            continue
+        files.add(path)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += sorted(_imported_modules(path))
+    return sorted(p.relative_to(root).as_posix() for p in files)
+
+
+@functools.lru_cache(maxsize=None)
 def code_deps(kind: str, teacher: str | None = None) -> list[str]:
-    """The code a DVC stage depends on: narrow, so editing a method never reruns a teacher cache."""
-    if kind == "synth":
-        return ["reid/data/synthetic.py", "reid/data/render.py"]
-    if kind == "index":
-        return ["reid/data/datasets.py", "reid/data/index.py"]
-    if kind == "teach":
-        return ["reid/cache/h5.py", "reid/teachers/base.py", "reid/teachers/runner.py", f"reid/teachers/{teacher}.py"]
-    return ["reid/data", "reid/engine", "reid/methods", "reid/models"]
+    """The code a DVC stage depends on: what its entry modules really import (derived, never hand-kept)."""
+    entries = STAGE_ENTRIES[kind] + ((f"reid.teachers.{teacher}",) if kind == "teach" and teacher else ())
+    return sorted(set(import_closure(entries)) | set(STAGE_COMMON))
 
 
 def _pipeline_cmd(stage: str, ds: str, out: str, extra: str = "") -> str:
@@ -170,7 +231,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
             _, keys = C.stage_evaluate(cfg, ds, run)
             extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
             add(Stage(f"outputs-{ds}-{name}", _pipeline_cmd("teacher-outputs", ds, cache_path(ds, name), extra),
-                      code_deps("train") + sorted(set(deps.values())), [cache_path(ds, name)], keys))
+                      code_deps("teacher-outputs") + sorted(set(deps.values())), [cache_path(ds, name)], keys))
             return
         need_index(ds)
         deps = teacher_deps(cfg, ds, name)
@@ -204,5 +265,5 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         _, keys = C.stage_evaluate(cfg, ds, run)
         extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"evaluate-{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
-                  code_deps("train") + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
+                  code_deps("evaluate") + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
     return stages

@@ -191,7 +191,7 @@ def test_labels_with_a_larger_k_are_refused() -> None:
 
 
 def test_resnet50_backbone_is_upsampled_to_a_quarter() -> None:
-    from reid.methods.isp import build_feature_backbone
+    from reid.models.isp_backbones import build_feature_backbone
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -355,7 +355,7 @@ def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     from reid.cache.h5 import CacheWriter
     from reid.data.index import index_sha256, read_index
-    from reid.teachers.isp_labels import add_iou_arguments, iou_main
+    from reid.eval.isp_iou import add_iou_arguments, iou_main
 
     index = _tiny_world(tmp_path)
     rows = read_index(index)
@@ -399,7 +399,7 @@ def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_cpu_backbone_has_hrnet_w18_small_topology() -> None:
     """The synthetic worlds' ISP backbone: HRNet-W18-small-v2 widths (18/36/72/144 -> 270 channels at 1/4)."""
-    from reid.methods.isp import build_feature_backbone
+    from reid.models.isp_backbones import build_feature_backbone
 
     net = build_feature_backbone("hrnet_w18_small")
     assert net.out_channels == 18 + 36 + 72 + 144
@@ -426,7 +426,7 @@ def test_spatial_attention_multiplies_the_feature_map() -> None:
 
 
 def test_incre_modules_follow_the_official_layout_and_load_from_the_imagenet_checkpoint(tmp_path: Path) -> None:
-    from reid.methods.isp import build_feature_backbone
+    from reid.models.isp_backbones import build_feature_backbone
     from reid.models.hrnet import HRNetFeatureMap, HRNET_TINY
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""ISP cascaded clustering against hand-computed cases (reid/methods/isp_clustering.py)."""
+"""ISP cascaded clustering against hand-computed cases (reid/models/isp_clustering.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid.methods.isp_clustering import (
+from reid.models.isp_clustering import (
     IdentityChunker,
     cascaded_clustering,
     hashed_uniform,

@@ -3,7 +3,7 @@
 Not a pretrained parser: a backbone named in params (`backbone: hrnet_w32 | resnet50 | hrnet_w18_small | hrnet_tiny`, `weights`: a
 local ImageNet checkpoint, or null for random initialisation with a loud warning) runs over the images at
 `input_size` with the test transform (whole image resized, ImageNet normalisation); its 1/4-resolution feature
-maps are clustered per identity (reid/methods/isp_clustering.py) into labels 0 (background), 1..K-1 (top to
+maps are clustered per identity (reid/models/isp_clustering.py) into labels 0 (background), 1..K-1 (top to
 bottom), stored as `labels` uint8 (N, H/4, W/4) in the image frame.
 
 Why it has its own driver (`build_cache`, CLI verb `isp-labels`) instead of the per-batch runner: clustering
@@ -18,8 +18,8 @@ Rows: identities of the `splits` param (default: train only, the only rows ISP t
 identity (train and test identities never share a cluster); every other row is stored as zeros (all
 background). The pipeline's `teach` stage should call `teacher.build_cache(...)` when the teacher has one.
 
-Also here: the Table 3 check verb `isp-iou` (IoU of pseudo labels or of a trained model's part predictions
-against the parsing cache, grouped as the paper's footnote 4).
+The Table 3 check verb `isp-iou` lives in reid/eval/isp_iou.py (it runs trained models; this teacher must not
+import the engine, so its DVC stage does not depend on it).
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from reid.cache.h5 import CacheWriter
-from reid.serialization import load_file
 from reid.data.index import IndexRow, index_sha256, read_index
 from reid.data.transforms import Geometry, normalize_rgb, warp
 from reid.teachers.base import TEACHERS, FieldSpec, Teacher, require_weights
@@ -113,7 +112,7 @@ class ISPLabelsTeacher(Teacher):
         """Build the backbone once, in the main process."""
         if self.net is not None:
             return
-        from reid.methods.isp import build_feature_backbone
+        from reid.models.isp_backbones import build_feature_backbone
 
         if self.model_path is None:
             warnings.warn(f"isp_labels: no `weights` for {self.backbone_name}: clustering the features of a RANDOMLY "
@@ -146,7 +145,7 @@ class ISPLabelsTeacher(Teacher):
     def build_cache(self, index_path: str | Path, root: str | Path, out: str | Path, batch_size: int = 16,
                     workers: int = 2, progress: bool = True) -> dict[str, Any]:
         """Write the `isp_labels` cache for every index row; returns a run summary (images/s, seconds...)."""
-        from reid.methods.isp_clustering import IdentityChunker
+        from reid.models.isp_clustering import IdentityChunker
         from reid.teachers.runner import _batches, _progress, _RowLoader
 
         rows = read_index(index_path)
@@ -246,117 +245,6 @@ def main(args: argparse.Namespace) -> int:
     from reid.teachers.runner import report_summary
 
     report_summary(summary, args.summary)
-    return 0
-
-
-# --- CLI: isp-iou (paper Table 3) ------------------------------------------------------------------------------
-def add_iou_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `python -m reid isp-iou`."""
-    parser.add_argument("--index", required=True, type=Path, help="dataset index CSV")
-    parser.add_argument("--parsing", required=True, type=Path, help="parsing cache (.h5, LIP labels)")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--labels", type=Path, help="pseudo labels: isp_labels cache (.h5), a labels_epochNNN.npy of a "
-                     "training run, or an ISP model.pt (its last clustering round)")
-    src.add_argument("--model", type=Path, help="trained ISP model.pt: IoU of its part predictions (argmax)")
-    parser.add_argument("--root", type=Path, default=None, help="dataset root (with --model)")
-    parser.add_argument("--split", default="train", help="train | query | gallery | test (= query + gallery)")
-    parser.add_argument("--num-parts", type=int, default=None,
-                        help="K of the labels (default: read from the model.pt or the cache's provenance)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-
-
-def _split_rows(rows: Sequence[IndexRow], split: str) -> np.ndarray:
-    wanted = ("query", "gallery") if split == "test" else (split,)
-    return np.array([i for i, r in enumerate(rows) if r.split in wanted], dtype=np.int64)
-
-
-def _read_labels(path: Path, index: Path, positions: np.ndarray) -> np.ndarray:
-    """Pseudo labels (N, h, w) of index rows `positions` from a cache, a per-round .npy, or a model.pt's last round."""
-    if path.suffix == ".npy":
-        return np.load(path)[positions]
-    if path.suffix == ".pt":
-        state = load_file(path, "model").get("method_state", {})
-        if state.get("labels") is None:
-            raise SystemExit(f"{path}: no pseudo labels in method_state (not an ISP model trained with clustering)")
-        return np.asarray(state["labels"])[positions]
-    from reid.cache.h5 import CacheReader
-
-    return CacheReader(path, index_path=index).read("labels", positions)
-
-
-@torch.no_grad()
-def predict_parts(model_path: Path, index: Path, root: Path, positions: np.ndarray, device: str = "auto",
-                  batch_size: int = 32) -> np.ndarray:
-    """Part-classifier argmax (N, h, w) of a trained ISP model over index rows (test transform)."""
-    from torch.utils.data import DataLoader
-
-    from reid.data.dataset import ReIDDataset
-    from reid.engine.inference import load_model
-
-    method, model, ckpt = load_model(model_path, device)
-    if method.name != "isp":
-        raise ValueError(f"{model_path} is a {method.name!r} model; isp-iou --model needs an ISP model")
-    rows = read_index(index)
-    ds = ReIDDataset(rows, root, positions.tolist(), tuple(ckpt["input_size"]), train=False)
-    dev = next(model.parameters()).device
-    out = [model(b["image"].to(dev))["part_logits"].argmax(1).to(torch.uint8).cpu()
-           for b in DataLoader(ds, batch_size=batch_size, shuffle=False)]
-    return torch.cat(out).numpy()
-
-
-def _fmt(ious: Mapping[str, float]) -> str:
-    return ", ".join(f"{name} {100 * v:.1f}%" for name, v in ious.items())
-
-
-def _num_parts(path: Path) -> int | None:
-    """K recorded with the labels: an ISP model.pt's method params or a cache's provenance; None if unknown."""
-    try:
-        if path.suffix == ".pt":
-            params = load_file(path, "model").get("method_params", {})
-            return int(params.get("num_parts", 7))
-        if path.suffix == ".h5":
-            from reid.cache.h5 import CacheReader
-
-            params = CacheReader(path).attrs.get("params", {})
-            params = json.loads(params) if isinstance(params, str) else params
-            return int(params["num_parts"]) if "num_parts" in params else None
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
-    return None
-
-
-def iou_main(args: argparse.Namespace) -> int:
-    """`python -m reid isp-iou`: Table 3-style IoU (foreground, head, legs, shoes) against the parsing cache."""
-    from reid.cache.h5 import CacheReader
-    from reid.methods.isp import assign_parts_to_groups, official_part_iou, part_iou
-
-    rows = read_index(args.index)
-    positions = _split_rows(rows, args.split)
-    if not len(positions):
-        raise SystemExit(f"{args.index}: no rows in split {args.split!r}")
-    if args.model is not None:
-        if args.root is None:
-            raise SystemExit("isp-iou --model needs --root (the images are embedded again)")
-        pred, source = predict_parts(args.model, args.index, args.root, positions, args.device), str(args.model)
-    else:
-        pred, source = _read_labels(args.labels, args.index, positions), str(args.labels)
-    parsing = CacheReader(args.parsing, index_path=args.index).read("labels", positions)
-    assignment = assign_parts_to_groups(pred, parsing)
-    k = args.num_parts or _num_parts(args.model or args.labels) or int(pred.max()) + 1
-    floor = official_part_iou(np.zeros_like(pred), parsing, k)
-    result = {"source": source, "parsing": str(args.parsing), "split": args.split, "rows": int(len(positions)),
-              "num_parts": k,
-              "iou": part_iou(pred, parsing, assignment=assignment), "assignment": assignment,
-              "official_iou": official_part_iou(pred, parsing, k), "official_iou_all_background": floor}
-    text = json.dumps(result, sort_keys=True)
-    print(text)
-    print(f"per-group IoU (majority-vote parts): " + _fmt(result["iou"]), file=sys.stderr)
-    print(f"official Table 3 metric (K={k}, fixed parts): " + _fmt(result["official_iou"]), file=sys.stderr)
-    print("  calibration floor, an all-background prediction: " + _fmt(floor), file=sys.stderr)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
     return 0
 
 
