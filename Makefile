@@ -10,17 +10,22 @@ CORES ?= 2
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast lint dvc-yaml clean-results
+.PHONY: install lock demo test test-fast lint dvc-yaml clean-results
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml workflow/scripts/select_onnxruntime.sh
+$(VENV)/.installed: pyproject.toml constraints.txt workflow/scripts/select_onnxruntime.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt torch torchvision
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	bash workflow/scripts/select_onnxruntime.sh $(PY) $(ORT)
 	touch $@
+
+# Rewrite constraints.txt from the current environment (after a deliberate upgrade; commit it with new numbers).
+lock: install
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^ruff=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 DEMO_TARGETS ?= results/synthcc/baseline/metrics.json results/synthcc/deskpro/metrics.json \
 	results/synthocc/baseline/metrics.json
