@@ -4,7 +4,9 @@ The JSON schema (workflow/schemas/params.schema.yaml) fixes the top-level layout
 checked here against that code itself, so the check cannot drift from it:
 - `train`, `train_presets.<m>`, `datasets.<ds>.train`, `datasets.<ds>.train_presets.<m>`: the fields and types
   of the trainer's `TrainConfig` dataclass;
-- `methods.<m>`, `datasets.<ds>.presets.<m>`: the parameters and annotations of method m's constructor.
+- `methods.<m>`, `datasets.<ds>.presets.<m>`: the parameters and annotations of method m's constructor;
+- `teachers.<t>`, `datasets.<ds>.teachers.<t>`: the runner's keys, the teacher class's constructor parameters and
+  its module's `DEFAULTS` (typed by the default's type).
 Every problem names its full key, e.g. `datasets.synthocc.train.epochs: expected int, got 'two'`.
 """
 
@@ -105,6 +107,51 @@ def _method_hints(name: str) -> dict[str, Any] | None:
     return {p: hints.get(p, Any) for p in sig.parameters if p not in ("self", "args", "kwargs")}
 
 
+# Keys every teacher section may hold besides the teacher's own parameters (read by config.stage_teacher / runner).
+TEACHER_RUN_KEYS: dict[str, Any] = {"backend": str, "model": str | None, "batch_size": int, "workers": int,
+                                    "device": str, "needs": list[str]}
+
+
+def _type_of_default(value: Any) -> Any:
+    if value is None:
+        return Any
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, float):
+        return float
+    if isinstance(value, int):
+        return int
+    if isinstance(value, str):
+        return str
+    if isinstance(value, (list, tuple)):
+        return list | None
+    return Any
+
+
+def _teacher_hints(name: str) -> dict[str, Any] | None:
+    import importlib
+
+    from reid.teachers.base import get_teacher_class
+
+    try:
+        cls = get_teacher_class(name)
+    except KeyError:
+        return None
+    hints = dict(TEACHER_RUN_KEYS)
+    init = cls.__init__
+    sig = inspect.signature(init)
+    annotations = typing.get_type_hints(init)
+    for p in sig.parameters.values():
+        if p.name in ("self", "backend", "model_path", "device") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        if p.name.endswith("_cache"):  # filled from `needs`, never set by hand
+            continue
+        hints[p.name] = annotations.get(p.name, Any)
+    defaults = getattr(importlib.import_module(cls.__module__), "DEFAULTS", {})
+    hints.update({k: _type_of_default(v) for k, v in defaults.items()})
+    return hints
+
+
 def check_params(cfg: Mapping[str, Any]) -> None:
     """Raise ParamsError listing every unknown key and wrong type in the code-fed sections of params.yaml."""
     problems: list[str] = []
@@ -124,9 +171,20 @@ def check_params(cfg: Mapping[str, Any]) -> None:
 
     for method, section in (cfg.get("methods") or {}).items():
         method_section(f"methods.{method}", method, section)
+    def teacher_section(key: str, teacher: str, section: Any) -> None:
+        hints = _teacher_hints(teacher)
+        if hints is None:
+            problems.append(f"{key}: no teacher named {teacher!r}")
+        else:
+            problems.extend(_check_section(key, section, hints, f"teacher {teacher}"))
+
+    for teacher, section in (cfg.get("teachers") or {}).items():
+        teacher_section(f"teachers.{teacher}", teacher, section)
     for ds, dcfg in (cfg.get("datasets") or {}).items():
         if not isinstance(dcfg, Mapping):
             continue
+        for teacher, section in (dcfg.get("teachers") or {}).items():
+            teacher_section(f"datasets.{ds}.teachers.{teacher}", teacher, section)
         problems += _check_section(f"datasets.{ds}.train", dcfg.get("train"), train, "the trainer (TrainConfig)")
         for method, section in (dcfg.get("train_presets") or {}).items():
             problems += _check_section(f"datasets.{ds}.train_presets.{method}", section, train,

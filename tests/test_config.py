@@ -221,6 +221,14 @@ def test_params_check_names_every_bad_key_and_type() -> None:
            "heatmap_temperature" in text
     assert "methods.pgfl_kd.lambda_cl: expected a number, got [1]" in text
     assert "train_presets.isp.input_size[1]: expected int, got 'x'" in text
+    bad_teacher = {"teachers": {"faces": {"det_thresh": "high", "crop_sise": 112}},
+                   "datasets": {"synthcc": {"teachers": {"keypoints": {"flip_test": "yes"}}}}}
+    with pytest.raises(ParamsError) as info:
+        check_params(bad_teacher)
+    text = str(info.value)
+    assert "teachers.faces.det_thresh: expected a number, got 'high'" in text
+    assert "teachers.faces.crop_sise: unknown parameter of teacher faces (did you mean crop_size" in text
+    assert "datasets.synthcc.teachers.keypoints.flip_test: expected true or false, got 'yes'" in text
     with pytest.raises(ParamsError, match=r"datasets.synthcc.presets.nosuch: no method named 'nosuch'"):
         check_params({"datasets": {"synthcc": {"presets": {"nosuch": {}}}}})
 

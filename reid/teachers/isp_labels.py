@@ -45,6 +45,10 @@ from reid.teachers.base import TEACHERS, FieldSpec, Teacher, require_weights
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("train",)
+# Parameters (params.yaml teachers.isp_labels) and their defaults; also what reid/params_check.py types them by.
+DEFAULTS: dict[str, Any] = {"backbone": "hrnet_w32", "num_parts": 7, "input_size": [256, 128], "sharpen": True,
+                            "iters": 20, "seed": 0, "splits": list(DEFAULT_SPLITS), "chunk_images": 1024,
+                            "weights": None}
 
 
 def identity_key(row: IndexRow) -> int:
@@ -63,14 +67,18 @@ class ISPLabelsTeacher(Teacher):
                  **params: Any) -> None:
         weights = params.pop("weights", None) or (str(model_path) if model_path else None)
         super().__init__(backend, weights, device, **params)
-        self.backbone_name = str(params.get("backbone", "hrnet_w32"))
-        self.num_parts = int(params.get("num_parts", 7))
-        self.input_size = tuple(int(v) for v in params.get("input_size", (256, 128)))
-        self.sharpen = bool(params.get("sharpen", True))
-        self.iters = int(params.get("iters", 20))
-        self.seed = int(params.get("seed", 0))
-        self.splits = tuple(params.get("splits", DEFAULT_SPLITS))
-        self.chunk_images = int(params.get("chunk_images", 1024))
+        unknown = sorted(set(params) - set(DEFAULTS) - {"weights"})
+        if unknown:
+            raise ValueError(f"isp_labels teacher: unknown params {unknown}; known: {sorted(DEFAULTS)}")
+        params = {**DEFAULTS, **params}
+        self.backbone_name = str(params["backbone"])
+        self.num_parts = int(params["num_parts"])
+        self.input_size = tuple(int(v) for v in params["input_size"])
+        self.sharpen = bool(params["sharpen"])
+        self.iters = int(params["iters"])
+        self.seed = int(params["seed"])
+        self.splits = tuple(params["splits"])
+        self.chunk_images = int(params["chunk_images"])
         if len(self.input_size) != 2 or self.input_size[0] % 32 or self.input_size[1] % 32:
             raise ValueError(f"isp_labels: input_size must be [H, W] multiples of 32, got {list(self.input_size)}")
         if self.num_parts < 2:
