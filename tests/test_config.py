@@ -254,3 +254,27 @@ def test_snakemake_dry_run_and_the_dvc_stage_command_refuse_a_bad_key(tmp_path: 
                            timeout=300)
     assert stage.returncode != 0 and "datasets.synthocc.train.epochs: expected int" in stage.stderr
     assert not (work / "data" / "synthocc").exists()  # refused before any work
+
+
+# params.yaml values that deliberately differ from the constructor default (the paper's setting vs a test-sized one)
+PARAMS_DIFFERING_FROM_CODE = {("deskpro", "face_size")}
+
+
+def test_params_yaml_method_values_equal_the_code_defaults() -> None:
+    """One place for each default: a value in params.yaml's `methods` that silently differs from the code (as
+    `heatmap_temperature: 1.0` once did after the code's default became 0.1) overrides the fix for every run."""
+    import inspect
+
+    import reid.methods  # noqa: F401
+    from reid.methods.base import METHODS
+
+    cfg = C.load_params(REPO / "params.yaml")
+    drift = []
+    for method, section in cfg["methods"].items():
+        sig = inspect.signature(METHODS.get(method).__init__)
+        for key, value in section.items():
+            default = sig.parameters[key].default
+            default = list(default) if isinstance(default, tuple) else default
+            if value != default and (method, key) not in PARAMS_DIFFERING_FROM_CODE:
+                drift.append(f"methods.{method}.{key}: params.yaml {value!r}, code {default!r}")
+    assert not drift, drift
