@@ -67,7 +67,7 @@ def _ran_stages(text: str) -> set[str]:
 
 @pytest.mark.slow
 def test_snakemake_then_dvc(tmp_path: Path, repo_copier) -> None:
-    work = repo_copier(tmp_path / "repo", skip=(".dvc/",))
+    work = repo_copier(tmp_path / "repo", skip=(".dvc/", "dvc.lock"))
     py = sys.executable
     _tiny_params(work / "params.yaml")
     _init_repo(work, "tiny pipeline")
@@ -119,7 +119,7 @@ def test_dvc_exp_run_alpha_reruns_only_deskpro(tmp_path: Path, repo_copier) -> N
     teacher caches, not the face teacher or its logits; `dvc exp show` lists alpha and the metrics."""
     from test_methods_e2e import tiny_synthetic
 
-    work = repo_copier(tmp_path / "repo", skip=(".dvc/",))
+    work = repo_copier(tmp_path / "repo", skip=(".dvc/", "dvc.lock"))
     py = sys.executable
     params = yaml.safe_load((work / "params.yaml").read_text())
     tiny_synthetic(params)
