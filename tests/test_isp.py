@@ -433,7 +433,8 @@ def test_incre_modules_follow_the_official_layout_and_load_from_the_imagenet_che
     source = HRNetFeatureMap(**HRNET_TINY, incre_modules=True)
     assert source.out_channels == 128 + 256 + 512 + 1024  # 1920, as the official cls_head's input
     # an ImageNet-classification-style checkpoint: the trunk at top level, then incre_modules.<i>.0.*
-    state = {**source.body.state_dict(), **{f"incre_modules.{k}": v for k, v in source.incre_modules.state_dict().items()}}
+    incre = {f"incre_modules.{k}": v for k, v in source.incre_modules.state_dict().items()}
+    state = {**source.body.state_dict(), **incre}
     assert "incre_modules.0.0.conv1.weight" in state and "incre_modules.0.0.downsample.0.weight" in state
     ckpt = tmp_path / "hrnet_imagenet.pth"
     torch.save(state, ckpt)

@@ -66,7 +66,8 @@ def _batches(dataset: _RowLoader, batch_size: int, workers: int) -> Iterator[tup
 
     # fork: the teacher (possibly holding a model session) is inherited, never pickled; load() must not use it.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                        multiprocessing_context="fork", prefetch_factor=4, worker_init_fn=worker_init)  # reid/__init__ keeps cv2 single-threaded
+                        multiprocessing_context="fork", prefetch_factor=4,  # reid/__init__: cv2 single-threaded
+                        worker_init_fn=worker_init)
     yield from loader
 
 
