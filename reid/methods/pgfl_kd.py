@@ -116,6 +116,8 @@ EVAL_ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 EXTRA_ABLATIONS: dict[str, dict[str, Any]] = {
     "full_t1_heatmaps": {**ABLATIONS["full"], "heatmap_temperature": 1.0},
     "full_cl_to_f": {**ABLATIONS["full"], "cl_target": "F"},
+    # Eq. 2's softmax over cosines in [-1, 1] is as flat at temperature 1 as the group maps were (probe: ~all cells)
+    "full_feb_t01": {**ABLATIONS["full"], "feb_temperature": 0.1},
 }
 
 
