@@ -160,36 +160,32 @@ def check_params(cfg: Mapping[str, Any]) -> None:
     for method, section in (cfg.get("train_presets") or {}).items():
         problems += _check_section(f"train_presets.{method}", section, train, "the trainer (TrainConfig)")
 
-    def method_section(key: str, method: str, section: Any) -> None:
-        hints = _method_hints(method)
-        if hints is None:
+    def named_section(key: str, kind: str, name: str, section: Any) -> None:
+        """A method's or a teacher's section, typed by that registered class (an unknown name is a problem)."""
+        hints = _method_hints(name) if kind == "method" else _teacher_hints(name)
+        if hints is not None:
+            problems.extend(_check_section(key, section, hints, f"{kind} {name}"))
+        elif kind == "method":
             from reid.methods.base import METHODS
 
-            problems.append(f"{key}: no method named {method!r} (registered: {', '.join(METHODS.names())})")
+            problems.append(f"{key}: no method named {name!r} (registered: {', '.join(METHODS.names())})")
         else:
-            problems.extend(_check_section(key, section, hints, f"method {method}"))
+            problems.append(f"{key}: no teacher named {name!r}")
 
     for method, section in (cfg.get("methods") or {}).items():
-        method_section(f"methods.{method}", method, section)
-    def teacher_section(key: str, teacher: str, section: Any) -> None:
-        hints = _teacher_hints(teacher)
-        if hints is None:
-            problems.append(f"{key}: no teacher named {teacher!r}")
-        else:
-            problems.extend(_check_section(key, section, hints, f"teacher {teacher}"))
-
+        named_section(f"methods.{method}", "method", method, section)
     for teacher, section in (cfg.get("teachers") or {}).items():
-        teacher_section(f"teachers.{teacher}", teacher, section)
+        named_section(f"teachers.{teacher}", "teacher", teacher, section)
     for ds, dcfg in (cfg.get("datasets") or {}).items():
         if not isinstance(dcfg, Mapping):
             continue
         for teacher, section in (dcfg.get("teachers") or {}).items():
-            teacher_section(f"datasets.{ds}.teachers.{teacher}", teacher, section)
+            named_section(f"datasets.{ds}.teachers.{teacher}", "teacher", teacher, section)
         problems += _check_section(f"datasets.{ds}.train", dcfg.get("train"), train, "the trainer (TrainConfig)")
         for method, section in (dcfg.get("train_presets") or {}).items():
             problems += _check_section(f"datasets.{ds}.train_presets.{method}", section, train,
                                        "the trainer (TrainConfig)")
         for method, section in (dcfg.get("presets") or {}).items():
-            method_section(f"datasets.{ds}.presets.{method}", method, section)
+            named_section(f"datasets.{ds}.presets.{method}", "method", method, section)
     if problems:
         raise ParamsError("params.yaml: " + ("\n  ".join([f"{len(problems)} problem(s):"] + problems)))

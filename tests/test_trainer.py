@@ -3,6 +3,7 @@ bit-identical resume after an interruption, NaN guard, exported student, CSV log
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -24,6 +25,16 @@ from reid.models.heads import BNNeck
 
 # Test-only switches (never in the method's params, so they are not part of the run's fingerprint).
 FAULTS: dict[str, int | None] = {"raise_at": None, "nan_at": None}
+
+
+@contextlib.contextmanager
+def fault(name: str, epoch: int):
+    """Arm one of FAULTS for the duration of a block, disarmed again whatever happens."""
+    FAULTS[name] = epoch
+    try:
+        yield
+    finally:
+        FAULTS[name] = None
 
 
 class Interrupted(RuntimeError):
@@ -180,12 +191,8 @@ def test_train_log_has_one_row_per_epoch_with_loss_terms(tiny_world, trained: Pa
 
 def _interrupt_and_resume(world, cache: Path, out: Path, **over) -> None:
     """Kill a run at the 3rd step of epoch 2, check what it left, then resume it to the end."""
-    FAULTS["raise_at"] = 1
-    try:
-        with pytest.raises(Interrupted):
-            _trainer(world, cache, out, **over).fit()
-    finally:
-        FAULTS["raise_at"] = None
+    with fault("raise_at", 1), pytest.raises(Interrupted):
+        _trainer(world, cache, out, **over).fit()
     assert not (out / "model.pt").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 0
     assert [r["epoch"] for r in _log_rows(out / "train_log.csv")] == ["1"]
@@ -232,13 +239,9 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tiny_world, tiny_par
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_world, tiny_parsing_cache, tmp_path):
-    FAULTS["nan_at"] = 1
-    try:
-        with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 2, step 1 \(id=.*, triplet=nan\)"
-                           r".*checkpoint\.pt"):
-            _trainer(tiny_world, tiny_parsing_cache, tmp_path).fit()
-    finally:
-        FAULTS["nan_at"] = None
+    with fault("nan_at", 1), pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 2, step 1 "
+                                                                   r"\(id=.*, triplet=nan\).*checkpoint\.pt"):
+        _trainer(tiny_world, tiny_parsing_cache, tmp_path).fit()
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -386,10 +389,6 @@ def test_degenerate_features_are_refused() -> None:
 
 
 def test_nan_loss_in_the_first_epoch_cites_no_checkpoint(tiny_world, tiny_parsing_cache, tmp_path) -> None:
-    FAULTS["nan_at"] = 0
-    try:
-        with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 .*No epoch finished, so there is no "
-                                                     r"checkpoint to resume"):
-            _trainer(tiny_world, tiny_parsing_cache, tmp_path).fit()
-    finally:
-        FAULTS["nan_at"] = None
+    with fault("nan_at", 0), pytest.raises(FloatingPointError, match=r"epoch 1, step 1 .*No epoch finished, so "
+                                                                   r"there is no checkpoint to resume"):
+        _trainer(tiny_world, tiny_parsing_cache, tmp_path).fit()

@@ -42,24 +42,30 @@ def _split_rows(rows: Sequence[IndexRow], split: str) -> np.ndarray:
     return np.array([i for i, r in enumerate(rows) if r.split in wanted], dtype=np.int64)
 
 
-def _read_labels(path: Path, index: Path, positions: np.ndarray) -> np.ndarray:
-    """Pseudo labels (N, h, w) of index rows `positions` from a cache, a per-round .npy, or a model.pt's last round."""
+def _read_labels(path: Path, index: Path, positions: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """Pseudo labels (N, h, w) of index rows `positions` from a cache, a per-round .npy, or a model.pt's last round,
+    with the K recorded beside them (model.pt method params, cache provenance; None for a .npy)."""
     if path.suffix == ".npy":
-        return np.load(path)[positions]
+        return np.load(path)[positions], None
     if path.suffix == ".pt":
-        state = load_file(path, "model").get("method_state", {})
+        ckpt = load_file(path, "model")
+        state = ckpt.get("method_state", {})
         if state.get("labels") is None:
             raise SystemExit(f"{path}: no pseudo labels in method_state (not an ISP model trained with clustering)")
-        return np.asarray(state["labels"])[positions]
+        return np.asarray(state["labels"])[positions], int(ckpt.get("method_params", {}).get("num_parts", 7))
     from reid.cache.h5 import CacheReader
 
-    return CacheReader(path, index_path=index).read("labels", positions)
+    reader = CacheReader(path, index_path=index)
+    params = reader.attrs.get("params", {})
+    params = json.loads(params) if isinstance(params, str) else params
+    k = int(params["num_parts"]) if isinstance(params, dict) and "num_parts" in params else None
+    return reader.read("labels", positions), k
 
 
 @torch.no_grad()
 def predict_parts(model_path: Path, index: Path, root: Path, positions: np.ndarray, device: str = "auto",
-                  batch_size: int = 32) -> np.ndarray:
-    """Part-classifier argmax (N, h, w) of a trained ISP model over index rows (test transform)."""
+                  batch_size: int = 32) -> tuple[np.ndarray, int]:
+    """Part-classifier argmax (N, h, w) of a trained ISP model over index rows (test transform), and its K."""
     from torch.utils.data import DataLoader
 
     from reid.data.dataset import ReIDDataset
@@ -73,28 +79,11 @@ def predict_parts(model_path: Path, index: Path, root: Path, positions: np.ndarr
     dev = next(model.parameters()).device
     out = [model(b["image"].to(dev))["part_logits"].argmax(1).to(torch.uint8).cpu()
            for b in DataLoader(ds, batch_size=batch_size, shuffle=False)]
-    return torch.cat(out).numpy()
+    return torch.cat(out).numpy(), int(method.num_parts)
 
 
 def _fmt(ious: Mapping[str, float]) -> str:
     return ", ".join(f"{name} {100 * v:.1f}%" for name, v in ious.items())
-
-
-def _num_parts(path: Path) -> int | None:
-    """K recorded with the labels: an ISP model.pt's method params or a cache's provenance; None if unknown."""
-    try:
-        if path.suffix == ".pt":
-            params = load_file(path, "model").get("method_params", {})
-            return int(params.get("num_parts", 7))
-        if path.suffix == ".h5":
-            from reid.cache.h5 import CacheReader
-
-            params = CacheReader(path).attrs.get("params", {})
-            params = json.loads(params) if isinstance(params, str) else params
-            return int(params["num_parts"]) if "num_parts" in params else None
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
-    return None
 
 
 def iou_main(args: argparse.Namespace) -> int:
@@ -109,12 +98,14 @@ def iou_main(args: argparse.Namespace) -> int:
     if args.model is not None:
         if args.root is None:
             raise SystemExit("isp-iou --model needs --root (the images are embedded again)")
-        pred, source = predict_parts(args.model, args.index, args.root, positions, args.device), str(args.model)
+        pred, recorded_k = predict_parts(args.model, args.index, args.root, positions, args.device)
+        source = str(args.model)
     else:
-        pred, source = _read_labels(args.labels, args.index, positions), str(args.labels)
+        pred, recorded_k = _read_labels(args.labels, args.index, positions)
+        source = str(args.labels)
     parsing = CacheReader(args.parsing, index_path=args.index).read("labels", positions)
     assignment = assign_parts_to_groups(pred, parsing)
-    k = args.num_parts or _num_parts(args.model or args.labels) or int(pred.max()) + 1
+    k = args.num_parts or recorded_k or int(pred.max()) + 1
     floor = official_part_iou(np.zeros_like(pred), parsing, k)
     result = {"source": source, "parsing": str(args.parsing), "split": args.split, "rows": int(len(positions)),
               "num_parts": k,
