@@ -8,18 +8,14 @@ send it SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere this is
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent_pid: int | None = None) -> bool:
-    """Make this process receive SIGKILL when its parent exits; True when armed. Call it in a worker's init.
-
-    If the parent is already gone (it died before this call), exit at once.
-    """
+def die_with_parent() -> bool:
+    """Make this process receive SIGKILL when its parent exits; True when armed. Call it in a worker's init."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -28,8 +24,6 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
             return False
     except (OSError, AttributeError):
         return False
-    if parent_pid is not None and os.getppid() != parent_pid:
-        os._exit(1)
     return True
 
 
