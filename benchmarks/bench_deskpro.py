@@ -143,14 +143,14 @@ def schp_task(args: argparse.Namespace, device: torch.device) -> Task:
     return run
 
 
-def write_cache(path: Path, field: str, shape: tuple[int, ...], dtype: str, rows: int) -> Path:
+def write_cache(path: Path, field: str, shape: tuple[int, ...], dtype: str, rows: int, rgb: bool = False) -> Path:
     """A small finished cache of one field, written with the project's CacheWriter (random content)."""
     rng = np.random.default_rng(0)
     info = np.iinfo(dtype) if np.dtype(dtype).kind == "u" else None
     data = (rng.integers(0, info.max + 1, (rows, *shape)) if info else rng.standard_normal((rows, *shape)))
     with CacheWriter(path, teacher=path.stem, backend="bench", model_sha256="0" * 64, params={},
                      index_sha256="0" * 64, paths=[f"img{i}.jpg" for i in range(rows)],
-                     fields={field: (shape, dtype)}) as writer:
+                     fields={field: (shape, dtype, "image" if rgb else "vector")}) as writer:
         writer.write_rows(np.arange(rows), {field: data.astype(dtype)})
         return writer.finalize()
 
@@ -188,7 +188,7 @@ def build_tasks(args: argparse.Namespace, device: torch.device, tmp: Path) -> di
         s, b = args.face_store, args.p * args.k
         logits = write_cache(tmp / "face_teacher.h5", "logits", (2, NUM_EMBEDDINGS, args.num_classes), "float16",
                              args.cache_rows)
-        restored = write_cache(tmp / "restored_faces.h5", "restored", (s, s, 3), "uint8", args.cache_rows)
+        restored = write_cache(tmp / "restored_faces.h5", "restored", (s, s, 3), "uint8", args.cache_rows, rgb=True)
         tasks["read_cached_logits"] = read_task(logits, "logits", b, rgb=False)
         tasks["read_restored_faces"] = read_task(restored, "restored", b, rgb=True)
     if "b" in args.parts:

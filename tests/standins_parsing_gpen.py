@@ -148,8 +148,9 @@ def write_faces_cache(out: Path, index_path: Path, root: Path, landmarks: Sequen
 
     rows = read_index(index_path)
     s = crop_size
-    fields = {"has_face": ((), "uint8"), "box": ((4,), "float32"), "score": ((), "float32"),
-              "landmarks": ((5, 2), "float32"), "crop": ((s, s, 3), "uint8")}
+    fields = {"has_face": ((), "uint8", "vector"), "box": ((4,), "float32", "vector"),
+              "score": ((), "float32", "vector"), "landmarks": ((5, 2), "float32", "vector"),
+              "crop": ((s, s, 3), "uint8", "image")}
     values: dict[str, list[np.ndarray]] = {k: [] for k in fields}
     for row, lms in zip(rows, landmarks):
         if lms is None:

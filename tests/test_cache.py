@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from reid.cache.h5 import (
+    check_field,
     CacheError,
     CacheIndexMismatch,
     CacheCorrupt,
@@ -31,7 +32,7 @@ from reid.data.index import IndexRow, index_sha256, write_index
 
 N = 10
 PATHS = [f"train/{i:03d}.png" for i in range(N)]
-FIELDS = {"labels": ((6, 4), "uint8"), "vec": ((3,), "float32"), "has_face": ((), "uint8")}
+FIELDS = {"labels": ((6, 4), "uint8", "labels"), "vec": ((3,), "float32", "vector"), "has_face": ((), "uint8", "vector")}
 
 
 def values(rows) -> dict[str, np.ndarray]:
@@ -74,7 +75,7 @@ def test_layout_and_attributes(tmp_path: Path) -> None:
         assert sorted(f.attrs) == sorted(["schema_version", "teacher", "backend", "model_sha256", "params",
                                           "index_sha256", "num_rows", "fields"])
         assert f.attrs["params"] == '{"a":"x","k":1}'  # sorted keys
-        assert json.loads(f.attrs["fields"])["labels"] == [[6, 4], "uint8"]
+        assert json.loads(f.attrs["fields"])["labels"] == [[6, 4], "uint8", "labels"]
     assert not tmp_path.joinpath("c.h5.tmp").exists()
 
 
@@ -285,8 +286,8 @@ def test_inspect_cli_writes_sheet_with_overlays(tmp_path: Path, capsys) -> None:
     for p in PATHS:
         cv2.imwrite(str(root / p), np.full((24, 12, 3), 200, np.uint8))
     index = _index(tmp_path)
-    fields = {"labels": ((6, 4), "uint8"), "has_face": ((), "uint8"), "box": ((4,), "float32"),
-              "crop": ((8, 8, 3), "uint8")}
+    fields = {"labels": ((6, 4), "uint8", "labels"), "has_face": ((), "uint8", "vector"),
+              "box": ((4,), "float32", "vector"), "crop": ((8, 8, 3), "uint8", "image")}
     w = CacheWriter(tmp_path / "c.h5", teacher="parsing", backend="oracle", model_sha256="", params={},
                     index_sha256=index_sha256(index), paths=PATHS, fields=fields, flush_every_s=0)
     rows = np.arange(N)
@@ -340,3 +341,20 @@ def test_a_damaged_chunk_names_the_file_and_row_and_verify_lists_it(tmp_path: Pa
     assert "FAIL" in printed and "row 6 (train/006.png)" in printed
     good = fill(tmp_path / "good.h5", [range(N)])
     assert main(["verify", str(good)]) == 0 and "OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, message", [
+    (((6, 4), "uint8"), r"field 'f' declares \(\(6, 4\), 'uint8'\): expected \(shape, dtype, kind\)"),
+    (((6, 4), "uint8", "mask"), r"field 'f' has kind 'mask'; known kinds"),
+    (((6, 4, 2), "uint8", "labels"), r"field 'f' of kind 'labels' must be \(h, w\) integer, got shape \(6, 4, 2\)"),
+    (((17, 6, 4), "uint8", "heatmaps"), r"kind 'heatmaps' must be \(C, h, w\) float, got shape \(17, 6, 4\) uint8"),
+    (((8, 8, 3), "float32", "image"), r"kind 'image' must be \(h, w, 3\) uint8"),
+])
+def test_every_field_declares_a_kind_that_fits_its_shape(spec, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_field("f", spec)
+
+
+def test_the_reader_reports_each_fields_kind(tmp_path: Path) -> None:
+    out = fill(tmp_path / "c.h5", [range(N)])
+    assert CacheReader(out).kinds == {"has_face": "vector", "labels": "labels", "vec": "vector"}

@@ -63,6 +63,7 @@ class _RGBReader:
     """Stand-in cache with one RGB field `crop` (S x S x 3 uint8): left half red, right half blue."""
 
     attrs: dict = {}
+    kinds = {"crop": "image"}
 
     def __init__(self, n: int, size: int = 16) -> None:
         crop = np.zeros((size, size, 3), np.uint8)
@@ -101,13 +102,13 @@ def test_rgb_cache_field_is_mirrored_with_the_body(tiny_world) -> None:
 def test_set_field_overrides_the_cache(tiny_world, tiny_parsing_cache) -> None:
     ds = _train_set(tiny_world, tiny_parsing_cache, train=False)
     n = len(tiny_world.rows)
-    ds.set_field("parsing.labels", np.full((n, 32, 16), 7, np.uint8))
+    ds.set_field("parsing.labels", np.full((n, 32, 16), 7, np.uint8), "labels")
     assert (ds[3]["parsing.labels"] == 7).all()
-    ds.set_field("isp.labels", np.full((n, 8, 4), 2, np.uint8))  # a new field is added to the samples
+    ds.set_field("isp.labels", np.full((n, 8, 4), 2, np.uint8), "labels")  # a new field is added to the samples
     assert ds.fields[-1] == "isp.labels"
     assert (ds[0]["isp.labels"] == 2).all() and ds[0]["isp.labels"].shape == (64, 32)
     with pytest.raises(ValueError, match=rf"set_field\('parsing.labels'\): expected {n} rows, got 3"):
-        ds.set_field("parsing.labels", np.zeros((3, 32, 16), np.uint8))
+        ds.set_field("parsing.labels", np.zeros((3, 32, 16), np.uint8), "labels")
 
 
 def test_missing_cache_is_an_error_naming_it(tiny_world) -> None:
@@ -129,7 +130,7 @@ def test_random_erasing_blanks_the_cached_heatmaps_where_it_blanks_the_image(tin
     """A pose estimator would find no joint in an erased region, so the cached heat there must go too."""
     ds = _train_set(tiny_world, tiny_parsing_cache, erasing_p=1.0)
     n = len(tiny_world.rows)
-    ds.set_field("keypoints.heatmaps", np.ones((n, 17, 32, 16), np.float32))
+    ds.set_field("keypoints.heatmaps", np.ones((n, 17, 32, 16), np.float32), "heatmaps")
     torch.manual_seed(3)
     sample = ds[0]
     heat = sample["keypoints.heatmaps"]  # at input / 4 = 16 x 8
@@ -147,6 +148,7 @@ class _TwoFaceReader:
     """Stand-in for the faces + restored_faces caches: a raw crop and a restored face of different content."""
 
     attrs: dict = {}
+    kinds = {"crop": "image", "restored": "image"}
 
     def __init__(self, size: int, seed: int) -> None:
         self.img = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)

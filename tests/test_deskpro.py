@@ -235,7 +235,7 @@ def teacher_setup():
 def test_face_teacher_cache_outputs():
     teacher_method, teacher = teacher_setup()
     assert teacher_method.image_field == "restored_faces.restored" and teacher_method.require_field == "faces.has_face"
-    assert DeskProFaceTeacher().cache_fields(C) == {"logits": ((2, 7, C), "float16")}
+    assert DeskProFaceTeacher().cache_fields(C) == {"logits": ((2, 7, C), "float16", "vector")}
     batch = make_batch()
     out = teacher_method.cache_outputs(teacher, {"image": batch["restored_faces.restored"],
                                                   "faces.has_face": batch["faces.has_face"]})

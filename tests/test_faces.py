@@ -236,7 +236,8 @@ def test_missing_weights_and_wrong_signature(tmp_path):
 
 def test_fields_and_provenance(scrfd_onnx):
     teacher = build_teacher("faces", "onnx", scrfd_onnx, device="cpu", crop_size=64)
-    assert teacher.fields()["crop"] == ((64, 64, 3), "uint8") and teacher.fields()["has_face"] == ((), "uint8")
+    assert teacher.fields()["crop"] == ((64, 64, 3), "uint8", "image")
+    assert teacher.fields()["has_face"] == ((), "uint8", "vector")
     assert teacher.cache_params()["det_thresh"] == 0.3 and teacher.cache_params()["det_size"] == [640, 640]
 
 

@@ -369,7 +369,7 @@ def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixtur
     parsing = tmp_path / "parsing.h5"
     with CacheWriter(parsing, teacher="parsing", backend="oracle", model_sha256="", params={"label_set": "lip"},
                      index_sha256=index_sha256(index), paths=[r.path for r in rows],
-                     fields={"labels": ((32, 16), "uint8")}) as w:
+                     fields={"labels": ((32, 16), "uint8", "labels")}) as w:
         w.write_rows(np.arange(n), {"labels": lip})
         w.finalize()
     np.save(tmp_path / "labels_epoch001.npy", isp)

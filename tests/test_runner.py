@@ -49,7 +49,7 @@ class ToyMean(Teacher):
         self.infer_rows: list[int] = []
 
     def fields(self):
-        return {"mean": ((3,), "float32"), "labels": ((4, 4), "uint8"), "row": ((), "int32")}
+        return {"mean": ((3,), "float32", "vector"), "labels": ((4, 4), "uint8", "labels"), "row": ((), "int32", "vector")}
 
     def load(self, image_bgr, row, root, index=None):
         small = cv2.resize(image_bgr, (4, 4), interpolation=cv2.INTER_AREA)

@@ -256,7 +256,7 @@ def test_teacher_train_and_cache_outputs():
     losses = teacher.training_losses(model, _batch(), 0)
     sum(losses.values()).backward()
     fields = teacher.cache_fields(4)
-    assert fields == {"feat": ((2, 64), "float32"), "logits": ((2, 4), "float32")}
+    assert fields == {"feat": ((2, 64), "float32", "vector"), "logits": ((2, 4), "float32", "vector")}
     batch = _batch()
     out = teacher.cache_outputs(model, batch)
     assert out["feat"].shape == (4, 2, 64) and out["logits"].shape == (4, 2, 4)

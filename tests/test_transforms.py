@@ -118,6 +118,7 @@ class _MemoryReader:
     """A cache reader stand-in: row -> {'labels': map}, LIP provenance."""
 
     attrs = {"params": {"label_set": "lip"}}
+    kinds = {"labels": "labels"}
 
     def __init__(self, labels: np.ndarray) -> None:
         self.labels = labels

@@ -32,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import h5py
 import numpy as np
@@ -41,11 +41,28 @@ from reid.data.index import index_sha256
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every field records its kind
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 4
 RESERVED = ("path", "done")
-FieldSpec = tuple[tuple[int, ...], str]
+
+# How a field follows the training augmentation (reid/data/dataset.py warps by kind, never by field name):
+#   labels    (h, w) integer label map: nearest-neighbour warp, left/right classes swapped on a flip
+#   heatmaps  (C, h, w) float maps: bilinear warp to the 1/4-resolution grid, zeroed where the image is erased
+#   image     (h, w, 3) uint8 RGB picture (e.g. a face crop): flipped with the image, normalised like it
+#   vector    anything else (scores, boxes, logits): passed through unchanged
+FIELD_KINDS = ("labels", "heatmaps", "image", "vector")
+
+
+class Field(NamedTuple):
+    """Per-row shape, numpy dtype name and kind of one cache field."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str
+
+
+FieldSpec = Field
 
 
 class CacheError(RuntimeError):
@@ -100,17 +117,35 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _norm_fields(fields: Mapping[str, Any]) -> dict[str, FieldSpec]:
-    """Canonical field specs: shape as a tuple of ints, dtype as numpy's name ('uint8', 'float16', ...)."""
-    out: dict[str, FieldSpec] = {}
-    for name, (shape, dtype) in sorted(fields.items()):
-        if name in RESERVED:
-            raise ValueError(f"field name '{name}' is reserved in cache files ({', '.join(RESERVED)})")
-        shape_t = tuple(int(s) for s in shape)
-        if any(s <= 0 for s in shape_t):
-            raise ValueError(f"field '{name}' has a non-positive dimension in shape {shape_t}")
-        out[name] = (shape_t, np.dtype(dtype).name)
-    return out
+def check_field(name: str, spec: Any) -> Field:
+    """A canonical Field (shape as ints, dtype as numpy's name), checked against its kind's shape rule."""
+    if len(spec) != 3:
+        raise ValueError(f"field '{name}' declares {tuple(spec)}: expected (shape, dtype, kind) with kind one of "
+                         f"{FIELD_KINDS}, so the data pipeline knows how to warp it")
+    shape, dtype, kind = spec
+    if name in RESERVED:
+        raise ValueError(f"field name '{name}' is reserved in cache files ({', '.join(RESERVED)})")
+    shape_t = tuple(int(s) for s in shape)
+    if any(s <= 0 for s in shape_t):
+        raise ValueError(f"field '{name}' has a non-positive dimension in shape {shape_t}")
+    dt = np.dtype(dtype)
+    if kind not in FIELD_KINDS:
+        raise ValueError(f"field '{name}' has kind {kind!r}; known kinds: {FIELD_KINDS}")
+    wrong = {
+        "labels": len(shape_t) != 2 or dt.kind not in "iu",
+        "heatmaps": len(shape_t) != 3 or dt.kind != "f",
+        "image": len(shape_t) != 3 or shape_t[2] != 3 or dt != np.uint8,
+        "vector": False,
+    }[kind]
+    if wrong:
+        rule = {"labels": "(h, w) integer", "heatmaps": "(C, h, w) float", "image": "(h, w, 3) uint8"}[kind]
+        raise ValueError(f"field '{name}' of kind {kind!r} must be {rule}, got shape {shape_t} {dt.name}")
+    return Field(shape_t, dt.name, kind)
+
+
+def _norm_fields(fields: Mapping[str, Any]) -> dict[str, Field]:
+    """Canonical, checked field specs sorted by name."""
+    return {name: check_field(name, spec) for name, spec in sorted(fields.items())}
 
 
 def _json(obj: Any) -> str:
@@ -144,7 +179,7 @@ class CacheMeta:
             ("params", _json(self.params)),
             ("index_sha256", self.index_sha256),
             ("num_rows", np.int64(self.num_rows)),
-            ("fields", _json({k: [list(s), d] for k, (s, d) in self.fields.items()})),
+            ("fields", _json({k: [list(s), d, kind] for k, (s, d, kind) in self.fields.items()})),
         ]
         if self.shard:
             items.append(("shard", self.shard))
@@ -171,7 +206,7 @@ class CacheMeta:
         if int(a["schema_version"]) != SCHEMA_VERSION:
             raise CacheError(f"{f.filename}: schema_version {int(a['schema_version'])}, this code reads "
                              f"{SCHEMA_VERSION}; rebuild the cache")
-        fields = {k: (tuple(s), d) for k, (s, d) in json.loads(_str(a["fields"])).items()}
+        fields = {k: Field(tuple(s), d, kind) for k, (s, d, kind) in json.loads(_str(a["fields"])).items()}
         paths = tuple(p.decode("utf-8") for p in f["path"][()])
         return cls(_str(a["teacher"]), _str(a["backend"]), _str(a["model_sha256"]), json.loads(_str(a["params"])),
                    _str(a["index_sha256"]), fields, paths, _str(a.get("shard", "")))
@@ -196,7 +231,7 @@ def _create_layout(f: h5py.File, meta: CacheMeta, done: np.ndarray) -> dict[str,
     f.create_dataset("path", data=_paths_array(meta.paths), track_times=False)
     f.create_dataset("done", data=done.astype(np.uint8), track_times=False)
     out = {}
-    for name, (shape, dtype) in meta.fields.items():
+    for name, (shape, dtype, _) in meta.fields.items():
         out[name] = f.create_dataset(
             name, shape=(meta.num_rows, *shape), dtype=dtype, chunks=(1, *shape), compression=COMPRESSION,
             compression_opts=COMPRESSION_LEVEL, shuffle=True, track_times=False)
@@ -314,7 +349,7 @@ class CacheWriter:
         """Store one batch: ``values[field]`` has shape (len(rows), *shape); rows are marked done at next flush."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         self._check_batch(rows, values)
-        for name, (_, dtype) in self.meta.fields.items():
+        for name, (_, dtype, _) in self.meta.fields.items():
             data = np.asarray(values[name]).astype(dtype, copy=False)
             dset = self._dsets[name]
             for j, row in enumerate(rows):
@@ -332,7 +367,7 @@ class CacheWriter:
         if missing or extra:
             raise KeyError(f"{self.out}: batch fields differ from the declared fields: missing {missing}, "
                            f"unexpected {extra}")
-        for name, (shape, dtype) in self.meta.fields.items():
+        for name, (shape, dtype, _) in self.meta.fields.items():
             v = np.asarray(values[name])
             if v.shape != (len(rows), *shape):
                 raise ValueError(f"{self.out}: field '{name}' has batch shape {v.shape}, expected "
@@ -487,11 +522,16 @@ class CacheReader:
         return self.meta.paths
 
     @property
+    def kinds(self) -> dict[str, str]:
+        """Field name -> kind (FIELD_KINDS): how the data pipeline augments it."""
+        return {k: spec.kind for k, spec in self.meta.fields.items()}
+
+    @property
     def attrs(self) -> dict[str, Any]:
         """Decoded provenance: params and fields as dicts, numbers as ints."""
         out = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.meta.attrs()}
         out["params"] = self.meta.params
-        out["fields"] = {k: {"shape": list(s), "dtype": d} for k, (s, d) in self.meta.fields.items()}
+        out["fields"] = {k: {"shape": list(s), "dtype": d, "kind": kind} for k, (s, d, kind) in self.meta.fields.items()}
         return out
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:

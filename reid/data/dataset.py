@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from reid.cache.h5 import check_field
 from reid.data.index import IndexRow
 from reid.data.transforms import (
     Geometry,
@@ -38,18 +39,6 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def field_kind(name: str, value: np.ndarray) -> str:
-    """How a cache field follows the augmentation: 'labels', 'heatmaps', 'rgb' or 'raw'."""
-    field = name.split(".", 1)[-1]
-    if field == "labels" and value.ndim == 2:
-        return "labels"
-    if field == "heatmaps" and value.ndim == 3:
-        return "heatmaps"
-    if value.dtype == np.uint8 and value.ndim == 3 and value.shape[-1] == 3:
-        return "rgb"
-    return "raw"
-
-
 class ReIDDataset(Dataset):
     """Rows `positions` of an index, with the requested cache fields.
 
@@ -59,12 +48,12 @@ class ReIDDataset(Dataset):
         positions: index row numbers this dataset serves.
         input_size: (H, W) of the network input.
         train: random flip / pad-crop / erasing when True; deterministic resize when False.
-        caches: teacher name -> CacheReader (or any mapping-like reader with `[i] -> dict` and `attrs`).
+        caches: teacher name -> CacheReader (or any reader with `[i] -> dict`, `attrs` and `kinds`).
         fields: "<teacher>.<field>" names to put in each sample.
         image_field: take the image from this cached RGB field instead of the image file.
         pid_labels / clothes_labels: raw pid / clothes key -> contiguous label (train); identity if None.
-        rgb_augment: in training, also translate (Random2DTranslation) and erase the cached RGB fields (face
-            crops), drawn once per sample so that every RGB field (raw and restored face) moves alike.
+        rgb_augment: in training, also translate (Random2DTranslation) and erase the cached `image` fields (face
+            crops), drawn once per sample so that every such field (raw and restored face) moves alike.
     """
 
     def __init__(
@@ -100,12 +89,23 @@ class ReIDDataset(Dataset):
         if missing:
             raise KeyError(f"fields need caches {missing}, but only {sorted(self.caches)} were given")
         self.label_sets = {name: _label_set(reader) for name, reader in self.caches.items()}
+        # How each field is augmented: the kind its cache declares (reid/cache/h5.py FIELD_KINDS), never its name.
+        self.kinds: dict[str, str] = {}
+        for name in self.fields:
+            teacher, field = name.split(".", 1)
+            kinds = self.caches[teacher].kinds
+            if field not in kinds:
+                raise KeyError(f"field {name!r}: the {teacher} cache has no field {field!r} (it has {sorted(kinds)})")
+            self.kinds[name] = kinds[field]
 
-    def set_field(self, name: str, values: np.ndarray) -> None:
-        """Serve `name` from an in-memory array (N_index, ...) instead of its cache (ISP's re-clustered labels)."""
+    def set_field(self, name: str, values: np.ndarray, kind: str) -> None:
+        """Serve `name` (of kind `kind`) from an in-memory array (N_index, ...) instead of its cache (ISP's
+        re-clustered labels)."""
         if len(values) != len(self.rows):
             raise ValueError(f"set_field({name!r}): expected {len(self.rows)} rows, got {len(values)}")
+        check_field(name, (np.shape(values)[1:], np.asarray(values[:1]).dtype, kind))
         self.overrides[name] = values
+        self.kinds[name] = kind
         if name not in self.fields:
             self.fields.append(name)
 
@@ -140,7 +140,7 @@ class ReIDDataset(Dataset):
         rgb_moves: dict[tuple[int, int], tuple[Any, Any]] = {}  # per field size: (translation, erasing box)
         for name in self.fields:
             value = self._field(name, row_id)
-            kind = field_kind(name, value)
+            kind = self.kinds[name]
             if kind == "labels":
                 label_set = self.label_sets.get(name.split(".", 1)[0], "lip")
                 sample[name] = torch.from_numpy(warp_labels(value, geom, (H, W), label_set).astype(np.int64))
@@ -149,7 +149,7 @@ class ReIDDataset(Dataset):
                 if erased is not None:
                     maps = erase_heatmaps(maps, erased, (H, W))
                 sample[name] = torch.from_numpy(maps)
-            elif kind == "rgb":
+            elif kind == "image":
                 face = np.ascontiguousarray(value[:, ::-1] if geom.flip else value)
                 if self.train and self.rgb_augment:
                     size = face.shape[:2]

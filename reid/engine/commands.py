@@ -122,7 +122,7 @@ def teacher_outputs(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from reid.cache.h5 import CacheWriter
+    from reid.cache.h5 import CacheWriter, check_field
     from reid.data.dataset import ReIDDataset
     from reid.data.index import index_sha256, read_index
     from reid.engine.inference import load_model
@@ -134,8 +134,7 @@ def teacher_outputs(
         raise TypeError(f"method {method.name!r} defines no cache_outputs(): it is not a teacher for a student")
     rows = read_index(index)
     opened = open_caches(caches or {}, index)
-    fields = {k: (tuple(shape), np.dtype(dtype).name) for k, (shape, dtype) in
-              method.cache_fields(ckpt["num_classes"]).items()}
+    fields = {k: check_field(k, spec) for k, spec in method.cache_fields(ckpt["num_classes"]).items()}
     ds = ReIDDataset(rows, root, range(len(rows)), tuple(ckpt["input_size"]), train=False, caches=opened,
                      fields=method_fields(method, train=False), image_field=getattr(method, "image_field", None))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -151,6 +150,6 @@ def teacher_outputs(
                 continue
             batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             values = method.cache_outputs(model, batch)
-            arrays = {k: v.float().cpu().numpy().astype(fields[k][1])[keep] for k, v in values.items()}
+            arrays = {k: v.float().cpu().numpy().astype(fields[k].dtype)[keep] for k, v in values.items()}
             writer.write_rows(idx[keep], arrays)
         return writer.finalize()

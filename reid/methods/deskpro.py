@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from reid.cache.h5 import Field
 from reid.methods.base import METHODS, Method
 from reid.methods.deskpro_losses import (
     CLOTHING_SETS,
@@ -257,9 +258,9 @@ class DeskProFaceTeacher(Method):
     def distance(self, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> torch.Tensor:
         return chunk_cosine_distance(q["face"], g["face"])
 
-    def cache_fields(self, num_classes: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    def cache_fields(self, num_classes: int) -> dict[str, Field]:
         """Per-row field of the derived cache: logits (view, classifier, class); float16 halves the file."""
-        return {"logits": ((2, NUM_EMBEDDINGS, num_classes), self.logits_dtype)}
+        return {"logits": Field((2, NUM_EMBEDDINGS, num_classes), self.logits_dtype, "vector")}
 
     @torch.no_grad()
     def cache_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ mAP -2.8 / -0.8 / -0.6), or comes from the `isp_labels` cache (`initial: cache`,
 a separately initialised backbone clustered once by its own DAG stage); every `period`
 epochs `on_epoch_start` re-clusters the model's own feature maps of all training images with the cascaded
 clustering (reid/models/isp_clustering.py, batched over identities, on the trainer's device) and hands them
-to the dataset with `train_set.set_field("isp_labels.labels", labels)`. `semantics: parsing` replaces the pseudo
+to the dataset with `train_set.set_field("isp_labels.labels", labels, "labels")`. `semantics: parsing` replaces the pseudo
 labels with the parsing cache (LIP) grouped into K parts: the paper's Table 5 "+extra info" row.
 
 Official-code details the paper does not mention (`cls_hrnet.py`), both on by default because the published
@@ -533,7 +533,7 @@ class ISP(Method):
             self.labels_epoch = epoch
             self._save_round(epoch)
         if self.labels is not None and self._applied_to is not trainer.train_set:
-            trainer.train_set.set_field(self.label_key, self.labels)
+            trainer.train_set.set_field(self.label_key, self.labels, "labels")
             self._applied_to = trainer.train_set
 
     @torch.no_grad()

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from reid.cache.h5 import Field
 from reid.data.occluders import load_occluders, paste_occluders
 from reid.methods.base import METHODS, Method
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth, kd_kl
@@ -223,10 +224,10 @@ class SUREIDTeacher(_ViTMethod):
         raw = self._id_triplet(model(batch["image"]), batch["pid"])
         return {"id": self.id_weight * raw["id"], "triplet": self.triplet_weight * raw["triplet"]}
 
-    def cache_fields(self, num_classes: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    def cache_fields(self, num_classes: int) -> dict[str, Field]:
         """Per row: pre-BN class feature and logits, view 0 = as is, view 1 = mirrored."""
         dim = ARCHS[self.arch]["embed_dim"]
-        return {"feat": ((2, dim), "float32"), "logits": ((2, num_classes), "float32")}
+        return {"feat": Field((2, dim), "float32", "vector"), "logits": Field((2, num_classes), "float32", "vector")}
 
     @torch.no_grad()
     def cache_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from reid.data.index import IndexRow
+from reid.cache.h5 import Field
 from reid.teachers.base import TEACHERS, Teacher, require_weights
 from reid.teachers.onnx_utils import ModelSignatureError, check_signature, create_session, describe_signature
 
@@ -280,14 +281,14 @@ class FacesTeacher(Teacher):
             self.model_path = require_weights(model_path, "face detector (SCRFD/RetinaFace ONNX)", WEIGHTS_HELP,
                                               "teachers.faces.model")
 
-    def fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
+    def fields(self) -> dict[str, Field]:
         s = self.crop_size
         return {
-            "has_face": ((), "uint8"),
-            "box": ((4,), "float32"),
-            "score": ((), "float32"),
-            "landmarks": ((5, 2), "float32"),
-            "crop": ((s, s, 3), "uint8"),
+            "has_face": Field((), "uint8", "vector"),
+            "box": Field((4,), "float32", "vector"),
+            "score": Field((), "float32", "vector"),
+            "landmarks": Field((5, 2), "float32", "vector"),
+            "crop": Field((s, s, 3), "uint8", "image"),
         }
 
     # decode worker ------------------------------------------------------------------------------------------

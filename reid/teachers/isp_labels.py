@@ -37,10 +37,10 @@ import cv2
 import numpy as np
 import torch
 
-from reid.cache.h5 import CacheWriter
+from reid.cache.h5 import CacheWriter, Field
 from reid.data.index import IndexRow, index_sha256, read_index
 from reid.data.transforms import Geometry, normalize_rgb, warp
-from reid.teachers.base import TEACHERS, FieldSpec, Teacher, require_weights
+from reid.teachers.base import TEACHERS, Teacher, require_weights
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class ISPLabelsTeacher(Teacher):
     def map_size(self) -> tuple[int, int]:
         return self.input_size[0] // 4, self.input_size[1] // 4
 
-    def fields(self) -> dict[str, FieldSpec]:
-        return {"labels": (self.map_size, "uint8")}
+    def fields(self) -> dict[str, Field]:
+        return {"labels": Field(self.map_size, "uint8", "labels")}
 
     def cache_params(self) -> dict[str, Any]:
         """What decides the labels (chunk size and device do not); `label_set: isp` = no left/right swap on flip."""

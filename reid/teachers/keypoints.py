@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from reid.data.index import IndexRow
+from reid.cache.h5 import Field
 from reid.teachers.base import TEACHERS, Teacher, require_weights
 from reid.teachers.onnx_utils import ModelSignatureError, check_signature, create_session, describe_signature
 
@@ -236,11 +237,11 @@ class KeypointsTeacher(Teacher):
             key = "teachers.keypoints.model"
             self.model_path = require_weights(model_path, f"HRNet-W32 COCO ({backend})", WEIGHTS_HELP[backend], key)
 
-    def fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
+    def fields(self) -> dict[str, Field]:
         return {
-            "heatmaps": ((NUM_JOINTS, *self.grid_hw), "float16"),
-            "coords": ((NUM_JOINTS, 2), "float32"),
-            "scores": ((NUM_JOINTS,), "float32"),
+            "heatmaps": Field((NUM_JOINTS, *self.grid_hw), "float16", "heatmaps"),
+            "coords": Field((NUM_JOINTS, 2), "float32", "vector"),
+            "scores": Field((NUM_JOINTS,), "float32", "vector"),
         }
 
     # decode worker ------------------------------------------------------------------------------------------

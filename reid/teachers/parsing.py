@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from reid.data.index import IndexRow
-from reid.teachers.base import TEACHERS, FieldSpec, Teacher, require_weights
+from reid.cache.h5 import Field
+from reid.teachers.base import TEACHERS, Teacher, require_weights
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +315,8 @@ class ParsingTeacher(Teacher):
         if self.backend == "torch" and self._runner is None:
             self._runner = _TorchSCHP(self.model_path, self.num_classes, self.variant, self.device)
 
-    def fields(self) -> dict[str, FieldSpec]:
-        return {"labels": (self.out_size, "uint8")}
+    def fields(self) -> dict[str, Field]:
+        return {"labels": Field(self.out_size, "uint8", "labels")}
 
     def load(self, image_bgr: np.ndarray | None, row: IndexRow, root: Path, index: int | None = None) -> ParsingItem:
         if self.backend == "oracle":

@@ -37,7 +37,8 @@ import cv2
 import numpy as np
 
 from reid.data.index import IndexRow
-from reid.teachers.base import TEACHERS, FieldSpec, Teacher, file_sha256, require_weights
+from reid.cache.h5 import Field
+from reid.teachers.base import TEACHERS, Teacher, file_sha256, require_weights
 from reid.teachers.faces import arcface_template  # the one template `faces.crop` is aligned to
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class RestoredFacesTeacher(Teacher):
         missing = needed - set(reader.meta.fields)
         if missing:
             raise ValueError(f"{path}: faces cache lacks field(s) {sorted(missing)}; has {list(reader.meta.fields)}")
-        crop_shape, _ = reader.meta.fields["crop"]
+        crop_shape = reader.meta.fields["crop"].shape
         if len(crop_shape) != 3 or crop_shape[0] != crop_shape[1] or crop_shape[2] != 3:
             raise ValueError(f"{path}: faces `crop` must be (S, S, 3), found {crop_shape}")
         rows = np.arange(len(reader))
@@ -263,9 +264,9 @@ class RestoredFacesTeacher(Teacher):
         """Recorded params: the faces cache by content hash (not by path, so both orchestrators write the same)."""
         return {**super().cache_params(), "faces_cache_sha256": self.faces_sha256, "crop_size": self.crop_size}
 
-    def fields(self) -> dict[str, FieldSpec]:
+    def fields(self) -> dict[str, Field]:
         s = self.crop_size
-        return {"has_face": ((), "uint8"), "restored": ((s, s, 3), "uint8")}
+        return {"has_face": Field((), "uint8", "vector"), "restored": Field((s, s, 3), "uint8", "image")}
 
     def _check_row(self, row: IndexRow, index: int | None) -> int:
         if index is None:
