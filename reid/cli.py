@@ -20,7 +20,6 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("reid.viz.contact_sheet", "print a cache's provenance and statistics; draw a contact sheet"),
     "verify": ("reid.cache.verify", "read every row of a cache and list unreadable rows by index and path"),
     "export-schp": ("reid.teachers.parsing", "export the pure-PyTorch SCHP network to ONNX"),
-    "isp-labels": ("reid.teachers.isp_labels", "ISP's first-round pseudo part labels into an HDF5 cache"),
     "isp-iou": ("reid.eval.isp_iou", "IoU of ISP parts against the parsing cache (paper Table 3)"),
     "train": ("reid.engine.commands", "train a method"),
     "evaluate": ("reid.engine.commands", "evaluate a trained model with the dataset's protocol"),
@@ -41,6 +40,17 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
     "show-metrics": ("add_show_metrics_arguments", "main_show_metrics"),
     "isp-iou": ("add_iou_arguments", "iou_main"),
 }
+
+
+def parse_caches(items: list[str] | None) -> dict[str, str]:
+    """`--cache name=path` pairs -> dict; a malformed item is an error naming it."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--cache expects NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

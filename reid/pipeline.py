@@ -60,7 +60,8 @@ def pin_threads(stage: str, resolved: dict[str, Any]) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reid.engine.commands import format_metrics, parse_caches
+    from reid.cli import parse_caches
+    from reid.engine.commands import format_metrics
 
     caches = parse_caches(args.cache)
     if args.stage == "synth":
@@ -78,21 +79,16 @@ def main(args: argparse.Namespace) -> int:
         log.info("index: %d rows -> %s", len(rows), args.out)
     elif args.stage == "teach":
         from reid.teachers.base import build_teacher
-        from reid.teachers.runner import run_teacher
 
         kw = _resolve(args, C.stage_teacher, args.teacher)
         pin_threads("teach", kw)
-        params = dict(kw["params"])
-        needs = params.pop("needs", [])
-        for name in needs:
-            if name not in caches:
-                raise SystemExit(f"teacher {kw['teacher']} needs the {name} cache: pass --cache {name}=PATH")
-            params[f"{name}_cache"] = caches[name]
-        teacher = build_teacher(kw["teacher"], kw.get("backend", "onnx"), kw.get("model"),
-                                kw.get("device", "auto"), **params)
-        run = getattr(teacher, "build_cache", None) or (lambda *a, **k: run_teacher(teacher, *a, **k))
-        summary = run(args.index, _root(args), args.out, batch_size=int(kw.get("batch_size", 16)),
-                      workers=int(kw.get("workers", 2)))
+        try:
+            teacher = build_teacher(kw["teacher"], kw.get("backend", "onnx"), kw.get("model"),
+                                    kw.get("device", "auto"), caches, **kw["params"])
+        except ValueError as exc:
+            raise SystemExit(str(exc))
+        summary = teacher.build_cache(args.index, _root(args), args.out, batch_size=int(kw.get("batch_size", 16)),
+                                      workers=int(kw.get("workers", 2)))
         print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}, sort_keys=True))
     elif args.stage == "train":
         from reid.engine.trainer import train

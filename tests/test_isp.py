@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -304,11 +305,16 @@ def test_teacher_cache_then_training_reclusters(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_teacher_resume_after_a_crash_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from reid.teachers.isp_labels import ISPLabelsTeacher, build_isp_labels
+    from reid.teachers.isp_labels import ISPLabelsTeacher
 
     index = _tiny_world(tmp_path)
-    kw = dict(backbone="hrnet_tiny", num_parts=4, input_size=[64, 32], chunk_images=3, device="cpu", workers=0,
-              batch_size=2, progress=False)
+    kw = dict(workers=0, batch_size=2, progress=False)
+
+    def build_isp_labels(*args: Any, **run: Any) -> dict:
+        teacher = ISPLabelsTeacher("torch", None, "cpu", backbone="hrnet_tiny", num_parts=4, input_size=[64, 32],
+                                   chunk_images=3)
+        return teacher.build_cache(*args, **run)
+
     whole = tmp_path / "whole.h5"
     build_isp_labels(index, tmp_path, whole, **kw)
 

@@ -14,18 +14,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from reid.cli import parse_caches
+
 log = logging.getLogger(__name__)
-
-
-def parse_caches(items: list[str] | None) -> dict[str, str]:
-    """`name=path` pairs -> dict; a malformed item is an error naming it."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--cache expects NAME=PATH, got {item!r}")
-        out[name] = path
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reid.engine.commands import parse_caches
+    from reid.cli import parse_caches
 
     report = probe_model(args.model, args.index, args.root, parse_caches(args.cache), args.split, args.limit)
     if not report["stats"]:

@@ -21,14 +21,14 @@ import inspect
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from reid.data.index import IndexRow
 from reid.registry import Registry
 
-FieldSpec = tuple[tuple[int, ...], str]
+from reid.cache.h5 import Field
 
 
 class MissingWeights(FileNotFoundError):
@@ -44,7 +44,8 @@ class Teacher:
 
     Subclasses set ``name`` (= registry key = cache file stem) and ``backends``, and implement ``fields``,
     ``load`` and ``infer``. ``needs_image = False`` lets the runner skip decoding (``image_bgr`` is then
-    ``None``), e.g. for oracle backends that only read ground truth files.
+    ``None``), e.g. for oracle backends that only read ground truth files. A teacher that needs the whole
+    dataset at once (ISP's per-identity clustering) overrides ``build_cache`` instead of writing per batch.
     """
 
     name: ClassVar[str] = ""
@@ -62,8 +63,10 @@ class Teacher:
         self.params: dict[str, Any] = dict(params)
 
     # --- the contract -------------------------------------------------------------------------------------
-    def fields(self) -> dict[str, FieldSpec]:
-        """Per-row shape and dtype name of each stored field, e.g. ``{"labels": ((64, 32), "uint8")}``."""
+    def fields(self) -> dict[str, Field]:
+        """Per-row shape, dtype name and kind of each stored field, e.g.
+        ``{"labels": Field((64, 32), "uint8", "labels")}``; the kind (reid/cache/h5.py FIELD_KINDS) says how the
+        data pipeline augments it."""
         raise NotImplementedError
 
     def load(self, image_bgr: np.ndarray | None, row: IndexRow, root: Path, index: int | None = None) -> Any:
@@ -83,6 +86,16 @@ class Teacher:
             "params": self.cache_params(),
             "device": self.device,
         }
+
+    def build_cache(self, index_path: str | Path, root: str | Path, out: str | Path, batch_size: int = 16,
+                    workers: int = 2, shard: tuple[int, int] | None = None, progress: bool = True,
+                    flush_every_s: float = 10.0) -> dict[str, Any]:
+        """Write the cache for every index row (or one shard's rows) and return the run summary. Default: the
+        shared batched runner (decode workers -> ``load`` -> batched ``infer`` -> resumable CacheWriter)."""
+        from reid.teachers.runner import run_teacher
+
+        return run_teacher(self, index_path, root, out, batch_size=batch_size, workers=workers, shard=shard,
+                           progress=progress, flush_every_s=flush_every_s)
 
     # --- helpers the runner uses --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -135,8 +148,19 @@ def get_teacher_class(name: str) -> type[Teacher]:
     return TEACHERS.get(name)
 
 
-def build_teacher(name: str, backend: str, model_path: str | Path | None, device: str = "auto", **params: Any):
-    """Instantiate a registered teacher from CLI / params.yaml values."""
+def build_teacher(name: str, backend: str, model_path: str | Path | None, device: str = "auto",
+                  caches: Mapping[str, str] | None = None, **params: Any) -> Teacher:
+    """Instantiate a registered teacher from CLI / params.yaml values.
+
+    ``needs: [other, ...]`` in the params names caches the teacher aligns on (restored_faces reads the faces
+    cache); each must be among ``caches`` (name -> path) and reaches the teacher as the ``<other>_cache`` param.
+    """
+    params = dict(params)
+    given = dict(caches or {})
+    for other in params.pop("needs", None) or []:
+        if other not in given:
+            raise ValueError(f"teacher {name} needs the {other} cache: pass --cache {other}=PATH")
+        params[f"{other}_cache"] = given[other]
     cls = get_teacher_class(name)
     return cls(backend=backend, model_path=model_path, device=device, **params)
 

@@ -6,7 +6,8 @@ local ImageNet checkpoint, or null for random initialisation with a loud warning
 maps are clustered per identity (reid/models/isp_clustering.py) into labels 0 (background), 1..K-1 (top to
 bottom), stored as `labels` uint8 (N, H/4, W/4) in the image frame.
 
-Why it has its own driver (`build_cache`, CLI verb `isp-labels`) instead of the per-batch runner: clustering
+Why it overrides `Teacher.build_cache` instead of using the per-batch runner (`python -m reid teach --teacher
+isp_labels` calls it like any other teacher's): clustering
 needs all images of an identity at once, and `run_teacher` writes each batch as soon as `infer` returns it, with
 no final hook. `build_cache` reuses the runner's decode pool and the shared CacheWriter (atomic, resumable,
 same provenance attributes): rows are visited sorted by identity, features are kept (float16, CPU) only until a
@@ -16,7 +17,7 @@ so the file matches an uninterrupted run.
 
 Rows: identities of the `splits` param (default: train only, the only rows ISP trains on) are clustered per
 identity (train and test identities never share a cluster); every other row is stored as zeros (all
-background). The pipeline's `teach` stage should call `teacher.build_cache(...)` when the teacher has one.
+background).
 
 The Table 3 check verb `isp-iou` lives in reid/eval/isp_iou.py (it runs trained models; this teacher must not
 import the engine, so its DVC stage does not depend on it).
@@ -24,10 +25,7 @@ import the engine, so its DVC stage does not depend on it).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -146,13 +144,17 @@ class ISPLabelsTeacher(Teacher):
     def infer(self, items: list[Any]) -> dict[str, np.ndarray]:
         raise RuntimeError(
             "isp_labels cannot run through the per-batch teacher runner: the cascaded clustering needs all images "
-            "of an identity at once. Use `python -m reid isp-labels ...` or ISPLabelsTeacher.build_cache()."
+            "of an identity at once. Use `python -m reid teach --teacher isp_labels ...` or its build_cache()."
         )
 
     # --- the global driver -----------------------------------------------------------------------------------
     def build_cache(self, index_path: str | Path, root: str | Path, out: str | Path, batch_size: int = 16,
-                    workers: int = 2, progress: bool = True) -> dict[str, Any]:
+                    workers: int = 2, shard: tuple[int, int] | None = None, progress: bool = True,
+                    flush_every_s: float = 10.0) -> dict[str, Any]:
         """Write the `isp_labels` cache for every index row; returns a run summary (images/s, seconds...)."""
+        if shard is not None:
+            raise ValueError("isp_labels clusters whole identities: a row-range shard would split them; run it "
+                             "unsharded")
         from reid.models.isp_clustering import IdentityChunker
         from reid.teachers.runner import _batches, _progress, _RowLoader
 
@@ -209,54 +211,3 @@ class ISPLabelsTeacher(Teacher):
                 writer.write_rows(rows[keep], {"labels": labels[keep]})
                 written += int(keep.sum())
         return written
-
-
-def build_isp_labels(index: str | Path, root: str | Path, out: str | Path, batch_size: int = 16, workers: int = 2,
-                     device: str = "auto", progress: bool = True, **params: Any) -> dict[str, Any]:
-    """Functional entry point: build the teacher from params and write the cache."""
-    teacher = ISPLabelsTeacher("torch", None, device, **params)
-    return teacher.build_cache(index, root, out, batch_size=batch_size, workers=workers, progress=progress)
-
-
-# --- CLI: isp-labels -------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `python -m reid isp-labels`."""
-    parser.add_argument("--index", required=True, type=Path, help="dataset index CSV")
-    parser.add_argument("--root", required=True, type=Path, help="dataset root the index paths are relative to")
-    parser.add_argument("--out", required=True, type=Path, help="cache file to write (.h5)")
-    parser.add_argument("--params-json", default="{}",
-                        help='teacher params, e.g. {"backbone": "hrnet_w32", "weights": null, "num_parts": 7}')
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2, help="decode worker processes (0 = main process)")
-    parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--summary", type=Path, default=None, help="also write the run summary JSON here")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"{flag} is not valid JSON ({exc}): {text!r}")
-    if not isinstance(value, dict):
-        raise SystemExit(f"{flag} must be a JSON object, got {text!r}")
-    return value
-
-
-def main(args: argparse.Namespace) -> int:
-    """`python -m reid isp-labels`: first-round ISP pseudo labels for every index row."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = _json_object(args.params_json, "--params-json")
-    summary = build_isp_labels(args.index, args.root, args.out, args.batch_size, args.workers, args.device,
-                               not args.no_progress, **params)
-    from reid.teachers.runner import report_summary
-
-    report_summary(summary, args.summary)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="isp-labels")
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

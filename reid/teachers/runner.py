@@ -1,6 +1,6 @@
 """The shared batched teacher runner: index -> decode worker pool -> teacher.infer -> HDF5 cache.
 
-Every teacher runs through ``run_teacher``: images are decoded and preprocessed by ``teacher.load`` in forked
+Every teacher's ``build_cache`` runs through ``run_teacher`` unless the teacher overrides it (isp_labels): images are decoded and preprocessed by ``teacher.load`` in forked
 worker processes (a torch DataLoader over the rows still to do), batched, passed to ``teacher.infer`` in the main
 process, and written with ``CacheWriter`` (atomic, resumable, shardable; see reid/cache/h5.py). An interrupted run
 leaves ``<out>.tmp``; running the same command again computes only the missing rows.
@@ -138,6 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="cache file to write (.h5)")
     parser.add_argument("--model", default=None, help="model/weights file (not needed for oracle)")
     parser.add_argument("--params-json", default="{}", help="teacher parameters as a JSON object")
+    parser.add_argument("--cache", action="append", metavar="NAME=PATH",
+                        help="a cache the teacher aligns on (its params' `needs`), repeatable")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="decode worker processes (0 = main process)")
     parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
@@ -161,10 +163,16 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--params-json is not valid JSON ({exc}): {args.params_json!r}")
     if not isinstance(params, dict):
         raise SystemExit(f"--params-json must be a JSON object, got {args.params_json!r}")
-    teacher = build_teacher(args.teacher, args.backend, args.model, args.device, **params)
-    summary = run_teacher(teacher, args.index, args.root, args.out, batch_size=args.batch_size,
-                          workers=args.workers, shard=parse_shard(args.shard), progress=not args.no_progress,
-                          flush_every_s=args.flush_every)
+    from reid.cli import parse_caches
+
+    try:
+        teacher = build_teacher(args.teacher, args.backend, args.model, args.device, parse_caches(args.cache),
+                                **params)
+    except ValueError as exc:
+        raise SystemExit(str(exc))
+    summary = teacher.build_cache(args.index, args.root, args.out, batch_size=args.batch_size,
+                                  workers=args.workers, shard=parse_shard(args.shard), progress=not args.no_progress,
+                                  flush_every_s=args.flush_every)
     report_summary(summary, args.summary)
     return 0
 
