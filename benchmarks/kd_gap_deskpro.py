@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import read_index, select
-from reid.engine.commands import parse_caches
+from reid.cli import parse_caches
 from reid.engine.inference import load_model
 from reid.engine.trainer import filter_positions, open_caches
 from reid.methods.deskpro import pick_view, resize_face

@@ -25,9 +25,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("reid.engine.commands", "evaluate a trained model with the dataset's protocol"),
     "probe": ("reid.engine.probe", "measure a trained model's mechanism (e.g. PGFL-KD group-map support)"),
     "teacher-outputs": ("reid.engine.commands", "cache a trained teacher model's outputs for its student"),
-    "pipeline": ("reid.pipeline", "run one pipeline stage resolved from params.yaml (used by Snakemake and DVC)"),
-    "dvc-yaml": ("reid.workflow_gen", "write dvc.yaml from params.yaml (the DVC twin of the Snakefile)"),
-    "dvc-commit": ("reid.dvc_sync", "record in dvc.lock the DVC stages whose outputs Snakemake built"),
+    "pipeline": ("reid.pipeline.stage", "run one pipeline stage resolved from params.yaml (used by Snakemake and DVC)"),
+    "dvc-yaml": ("reid.pipeline.dvc_yaml", "write dvc.yaml from params.yaml (the DVC twin of the Snakefile)"),
+    "dvc-commit": ("reid.pipeline.dvc_sync", "record in dvc.lock the DVC stages whose outputs Snakemake built"),
     "ablation-table": ("reid.report", "assemble metrics.json files into an ablation table (Markdown + JSON)"),
     "show-metrics": ("reid.report", "print metrics.json files as a short table"),
 }

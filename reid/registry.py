@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -41,3 +44,18 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_plugin(module: str, where: str = "") -> None:
+    """Import a module that registers a teacher or method, looked up from the project root (the working directory
+    Snakemake and DVC run in) as well as the installed packages; a missing module is an error naming `where`."""
+    root = os.getcwd()
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise ModuleNotFoundError(f"{where or 'plugin'}: cannot import module {module!r} (not importable "
+                                      f"from {root} nor installed)") from exc
+        raise

@@ -1,20 +1,19 @@
 """`python -m reid ablation-table`: a method's ablation rows x seeds -> mean and spread, beside the paper.
 
-A method module may define `ABLATIONS` (row -> parameter overrides), `EVAL_ABLATIONS` (row -> (trained row,
-test-time overrides)) and `PAPER_TABLES` or `PAPER_TABLE*` dicts (row -> {metric: value}); the table prints the
-paper's numbers next to the measured ones.
+A Method class declares `ablations` (row -> parameter overrides), `eval_ablations` (row -> (trained row,
+test-time overrides)) and `paper_tables` (table -> row -> {metric: value}); the table prints the paper's numbers
+next to the measured ones. They are read through the METHODS registry, so a plugin method's rows work too.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from reid import config as C
+from reid.pipeline import params as C
 
 METRIC_KEYS = ("R1", "mAP")
 
@@ -22,8 +21,8 @@ METRIC_KEYS = ("R1", "mAP")
 def ablation_rows(method: str, cfg: Mapping[str, Any] | None = None) -> list[str]:
     """The method's ABLATIONS and EVAL_ABLATIONS rows in the paper's table order (rows outside the paper's tables
     last, as declared), restricted to `ablation.rows.<method>` when that is set."""
-    module = importlib.import_module(f"reid.methods.{method}")
-    rows = list(getattr(module, "ABLATIONS", {})) + list(getattr(module, "EVAL_ABLATIONS", {}))
+    cls = C.method_class(method)
+    rows = list(cls.ablations) + list(cls.eval_ablations)
     paper_order = {row: i for i, row in enumerate(paper_numbers(method))}
     rows.sort(key=lambda row: paper_order.get(row, len(paper_order)))  # stable: the others keep their order
     chosen = C._get(cfg or {}, f"ablation.rows.{method}", None)
@@ -50,8 +49,7 @@ def _is_row(vals: Any) -> bool:
 
 
 def paper_numbers(method: str) -> dict[str, dict[str, float]]:
-    """Every PAPER_TABLE* row of the method, by row name; tables of tables (SUREID's PAPER_TABLES) are flattened."""
-    module = importlib.import_module(f"reid.methods.{method}")
+    """Every row of the method's paper tables, by row name, in table order."""
     out: dict[str, dict[str, float]] = {}
 
     def collect(table: Mapping[str, Any]) -> None:
@@ -61,9 +59,7 @@ def paper_numbers(method: str) -> dict[str, dict[str, float]]:
             elif isinstance(vals, Mapping):
                 collect(vals)
 
-    for name in dir(module):
-        if name.startswith("PAPER_TABLE") and isinstance(getattr(module, name), Mapping):
-            collect(getattr(module, name))
+    collect(C.method_class(method).paper_tables)
     return out
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reid import config as C
+from reid.pipeline import params as C
 from reid.methods.deskpro import ABLATIONS as DESKPRO_ABLATIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ def test_repo_params_resolve_for_every_dvc_run() -> None:
 
 
 def test_stage_threads_is_one_formula_for_both_orchestrators() -> None:
-    from reid.pipeline import pin_threads
+    from reid.pipeline.stage import pin_threads
 
     assert C.stage_threads("train", {"train_cfg": {"workers": 3}}) == 3
     assert C.stage_threads("train", {"train_cfg": {"workers": 0}}) == 1
@@ -204,7 +204,7 @@ def test_stage_threads_is_one_formula_for_both_orchestrators() -> None:
 
 
 def test_params_check_names_every_bad_key_and_type() -> None:
-    from reid.params_check import ParamsError, check_params
+    from reid.pipeline.check import ParamsError, check_params
 
     cfg = C.load_params(REPO / "params.yaml")
     check_params(cfg)  # the shipped file is clean

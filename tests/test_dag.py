@@ -1,5 +1,5 @@
 """The two orchestrators agree: dvc.yaml is up to date, Snakemake's planned jobs equal dvc.yaml's stages (same
-outputs, same input files), each DVC stage lists exactly the params.yaml keys reid.config resolves for it, the
+outputs, same input files), each DVC stage lists exactly the params.yaml keys reid.pipeline.params resolves for it, the
 params schema rejects unknown keys, and `snakemake --lint` is clean."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reid import config as C
-from reid import dag as D
+from reid.pipeline import params as C
+from reid.pipeline import dvc_yaml as Y
+from reid.pipeline import layout as D
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +107,7 @@ def test_snakemake_jobs_equal_dvc_stages(planned_jobs: list[dict], dvc_stages: d
 
 @pytest.mark.slow
 def test_each_target_needs_the_same_jobs(planned_jobs: list[dict], params: dict) -> None:
-    """Per target: the jobs upstream of its metrics.json in Snakemake's plan = reid.dag.stages_for([target])."""
+    """Per target: the jobs upstream of its metrics.json in Snakemake's plan = reid.pipeline.layout.stages_for([target])."""
     producer = {out: j for j in planned_jobs for out in j["output"]}
 
     def upstream(path: str, seen: set[frozenset]) -> None:
@@ -120,13 +121,13 @@ def test_each_target_needs_the_same_jobs(planned_jobs: list[dict], params: dict)
     for target in params["dvc"]["runs"]:
         seen: set[frozenset] = set()
         upstream(D.metrics_path(*C.split_target(target)), seen)
-        stages = D.stages_for(params, [target])
+        stages = Y.stages_for(params, [target])
         expected = {frozenset(s.outs + s.metrics + s.plots) for s in stages.values()}
         assert seen == expected, target
 
 
 def _stage_keys(params: dict, stage: dict) -> list[str]:
-    """The keys reid.config resolves for the command a DVC stage runs."""
+    """The keys reid.pipeline.params resolves for the command a DVC stage runs."""
     argv = shlex.split(stage["cmd"])
     assert argv[:4] == ["python", "-m", "reid", "pipeline"], stage["cmd"]
     kind = argv[4]
@@ -171,15 +172,15 @@ def test_dvc_code_deps_cover_every_module_the_stage_imports(kind: str, teacher: 
     import subprocess
     import sys
 
-    entries = list(D.STAGE_ENTRIES[kind]) + ([f"reid.teachers.{teacher}"] if teacher else [])
+    entries = list(Y.STAGE_ENTRIES[kind]) + ([f"reid.teachers.{teacher}"] if teacher else [])
     probe = ("import importlib, sys\n"
              f"for m in {entries!r}: importlib.import_module(m)\n"
              "print('\\n'.join(sorted(m for m in sys.modules if m == 'reid' or m.startswith('reid.'))))")
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                             check=True).stdout.split()
-    deps = set(D.code_deps(kind, teacher))
-    missing = [m for m in loaded if D.module_file(m) is not None
-               and D.module_file(m).relative_to(REPO).as_posix() not in deps]
+    deps = set(Y.code_deps(kind, (f"reid.teachers.{teacher}",) if teacher else ()))
+    missing = [m for m in loaded if Y.module_file(m) is not None
+               and Y.module_file(m).relative_to(REPO).as_posix() not in deps]
     assert not missing, f"{kind} {teacher or ''}: imports {missing} that its DVC deps do not cover"
 
 
@@ -192,7 +193,7 @@ def test_import_closure_follows_local_imports(tmp_path: Path) -> None:
     (pkg / "sub" / "b.py").write_text("import reid.c\n")
     (pkg / "c.py").write_text("")
     (pkg / "unused.py").write_text("")
-    assert D.import_closure(["reid.a"], tmp_path) == [
+    assert Y.import_closure(["reid.a"], tmp_path) == [
         "reid/__init__.py", "reid/a.py", "reid/c.py", "reid/sub/__init__.py", "reid/sub/b.py"]
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reid import config as C
-from reid import dag as D
+from reid.pipeline import params as C
+from reid.pipeline import dvc_yaml as Y
+from reid.pipeline import layout as D
 from reid import report
 from reid.engine.commands import parse_overrides
 from reid.engine.inference import load_model
@@ -58,7 +59,7 @@ def test_dag_evaluates_the_trained_model_with_the_eval_rows_test_caches() -> Non
     assert deps["model"] == "models/toy/pgfl_kd--full--s1/model.pt"
     assert deps["keypoints"] == "cache/toy/keypoints.h5"  # f_P needs the heatmaps at test time; f_G does not
     assert "keypoints" not in D.evaluate_deps(_cfg(), "toy", "pgfl_kd--full--s1")
-    stages = D.stages_for(_cfg(), ["toy/pgfl_kd--test_P--s1"])
+    stages = Y.stages_for(_cfg(), ["toy/pgfl_kd--test_P--s1"])
     assert "train-toy-pgfl_kd--full--s1" in stages
     assert not any(name.startswith("train-toy-pgfl_kd--test_P") for name in stages)
 

@@ -214,7 +214,7 @@ def assert_protocol_metrics(metrics: dict[str, Any], loader: str) -> None:
 @pytest.mark.parametrize("target", ALL_RUNS)
 def test_target_metrics_and_student_only_evaluation(workspace: Path, target: str) -> None:
     """The DAG's metrics.json is sound, and model.pt evaluates again with nothing but its test_caches."""
-    from reid import dag as D
+    from reid.pipeline import layout as D
     from reid.engine.inference import evaluate_model, load_model
 
     dataset, run = target.split("/")

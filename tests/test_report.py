@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reid import config as C
+from reid.pipeline import params as C
 from reid import report
 
 

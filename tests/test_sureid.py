@@ -11,7 +11,7 @@ import torch
 
 from reid.data.occluders import jitter_colour, load_occluders, occluder_box, paste_occluders
 from reid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from reid import config as C
+from reid.pipeline import params as C
 from reid import report
 from reid.methods.base import METHODS
 from reid.methods.sureid import (

@@ -1,6 +1,6 @@
 """CLI verbs `train`, `evaluate` and `teacher-outputs`: explicit paths and JSON parameters, no params.yaml.
 
-The pipeline (reid/pipeline.py) resolves params.yaml and calls the same functions.
+The pipeline (reid/pipeline/stage.py) resolves params.yaml and calls the same functions.
 """
 
 from __future__ import annotations
@@ -121,13 +121,13 @@ def teacher_outputs(
     from reid.teachers.base import file_sha256
 
     method, model, ckpt = load_model(model_path, device)
-    if not hasattr(method, "cache_outputs"):
-        raise TypeError(f"method {method.name!r} defines no cache_outputs(): it is not a teacher for a student")
+    if not method.provides_cache:
+        raise TypeError(f"method {method.name!r} provides no cache: it is not a teacher for a student")
     rows = read_index(index)
     opened = open_caches(caches or {}, index)
     fields = {k: check_field(k, spec) for k, spec in method.cache_fields(ckpt["num_classes"]).items()}
     ds = ReIDDataset(rows, root, range(len(rows)), tuple(ckpt["input_size"]), train=False, caches=opened,
-                     fields=method_fields(method, train=False), image_field=getattr(method, "image_field", None))
+                     fields=method_fields(method, train=False), image_field=method.image_field)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     dev = next(model.parameters()).device
     with CacheWriter(out, teacher=method.name, backend="torch", model_sha256=file_sha256(model_path),

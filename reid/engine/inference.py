@@ -52,6 +52,10 @@ def load_model(
                 if found == "reid-model/1" else "")
         raise ValueError(f"{path}: not a {MODEL_FORMAT} file (format={found!r}){hint}")
     params = {**ckpt["method_params"], **(overrides or {})}
+    if ckpt.get("method_module"):  # a method outside the package registers itself when imported
+        from reid.registry import import_plugin
+
+        import_plugin(str(ckpt["method_module"]), f"{path} method_module")
     try:
         method = build_method(ckpt["method"], **params)
     except TypeError as e:
@@ -154,15 +158,15 @@ def evaluate_model(
         subsets[split] = kept
         if len(kept) < len(pos):
             log.warning("%s: %d of %d %s images lack %s and are left out", method.name, len(pos) - len(kept),
-                        len(pos), split, getattr(method, "require_field", ""))
+                        len(pos), split, method.require_field)
         if not kept:
-            why = f" ({len(pos)} rows, none with {getattr(method, 'require_field', None)})" if pos else ""
+            why = f" ({len(pos)} rows, none with {method.require_field})" if pos else ""
             raise ValueError(f"{index}: no {split} rows to evaluate{why}; is this a test split of {dataset}?")
     t0 = time.perf_counter()
     feats = {}
     for split, pos in subsets.items():
         ds = ReIDDataset(rows, root, pos, tuple(ckpt["input_size"]), train=False, caches=opened,
-                         fields=method_fields(method, train=False), image_field=getattr(method, "image_field", None))
+                         fields=method_fields(method, train=False), image_field=method.image_field)
         feats[split] = extract(method, model, ds, batch_size, workers, desc=f"embed {split}")
     embed_s = time.perf_counter() - t0
     check_not_degenerate(feats, model_path)
@@ -181,7 +185,7 @@ def evaluate_model(
     })
     if overrides:
         metrics["method_overrides"] = dict(overrides)
-    if getattr(method, "require_field", None):
+    if method.require_field:
         metrics["subset"] = f"only images with {method.require_field}"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,7 @@ def method_fields(method: Method, train: bool) -> list[str]:
 
 def filter_positions(method: Method, positions: list[int], caches: Mapping[str, Any]) -> list[int]:
     """Keep rows where the method's `require_field` (e.g. faces.has_face) is nonzero."""
-    req = getattr(method, "require_field", None)
+    req = method.require_field
     if not req:
         return positions
     teacher, fld = req.split(".", 1)
@@ -196,7 +196,7 @@ class Trainer:
         self.epochs = cfg.epochs
         self.train_set = ReIDDataset(
             rows, root, self.train_rows, cfg.input_size, train=True, caches=self.caches,
-            fields=method_fields(method, train=True), image_field=getattr(method, "image_field", None),
+            fields=method_fields(method, train=True), image_field=method.image_field,
             pid_labels=self.pid_labels, clothes_labels=self.clothes_labels,
             flip_p=cfg.flip_p, pad=cfg.pad, erasing_p=cfg.erasing_p, rgb_augment=method.rgb_field_augment,
         )
@@ -234,7 +234,7 @@ class Trainer:
         ds = ReIDDataset(
             self.rows, self.root, self.train_rows, self.cfg.input_size, train=False, caches=self.caches,
             fields=[f for f in self.train_set.fields if f not in self.train_set.overrides],
-            image_field=getattr(self.method, "image_field", None),
+            image_field=self.method.image_field,
             pid_labels=self.pid_labels, clothes_labels=self.clothes_labels,
         )
         return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=self.cfg.workers,
@@ -365,7 +365,8 @@ class Trainer:
         path = self.out_dir / "model.pt"
         if self.rank == 0:
             _atomic_save(
-                {"format": MODEL_FORMAT, "method": self.method.name, "method_params": self.method.params,
+                {"format": MODEL_FORMAT, "method": self.method.name, "method_module": type(self.method).__module__,
+                 "method_params": self.method.params,
                  "num_classes": self.num_classes, "input_size": list(self.cfg.input_size),
                  "state_dict": self.model.state_dict(), "method_state": self.method.extra_state(),
                  "index_sha256": self.index_hash},

@@ -18,19 +18,33 @@ from reid.registry import Registry
 METHODS: Registry[type["Method"]] = Registry("method")
 
 
+Row = dict[str, Any]
+
+
 class Method:
     """Base class; subclasses set `name`, `caches` (training) and `test_caches` (inference) and override hooks.
 
     `caches` maps a teacher name to the fields read from `cache/<dataset>/<teacher>.h5`; the dataset puts
-    them in the batch as "<teacher>.<field>", augmented jointly with the image (see docs/contracts.md).
+    them in the batch as "<teacher>.<field>", augmented jointly with the image (see docs/contracts.md). Every
+    attribute and hook below has a working default, so a method overrides only what its paper changes.
     """
 
     name: ClassVar[str] = ""
-    caches: ClassVar[dict[str, list[str]]] = {}
-    test_caches: ClassVar[dict[str, list[str]]] = {}
-    probe_caches: ClassVar[dict[str, list[str]]] = {}
-    # Training also translates and erases cached RGB fields (e.g. face crops), jointly for all of a sample's.
-    rgb_field_augment: bool = False
+    # --- what the method reads (may be set per instance in __init__, from its params) --------------------------
+    caches: dict[str, list[str]] = {}
+    test_caches: dict[str, list[str]] = {}
+    probe_caches: dict[str, list[str]] = {}  # what `python -m reid probe` adds to the batch
+    image_field: str | None = None  # take the input image from this cached `image` field, not the image file
+    require_field: str | None = None  # only rows where this cached flag is nonzero (e.g. faces.has_face)
+    rgb_field_augment: bool = False  # training also translates and erases cached `image` fields, jointly
+
+    # --- tables read through the METHODS registry (reid.pipeline.params, reid.report) -------------------------
+    ablations: ClassVar[dict[str, Row]] = {}  # the paper's table rows: row -> parameter overrides
+    extra_ablations: ClassVar[dict[str, Row]] = {}  # further rows reachable by run name, not in the tables
+    eval_ablations: ClassVar[dict[str, tuple[str, Row]]] = {}  # row -> (trained row reused, test-time overrides)
+    paper_tables: ClassVar[dict[str, dict[str, dict[str, float]]]] = {}  # table -> row -> metric -> value
+    knobs: ClassVar[dict[str, str]] = {}  # top-level params.yaml key -> parameter (`dvc exp run -S alpha=0.8`)
+    provides_cache: ClassVar[str | None] = None  # a teacher method: the derived cache its outputs make
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -65,6 +79,15 @@ class Method:
         """Default: cosine distance 1 - cos on 'feat'."""
         return cosine_distance(q["feat"], g["feat"])
 
+    # --- a teacher method's outputs for its student (when `provides_cache` is set) ---------------------------
+    def cache_fields(self, num_classes: int) -> dict[str, Any]:
+        """Per-row Field (shape, dtype, kind) of each output `cache_outputs` returns."""
+        raise NotImplementedError(f"method {self.name!r} provides no cache: it is not a teacher for a student")
+
+    def cache_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The outputs cached for the student, one tensor per `cache_fields` entry with a leading batch axis."""
+        raise NotImplementedError(f"method {self.name!r} provides no cache: it is not a teacher for a student")
+
     # --- diagnostics -----------------------------------------------------------------------------------
     def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-image statistics of the method's mechanism (B,) by name, read by `python -m reid probe`; the
@@ -77,8 +100,13 @@ def cosine_distance(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.normalize(q.float(), dim=1) @ F.normalize(g.float(), dim=1).t()
 
 
-def build_method(name: str, **params: Any) -> Method:
-    """Instantiate a registered method by name (importing reid.methods registers the built-in ones)."""
+def get_method_class(name: str) -> type[Method]:
+    """A registered method class (importing reid.methods registers the built-in ones)."""
     import reid.methods  # noqa: F401  (registration side effect)
 
-    return METHODS.get(name)(**params)
+    return METHODS.get(name)
+
+
+def build_method(name: str, **params: Any) -> Method:
+    """Instantiate a registered method by name."""
+    return get_method_class(name)(**params)

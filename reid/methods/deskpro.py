@@ -49,7 +49,7 @@ from reid.models.resnet import load_state_dict_file
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ABLATIONS", "PAPER_TABLE3", "PRESETS", "TRAIN_PRESETS", "CSA", "DeskProNet", "DeskPro", "DeskProFaceTeacher",
+    "ABLATIONS", "PAPER_TABLE3", "PRESETS", "CSA", "DeskProNet", "DeskPro", "DeskProFaceTeacher",
     "chunk_cosine_distance",
 ]
 
@@ -60,21 +60,6 @@ PRESETS: dict[str, dict[str, float]] = {
     "prcc": {"epsilon": 0.1, "lambda_att": 7.0, "tau": 1.0, "alpha": 0.8},
     "celeb": {"epsilon": 0.1, "lambda_att": 7.0, "tau": 5.0, "alpha": 0.7},
     "celeb_light": {"epsilon": 0.1, "lambda_att": 7.0, "tau": 5.0, "alpha": 0.7},
-}
-
-# Training recipe of the public code (README commands + config): shared trainer params, for params.yaml.
-_REFERENCE_LR = (5 * 6 / 20) ** 0.5 * 6e-4  # lr = sqrt(P*K/20) * 6e-4 = 7.35e-4 for P x K = 5 x 6
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "deskpro": {
-        "optimizer": "adam", "lr": round(_REFERENCE_LR, 7), "weight_decay": 5e-4, "warmup_epochs": 10,
-        "scheduler": "cosine", "min_lr": round(_REFERENCE_LR / 1000, 10), "epochs": 140, "p": 5, "k": 6,
-        "height": 384, "width": 128, "random_erasing": 0.5, "amp": True, "face_size": 224,
-    },
-    "deskpro_face_teacher": {
-        "optimizer": "adam", "lr": round(_REFERENCE_LR, 7), "weight_decay": 5e-4, "warmup_epochs": 10,
-        "scheduler": "cosine", "min_lr": round(_REFERENCE_LR / 1000, 10), "epochs": 140, "p": 5, "k": 6,
-        "height": 224, "width": 224, "random_erasing": 0.5, "amp": True,
-    },
 }
 
 # Table 3 rows (Celeb-reID-light): G = body stream without CSA, phi_s-/+ = student without/with L_fkp,
@@ -222,6 +207,7 @@ class DeskProFaceTeacher(Method):
     """
 
     name = "deskpro_face_teacher"
+    provides_cache = "face_teacher"
     caches = {"faces": ["has_face"], "restored_faces": ["restored"]}
     test_caches = {"faces": ["has_face"], "restored_faces": ["restored"]}
     image_field = "restored_faces.restored"
@@ -288,6 +274,9 @@ class DeskPro(Method):
     """
 
     name = "deskpro"
+    ablations = ABLATIONS
+    paper_tables = {"Table 3 (Celeb-reID-light)": PAPER_TABLE3}
+    knobs = {"alpha": "alpha"}  # top level in params.yaml so `dvc exp run -S alpha=0.8` works
     caches = {"parsing": ["labels"], "faces": ["crop", "has_face"], "face_teacher": ["logits"]}
     test_caches = {"faces": ["crop", "has_face"]}
     image_field = None

@@ -54,7 +54,7 @@ from reid.models.isp_backbones import build_feature_backbone
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ABLATIONS", "EVAL_ABLATIONS", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5", "TRAIN_PRESET", "LIP_PART_GROUPS",
+    "ABLATIONS", "EVAL_ABLATIONS", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5", "LIP_PART_GROUPS",
     "TABLE3_GROUPS",
     "ISP", "ISPNet", "build_feature_backbone", "part_probabilities", "pooled_representations", "parsing_loss",
     "reid_loss", "part_visibility", "part_distances", "aligned_distance", "downsample_labels", "lip_to_parts",
@@ -112,14 +112,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 EVAL_ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "learned": ("k7", {}),
     "wo_arm": ("k7", {"matching": "concat"}),
-}
-
-# params.yaml `train_presets: isp` (paper Sec. 4.2): 120 epochs, warm-up 10 epochs 3.5e-5 -> 3.5e-4, x0.1 at 40/70,
-# batch 64, Adam, 256x128, random crop / flip / erasing 0.5.
-TRAIN_PRESET: dict[str, Any] = {
-    "epochs": 120, "batch_p": 16, "batch_k": 4, "input_size": [256, 128], "optimizer": "adam", "lr": 3.5e-4,
-    "weight_decay": 5.0e-4, "scheduler": "multistep", "milestones": [40, 70], "gamma": 0.1, "warmup_epochs": 10,
-    "warmup_factor": 0.1, "flip_p": 0.5, "pad": 10, "erasing_p": 0.5,
 }
 
 # LIP label groups (paper footnote 4 for head / legs / shoes; foreground = any non-background label).
@@ -428,6 +420,9 @@ class ISP(Method):
     """ISP on the shared trainer; `caches` depends on `semantics` (instance attribute)."""
 
     name = "isp"
+    ablations = ABLATIONS
+    eval_ablations = EVAL_ABLATIONS
+    paper_tables = {"Table 3 (IoU)": PAPER_TABLE3, "Table 4 (K)": PAPER_TABLE4, "Table 5 (semantics)": PAPER_TABLE5}
     caches = {"isp_labels": ["labels"]}
     test_caches: dict[str, list[str]] = {}
 

@@ -399,6 +399,10 @@ class PGFLKD(Method):
     """
 
     name = "pgfl_kd"
+    ablations = ABLATIONS
+    extra_ablations = EXTRA_ABLATIONS
+    eval_ablations = EVAL_ABLATIONS
+    paper_tables = {"Table 6": PAPER_TABLE6, "Table 7": PAPER_TABLE7, "Table 8": PAPER_TABLE8}
 
     def __init__(
         self,

@@ -190,6 +190,7 @@ class SUREIDTeacher(_ViTMethod):
     """The ViT teacher (paper: ViT-B/16 trained on the same dataset); ID + triplet, no HTS."""
 
     name = "sureid_teacher"
+    provides_cache = TEACHER
 
     def __init__(
         self,
@@ -408,7 +409,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "t7_vanilla_vit_noda": {"hts": False, "npkd": False, "noda": True, "arch": "vit_base"},
 }
 # Rows of Tables V-VII that are the very configuration of a Table IV row: they reuse its model (same seed), so the
-# same network is not trained again (see reid.config.model_run).
+# same network is not trained again (see reid.pipeline.params.model_run).
 EVAL_ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "t5_p70": ("t4_sureid", {}),
     "t6_t2s_interp": ("t4_sureid", {}),
@@ -443,3 +444,8 @@ PAPER_TABLES: dict[str, dict[str, dict[str, float]]] = {
         "t7_sureid": {"R1": 65.8, "mAP": 54.9},
     },
 }
+
+# The tables are defined after the class (they name its parameters); the METHODS registry reads them from it.
+SUREID.ablations = ABLATIONS
+SUREID.eval_ablations = EVAL_ABLATIONS
+SUREID.paper_tables = PAPER_TABLES

@@ -50,6 +50,8 @@ class Teacher:
 
     name: ClassVar[str] = ""
     backends: ClassVar[tuple[str, ...]] = ()
+    # Parameters read from `**params` with their defaults (params.yaml `teachers.<name>` is typed by them).
+    defaults: ClassVar[dict[str, Any]] = {}
     needs_image: bool = True  # may be set per instance (e.g. False for an oracle backend)
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu", **params: Any):

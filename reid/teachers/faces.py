@@ -271,6 +271,7 @@ class FacesTeacher(Teacher):
 
     name = "faces"
     backends = ("onnx", "oracle")
+    defaults = DEFAULTS
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu", **params: Any):
         super().__init__(backend, model_path, device, **_merge_params(params))

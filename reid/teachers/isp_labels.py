@@ -43,7 +43,7 @@ from reid.teachers.base import TEACHERS, Teacher, require_weights
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("train",)
-# Parameters (params.yaml teachers.isp_labels) and their defaults; also what reid/params_check.py types them by.
+# Parameters (params.yaml teachers.isp_labels) and their defaults; also what reid/pipeline/check.py types them by.
 DEFAULTS: dict[str, Any] = {"backbone": "hrnet_w32", "num_parts": 7, "input_size": [256, 128], "sharpen": True,
                             "iters": 20, "seed": 0, "splits": list(DEFAULT_SPLITS), "chunk_images": 1024,
                             "weights": None}
@@ -60,6 +60,7 @@ class ISPLabelsTeacher(Teacher):
 
     name = "isp_labels"
     backends = ("torch",)
+    defaults = DEFAULTS
 
     def __init__(self, backend: str = "torch", model_path: str | Path | None = None, device: str = "auto",
                  **params: Any) -> None:

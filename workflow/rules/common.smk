@@ -1,4 +1,4 @@
-# Shared helpers: config validation, wildcard constraints, and the input functions built on reid/dag.py.
+# Shared helpers: config validation, wildcard constraints, and the input functions built on reid/pipeline/layout.py.
 import json
 import shlex
 import sys
@@ -7,18 +7,17 @@ sys.path.insert(0, workflow.basedir)  # import the project's `reid` even when it
 
 from snakemake.utils import validate
 
-from reid import config as C
-from reid import dag as D
-from reid.params_check import check_params
+from reid.pipeline import params as C
+from reid.pipeline import layout as D
 
 validate(config, "../schemas/params.schema.yaml")
-check_params(config)  # the nested sections, typed from the code that reads them (reid/params_check.py)
+C.prepare(config)  # plugin modules imported; nested sections typed from the code that reads them
 
 wildcard_constraints:
     dataset="[^/]+",
     run="[^/]+",
-    teacher="|".join(D.TEACHERS),
-    derived="|".join(C.DERIVED_CACHES),
+    teacher="|".join(C.teacher_names(config)),  # the keys of `teachers:` in params.yaml
+    derived="|".join(C.derived_caches()),  # the `provides_cache` of registered teacher methods
     method="[a-z0-9_]+",
 
 

@@ -31,9 +31,9 @@ rule teacher_outputs:
     output:
         "cache/{dataset}/{derived}.h5",
     params:
-        run=lambda wc: C.DERIVED_CACHES[wc.derived],
+        run=lambda wc: C.derived_caches()[wc.derived],
         resolved=lambda wc: shlex.quote(
-            C.to_json(C.stage_evaluate(config, wc.dataset, C.DERIVED_CACHES[wc.derived])[0])
+            C.to_json(C.stage_evaluate(config, wc.dataset, C.derived_caches()[wc.derived])[0])
         ),
         root=lambda wc: D.root_of(config, wc.dataset),
         caches=caches_arg(lambda wc: D.derived_deps(config, wc.dataset, wc.derived)),

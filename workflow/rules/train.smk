@@ -1,4 +1,4 @@
-# Training and evaluation. Runs are <method>[--<ablation>][--s<seed>]; see reid/config.py.
+# Training and evaluation. Runs are <method>[--<ablation>][--s<seed>]; see reid/pipeline/params.py.
 
 
 rule train:

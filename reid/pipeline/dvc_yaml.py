@@ -1,120 +1,41 @@
-"""The pipeline's file layout and the dependencies of every stage: one source for Snakemake and DVC.
+"""`python -m reid dvc-yaml`: write dvc.yaml, the DVC twin of the Snakefile, from params.yaml's `dvc.runs`.
 
-The Snakefile's input functions and the dvc.yaml generator (reid/workflow_gen.py) both call these, so the two
-DAGs cannot drift apart; tests/test_dag.py checks that Snakemake's planned jobs equal dvc.yaml's stages.
-
-    data/<ds>/                          generated synthetic world (real datasets live where params.yaml says)
-    cache/<ds>/index.csv                dataset index
-    cache/<ds>/<teacher>.h5             teacher cache (parsing, faces, restored_faces, keypoints, isp_labels)
-    cache/<ds>/<derived>.h5             outputs of a trained teacher model (face_teacher, vit_teacher)
-    models/<ds>/<run>/model.pt          trained student (+ train_log.csv, checkpoint.pt)
-    results/<ds>/<run>/metrics.json     evaluation
+Stages are explicit (no foreach templating) so each lists exactly the params.yaml keys its command reads, and the
+code it runs (derived from its imports). Paths and dependencies come from reid/pipeline/layout.py, as the
+Snakefile's do.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from reid import config as C
+import yaml
 
-TEACHERS = ("parsing", "faces", "restored_faces", "keypoints", "isp_labels")
+from reid.pipeline import params as C
+from reid.pipeline.layout import (
+    cache_args,
+    cache_path,
+    data_dir,
+    derived_deps,
+    evaluate_deps,
+    index_deps,
+    index_path,
+    is_generated,
+    metrics_path,
+    model_dir,
+    model_path,
+    NON_CACHE_DEPS,
+    root_of,
+    teacher_deps,
+    train_deps,
+    train_log_path,
+)
 
-
-def data_dir(ds: str) -> str:
-    return f"data/{ds}"
-
-
-def index_path(ds: str) -> str:
-    return f"cache/{ds}/index.csv"
-
-
-def cache_path(ds: str, name: str) -> str:
-    return f"cache/{ds}/{name}.h5"
-
-
-def model_dir(ds: str, run: str) -> str:
-    return f"models/{ds}/{run}"
-
-
-def model_path(ds: str, run: str) -> str:
-    return f"models/{ds}/{run}/model.pt"
-
-
-def train_log_path(ds: str, run: str) -> str:
-    return f"models/{ds}/{run}/train_log.csv"
-
-
-def metrics_path(ds: str, run: str) -> str:
-    return f"results/{ds}/{run}/metrics.json"
-
-
-def is_generated(cfg: Mapping[str, Any], ds: str) -> bool:
-    return bool(C.dataset_cfg(cfg, ds).get("generate"))
-
-
-def root_of(cfg: Mapping[str, Any], ds: str) -> str:
-    return data_dir(ds) if is_generated(cfg, ds) else str(C.dataset_cfg(cfg, ds)["root"])
-
-
-def _cache_inputs(cfg: Mapping[str, Any], ds: str, names: list[str]) -> dict[str, str]:
-    out = {}
-    for name in names:
-        if name not in TEACHERS and name not in C.DERIVED_CACHES:
-            raise C.ConfigError(f"unknown cache {name!r}: not a teacher {TEACHERS} nor a derived cache "
-                                f"{tuple(C.DERIVED_CACHES)}")
-        out[name] = cache_path(ds, name)
-    return out
-
-
-def index_deps(cfg: Mapping[str, Any], ds: str) -> dict[str, str]:
-    return {"root": data_dir(ds)} if is_generated(cfg, ds) else {}
-
-
-def teacher_deps(cfg: Mapping[str, Any], ds: str, teacher: str) -> dict[str, str]:
-    """index + caches the teacher aligns on + the weights file (so new weights rerun the cache)."""
-    kw, _ = C.stage_teacher(cfg, ds, teacher)
-    deps = {"index": index_path(ds), **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, list(kw["params"].get("needs", []))))
-    if kw.get("backend", "onnx") != "oracle" and kw.get("model"):
-        deps["weights"] = str(kw["model"])
-    return deps
-
-
-def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
-    deps = {"index": index_path(ds), **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=True)))
-    return deps
-
-
-def derived_deps(cfg: Mapping[str, Any], ds: str, name: str) -> dict[str, str]:
-    run = C.DERIVED_CACHES[name]
-    deps = {"model": model_path(ds, run), "index": index_path(ds), **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
-    return deps
-
-
-def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
-    # an evaluation-only row (EVAL_ABLATIONS) reads the model of the row it reuses
-    model = model_path(C.model_dataset(cfg, ds), C.model_run(run))
-    deps = {"model": model, "index": index_path(ds), **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
-    return deps
-
-
-# Dependency names that are not caches; every other name in a stage's deps is a cache (teacher or derived).
-NON_CACHE_DEPS = frozenset({"index", "root", "model", "weights"})
-
-
-def cache_args(deps: Mapping[str, str]) -> str:
-    """`--cache name=path` for every cache among a stage's deps."""
-    return " ".join(f"--cache {k}={shlex.quote(v)}" for k, v in sorted(deps.items()) if k not in NON_CACHE_DEPS)
-
-
-# --- the DVC side: explicit stages for a set of targets ------------------------------------------------------
+# --- explicit stages for a set of targets ---------------------------------------------------------------------
 
 
 @dataclass
@@ -140,13 +61,16 @@ STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "evaluate": ("reid.engine.inference", "reid.methods"),
 }
 # Every stage runs through these (`reid pipeline` resolving params.yaml); their own imports are stage-specific.
-STAGE_COMMON = ("reid/__init__.py", "reid/__main__.py", "reid/cli.py", "reid/pipeline.py", "reid/config.py",
-                "reid/params_check.py")
+STAGE_COMMON = ("reid/__init__.py", "reid/__main__.py", "reid/cli.py", "reid/registry.py", "reid/pipeline/__init__.py",
+                "reid/pipeline/stage.py", "reid/pipeline/params.py", "reid/pipeline/check.py")
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # holds reid/ (and any plugin modules params.yaml names)
 
 
 def module_file(module: str, package_root: Path | None = None) -> Path | None:
-    """The source file of a `reid.*` module or package (its __init__.py), or None."""
-    root = package_root or Path(__file__).resolve().parents[1]
+    """The source file of a module or package (its __init__.py) under the project root, or None."""
+    root = package_root or PROJECT_ROOT
     base = root.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
@@ -172,7 +96,7 @@ def _imported_modules(path: Path) -> set[str]:
 def import_closure(entries: Iterable[str], package_root: Path | None = None) -> list[str]:
     """Repository-relative files of the `reid` modules `entries` import, transitively, with their packages'
     __init__.py files (importing reid.a.b runs reid/__init__.py and reid/a/__init__.py)."""
-    root = package_root or Path(__file__).resolve().parents[1]
+    root = package_root or PROJECT_ROOT
     seen: set[str] = set()
     todo = list(entries)
     files: set[Path] = set()
@@ -192,10 +116,10 @@ def import_closure(entries: Iterable[str], package_root: Path | None = None) -> 
 
 
 @functools.lru_cache(maxsize=None)
-def code_deps(kind: str, teacher: str | None = None) -> list[str]:
-    """The code a DVC stage depends on: what its entry modules really import (derived, never hand-kept)."""
-    entries = STAGE_ENTRIES[kind] + ((f"reid.teachers.{teacher}",) if kind == "teach" and teacher else ())
-    return sorted(set(import_closure(entries)) | set(STAGE_COMMON))
+def code_deps(kind: str, modules: tuple[str, ...] = ()) -> list[str]:
+    """The code a DVC stage depends on: what its entry modules (plus `modules`: the teacher's module, plugin
+    methods) really import, derived, never hand-kept."""
+    return sorted(set(import_closure(STAGE_ENTRIES[kind] + modules)) | set(STAGE_COMMON))
 
 
 def _pipeline_cmd(stage: str, ds: str, out: str, extra: str = "") -> str:
@@ -223,15 +147,15 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
                   [index_path(ds)], keys))
 
     def need_cache(ds: str, name: str) -> None:
-        if name in C.DERIVED_CACHES:
-            run = C.DERIVED_CACHES[name]
+        if name in C.derived_caches():
+            run = C.derived_caches()[name]
             need_model(ds, run)
             deps = derived_deps(cfg, ds, name)
             need_caches(ds, deps)
             _, keys = C.stage_evaluate(cfg, ds, run)
             extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
             add(Stage(f"outputs-{ds}-{name}", _pipeline_cmd("teacher-outputs", ds, cache_path(ds, name), extra),
-                      code_deps("teacher-outputs") + sorted(set(deps.values())), [cache_path(ds, name)], keys))
+                      code_deps("teacher-outputs", C.plugin_method_modules(cfg)) + sorted(set(deps.values())), [cache_path(ds, name)], keys))
             return
         need_index(ds)
         deps = teacher_deps(cfg, ds, name)
@@ -239,7 +163,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         _, keys = C.stage_teacher(cfg, ds, name)
         extra = f"--teacher {name} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"teach-{ds}-{name}", _pipeline_cmd("teach", ds, cache_path(ds, name), extra),
-                  code_deps("teach", name) + sorted(set(deps.values())), [cache_path(ds, name)], keys))
+                  code_deps("teach", (C.teacher_module(cfg, name),)) + sorted(set(deps.values())), [cache_path(ds, name)], keys))
 
     def need_caches(ds: str, deps: Mapping[str, str]) -> None:
         for dep in deps:
@@ -253,7 +177,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         _, keys = C.stage_train(cfg, ds, run)
         extra = f"--run {run} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"train-{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
-                  code_deps("train") + sorted(set(deps.values())), [model_path(ds, run)], keys,
+                  code_deps("train", C.plugin_method_modules(cfg)) + sorted(set(deps.values())), [model_path(ds, run)], keys,
                   plots=[train_log_path(ds, run)]))
 
     for target in runs:
@@ -265,5 +189,62 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         _, keys = C.stage_evaluate(cfg, ds, run)
         extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"evaluate-{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
-                  code_deps("evaluate") + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
+                  code_deps("evaluate", C.plugin_method_modules(cfg)) + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
     return stages
+
+
+HEADER = (
+    "# Generated by `python -m reid dvc-yaml` from params.yaml (dvc.runs) and reid/dag.py: do not edit by hand.\n"
+    "# tests/test_dag.py checks that this file is up to date and agrees with the Snakefile.\n"
+)
+
+
+def dvc_document(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    runs = list(C._get(cfg, "dvc.runs", []) or [])
+    if not runs:
+        raise C.ConfigError("params.yaml dvc.runs is empty: list <dataset>/<run> pairs for `dvc repro`")
+    stages = stages_for(cfg, runs)
+    doc: dict[str, Any] = {"stages": {}}
+    for st in stages.values():
+        entry: dict[str, Any] = {"cmd": st.cmd, "deps": st.deps}
+        if st.params:
+            entry["params"] = st.params
+        if st.outs:
+            entry["outs"] = st.outs
+        if st.metrics:
+            entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
+        if st.plots:
+            entry["plots"] = [{p: {"cache": False, "x": "epoch", "y": "total"}} for p in st.plots]
+        doc["stages"][st.name] = entry
+    return doc
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Write repeated lists in full instead of YAML anchors/aliases (easier to read and diff)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def render(cfg: Mapping[str, Any]) -> str:
+    return HEADER + yaml.dump(dvc_document(cfg), Dumper=_NoAliasDumper, sort_keys=False, width=1000)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
+
+
+def main(args: argparse.Namespace) -> int:
+    text = render(C.load_params(args.params))
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            print(f"{out} is out of date: run `python -m reid dvc-yaml`")
+            return 1
+        print(f"{out} is up to date")
+        return 0
+    out.write_text(text)
+    print(f"wrote {out} ({text.count(chr(10))} lines)")
+    return 0

@@ -104,12 +104,13 @@ def _method_hints(name: str) -> dict[str, Any] | None:
     init = METHODS.get(name).__init__
     sig = inspect.signature(init)
     hints = typing.get_type_hints(init)
-    return {p: hints.get(p, Any) for p in sig.parameters if p not in ("self", "args", "kwargs")}
+    out = {p: hints.get(p, Any) for p in sig.parameters if p not in ("self", "args", "kwargs")}
+    return {**out, "module": str}  # where a method outside the package lives (reid.pipeline.params.PLUGIN_KEY)
 
 
 # Keys every teacher section may hold besides the teacher's own parameters (read by config.stage_teacher / runner).
 TEACHER_RUN_KEYS: dict[str, Any] = {"backend": str, "model": str | None, "batch_size": int, "workers": int,
-                                    "device": str, "needs": list[str]}
+                                    "device": str, "needs": list[str], "module": str}
 
 
 def _type_of_default(value: Any) -> Any:
@@ -129,8 +130,6 @@ def _type_of_default(value: Any) -> Any:
 
 
 def _teacher_hints(name: str) -> dict[str, Any] | None:
-    import importlib
-
     from reid.teachers.base import get_teacher_class
 
     try:
@@ -147,8 +146,7 @@ def _teacher_hints(name: str) -> dict[str, Any] | None:
         if p.name.endswith("_cache"):  # filled from `needs`, never set by hand
             continue
         hints[p.name] = annotations.get(p.name, Any)
-    defaults = getattr(importlib.import_module(cls.__module__), "DEFAULTS", {})
-    hints.update({k: _type_of_default(v) for k, v in defaults.items()})
+    hints.update({k: _type_of_default(v) for k, v in cls.defaults.items()})
     return hints
 
 

@@ -11,6 +11,11 @@ Precedence of method parameters:
 Precedence of teacher parameters:
   teachers.<teacher> < datasets.<ds>.teachers.<teacher>
 
+Extension: the teachers are the keys of `teachers:`; a teacher or method outside the package names its module,
+`teachers.<t>.module: my_pkg.my_teacher` / `methods.<m>.module: ...` (importable from the project root), and is
+imported (registered) when params are loaded. Derived caches, ablation rows and top-level knobs are read from the
+registered Method classes (reid/methods/base.py), never from a list kept here.
+
 A run name is `<method>[--<ablation>][--s<seed>]`, e.g. `deskpro`, `deskpro--model3`, `deskpro--model3--s2`.
 """
 
@@ -25,11 +30,7 @@ from typing import Any, Mapping
 
 import yaml
 
-# Top-level knobs: key -> (method, method parameter). Top level so `dvc exp run -S alpha=0.8` works.
-TOP_LEVEL_KNOBS: dict[str, tuple[str, str]] = {"alpha": ("deskpro", "alpha")}
-
-# Caches made from a trained model (by `reid teacher-outputs`), not by an auxiliary teacher: name -> run.
-DERIVED_CACHES: dict[str, str] = {"face_teacher": "deskpro_face_teacher", "vit_teacher": "sureid_teacher"}
+PLUGIN_KEY = "module"  # teachers.<t>.module / methods.<m>.module: where a teacher or method outside reid/ lives
 
 RUN_RE = re.compile(r"^(?P<method>[a-z0-9_]+)(?:--(?!s\d+$)(?P<ablation>[A-Za-z0-9_.+-]+?))?(?:--s(?P<seed>\d+))?$")
 
@@ -44,10 +45,56 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ConfigError(f"parameter file not found: {path}")
     with open(path) as fh:
         cfg = yaml.safe_load(fh) or {}
-    from reid.params_check import check_params
-
-    check_params(cfg)  # every code-fed section typed before any work (reid/params_check.py)
+    prepare(cfg)
     return cfg
+
+
+def prepare(cfg: Mapping[str, Any]) -> None:
+    """Import the plugin modules params.yaml names, then type every code-fed section before any work."""
+    from reid.pipeline.check import check_params
+    from reid.registry import import_plugin
+
+    for section in ("teachers", "methods"):
+        for name, entry in (_get(cfg, section, {}) or {}).items():
+            if isinstance(entry, Mapping) and entry.get(PLUGIN_KEY):
+                import_plugin(str(entry[PLUGIN_KEY]), f"{section}.{name}.{PLUGIN_KEY}")
+    check_params(cfg)
+
+
+def teacher_names(cfg: Mapping[str, Any]) -> list[str]:
+    """The teachers this project runs: the keys of `teachers:` (each a registered Teacher)."""
+    return sorted(_get(cfg, "teachers", {}) or {})
+
+
+def teacher_module(cfg: Mapping[str, Any], teacher: str) -> str:
+    """The module that registers a teacher: its `module:` key, else reid.teachers.<teacher>."""
+    return str(_get(cfg, f"teachers.{teacher}.{PLUGIN_KEY}") or f"reid.teachers.{teacher}")
+
+
+def plugin_method_modules(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """Modules of methods outside the package (`methods.<m>.module`), sorted."""
+    found = {str(v[PLUGIN_KEY]) for v in (_get(cfg, "methods", {}) or {}).values()
+             if isinstance(v, Mapping) and v.get(PLUGIN_KEY)}
+    return tuple(sorted(found))
+
+
+def method_class(method: str) -> type:
+    """A registered Method class, or a ConfigError naming it."""
+    from reid.methods.base import get_method_class
+
+    try:
+        return get_method_class(method)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+
+
+def derived_caches() -> dict[str, str]:
+    """Caches made from a trained teacher method (by `reid teacher-outputs`), not by an auxiliary teacher:
+    cache name -> the run (= method name) that makes it, from each registered Method's `provides_cache`."""
+    import reid.methods  # noqa: F401  (registers the built-in methods)
+    from reid.methods.base import METHODS
+
+    return {METHODS.get(m).provides_cache: m for m in METHODS.names() if METHODS.get(m).provides_cache}
 
 
 def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
@@ -110,23 +157,17 @@ def model_dataset(cfg: Mapping[str, Any], dataset: str) -> str:
 
 
 def _method_tables(method: str) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, dict[str, Any]]]]:
-    """(trained rows, evaluation-only rows) of a method module: ABLATIONS + EXTRA_ABLATIONS, EVAL_ABLATIONS."""
-    import importlib
-
-    try:
-        module = importlib.import_module(f"reid.methods.{method}")
-    except ModuleNotFoundError:
-        return {}, {}
-    trained = {**getattr(module, "ABLATIONS", {}), **getattr(module, "EXTRA_ABLATIONS", {})}
-    return trained, dict(getattr(module, "EVAL_ABLATIONS", {}))
+    """(trained rows, evaluation-only rows) of a registered method: its ablations + extra_ablations, eval_ablations."""
+    cls = method_class(method)
+    return {**cls.ablations, **cls.extra_ablations}, dict(cls.eval_ablations)
 
 
 def ablation_overrides(method: str, ablation: str | None) -> dict[str, Any]:
     """The parameter overrides of a named ablation row.
 
-    Rows come from the method module's ABLATIONS (the paper's tables, assembled by `ablation-table`),
-    EXTRA_ABLATIONS (further variants reachable by run name, e.g. `pgfl_kd--full_t1_heatmaps`, but not part
-    of the assembled table) and EVAL_ABLATIONS (row -> (trained row, test-time overrides): the trained row's
+    Rows come from the Method class's `ablations` (the paper's tables, assembled by `ablation-table`),
+    `extra_ablations` (further variants reachable by run name, e.g. `pgfl_kd--full_t1_heatmaps`, but not part
+    of the assembled table) and `eval_ablations` (row -> (trained row, test-time overrides): the trained row's
     model evaluated another way, e.g. `pgfl_kd--test_P`; see `model_run`).
     """
     if ablation is None:
@@ -173,12 +214,23 @@ def stage_synth(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], l
     ]
 
 
+def dataset_root(cfg: Mapping[str, Any], dataset: str) -> str:
+    """The one place a dataset's root is derived: `datasets.<ds>.root`, which for a generated world must be
+    data/<ds> (where `reid synth` writes it)."""
+    ds = dataset_cfg(cfg, dataset)
+    if ds.get("generate") and str(ds.get("root", f"data/{dataset}")) != f"data/{dataset}":
+        raise ConfigError(f"datasets.{dataset}.root must be data/{dataset}: generated worlds live under data/")
+    if ds.get("generate"):
+        return f"data/{dataset}"
+    if not ds.get("root"):
+        raise ConfigError(f"datasets.{dataset} has no `root:` (the dataset's folder on disk)")
+    return str(ds["root"])
+
+
 def stage_index(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], list[str]]:
     ds = dataset_cfg(cfg, dataset)
-    if ds.get("generate") and str(ds.get("root")) != f"data/{dataset}":
-        raise ConfigError(f"datasets.{dataset}.root must be data/{dataset}: generated worlds live under data/")
     keys = [f"datasets.{dataset}.loader", f"datasets.{dataset}.root"]
-    return {"dataset": ds.get("loader", dataset), "root": str(ds["root"])}, [k for k in keys if _has(cfg, k)]
+    return {"dataset": ds.get("loader", dataset), "root": dataset_root(cfg, dataset)}, [k for k in keys if _has(cfg, k)]
 
 
 def stage_teacher(cfg: Mapping[str, Any], dataset: str, teacher: str) -> tuple[dict[str, Any], list[str]]:
@@ -190,7 +242,8 @@ def stage_teacher(cfg: Mapping[str, Any], dataset: str, teacher: str) -> tuple[d
     keys = [f"teachers.{teacher}"]
     if _has(cfg, f"datasets.{dataset}.teachers.{teacher}"):
         keys.append(f"datasets.{dataset}.teachers.{teacher}")
-    run = {k: merged.pop(k) for k in ("backend", "model", "batch_size", "workers", "device") if k in merged}
+    run = {k: merged.pop(k) for k in ("backend", "model", "batch_size", "workers", "device", PLUGIN_KEY)
+           if k in merged}
     if run.get("backend") == "oracle":  # the oracle reads ground truth: a weights file named globally is not used
         run["model"] = None
     return {"teacher": teacher, **run, "params": merged}, keys
@@ -218,13 +271,17 @@ def stage_train(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[di
     if not _has(cfg, f"methods.{run.method}"):
         raise ConfigError(f"method {run.method!r} is not configured under `methods:` in params.yaml")
     params = take(f"methods.{run.method}")
-    for knob, (method, param) in TOP_LEVEL_KNOBS.items():
-        if method == run.method and _has(cfg, knob):
+    module = params.pop(PLUGIN_KEY, None)
+    for knob, param in method_class(run.method).knobs.items():
+        if _has(cfg, knob):
             params[param] = _get(cfg, knob)
             keys.append(knob)
     params = _merge(params, take(f"datasets.{dataset}.presets.{run.method}"))
     params = _merge(params, ablation_overrides(run.method, run.ablation))
-    return {"method": run.method, "method_params": params, "train_cfg": train}, keys
+    out = {"method": run.method, "method_params": params, "train_cfg": train}
+    if module:  # only plugin methods carry the key, so built-in runs' resolved params stay as they were
+        out["method_module"] = str(module)
+    return out, keys
 
 
 def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[dict[str, Any], list[str]]:
@@ -245,7 +302,7 @@ def method_caches(cfg: Mapping[str, Any], dataset: str, run_name: str, train: bo
     method = build_method(resolved["method"], **resolved["method_params"])
     spec = method.caches if train else method.test_caches
     needed = set(spec)
-    for extra in (getattr(method, "image_field", None), getattr(method, "require_field", None)):
+    for extra in (method.image_field, method.require_field):
         if extra:
             needed.add(extra.split(".", 1)[0])
     return sorted(needed)

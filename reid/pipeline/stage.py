@@ -1,19 +1,20 @@
 """`python -m reid pipeline <stage>`: one DAG stage, its parameters resolved from params.yaml.
 
 Snakemake calls it with `--resolved JSON` (the value it tracks in `params:`), DVC with `--params params.yaml`
-(whose keys it tracks per stage); both routes go through reid.config, so the two DAGs run the same code with the
+(whose keys it tracks per stage); both routes go through reid.pipeline.params, so the two DAGs run the same code with the
 same values. File paths always come from the orchestrator's command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 from typing import Any, Callable
 
-from reid import config as C
+from reid.pipeline import params as C
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _resolve(args: argparse.Namespace, fn: Callable[..., tuple[dict[str, Any], list[str]]], *extra: str) -> dict:
     if args.resolved is not None:
         return json.loads(args.resolved)
-    return fn(C.load_params(args.params), args.dataset, *extra)[0]
+    return fn(_params(args), args.dataset, *extra)[0]
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return _load_params(args.params)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_params(path: str) -> dict[str, Any]:
+    """params.yaml, parsed (and checked) once per command."""
+    return C.load_params(path)
 
 
 def _root(args: argparse.Namespace) -> str:
     if args.root:
         return args.root
     if args.params:
-        return C.stage_index(C.load_params(args.params), args.dataset)[0]["root"]
+        return C.dataset_root(_params(args), args.dataset)
     raise SystemExit("--root is required with --resolved")
+
+
+def _import_plugin(kw: dict[str, Any], key: str) -> None:
+    """A teacher or method outside the package: import the module params.yaml names (it registers itself)."""
+    if kw.get(key):
+        from reid.registry import import_plugin
+
+        import_plugin(str(kw[key]), key)
 
 
 def pin_threads(stage: str, resolved: dict[str, Any]) -> int:
@@ -82,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
 
         kw = _resolve(args, C.stage_teacher, args.teacher)
         pin_threads("teach", kw)
+        _import_plugin(kw, C.PLUGIN_KEY)
         try:
             teacher = build_teacher(kw["teacher"], kw.get("backend", "onnx"), kw.get("model"),
                                     kw.get("device", "auto"), caches, **kw["params"])
@@ -95,6 +115,7 @@ def main(args: argparse.Namespace) -> int:
 
         kw = _resolve(args, C.stage_train, args.run)
         pin_threads("train", kw)
+        _import_plugin(kw, "method_module")
         train(kw["method"], kw["method_params"], args.index, _root(args), args.out, caches=caches,
               train_cfg=kw["train_cfg"])
     elif args.stage == "teacher-outputs":

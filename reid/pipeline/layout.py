@@ -1,0 +1,111 @@
+"""The pipeline's file layout and the dependencies of every stage: one source for Snakemake and DVC.
+
+The Snakefile's input functions and the dvc.yaml writer (reid/pipeline/dvc_yaml.py) both call these, so the two
+DAGs cannot drift apart; tests/test_dag.py checks that Snakemake's planned jobs equal dvc.yaml's stages.
+
+    data/<ds>/                          generated synthetic world (real datasets live where params.yaml says)
+    cache/<ds>/index.csv                dataset index
+    cache/<ds>/<teacher>.h5             teacher cache (parsing, faces, restored_faces, keypoints, isp_labels)
+    cache/<ds>/<derived>.h5             outputs of a trained teacher model (face_teacher, vit_teacher)
+    models/<ds>/<run>/model.pt          trained student (+ train_log.csv, checkpoint.pt)
+    results/<ds>/<run>/metrics.json     evaluation
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Mapping
+
+from reid.pipeline import params as C
+
+
+def data_dir(ds: str) -> str:
+    return f"data/{ds}"
+
+
+def index_path(ds: str) -> str:
+    return f"cache/{ds}/index.csv"
+
+
+def cache_path(ds: str, name: str) -> str:
+    return f"cache/{ds}/{name}.h5"
+
+
+def model_dir(ds: str, run: str) -> str:
+    return f"models/{ds}/{run}"
+
+
+def model_path(ds: str, run: str) -> str:
+    return f"models/{ds}/{run}/model.pt"
+
+
+def train_log_path(ds: str, run: str) -> str:
+    return f"models/{ds}/{run}/train_log.csv"
+
+
+def metrics_path(ds: str, run: str) -> str:
+    return f"results/{ds}/{run}/metrics.json"
+
+
+def is_generated(cfg: Mapping[str, Any], ds: str) -> bool:
+    return bool(C.dataset_cfg(cfg, ds).get("generate"))
+
+
+def root_of(cfg: Mapping[str, Any], ds: str) -> str:
+    """The one place a dataset's root is derived: data/<ds> for a generated world, else `datasets.<ds>.root`."""
+    return C.dataset_root(cfg, ds)
+
+
+def _cache_inputs(cfg: Mapping[str, Any], ds: str, names: list[str]) -> dict[str, str]:
+    out = {}
+    teachers, derived = C.teacher_names(cfg), C.derived_caches()
+    for name in names:
+        if name not in teachers and name not in derived:
+            raise C.ConfigError(f"unknown cache {name!r}: not a teacher configured under `teachers:` "
+                                f"{tuple(teachers)} nor a derived cache {tuple(derived)}")
+        out[name] = cache_path(ds, name)
+    return out
+
+
+def index_deps(cfg: Mapping[str, Any], ds: str) -> dict[str, str]:
+    return {"root": data_dir(ds)} if is_generated(cfg, ds) else {}
+
+
+def teacher_deps(cfg: Mapping[str, Any], ds: str, teacher: str) -> dict[str, str]:
+    """index + caches the teacher aligns on + the weights file (so new weights rerun the cache)."""
+    kw, _ = C.stage_teacher(cfg, ds, teacher)
+    deps = {"index": index_path(ds), **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, list(kw["params"].get("needs", []))))
+    if kw.get("backend", "onnx") != "oracle" and kw.get("model"):
+        deps["weights"] = str(kw["model"])
+    return deps
+
+
+def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
+    deps = {"index": index_path(ds), **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=True)))
+    return deps
+
+
+def derived_deps(cfg: Mapping[str, Any], ds: str, name: str) -> dict[str, str]:
+    run = C.derived_caches()[name]
+    deps = {"model": model_path(ds, run), "index": index_path(ds), **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
+    return deps
+
+
+def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
+    # an evaluation-only row (EVAL_ABLATIONS) reads the model of the row it reuses
+    model = model_path(C.model_dataset(cfg, ds), C.model_run(run))
+    deps = {"model": model, "index": index_path(ds), **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
+    return deps
+
+
+# Dependency names that are not caches; every other name in a stage's deps is a cache (teacher or derived).
+NON_CACHE_DEPS = frozenset({"index", "root", "model", "weights"})
+
+
+def cache_args(deps: Mapping[str, str]) -> str:
+    """`--cache name=path` for every cache among a stage's deps."""
+    return " ".join(f"--cache {k}={shlex.quote(v)}" for k, v in sorted(deps.items()) if k not in NON_CACHE_DEPS)
