@@ -44,17 +44,12 @@ from reid.data.transforms import normalize_rgb  # noqa: E402
 from reid.methods.deskpro import ABLATIONS, DeskPro  # noqa: E402
 from reid.models.lightmbn import NUM_EMBEDDINGS, LightMBN  # noqa: E402
 from reid.teachers.schp_net import build_schp  # noqa: E402
+from reid.device import resolve_device  # noqa: E402
 
 Task = Callable[[], float]
 
 
 # --- setup ----------------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -307,7 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    device = resolve_device(args.device)
+    device = torch.device(resolve_device(args.device))
     with tempfile.TemporaryDirectory(prefix="bench_deskpro_") as tmp:
         tasks = build_tasks(args, device, Path(tmp))
         times = measure(tasks, args.repeats, args.warmup)

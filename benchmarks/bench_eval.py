@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reid.eval.metrics import default_device, evaluate, evaluate_features  # noqa: E402
+from reid.device import resolve_device  # noqa: E402
+from reid.eval.metrics import evaluate, evaluate_features  # noqa: E402
 
 GB = 1024 ** 3
 
@@ -83,7 +84,7 @@ def main() -> int:
     ap.add_argument("--chunk-size", type=int, default=None, help="queries per chunk (default: automatic)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    device = torch.device(args.device) if args.device else default_device()
+    device = torch.device(resolve_device(args.device or "auto"))
     if args.quick:
         rows = [bench_distmat(1000, 5000, args.repeats), bench_features(2000, 10000, 128, device, args.chunk_size)]
     else:

@@ -6,7 +6,7 @@ workers 0 (in-process) and 2 (forked DataLoader workers):
 
 - `parsing/oracle`, `faces/oracle`: no network; ground-truth reading + the runner's I/O and HDF5 writing path.
 - `parsing/onnx`, `faces/onnx`, `keypoints/onnx`, `restored_faces/onnx`: the real ONNX Runtime path (pre-
-  processing, session, decoding) with the tests' stand-in models of the real signatures (tests/standins_*.py:
+  processing, session, decoding) with the tests' stand-in models of the real signatures (reid/testing/:
   SCHP 473x473, SCRFD det_10g, HRNet 256x192, GPEN 512); the stand-ins are a few convolutions, so "inference"
   here is ONNX Runtime overhead, not the cost of the real networks.
 
@@ -39,8 +39,8 @@ from reid.data.index import read_index, write_index  # noqa: E402
 from reid.data.synthetic import generate_world  # noqa: E402
 from reid.teachers.base import build_teacher  # noqa: E402
 from reid.teachers.runner import run_teacher  # noqa: E402
-from tests.standins_faces_pose import export_pose, export_scrfd  # noqa: E402
-from tests.standins_parsing_gpen import export_brightness_schp, export_gpen  # noqa: E402
+from reid.testing.faces_pose import export_pose, export_scrfd  # noqa: E402
+from reid.testing.parsing_gpen import export_brightness_schp, export_gpen  # noqa: E402
 
 Config = tuple[str, str, Callable[[], Any]]  # (teacher, backend, () -> Teacher)
 

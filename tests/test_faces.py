@@ -11,8 +11,8 @@ import pytest
 from reid.cache.h5 import CacheReader
 from reid.data.index import IndexRow, write_index
 from reid.teachers.base import MissingWeights, build_teacher
+from reid.vocab import ARCFACE_TEMPLATE_112
 from reid.teachers.faces import (
-    ARCFACE_TEMPLATE_112,
     Detections,
     FacesTeacher,
     anchor_centers,
@@ -30,7 +30,7 @@ from reid.teachers.faces import (
 )
 from reid.teachers.onnx_utils import ModelSignatureError
 from reid.teachers.runner import run_teacher
-from tests.standins_faces_pose import export_pose, export_scrfd
+from reid.testing.faces_pose import export_pose, export_scrfd
 
 
 # --- pure functions ---------------------------------------------------------------------------------------

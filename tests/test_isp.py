@@ -361,7 +361,7 @@ def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     from reid.cache.h5 import CacheWriter
     from reid.data.index import index_sha256, read_index
-    from reid.eval.isp_iou import add_iou_arguments, iou_main
+    from reid.engine.isp_iou import add_iou_arguments, iou_main
 
     index = _tiny_world(tmp_path)
     rows = read_index(index)

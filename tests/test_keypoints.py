@@ -32,7 +32,7 @@ from reid.teachers.keypoints import (
 )
 from reid.teachers.onnx_utils import ModelSignatureError
 from reid.teachers.runner import run_teacher
-from tests.standins_faces_pose import export_pose, export_scrfd
+from reid.testing.faces_pose import export_pose, export_scrfd
 
 CROP = (0, 0, 128, 256)  # a whole 256x128 person crop as (x1, y1, x2, y2)
 

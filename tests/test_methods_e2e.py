@@ -4,7 +4,7 @@ One module-scoped workspace (a tmp folder with its own params.yaml, a copy of th
 runs the real Snakefile twice: first the synthetic worlds (`synth` rule), then every target below in one
 `snakemake --cores 2` call. The real-layout trees are made by the test from the rendered worlds WITHOUT their
 ground truth: a PRCC tree (rgb/{train,test/{A,B,C}}) whose teachers are the stand-in ONNX models of
-tests/standins_*.py (parsing, faces, restored faces: the real ONNX teacher code paths), and an Occluded-Duke tree
+reid/testing/ (parsing, faces, restored faces: the real ONNX teacher code paths), and an Occluded-Duke tree
 whose keypoints come from the stand-in HRNet ONNX. The stand-ins' outputs are meaningless; what is checked is that
 the DAG and the code paths run, that metrics.json holds the protocol's settings with finite numbers, that each
 exported model.pt evaluates with only its method's `test_caches`, and that a second run has nothing to do.
@@ -104,9 +104,9 @@ def real_datasets(p: dict[str, Any], prcc_root: Path, duke_root: Path, onnx: dic
 
 
 def export_standins(folder: Path) -> dict[str, Path]:
-    """The four stand-in ONNX teachers with the real signatures (tests/standins_*.py)."""
-    from standins_faces_pose import export_pose, export_scrfd
-    from standins_parsing_gpen import export_brightness_schp, export_gpen
+    """The four stand-in ONNX teachers with the real signatures (reid/testing/)."""
+    from reid.testing.faces_pose import export_pose, export_scrfd
+    from reid.testing.parsing_gpen import export_brightness_schp, export_gpen
 
     folder.mkdir(parents=True, exist_ok=True)
     return {

@@ -15,15 +15,11 @@ import torch.nn.functional as F
 
 from reid.teachers.base import MissingWeights, build_teacher
 from reid.teachers.onnx_utils import ModelSignatureError
+from reid.vocab import ATR_LABELS, LABEL_SETS, LIP_LABELS, PASCAL_LABELS, default_input_size
 from reid.teachers.parsing import (
-    ATR_LABELS,
-    LABEL_SETS,
-    LIP_LABELS,
-    PASCAL_LABELS,
     bilinear_weights,
     decode_schp,
     decode_schp_reference,
-    default_input_size,
     input_size_of,
     preprocess_schp,
     resize_labels,
@@ -40,7 +36,7 @@ from reid.teachers.schp_net import (
     output_side,
 )
 from reid.teachers import schp_net
-from standins_parsing_gpen import (
+from reid.testing.parsing_gpen import (
     BrightnessSCHP,
     export_brightness_schp,
     onnx_export,

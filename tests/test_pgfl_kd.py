@@ -247,7 +247,7 @@ def test_full_method_losses_backward_embed_distance() -> None:
     assert torch.isfinite(total)
     total.backward()
     assert model.sab.reducers[0][0].weight.grad is not None
-    assert model.backbone.body[0].weight.grad.abs().sum() > 0
+    assert model.backbone.stem[0].weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         q = method.embed(model, {"image": batch["image"][:3]})  # deployed f_G needs no heatmaps
@@ -264,7 +264,7 @@ def test_mcl_does_not_train_the_sab_teacher() -> None:
     losses = method.training_losses(model, _batch(h=64, w=32), epoch=0)
     losses["mcl"].backward()
     assert all(p.grad is None for p in model.sab.parameters())
-    assert model.backbone.body[0].weight.grad is not None
+    assert model.backbone.stem[0].weight.grad is not None
 
 
 @pytest.mark.parametrize("feature", ["P", "V", "F", "E"])

@@ -29,7 +29,7 @@ from reid.teachers.restored_faces import (
     warp_face_back,
 )
 from reid.teachers.runner import run_teacher
-from standins_parsing_gpen import export_gpen, smooth_texture, write_dataset, write_faces_cache
+from reid.testing.parsing_gpen import export_gpen, smooth_texture, write_dataset, write_faces_cache
 
 CROP = 112
 
@@ -231,7 +231,7 @@ def test_oracle_needs_groundtruth(faces_world: dict) -> None:
 
 
 def test_torch_standin_is_identity() -> None:
-    from standins_parsing_gpen import PassThroughGPEN
+    from reid.testing.parsing_gpen import PassThroughGPEN
 
     x = torch.rand(1, 3, 8, 8) * 2 - 1
     torch.testing.assert_close(PassThroughGPEN()(x), x)

@@ -19,17 +19,18 @@ import pytest
 
 from reid.cache.h5 import CacheIndexMismatch, CacheReader, h5open
 from reid.data.index import IndexRow, write_index
-from reid.teachers.base import (
+from reid.teachers import (
     TEACHERS,
     ImageReadError,
     MissingWeights,
     Teacher,
     build_teacher,
     file_sha256,
-    read_image,
+    read_bgr,
     require_weights,
 )
-from reid.teachers.runner import add_arguments, add_merge_arguments, main, merge_main, run_teacher
+from reid.teachers.commands import add_arguments, add_merge_arguments, main, merge_main
+from reid.teachers.runner import run_teacher
 
 N = 12
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def run(world, out: Path, workers: int = 0, shard=None, **params) -> tuple[dict,
 def test_values_rows_and_summary(world, tmp_path: Path) -> None:
     summary, _ = run(world, tmp_path / "c.h5")
     r = CacheReader(tmp_path / "c.h5", world[0], expected_teacher="toy_mean")
-    img = read_image(world[1] / r.paths[5])
+    img = read_bgr(world[1] / r.paths[5])
     assert np.allclose(r[5]["mean"], cv2.resize(img, (4, 4), interpolation=cv2.INTER_AREA).reshape(-1, 3).mean(0))
     assert r.read("row", range(N)).tolist() == list(range(N))  # load() got the row number
     assert summary["rows_computed"] == N and summary["rows_resumed"] == 0 and summary["images_per_s"] > 0
@@ -182,7 +183,7 @@ def test_cli_teach(world, tmp_path: Path, capsys) -> None:
 def test_sigkill_midway_then_resume_byte_identical(world, tmp_path: Path) -> None:
     out, marker = tmp_path / "c.h5", tmp_path / "marker"
     script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_runner, argparse; "
-              "from reid.teachers import runner; p = argparse.ArgumentParser(); runner.add_arguments(p); "
+              "from reid.teachers import commands as runner; p = argparse.ArgumentParser(); runner.add_arguments(p); "
               "sys.exit(runner.main(p.parse_args(sys.argv[1:])))")
     params = json.dumps({"sleep_s": 0.3, "marker": str(marker), "marker_rows": 4})
     proc = subprocess.Popen([sys.executable, "-c", script, *_cli(world, out, "--params-json", params)], cwd=REPO,
@@ -225,9 +226,9 @@ def test_require_weights_and_file_hash(tmp_path: Path) -> None:
     assert file_sha256(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
-def test_read_image_errors(tmp_path: Path) -> None:
+def test_read_bgr_errors(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="image not found: .*missing.png"):
-        read_image(tmp_path / "missing.png")
+        read_bgr(tmp_path / "missing.png")
     (tmp_path / "bad.jpg").write_bytes(b"\x00\x01")
     with pytest.raises(ImageReadError, match="cannot decode image .*bad.jpg"):
-        read_image(tmp_path / "bad.jpg")
+        read_bgr(tmp_path / "bad.jpg")

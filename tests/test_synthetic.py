@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from reid.data import synthetic as S
+from reid.vocab import ARCFACE_TEMPLATE_112
 from reid.data.render import (
     CANVAS_H,
     CANVAS_W,
-    FACE_TEMPLATE_112,
     View,
     make_identity,
     make_outfit,
@@ -46,7 +46,7 @@ def _images(root: Path) -> list[str]:
 def test_constants() -> None:
     assert len(S.LIP_LABELS) == 20 and S.LIP_LABELS[13] == "Face" and S.LIP_LABELS[14] == "Left-arm"
     assert len(S.COCO_KEYPOINTS) == 17 and S.COCO_KEYPOINTS[5] == "left_shoulder"
-    assert S.FACE_TEMPLATE_112.shape == (5, 2) and S.FACE_HR_SIZE >= 48
+    assert S.ARCFACE_TEMPLATE_112.shape == (5, 2) and S.FACE_HR_SIZE >= 48
 
 
 def test_synthcc_layout(cc: Path) -> None:
@@ -192,7 +192,7 @@ def test_face_hr_is_aligned_to_template() -> None:
     face, alpha = render_face_hr(make_identity(5, np.random.default_rng(5)), np.random.default_rng(6))
     assert face.shape == (S.FACE_HR_SIZE, S.FACE_HR_SIZE, 3) and alpha.max() > 0.99
     gray = face.astype(np.float32).sum(-1)
-    tpl = FACE_TEMPLATE_112 * S.FACE_HR_SIZE / 112.0
+    tpl = ARCFACE_TEMPLATE_112 * S.FACE_HR_SIZE / 112.0
     for x, y in tpl[:2]:
         xi, yi = int(round(x)), int(round(y))
         win = gray[yi - 3 : yi + 4, xi - 3 : xi + 4]
@@ -203,7 +203,7 @@ def test_face_hr_is_aligned_to_template() -> None:
 def test_face_landmarks_follow_warp() -> None:
     """Body landmarks of a frontal face are the template scaled onto the head: same shape, eye line level."""
     body = _render(0.0, 1)
-    lm, tpl = body.face_landmarks, FACE_TEMPLATE_112
+    lm, tpl = body.face_landmarks, ARCFACE_TEMPLATE_112
     ratio = (lm[1, 0] - lm[0, 0]) / (tpl[1, 0] - tpl[0, 0])
     assert 0.05 < ratio < 0.4
     assert np.allclose((lm[3] - lm[0]) / ratio, tpl[3] - tpl[0], atol=0.5 / ratio + 6)

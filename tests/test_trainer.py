@@ -308,7 +308,7 @@ def test_a_pickle_payload_never_runs_and_the_error_names_the_file(tmp_path: Path
     from reid.engine.inference import load_model
     from reid.models.resnet import load_state_dict_file
     from reid.serialization import UnsafeFileError
-    from reid.eval.isp_iou import _read_labels
+    from reid.engine.isp_iou import _read_labels
 
     marker = tmp_path / "pwned"
     bad = _malicious(tmp_path / f"{kind}.pth", marker, {"format": MODEL_FORMAT, "state_dict": {}})

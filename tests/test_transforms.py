@@ -13,8 +13,6 @@ import torch
 from reid.data.dataset import ReIDDataset
 from reid.data.index import IndexRow
 from reid.data.transforms import (
-    COCO_FLIP_PAIRS,
-    LIP_FLIP_PAIRS,
     Geometry,
     flip_permutation,
     normalize_rgb,
@@ -23,6 +21,7 @@ from reid.data.transforms import (
     warp_heatmaps,
     warp_labels,
 )
+from reid.vocab import COCO_FLIP_PAIRS, LABEL_FLIP_PAIRS
 
 
 def test_matrix_flip_pad_crop_same_size_by_hand() -> None:
@@ -79,7 +78,7 @@ def test_lip_left_right_labels_swap_on_flip_only() -> None:
     np.testing.assert_array_equal(flipped, [[0, 5, 18, 19, 16, 17, 14, 15]])
     plain = warp_labels(labels, Geometry((1, 8)), (1, 8))
     np.testing.assert_array_equal(plain, labels)
-    assert LIP_FLIP_PAIRS == ((14, 15), (16, 17), (18, 19))
+    assert LABEL_FLIP_PAIRS["lip"] == ((14, 15), (16, 17), (18, 19))
 
 
 def test_coco_heatmap_channels_swap_on_flip() -> None:

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import h5py
 import numpy as np
 
-from reid.data.index import index_sha256
+from reid.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +482,7 @@ class CacheReader:
             raise CacheError(f"{self.path}: only {int(done.sum())} of {len(done)} rows done; the cache is "
                              f"incomplete, rebuild it")
         if index_path is not None:
-            found = index_sha256(index_path)
+            found = file_sha256(index_path)  # = reid.data.index.index_sha256
             if found != m.index_sha256:
                 raise CacheIndexMismatch(
                     f"{self.path} was built for an index with sha256 {m.index_sha256}, but {index_path} has sha256 "

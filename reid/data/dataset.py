@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from reid.cache.h5 import check_field
+from reid.data.images import read_rgb
 from reid.data.index import IndexRow
 from reid.data.transforms import (
     Geometry,
@@ -29,14 +29,6 @@ from reid.data.transforms import (
     warp_heatmaps,
     warp_labels,
 )
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image as RGB uint8; an unreadable file is an error naming the path (never skipped)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise OSError(f"cannot read image {path} (missing or corrupt file)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 class ReIDDataset(Dataset):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from reid.hashing import file_sha256
 
 COLUMNS = ("path", "pid", "camid", "clothes", "split")
 SPLITS = ("train", "query", "gallery")
@@ -62,7 +63,7 @@ def read_index(path: str | Path) -> list[IndexRow]:
 
 def index_sha256(path: str | Path) -> str:
     """Content hash of an index file; caches record it and readers refuse a mismatch."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def select(rows: Sequence[IndexRow], split: str) -> list[int]:

@@ -13,21 +13,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-LIP_LABELS: tuple[str, ...] = (
-    "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks", "Pants",
-    "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe",
-    "Right-shoe",
-)
-COCO_KEYPOINTS: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-    "right_ankle",
-)
-# ArcFace 5-point template at 112 px (specs/teachers.md section 2): eye, eye, nose, mouth corner, mouth corner.
-FACE_TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32,
-)
+from reid.vocab import ARCFACE_TEMPLATE_112, COCO_KEYPOINTS  # ARCFACE: specs/teachers.md section 2
+
 FACE_HR_SIZE = 64
 CANVAS_H, CANVAS_W = 256, 128
 
@@ -266,7 +253,7 @@ def garment_texture(g: Garment, shape: tuple[int, int], cx: float, y0: float, un
 
 
 def _template_px(scale: float) -> np.ndarray:
-    return FACE_TEMPLATE_112 * scale
+    return ARCFACE_TEMPLATE_112 * scale
 
 
 def render_face_hr(ident: Identity, rng: np.random.Generator, size: int = FACE_HR_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -311,7 +298,7 @@ def render_face_hr(ident: Identity, rng: np.random.Generator, size: int = FACE_H
         b = ell(P(56, 100), A(f.face_width - 4 if f.beard == "beard" else 9, 13)).astype(bool) & oval.astype(bool)
         fill(b, hair * 0.9 + skin * 0.1)
     # brows, eyes, nose, mouth at the template landmarks
-    t = FACE_TEMPLATE_112
+    t = ARCFACE_TEMPLATE_112
     brow_col = tuple(float(c) for c in hair * 0.8)
     for side, (ex, ey) in zip((-1, 1), t[:2]):
         ang = math.radians(f.brow_tilt * side)

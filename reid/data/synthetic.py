@@ -22,13 +22,11 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from reid.vocab import ARCFACE_TEMPLATE_112, COCO_KEYPOINTS, LIP_LABELS
 from reid.data.render import (
     CANVAS_H,
     CANVAS_W,
-    COCO_KEYPOINTS,
     FACE_HR_SIZE,
-    FACE_TEMPLATE_112,
-    LIP_LABELS,
     OCCLUDER_KINDS,
     OCCLUDER_MODE,
     BodyRender,
@@ -47,7 +45,7 @@ from reid.data.render import (
 )
 
 __all__ = [
-    "LIP_LABELS", "COCO_KEYPOINTS", "FACE_TEMPLATE_112", "FACE_HR_SIZE", "WORLDS", "SCHEMA_VERSION",
+    "LIP_LABELS", "COCO_KEYPOINTS", "ARCFACE_TEMPLATE_112", "FACE_HR_SIZE", "WORLDS", "SCHEMA_VERSION",
     "generate_world", "load_groundtruth", "cue_rank1", "add_arguments", "main",
 ]
 
@@ -459,7 +457,7 @@ def _face_desc(face: np.ndarray) -> np.ndarray:
 
 def _face_from_body(img_bgr: np.ndarray, lms: np.ndarray) -> np.ndarray:
     """The aligned face an ideal detector would crop from the body image itself (no restoration)."""
-    M, _ = cv2.estimateAffinePartial2D(lms, FACE_TEMPLATE_112 * FACE_HR_SIZE / 112.0)
+    M, _ = cv2.estimateAffinePartial2D(lms, ARCFACE_TEMPLATE_112 * FACE_HR_SIZE / 112.0)
     return cv2.warpAffine(cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB), M, (FACE_HR_SIZE, FACE_HR_SIZE),
                           flags=cv2.INTER_LINEAR)
 

@@ -15,14 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-# Left/right label pairs swapped by a horizontal flip.
-LIP_FLIP_PAIRS = ((14, 15), (16, 17), (18, 19))
-ATR_FLIP_PAIRS = ((9, 10), (12, 13), (14, 15))
-LABEL_FLIP_PAIRS = {"lip": LIP_FLIP_PAIRS, "atr": ATR_FLIP_PAIRS, "pascal": ()}
-COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+from reid.vocab import COCO_FLIP_PAIRS, IMAGENET_MEAN, IMAGENET_STD, LABEL_FLIP_PAIRS
 
 
 def flip_permutation(pairs: tuple[tuple[int, int], ...], n: int) -> np.ndarray:

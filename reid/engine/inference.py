@@ -26,8 +26,8 @@ from reid.engine.trainer import (
     method_fields,
     open_caches,
     progress_interval,
-    resolve_device,
 )
+from reid.device import resolve_device
 from reid.methods.base import Method, build_method
 from reid.serialization import load_file
 
@@ -71,7 +71,7 @@ def load_model(
         raise ValueError(f"{path}: overrides {dict(overrides)} change the network; only test-time parameters "
                          f"can be overridden at evaluation ({str(e).splitlines()[0]})") from e
     method.load_extra_state(ckpt.get("method_state", {}))
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     model.to(dev).eval()
     return method, model, ckpt
 

@@ -31,6 +31,7 @@ from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import IndexRow, index_sha256, read_index, select
 from reid.data.samplers import PKBatchSampler
 from reid.data.workers import worker_init
+from reid.device import resolve_device
 from reid.methods.base import Method, build_method
 from reid.serialization import CorruptFileError, UnsafeFileError, load_file
 
@@ -78,12 +79,6 @@ class TrainConfig:
             if key in kw:
                 kw[key] = tuple(int(v) for v in kw[key])
         return cls(**kw)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_factor(epoch: int, cfg: TrainConfig) -> float:
@@ -182,7 +177,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.index_hash = index_hash
-        self.device = resolve_device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.amp = cfg.amp and self.device.type == "cuda"

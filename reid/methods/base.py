@@ -45,6 +45,9 @@ class Method:
     paper_tables: ClassVar[dict[str, dict[str, dict[str, float]]]] = {}  # table -> row -> metric -> value
     knobs: ClassVar[dict[str, str]] = {}  # top-level params.yaml key -> parameter (`dvc exp run -S alpha=0.8`)
     provides_cache: ClassVar[str | None] = None  # a teacher method: the derived cache its outputs make
+    # Overrides that make the network tiny (CPU tests at 64 x 32 input, tests/test_registries.py); never used by
+    # the pipeline.
+    tiny_params: ClassVar[Row] = {}
 
     def __init__(self, **params: Any) -> None:
         self.params = params

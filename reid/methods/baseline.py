@@ -32,6 +32,7 @@ class BaselineNet(nn.Module):
 @METHODS.register()
 class Baseline(Method):
     name = "baseline"
+    tiny_params = {"depth": 18}
 
     def __init__(
         self,

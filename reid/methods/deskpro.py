@@ -207,6 +207,7 @@ class DeskProFaceTeacher(Method):
     """
 
     name = "deskpro_face_teacher"
+    tiny_params = {"width": "x0_25"}
     provides_cache = "face_teacher"
     caches = {"faces": ["has_face"], "restored_faces": ["restored"]}
     test_caches = {"faces": ["has_face"], "restored_faces": ["restored"]}
@@ -274,6 +275,7 @@ class DeskPro(Method):
     """
 
     name = "deskpro"
+    tiny_params = {"width": "x0_25", "face_size": 32}
     ablations = ABLATIONS
     paper_tables = {"Table 3 (Celeb-reID-light)": PAPER_TABLE3}
     knobs = {"alpha": "alpha"}  # top level in params.yaml so `dvc exp run -S alpha=0.8` works

@@ -420,6 +420,7 @@ class ISP(Method):
     """ISP on the shared trainer; `caches` depends on `semantics` (instance attribute)."""
 
     name = "isp"
+    tiny_params = {"backbone": "hrnet_tiny", "reduce_dim": 16}
     ablations = ABLATIONS
     eval_ablations = EVAL_ABLATIONS
     paper_tables = {"Table 3 (IoU)": PAPER_TABLE3, "Table 4 (K)": PAPER_TABLE4, "Table 5 (semantics)": PAPER_TABLE5}

@@ -36,22 +36,22 @@ Choices where the paper is silent (all parameters):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models import resnet18
 
 from reid.methods.base import METHODS, Method
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth
 from reid.models.heads import BNNeck
-from reid.models.resnet import ResNet50Backbone, load_pretrained
+from reid.models.resnet import ResNet50Backbone, ResNetBackbone
+from reid.vocab import COCO_FLIP_PAIRS
 
 HEATMAP_KEY = "keypoints.heatmaps"
 NUM_COCO_JOINTS = 17
 # COCO-17: 0 nose, 1/2 eyes, 3/4 ears, 5/6 shoulders, 7/8 elbows, 9/10 wrists, 11/12 hips, 13/14 knees, 15/16 ankles
-COCO_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
 # The paper's K = 8 groups (Sec. 3.1, 4.2), in this order.
 KEYPOINT_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("head", (0, 1, 2, 3, 4)),
@@ -281,26 +281,10 @@ def reid_loss(
 
 
 # --- model ----------------------------------------------------------------------------------------------
-class ResNet18Backbone(nn.Module):
-    """torchvision ResNet-18 trunk, last stride 1 (512 channels). For tests and CPU benchmarks only."""
-
-    out_channels = 512
-
-    def __init__(self, last_stride: int = 1, weights: str | None = None) -> None:
-        super().__init__()
-        net = resnet18(weights=None)
-        if last_stride == 1:
-            net.layer4[0].conv1.stride = (1, 1)
-            net.layer4[0].downsample[0].stride = (1, 1)
-        if weights:
-            load_pretrained(net, weights, "ResNet-18", ignore_prefixes=("fc.",))
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"resnet50": ResNet50Backbone, "resnet18": ResNet18Backbone}
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet50": ResNet50Backbone,
+    "resnet18": functools.partial(ResNetBackbone, 18),  # lighter trunk for the CPU worlds and tests
+}
 
 
 class SemanticsAlignedBranch(nn.Module):
@@ -399,6 +383,7 @@ class PGFLKD(Method):
     """
 
     name = "pgfl_kd"
+    tiny_params = {"backbone": "resnet18"}
     ablations = ABLATIONS
     extra_ablations = EXTRA_ABLATIONS
     eval_ablations = EVAL_ABLATIONS

@@ -190,6 +190,7 @@ class SUREIDTeacher(_ViTMethod):
     """The ViT teacher (paper: ViT-B/16 trained on the same dataset); ID + triplet, no HTS."""
 
     name = "sureid_teacher"
+    tiny_params = {"arch": "vit_tiny_test", "img_size": [64, 32]}
     provides_cache = TEACHER
 
     def __init__(
@@ -251,6 +252,7 @@ class SUREID(_ViTMethod):
     """
 
     name = "sureid"
+    tiny_params = {"arch": "vit_tiny_test", "img_size": [64, 32], "teacher_dim": 64}
     caches = {TEACHER: ["feat", "logits"]}
 
     def __init__(

@@ -96,8 +96,8 @@ def _train_hints() -> dict[str, Any]:
 
 
 def _method_hints(name: str) -> dict[str, Any] | None:
-    from reid.methods.base import METHODS, build_method  # noqa: F401  (registers the methods)
-    import reid.methods  # noqa: F401
+    import reid.methods  # noqa: F401  (registers the built-in methods)
+    from reid.methods.base import METHODS
 
     if name not in METHODS.names():
         return None
@@ -150,9 +150,36 @@ def _teacher_hints(name: str) -> dict[str, Any] | None:
     return hints
 
 
+def _check_backend(key: str, teacher: str, section: Any) -> list[str]:
+    """The backend named must be one the teacher class offers."""
+    from reid.teachers.base import get_teacher_class
+
+    backends = get_teacher_class(teacher).backends
+    if not isinstance(section, Mapping) or "backend" not in section or not backends or section["backend"] in backends:
+        return []
+    return [f"{key}.backend: {section['backend']!r} is not a backend of teacher {teacher} ({', '.join(backends)})"]
+
+
+# DVC's run cache drops keys with these names anywhere in a stage's params when it hashes the stage, so changing
+# such a parameter restores the previous run's outputs instead of rerunning (treeverse/dvc#10296, open in DVC 3.67).
+DVC_BLIND_KEYS = ("size", "nfiles")
+
+
+def _dvc_blind_keys(node: Any, prefix: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key in DVC_BLIND_KEYS:
+                found.append(f"{dotted}: DVC's run cache ignores parameters named {key!r} (treeverse/dvc#10296: a "
+                             f"changed value would restore stale outputs); rename it (e.g. map_{key})")
+            found += _dvc_blind_keys(value, dotted)
+    return found
+
+
 def check_params(cfg: Mapping[str, Any]) -> None:
     """Raise ParamsError listing every unknown key and wrong type in the code-fed sections of params.yaml."""
-    problems: list[str] = []
+    problems: list[str] = _dvc_blind_keys(cfg)
     train = _train_hints()
     problems += _check_section("train", cfg.get("train"), train, "the trainer (TrainConfig)")
     for method, section in (cfg.get("train_presets") or {}).items():
@@ -163,6 +190,9 @@ def check_params(cfg: Mapping[str, Any]) -> None:
         hints = _method_hints(name) if kind == "method" else _teacher_hints(name)
         if hints is not None:
             problems.extend(_check_section(key, section, hints, f"{kind} {name}"))
+            if kind == "teacher":
+                problems.extend(_check_backend(key, name, section))
+
         elif kind == "method":
             from reid.methods.base import METHODS
 

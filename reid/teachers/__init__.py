@@ -1,13 +1,12 @@
 """Teachers: auxiliary models run once per dataset into HDF5 caches (base class, registry, batched runner)."""
 
+from reid.data.images import ImageReadError, read_bgr
 from reid.teachers.base import (
     TEACHERS,
-    ImageReadError,
     MissingWeights,
     Teacher,
     build_teacher,
     file_sha256,
-    read_image,
     require_weights,
 )
 
@@ -18,6 +17,6 @@ __all__ = [
     "Teacher",
     "build_teacher",
     "file_sha256",
-    "read_image",
+    "read_bgr",
     "require_weights",
 ]

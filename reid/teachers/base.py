@@ -15,7 +15,6 @@ name, so a teacher written against the three-argument contract keeps working.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import json
@@ -25,18 +24,15 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from reid.data.index import IndexRow
-from reid.registry import Registry
-
 from reid.cache.h5 import Field
+from reid.data.index import IndexRow
+from reid.device import resolve_device
+from reid.hashing import file_sha256
+from reid.registry import Registry
 
 
 class MissingWeights(FileNotFoundError):
     """A weight file named in params.yaml is absent; the message says what it is and how to provide it."""
-
-
-class ImageReadError(OSError):
-    """An image of the index cannot be read or decoded."""
 
 
 class Teacher:
@@ -123,18 +119,6 @@ class Teacher:
 TEACHERS: Registry[type[Teacher]] = Registry("teacher")
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible to torch, else 'cpu'; other values pass through."""
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # torch is optional for pure-ONNX teachers
-        return "cpu"
-
-
 def get_teacher_class(name: str) -> type[Teacher]:
     """Look a teacher up, importing ``reid.teachers.<name>`` on demand so only the one needed is loaded."""
     if name not in TEACHERS:
@@ -167,18 +151,6 @@ def build_teacher(name: str, backend: str, model_path: str | Path | None, device
     return cls(backend=backend, model_path=model_path, device=device, **params)
 
 
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Streaming sha256 of a file (model weights can be hundreds of MB)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot hash {path}: no such file")
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk_bytes), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def require_weights(path: str | Path | None, what: str, where_from: str, param_key: str) -> Path:
     """Return ``path`` if it is a file, else raise MissingWeights saying what it is, where to get it, which key.
 
@@ -194,15 +166,3 @@ def require_weights(path: str | Path | None, what: str, where_from: str, param_k
         f"(the project never downloads weights)."
     )
 
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as BGR uint8 (H, W, 3) with OpenCV; unreadable files raise ImageReadError naming the path."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageReadError(f"cannot decode image {path} ({path.stat().st_size} bytes): corrupt or unsupported")
-    return image

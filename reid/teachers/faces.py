@@ -44,12 +44,8 @@ from reid.data.index import IndexRow
 from reid.cache.h5 import Field
 from reid.teachers.base import TEACHERS, Teacher, require_weights
 from reid.teachers.onnx_utils import ModelSignatureError, check_signature, create_session, describe_signature
+from reid.vocab import arcface_template
 
-# ArcFace 5-point template at 112 x 112 (left eye, right eye, nose, left mouth corner, right mouth corner).
-ARCFACE_TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32,
-)
 
 # number of outputs -> (strides, anchors per location, has keypoints), as insightface routes SCRFD exports
 SCRFD_LAYOUTS: dict[int, tuple[tuple[int, ...], int, bool]] = {
@@ -244,11 +240,6 @@ def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     scale = float(np.trace(np.diag(s) @ d) / var_s) if var_s > 0 else 1.0
     t = mu_d - scale * rot @ mu_s
     return np.concatenate([scale * rot, t[:, None]], axis=1)
-
-
-def arcface_template(size: int) -> np.ndarray:
-    """The 5-point ArcFace template scaled from its 112-px base to `size`."""
-    return ARCFACE_TEMPLATE_112 * (size / 112.0)
 
 
 def norm_crop(img: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:

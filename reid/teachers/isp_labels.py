@@ -19,7 +19,7 @@ Rows: identities of the `splits` param (default: train only, the only rows ISP t
 identity (train and test identities never share a cluster); every other row is stored as zeros (all
 background).
 
-The Table 3 check verb `isp-iou` lives in reid/eval/isp_iou.py (it runs trained models; this teacher must not
+The Table 3 check verb `isp-iou` lives in reid/engine/isp_iou.py (it runs trained models; this teacher must not
 import the engine, so its DVC stage does not depend on it).
 """
 

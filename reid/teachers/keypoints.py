@@ -40,16 +40,8 @@ from reid.data.index import IndexRow
 from reid.cache.h5 import Field
 from reid.teachers.base import TEACHERS, Teacher, require_weights
 from reid.teachers.onnx_utils import ModelSignatureError, check_signature, create_session, describe_signature
+from reid.vocab import COCO_FLIP_PAIRS, IMAGENET_MEAN, IMAGENET_STD, NUM_JOINTS
 
-NUM_JOINTS = 17
-COCO_KEYPOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-    "right_ankle",
-)
-COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # RGB
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 PIXEL_STD = 200.0  # the official "scale" unit
 
 INPUT_NAME = "input"

@@ -18,7 +18,6 @@ Cache field: `labels` uint8 (N, H, W), [H, W] = params `out_size`. Default [128,
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,30 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reid.data.index import IndexRow
 from reid.cache.h5 import Field
+from reid.data.index import IndexRow
 from reid.teachers.base import TEACHERS, Teacher, require_weights
+from reid.vocab import IMAGENET_MEAN_BGR, IMAGENET_STD_BGR, LABEL_SETS, check_label_set, default_input_size
 
 log = logging.getLogger(__name__)
 
-LIP_LABELS: tuple[str, ...] = (
-    "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks", "Pants",
-    "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe",
-    "Right-shoe",
-)
-ATR_LABELS: tuple[str, ...] = (
-    "Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Left-shoe",
-    "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag", "Scarf",
-)
-PASCAL_LABELS: tuple[str, ...] = (
-    "Background", "Head", "Torso", "Upper Arms", "Lower Arms", "Upper Legs", "Lower Legs",
-)
-LABEL_SETS: dict[str, tuple[str, ...]] = {"lip": LIP_LABELS, "atr": ATR_LABELS, "pascal": PASCAL_LABELS}
-INPUT_SIZES: dict[str, int] = {"lip": 473, "atr": 512, "pascal": 512}
-
 # ImageNet statistics in BGR order (the image stays BGR as read by OpenCV).
-SCHP_MEAN_BGR = np.array([0.406, 0.456, 0.485], dtype=np.float32)
-SCHP_STD_BGR = np.array([0.225, 0.224, 0.229], dtype=np.float32)
+SCHP_MEAN_BGR = IMAGENET_MEAN_BGR
+SCHP_STD_BGR = IMAGENET_STD_BGR
 
 ONNX_INPUT_NAMES = ("input.1", "img")
 FUSION_OUTPUT = 1
@@ -64,17 +49,6 @@ SCHP_WEIGHTS_HELP = (
     "onnx backend export one with `python -m reid export-schp --checkpoint <pth> --label-set lip --out "
     "parsing_lip.onnx` (or use a parsing_lip.onnx / parsing_atr.onnx of the same signature)"
 )
-
-
-def default_input_size(label_set: str) -> int:
-    """SCHP's training resolution per label set: 473 for LIP, 512 for ATR and Pascal-Person-Part."""
-    check_label_set(label_set)
-    return INPUT_SIZES[label_set]
-
-
-def check_label_set(label_set: str) -> None:
-    if label_set not in LABEL_SETS:
-        raise ValueError(f"unknown SCHP label set {label_set!r}; choose one of {sorted(LABEL_SETS)}")
 
 
 # --- geometry ------------------------------------------------------------------------------------------------
@@ -358,18 +332,3 @@ class ParsingTeacher(Teacher):
         if self.backend == "onnx":
             info["providers"] = list(self._runner.providers)
         return info
-
-
-# --- CLI: `python -m reid export-schp` (the exporter lives with the network in schp_net.py) -----------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `export-schp`: official SCHP checkpoint -> ONNX (input `input.1`; parsing, fusion, edge)."""
-    from reid.teachers import schp_net
-
-    schp_net.add_arguments(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    """`python -m reid export-schp`."""
-    from reid.teachers import schp_net
-
-    return schp_net.main(args)

@@ -39,7 +39,7 @@ import numpy as np
 from reid.data.index import IndexRow
 from reid.cache.h5 import Field
 from reid.teachers.base import TEACHERS, Teacher, file_sha256, require_weights
-from reid.teachers.faces import arcface_template  # the one template `faces.crop` is aligned to
+from reid.vocab import arcface_template  # the one template `faces.crop` is aligned to
 
 log = logging.getLogger(__name__)
 

@@ -5,25 +5,27 @@ worker processes (a torch DataLoader over the rows still to do), batched, passed
 process, and written with ``CacheWriter`` (atomic, resumable, shardable; see reid/cache/h5.py). An interrupted run
 leaves ``<out>.tmp``; running the same command again computes only the missing rows.
 
-CLI verbs: ``teach`` and ``merge-shards`` (``add_arguments``/``main`` and ``add_merge_arguments``/``merge_main``).
+The CLI verbs ``teach`` and ``merge-shards`` live in reid/teachers/commands.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from reid.cache.h5 import CacheWriter, merge_shards, parse_shard
+from reid.cache.h5 import CacheWriter
 from reid.data.index import IndexRow, index_sha256, read_index
-from reid.teachers.base import Teacher, build_teacher, read_image
+from reid.data.images import read_bgr
+
+if TYPE_CHECKING:  # the base class calls the runner (Teacher.build_cache); the runner only names the type
+    from reid.teachers.base import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 class _RowLoader:
     """Map-style dataset over the rows still to do: decode one image and run ``teacher.load`` on it."""
 
-    def __init__(self, teacher: Teacher, rows: Sequence[IndexRow], root: Path, todo: np.ndarray):
+    def __init__(self, teacher: "Teacher", rows: Sequence[IndexRow], root: Path, todo: np.ndarray):
         self.teacher, self.rows, self.root, self.todo = teacher, rows, Path(root), todo
         self.pass_index = teacher.load_accepts_index()
 
@@ -41,7 +43,7 @@ class _RowLoader:
     def __getitem__(self, k: int) -> tuple[int, Any]:
         i = int(self.todo[k])
         row = self.rows[i]
-        image = read_image(self.root / row.path) if self.teacher.needs_image else None
+        image = read_bgr(self.root / row.path) if self.teacher.needs_image else None
         if self.pass_index:
             return i, self.teacher.load(image, row, self.root, index=i)
         return i, self.teacher.load(image, row, self.root)
@@ -78,7 +80,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
                 mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
-def run_teacher(teacher: Teacher, index_path: str | Path, root: str | Path, out: str | Path, batch_size: int = 16,
+def run_teacher(teacher: "Teacher", index_path: str | Path, root: str | Path, out: str | Path, batch_size: int = 16,
                 workers: int = 2, shard: tuple[int, int] | None = None, progress: bool = True,
                 flush_every_s: float = 10.0) -> dict[str, Any]:
     """Fill ``out`` (or shard part ``out``) with the teacher's outputs for every index row; return a summary."""
@@ -126,75 +128,3 @@ def run_teacher(teacher: Teacher, index_path: str | Path, root: str | Path, out:
              summary["infer_images_per_s"], writer.resumed_rows, final)
     log.info("provenance: %s", json.dumps(summary["provenance"], sort_keys=True, default=str))
     return summary
-
-
-# --- CLI ------------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `python -m reid teach`."""
-    parser.add_argument("--teacher", required=True, help="teacher name (= cache file stem), e.g. parsing")
-    parser.add_argument("--backend", required=True, help="onnx | torch | oracle (what the teacher supports)")
-    parser.add_argument("--index", required=True, type=Path, help="dataset index CSV")
-    parser.add_argument("--root", required=True, type=Path, help="dataset root the index paths are relative to")
-    parser.add_argument("--out", required=True, type=Path, help="cache file to write (.h5)")
-    parser.add_argument("--model", default=None, help="model/weights file (not needed for oracle)")
-    parser.add_argument("--params-json", default="{}", help="teacher parameters as a JSON object")
-    parser.add_argument("--cache", action="append", metavar="NAME=PATH",
-                        help="a cache the teacher aligns on (its params' `needs`), repeatable")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2, help="decode worker processes (0 = main process)")
-    parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--shard", default=None, help="i/n: compute only rows [i*N//n, (i+1)*N//n) into a part")
-    parser.add_argument("--flush-every", type=float, default=10.0, help="seconds between durable flushes")
-    parser.add_argument("--summary", type=Path, default=None, help="also write the run summary JSON here")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def main(args: argparse.Namespace) -> int:
-    """`python -m reid teach`: run one teacher over an index into an HDF5 cache."""
-    _setup_logging()
-    try:
-        params = json.loads(args.params_json)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"--params-json is not valid JSON ({exc}): {args.params_json!r}")
-    if not isinstance(params, dict):
-        raise SystemExit(f"--params-json must be a JSON object, got {args.params_json!r}")
-    from reid.cli import parse_caches
-
-    try:
-        teacher = build_teacher(args.teacher, args.backend, args.model, args.device, parse_caches(args.cache),
-                                **params)
-    except ValueError as exc:
-        raise SystemExit(str(exc))
-    summary = teacher.build_cache(args.index, args.root, args.out, batch_size=args.batch_size,
-                                  workers=args.workers, shard=parse_shard(args.shard), progress=not args.no_progress,
-                                  flush_every_s=args.flush_every)
-    report_summary(summary, args.summary)
-    return 0
-
-
-def report_summary(summary: dict[str, Any], path: Path | None) -> None:
-    """Print a teacher run's summary as one JSON line and, when asked, also write it to `path`."""
-    text = json.dumps(summary, sort_keys=True, default=str)
-    print(text)
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-
-
-def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `python -m reid merge-shards`."""
-    parser.add_argument("--out", required=True, type=Path, help="merged cache file")
-    parser.add_argument("parts", nargs="+", type=Path, help="shard part files (any order)")
-
-
-def merge_main(args: argparse.Namespace) -> int:
-    """`python -m reid merge-shards`: join shard parts into the bytes a single run writes."""
-    _setup_logging()
-    out = merge_shards(args.parts, args.out)
-    log.info("merged %d parts -> %s", len(args.parts), out)
-    return 0

@@ -386,7 +386,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Build the network for the label set, load the checkpoint, export; prints the resulting signature."""
-    from reid.teachers.parsing import LABEL_SETS, default_input_size
+    from reid.vocab import LABEL_SETS, default_input_size
 
     num_classes = len(LABEL_SETS[args.label_set])
     found = num_classes_in_checkpoint(args.checkpoint)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from reid.cache.h5 import CacheReader, describe
-from reid.teachers.base import read_image
+from reid.data.images import read_bgr
 
 TILE_W, TILE_H = 96, 192  # person crops are about 1:2
 CAPTION_H = 14
@@ -46,7 +46,7 @@ def label_names(teacher: str, params: dict[str, Any], n: int) -> list[str]:
     """Names for a label legend: the parsing teacher's label set when known, else 'part k' / numbers."""
     if teacher == "parsing":
         try:
-            from reid.teachers.parsing import LABEL_SETS
+            from reid.vocab import LABEL_SETS
 
             names = list(LABEL_SETS[params.get("label_set", "lip")])
             return names + [str(i) for i in range(len(names), n)]
@@ -161,7 +161,7 @@ def contact_sheet(reader: CacheReader, root: str | Path, rows: Sequence[int], co
         values = reader[i]
         if "labels" in values:
             labels_seen.update(np.unique(values["labels"]).tolist())
-        tiles.append(render_tile(read_image(Path(root) / reader.paths[i]), values, teacher,
+        tiles.append(render_tile(read_bgr(Path(root) / reader.paths[i]), values, teacher,
                                  f"{i} {Path(reader.paths[i]).name}"))
     cols = cols or int(np.ceil(np.sqrt(len(tiles) * 2)))
     th, tw = tiles[0].shape[:2]
