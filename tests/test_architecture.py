@@ -110,3 +110,21 @@ def test_packages_import_each_other_in_one_direction() -> None:
         graph.setdefault(_package_of(module), set()).update(
             _package_of(d) for d in deps if _package_of(d) != _package_of(module) and d != "reid")
     assert cycles(graph) == [], graph
+
+
+def test_contracts_page_names_every_public_member_of_the_base_classes() -> None:
+    """docs/contracts.md documents the Teacher and Method contracts; a member added to a base class and not to the
+    page fails here."""
+    import re
+
+    from reid.methods.base import Method
+    from reid.teachers.base import Teacher
+
+    doc = (REPO / "docs" / "contracts.md").read_text()
+    for cls, section in ((Teacher, "## Teachers"), (Method, "## Methods")):
+        text = doc[doc.index(section):]
+        text = text[: text.index("\n## ", 3)] if "\n## " in text[3:] else text
+        members = {n for n in vars(cls) if not n.startswith("_")} | {
+            n for n in getattr(cls, "__annotations__", {}) if not n.startswith("_")}
+        missing = sorted(n for n in members if not re.search(rf"\b{n}\b", text))
+        assert not missing, f"docs/contracts.md {section!r} does not mention {missing}"

@@ -120,9 +120,9 @@ def test_unreadable_image_names_the_path(tmp_path: Path) -> None:
     (tmp_path / "broken.jpg").write_bytes(b"this is not a jpeg")
     rows = [IndexRow("broken.jpg", 1, 0, "", "query"), IndexRow("missing.jpg", 1, 0, "", "query")]
     ds = ReIDDataset(rows, tmp_path, [0, 1], (64, 32), train=False)
-    with pytest.raises(OSError, match=r"cannot read image .*broken\.jpg"):
+    with pytest.raises(OSError, match=r"cannot decode image .*broken\.jpg"):
         ds[0]
-    with pytest.raises(OSError, match=r"cannot read image .*missing\.jpg"):
+    with pytest.raises(OSError, match=r"image not found: .*missing\.jpg"):
         ds[1]
 
 

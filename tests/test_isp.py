@@ -295,7 +295,7 @@ def test_teacher_cache_then_training_reclusters(tmp_path: Path) -> None:
         def __init__(self) -> None:
             self.got: dict[str, np.ndarray] = {}
 
-        def set_field(self, name: str, values: np.ndarray) -> None:
+        def set_field(self, name: str, values: np.ndarray, kind: str) -> None:
             self.got[name] = values
 
     fake = type("T", (), {"train_set": _Set()})()
