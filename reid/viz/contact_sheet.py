@@ -1,9 +1,9 @@
 """`python -m reid inspect`: print a cache's provenance and statistics and draw a PNG contact sheet of overlays.
 
-The overlay is chosen from the fields present, so any teacher cache (and derived caches) can be inspected:
-``labels`` -> colour label map (LIP/ATR/Pascal palette for ``parsing``, part colours for ``isp_labels``);
-``box``/``landmarks`` -> face box and 5 points; ``crop``/``restored`` -> the face image beside the body;
-``coords`` (or ``heatmaps`` alone, decoded by argmax) -> COCO-17 skeleton. Unknown fields: the plain image.
+The overlay is chosen from the fields' kinds, so any teacher cache (a new teacher's too) can be inspected:
+`labels` -> colour label map (LIP/ATR/Pascal palette for ``parsing``, part colours for ``isp_labels``);
+`heatmaps` -> COCO-17 skeleton (decoded by argmax) when there are 17 channels, else a heat overlay; `image` -> the
+picture beside the body. Face caches' ``box``/``landmarks`` draw the face box and 5 points, ``coords`` a skeleton.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 from reid.cache.h5 import CacheReader, describe
 from reid.data.images import read_bgr
+from reid.vocab import NUM_JOINTS
 
 TILE_W, TILE_H = 96, 192  # person crops are about 1:2
 CAPTION_H = 14
@@ -106,24 +107,31 @@ def draw_face(img: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None, sc
             cv2.circle(img, (int(round(x * scale[0])), int(round(y * scale[1]))), 2, c, -1)
 
 
-def render_tile(image_bgr: np.ndarray, values: dict[str, np.ndarray], teacher: str, caption: str) -> np.ndarray:
-    """One sample: the resized image with the overlays its fields call for, side panels, and a caption."""
+def render_tile(image_bgr: np.ndarray, values: dict[str, np.ndarray], kinds: dict[str, str], caption: str) -> np.ndarray:
+    """One sample: the resized image with the overlays its fields' kinds call for (label maps coloured, heatmaps
+    as a skeleton when they are the 17 COCO joints and as a heat overlay otherwise, `image` fields as side panels,
+    a face box and landmarks when the cache has them), and a caption."""
     h, w = image_bgr.shape[:2]
     scale = (TILE_W / w, TILE_H / h)
     tile = cv2.resize(image_bgr, (TILE_W, TILE_H), interpolation=cv2.INTER_AREA)
-    if "labels" in values and values["labels"].ndim == 2:
-        tile = overlay_labels(tile, values["labels"], label_palette())
+    for name, kind in kinds.items():
+        if kind == "labels":
+            tile = overlay_labels(tile, values[name], label_palette())
+        elif kind == "heatmaps" and "coords" not in values:
+            maps = np.asarray(values[name], np.float32)
+            if maps.shape[0] == NUM_JOINTS:
+                draw_skeleton(tile, *keypoints_from_heatmaps(maps, (h, w)), scale)
+            else:
+                tile = overlay_heat(tile, maps.max(axis=0))
     if "box" in values and values.get("has_face", 1):
         draw_face(tile, values["box"], values.get("landmarks"), scale)
     if "coords" in values:
         scores = values.get("scores", np.ones(len(values["coords"]), np.float32))
         draw_skeleton(tile, values["coords"], scores, scale)
-    elif "heatmaps" in values:
-        draw_skeleton(tile, *keypoints_from_heatmaps(values["heatmaps"], (h, w)), scale)
     panels = [tile]
-    for key in ("crop", "restored"):
-        if key in values and values[key].ndim == 3:
-            face = cv2.resize(values[key][..., ::-1], (TILE_W, TILE_W), interpolation=cv2.INTER_AREA)  # RGB->BGR
+    for name, kind in kinds.items():
+        if kind == "image":
+            face = cv2.resize(values[name][..., ::-1], (TILE_W, TILE_W), interpolation=cv2.INTER_AREA)  # RGB->BGR
             pad = np.zeros((TILE_H - TILE_W, TILE_W, 3), np.uint8)
             panels.append(np.vstack([face, pad]))
     body = np.hstack(panels)
@@ -131,6 +139,13 @@ def render_tile(image_bgr: np.ndarray, values: dict[str, np.ndarray], teacher: s
     cv2.putText(bar, caption[: body.shape[1] // 6], (2, CAPTION_H - 4), cv2.FONT_HERSHEY_PLAIN, 0.8,
                 (255, 255, 255), 1, cv2.LINE_AA)
     return np.vstack([body, bar])
+
+
+def overlay_heat(tile: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A dense map in [0, max] blended over the tile as a colour map."""
+    heat = cv2.resize(heat.astype(np.float32), (tile.shape[1], tile.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = (255 * heat / max(float(heat.max()), 1e-6)).clip(0, 255).astype(np.uint8)
+    return cv2.addWeighted(tile, 1 - alpha, cv2.applyColorMap(heat, cv2.COLORMAP_JET), alpha, 0)
 
 
 def legend(names: Sequence[str], present: Sequence[int], width: int) -> np.ndarray:
@@ -159,9 +174,10 @@ def contact_sheet(reader: CacheReader, root: str | Path, rows: Sequence[int], co
     tiles, labels_seen = [], set()
     for i in rows:
         values = reader[i]
-        if "labels" in values:
-            labels_seen.update(np.unique(values["labels"]).tolist())
-        tiles.append(render_tile(read_bgr(Path(root) / reader.paths[i]), values, teacher,
+        for name, kind in reader.kinds.items():
+            if kind == "labels":
+                labels_seen.update(np.unique(values[name]).tolist())
+        tiles.append(render_tile(read_bgr(Path(root) / reader.paths[i]), values, reader.kinds,
                                  f"{i} {Path(reader.paths[i]).name}"))
     cols = cols or int(np.ceil(np.sqrt(len(tiles) * 2)))
     th, tw = tiles[0].shape[:2]
