@@ -102,7 +102,7 @@ def test_snakemake_then_dvc(tmp_path: Path, repo_copier) -> None:
     assert (work / MODEL).stat().st_mtime_ns != model_mtime
 
     # 5. The same training made by DVC, in an environment that asks for another thread count, gives the same
-    #    tensors as Snakemake's: the stage pins its threads itself (config.stage_threads).
+    #    tensors as Snakemake's: the stage pins its threads itself (reid.pipeline.params.stage_threads).
     _run(work, "git", "checkout", "--", "params.yaml")
     out = _run(work, py, "-m", "dvc", "repro", "--force", "--no-run-cache", "--single-item", "train-synthcc-baseline",
                env={"OMP_NUM_THREADS": "1"})

@@ -108,7 +108,7 @@ def _method_hints(name: str) -> dict[str, Any] | None:
     return {**out, "module": str}  # where a method outside the package lives (reid.pipeline.params.PLUGIN_KEY)
 
 
-# Keys every teacher section may hold besides the teacher's own parameters (read by config.stage_teacher / runner).
+# Keys every teacher section may hold besides the teacher's own parameters (read by params.stage_teacher / runner).
 TEACHER_RUN_KEYS: dict[str, Any] = {"backend": str, "model": str | None, "batch_size": int, "workers": int,
                                     "device": str, "needs": list[str], "module": str}
 

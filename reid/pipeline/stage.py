@@ -69,7 +69,7 @@ def _import_plugin(kw: dict[str, Any], key: str) -> None:
 
 
 def pin_threads(stage: str, resolved: dict[str, Any]) -> int:
-    """Pin torch (and OpenMP) to the stage's thread count (config.stage_threads), whoever started the job."""
+    """Pin torch (and OpenMP) to the stage's thread count (params.stage_threads), whoever started the job."""
     import torch
 
     n = C.stage_threads(stage, resolved)
