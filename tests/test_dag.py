@@ -122,7 +122,7 @@ def test_each_target_needs_the_same_jobs(planned_jobs: list[dict], params: dict)
         seen: set[frozenset] = set()
         upstream(D.metrics_path(*C.split_target(target)), seen)
         stages = Y.stages_for(params, [target])
-        expected = {frozenset(s.outs + s.metrics + s.plots) for s in stages.values()}
+        expected = {frozenset(s.outs + s.metrics + [p for plot in s.plots for p in plot]) for s in stages.values()}
         assert seen == expected, target
 
 

@@ -106,6 +106,16 @@ def warp_heatmaps(heatmaps: np.ndarray, geom: Geometry, dst_hw: tuple[int, int])
     return np.ascontiguousarray(out)
 
 
+def resize_images(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Normalised image batches (B, 3, h, w) to (B, 3, H, W): bilinear, antialiased when shrinking; unchanged when
+    the size already matches (DeSKPro's face crops to the face stream, exported graphs' fixed inputs)."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    shrink = x.shape[-1] > hw[1] or x.shape[-2] > hw[0]
+    return torch.nn.functional.interpolate(x.float(), size=tuple(hw), mode="bilinear", align_corners=False,
+                                           antialias=shrink)
+
+
 def normalize_rgb(img_rgb_uint8: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB -> 3xHxW float, ImageNet mean/std."""
     x = img_rgb_uint8.astype(np.float32) / 255.0

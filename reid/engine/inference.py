@@ -173,7 +173,8 @@ def evaluate_model(
     dist = distance_matrix(method, feats["query"], feats["gallery"])
     q_rows = [rows[i] for i in subsets["query"]]
     g_rows = [rows[i] for i in subsets["gallery"]]
-    metrics = run_protocol(info.protocol, dist, q_rows, g_rows)
+    curves: dict[str, np.ndarray] = {}
+    metrics = run_protocol(info.protocol, dist, q_rows, g_rows, curves=curves)
     n_images = len(subsets["query"]) + len(subsets["gallery"])
     metrics.update({
         "dataset": dataset,
@@ -190,7 +191,38 @@ def evaluate_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    write_pictures(out.parent, f"{dataset}/{Path(model_path).parent.name}", info.protocol, curves, dist, q_rows,
+                   g_rows, root)
     return metrics
+
+
+def write_pictures(folder: Path, title: str, protocol: str, curves: Mapping[str, np.ndarray], dist: np.ndarray,
+                   q_rows: list[IndexRow], g_rows: list[IndexRow], root: str | Path, k: int = 10,
+                   n: int = 4) -> None:
+    """cmc.csv (a DVC plot) + cmc.png, and ranks.png: the `n` worst and `n` best queries of the protocol's last
+    setting (PRCC: cross-clothes) with their top-k, green/red borders for right/wrong identity."""
+    from reid.eval.protocols import PROTOCOLS
+    from reid.viz.ranks import cmc_plot, display_rankings, rank_sheet
+
+    length = max(len(c) for c in curves.values())
+    lines = ["rank," + ",".join(curves)]
+    for r in range(length):
+        lines.append(f"{r + 1}," + ",".join(f"{100 * float(c[min(r, len(c) - 1)]):.4f}" for c in curves.values()))
+    (folder / "cmc.csv").write_text("\n".join(lines) + "\n")
+    cmc_plot(dict(curves), folder / "cmc.png", title=f"{title} [{protocol}]")
+    setting = PROTOCOLS.get(protocol).settings[-1]
+    idx = np.array([i for i, r in enumerate(q_rows) if setting.accepts(r)])
+    sub_q = [q_rows[i] for i in idx]
+    order, hits, first = display_rankings(np.asarray(dist)[idx], sub_q, g_rows, setting.mode, k)
+    by_rank = list(np.argsort(first, kind="stable"))  # best first
+    worst = by_rank[::-1][:n]
+    best = [i for i in by_rank if i not in worst][:n]
+    chosen = worst + best[::-1]  # the worst queries first, then the best ones
+    rank_sheet([Path(root) / sub_q[i].path for i in chosen], [[Path(root) / g_rows[j].path for j in order[i]]
+                                                                for i in chosen], hits[chosen],
+               folder / "ranks.png", captions=[f"{'worst' if c < len(worst) else 'best'} r{first[i] + 1}"
+                                               for c, i in enumerate(chosen)],
+               distances=np.take_along_axis(np.asarray(dist)[idx], order, axis=1)[chosen])
 
 
 def _jsonable(x: Any) -> Any:

@@ -76,7 +76,7 @@ def summarize(result: dict, num_query: int) -> dict:
 
 
 def _run(name: str, q_rows: Sequence[IndexRow], g_rows: Sequence[IndexRow],
-         score: Callable[[np.ndarray, tuple, tuple, str], dict]) -> dict:
+         score: Callable[[np.ndarray, tuple, tuple, str], dict], curves: dict | None = None) -> dict:
     protocol = PROTOCOLS.get(name)
     if not g_rows:
         raise ValueError(f"protocol '{name}': the gallery is empty")
@@ -88,13 +88,17 @@ def _run(name: str, q_rows: Sequence[IndexRow], g_rows: Sequence[IndexRow],
             raise ValueError(f"protocol '{name}', setting '{setting.name}': no query row qualifies "
                              f"(check the query camids/splits of the index)")
         q_lab = tuple(a[idx] for a in _labels(q_rows))
-        out[setting.name] = summarize(score(idx, q_lab, g_lab, setting.mode), idx.size)
+        result = score(idx, q_lab, g_lab, setting.mode)
+        out[setting.name] = summarize(result, idx.size)
+        if curves is not None:
+            curves[setting.name] = np.asarray(result["cmc"])
     return out
 
 
 def run_protocol(name: str, distmat: np.ndarray | torch.Tensor, q_rows: Sequence[IndexRow],
-                 g_rows: Sequence[IndexRow], max_rank: int = 50) -> dict:
+                 g_rows: Sequence[IndexRow], max_rank: int = 50, curves: dict | None = None) -> dict:
     """Score a (len(q_rows), len(g_rows)) distance matrix under protocol ``name``; clothes compared as strings.
+    ``curves``, when given, receives each setting's CMC curve (fractions, rank 1 first).
 
     ``max_rank`` is capped at the gallery size without a warning (small synthetic galleries are normal here).
     """
@@ -107,7 +111,7 @@ def run_protocol(name: str, distmat: np.ndarray | torch.Tensor, q_rows: Sequence
         return evaluate(sub, q[0], g[0], q[1], g[1], q[2], g[2], mode=mode,
                         max_rank=min(max_rank, len(g_rows)))
 
-    return _run(name, q_rows, g_rows, score)
+    return _run(name, q_rows, g_rows, score, curves)
 
 
 def run_protocol_features(name: str, qf: np.ndarray | torch.Tensor, gf: np.ndarray | torch.Tensor,

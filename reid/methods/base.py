@@ -91,6 +91,17 @@ class Method:
         """The outputs cached for the student, one tensor per `cache_fields` entry with a leading batch axis."""
         raise NotImplementedError(f"method {self.name!r} provides no cache: it is not a teacher for a student")
 
+    # --- deployment (reid/deploy/export.py) -------------------------------------------------------------
+    def export_inputs(self, input_size: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The exported graph's inputs: batch key -> (per-sample shape, dtype), normalised like the batch.
+        Default: the image alone. A method whose embedding reads test caches adds their fields."""
+        return {"image": ((3, int(input_size[0]), int(input_size[1])), "float32")}
+
+    def export_embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the exported graph computes: `embed`, which must then be traceable (static shapes, no
+        data-dependent Python branching). Override with an equivalent traceable form when it is not."""
+        return self.embed(model, batch)
+
     # --- diagnostics -----------------------------------------------------------------------------------
     def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-image statistics of the method's mechanism (B,) by name, read by `python -m reid probe`; the

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from reid.cache.h5 import Field
+from reid.data.transforms import resize_images
 from reid.methods.base import METHODS, Method
 from reid.methods.deskpro_losses import (
     CLOTHING_SETS,
@@ -162,10 +163,7 @@ class DeskProNet(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 def resize_face(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bring face images (B, 3, S, S) to the face stream's input size (bilinear, antialiased when shrinking)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    shrink = x.shape[-1] > size
-    return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return resize_images(x, (size, size))
 
 
 def normalised_chunks(emb: torch.Tensor) -> torch.Tensor:
@@ -514,6 +512,27 @@ class DeskPro(Method):
                 emb[rows] = normalised_chunks(flip_tta(lambda x: model(None, x).face.embeddings, faces[rows]))
             feats["face"] = emb
             feats["has_face"] = has.float().to(faces.device)
+        return feats
+
+    def export_inputs(self, input_size: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], str]]:
+        inputs = super().export_inputs(input_size) if self.use_body else {}
+        if self.face_stream != "none":
+            key = "restored_faces.restored" if self.face_stream == "teacher" else "faces.crop"
+            inputs[key] = ((3, self.face_size, self.face_size), "float32")
+            inputs["faces.has_face"] = ((), "uint8")
+        return inputs
+
+    def export_embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`embed` without the data-dependent row selection: the face stream runs on every row and the rows
+        without a face are zeroed, which gives the same values (eval-mode layers act per sample)."""
+        feats: dict[str, torch.Tensor] = {}
+        if self.use_body:
+            feats["body"] = normalised_chunks(flip_tta(lambda x: model(x, None).body.embeddings, batch["image"]))
+        if self.face_stream != "none":
+            has = self._has_face(batch)
+            emb = normalised_chunks(flip_tta(lambda x: model(None, x).face.embeddings, self._face_images(batch)))
+            feats["face"] = emb * has.view(-1, 1, 1).to(emb.dtype)
+            feats["has_face"] = has.float()
         return feats
 
     @staticmethod

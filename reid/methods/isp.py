@@ -409,7 +409,7 @@ class ISPNet(nn.Module):
             out.update(part_feat=part_feat, part_id_logits=part_logits, fore_feat=fore_feat,
                        fore_id_logits=fore_logits, global_feat=glob_feat, global_id_logits=glob_logits)
         else:
-            out.update({"parts": part_bn.view(len(x), self.num_parts - 1, self.dim), "foreground": fore_bn,
+            out.update({"parts": part_bn.view(-1, self.num_parts - 1, self.dim), "foreground": fore_bn,
                         "global": glob_bn})
         return out
 

@@ -19,6 +19,8 @@ from reid.pipeline import params as C
 from reid.pipeline.layout import (
     cache_args,
     cache_path,
+    cmc_y,
+    evaluation_outputs,
     data_dir,
     derived_deps,
     evaluate_deps,
@@ -46,7 +48,7 @@ class Stage:
     outs: list[str]
     params: list[str]
     metrics: list[str] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)
+    plots: list[dict[str, dict[str, Any]]] = field(default_factory=list)  # path -> DVC plot properties
 
 
 # The modules each kind of stage starts from; `code_deps` follows their imports (module-level and local) through
@@ -178,7 +180,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         extra = f"--run {run} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"train-{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
                   code_deps("train", C.plugin_method_modules(cfg)) + sorted(set(deps.values())), [model_path(ds, run)], keys,
-                  plots=[train_log_path(ds, run)]))
+                  plots=[{train_log_path(ds, run): {"cache": False, "x": "epoch", "y": "total"}}]))
 
     for target in runs:
         ds, run = C.split_target(target)
@@ -188,8 +190,11 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
         need_caches(ds, deps)
         _, keys = C.stage_evaluate(cfg, ds, run)
         extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
+        outs = evaluation_outputs(ds, run)
         add(Stage(f"evaluate-{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
-                  code_deps("evaluate", C.plugin_method_modules(cfg)) + sorted(set(deps.values())), [], keys, metrics=[metrics_path(ds, run)]))
+                  code_deps("evaluate", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
+                  [outs["cmc_png"], outs["ranks"]], keys, metrics=[outs["metrics"]],
+                  plots=[{outs["cmc"]: {"cache": False, "x": "rank", "y": cmc_y(cfg, ds)}}]))
     return stages
 
 
@@ -214,7 +219,7 @@ def dvc_document(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if st.metrics:
             entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
         if st.plots:
-            entry["plots"] = [{p: {"cache": False, "x": "epoch", "y": "total"}} for p in st.plots]
+            entry["plots"] = st.plots
         doc["stages"][st.name] = entry
     return doc
 

@@ -47,6 +47,22 @@ def metrics_path(ds: str, run: str) -> str:
     return f"results/{ds}/{run}/metrics.json"
 
 
+def evaluation_outputs(ds: str, run: str) -> dict[str, str]:
+    """Everything an evaluation writes: metrics.json, the CMC curve (cmc.csv, a DVC plot; cmc.png) and ranks.png."""
+    folder = f"results/{ds}/{run}"
+    return {"metrics": f"{folder}/metrics.json", "cmc": f"{folder}/cmc.csv", "cmc_png": f"{folder}/cmc.png",
+            "ranks": f"{folder}/ranks.png"}
+
+
+def cmc_y(cfg: Mapping[str, Any], ds: str) -> str:
+    """The CMC column a DVC plot shows: the protocol's last setting (PRCC: cross_clothes), as ranks.png does."""
+    from reid.data.datasets import dataset_info
+    from reid.eval.protocols import PROTOCOLS
+
+    loader = C.dataset_cfg(cfg, ds).get("loader", ds)
+    return PROTOCOLS.get(dataset_info(loader).protocol).settings[-1].name
+
+
 def is_generated(cfg: Mapping[str, Any], ds: str) -> bool:
     return bool(C.dataset_cfg(cfg, ds).get("generate"))
 

@@ -31,7 +31,10 @@ rule evaluate:
     input:
         unpack(lambda wc: D.evaluate_deps(config, wc.dataset, wc.run)),
     output:
-        "results/{dataset}/{run}/metrics.json",
+        metrics="results/{dataset}/{run}/metrics.json",
+        cmc="results/{dataset}/{run}/cmc.csv",
+        cmc_png="results/{dataset}/{run}/cmc.png",
+        ranks="results/{dataset}/{run}/ranks.png",
     params:
         resolved=resolved(C.stage_evaluate, "dataset", "run"),
         root=lambda wc: D.root_of(config, wc.dataset),
@@ -46,4 +49,4 @@ rule evaluate:
     shell:
         "python -m reid pipeline evaluate --dataset {wildcards.dataset} --run {wildcards.run} "
         "--resolved {params.resolved} --model {input.model:q} --index {input.index:q} --root {params.root:q} "
-        "{params.caches} --out {output:q} > {log:q} 2>&1"
+        "{params.caches} --out {output.metrics:q} > {log:q} 2>&1"

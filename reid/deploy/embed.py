@@ -1,0 +1,241 @@
+"""`python -m reid embed`: a folder of crops or an index -> an HDF5 file of embeddings, from model.pt or model.onnx.
+
+The file is a cache in the project's format (reid/cache/h5.py: atomic, verified, one row per image, `path`
+dataset) whose fields are the method's test-time outputs (e.g. `feat`; ISP's `parts` + `visibility`; DeSKPro's
+`body`, `face`, `has_face`), plus `pid`/`camid` when the images come from an index. Its `params` attribute records
+the method and its parameters, so `python -m reid search` compares two files with the method's own distance.
+
+Preprocessing is the evaluation's (reid/data/dataset.py, test transform), whichever backend runs the network.
+Caches the method reads at test time (DeSKPro's faces) come from `--cache NAME=PATH` (index rows) or are made on
+the spot by the teacher params.yaml configures (`--params params.yaml --dataset DS`): a missing face is DeSKPro's
+body-only rule, never NaN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from reid.data.index import IndexRow, read_index, write_index
+from reid.methods.base import Method, build_method
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class TorchEmbedder:
+    """model.pt through PyTorch: the method's own `embed`."""
+
+    backend = "torch"
+
+    def __init__(self, model_path: str | Path, device: str = "auto") -> None:
+        from reid.engine.inference import load_model
+
+        self.path = Path(model_path)
+        self.method, self.model, ckpt = load_model(self.path, device)
+        self.input_size = tuple(ckpt["input_size"])
+        self.device = next(self.model.parameters()).device
+        self.providers = [str(self.device)]
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {k: v.float().cpu().numpy() for k, v in self.method.embed(self.model, batch).items()}
+
+
+class OnnxEmbedder:
+    """model.onnx (+ the model.json beside it) through ONNX Runtime."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_path: str | Path, prefer_gpu: bool = True) -> None:
+        from reid.registry import import_plugin
+        from reid.teachers.onnx_utils import create_session
+
+        self.path = Path(onnx_path)
+        info_path = self.path.with_name("model.json")
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{info_path} not found: `python -m reid export` writes it beside {self.path}")
+        self.info = json.loads(info_path.read_text())
+        if self.info.get("method_module"):
+            import_plugin(self.info["method_module"], f"{info_path} method_module")
+        self.method = build_method(self.info["method"], **self.info["method_params"])
+        self.input_size = tuple(self.info["input_size"])
+        self.session, self.providers = create_session(self.path, prefer_gpu=prefer_gpu)
+        self.outputs = [o["name"] for o in self.info["outputs"]]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        from reid.deploy.export import graph_inputs
+
+        feed = graph_inputs(self.method, batch, self.input_size)
+        return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+
+
+def open_embedder(path: str | Path, device: str = "auto") -> TorchEmbedder | OnnxEmbedder:
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return OnnxEmbedder(path, prefer_gpu=device != "cpu")
+    return TorchEmbedder(path, device)
+
+
+def folder_rows(folder: str | Path) -> list[IndexRow]:
+    """Every image under `folder` (any layout, recursive, sorted), as index rows without identities."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return [IndexRow(p.relative_to(folder).as_posix(), -1, -1, "", "query") for p in paths]
+
+
+def _test_caches(method: Method, rows: list[IndexRow], root: Path, index: Path, given: dict[str, str],
+                 params: str | None, dataset: str | None, work: Path) -> dict[str, str]:
+    """The caches the method reads at test time: given paths, or made now by the configured teachers."""
+    needed = sorted(set(method.test_caches) | ({method.image_field.split(".")[0]} if method.image_field else set()))
+    caches = {k: given[k] for k in needed if k in given}
+    missing = [k for k in needed if k not in caches]
+    if not missing:
+        return caches
+    if not params or not dataset:
+        raise SystemExit(f"{method.name} reads the {', '.join(missing)} cache(s) at test time: pass --cache "
+                         f"NAME=PATH for index rows, or --params params.yaml --dataset DS to run the teacher(s) "
+                         f"params.yaml configures on these images")
+    from reid.pipeline import params as C
+    from reid.teachers.base import build_teacher
+
+    cfg = C.load_params(params)
+    for name in missing:
+        kw = C.stage_teacher(cfg, dataset, name)[0]
+        for other in kw["params"].get("needs", []):
+            if other not in caches:
+                raise SystemExit(f"teacher {name} needs the {other} cache first: pass --cache {other}=PATH")
+        out = work / f"{name}.h5"
+        teacher = build_teacher(name, kw.get("backend", "onnx"), kw.get("model"), kw.get("device", "auto"),
+                                caches, **kw["params"])
+        teacher.build_cache(index, root, out, batch_size=int(kw.get("batch_size", 16)), workers=0)
+        caches[name] = str(out)
+    return caches
+
+
+def batches(embedder: Any, rows: list[IndexRow], root: Path, caches: dict[str, str], index: Path,
+            batch_size: int, workers: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(row numbers, embeddings) per batch, preprocessed exactly as `evaluate` does."""
+    from torch.utils.data import DataLoader
+
+    from reid.data.dataset import ReIDDataset
+    from reid.data.workers import worker_init
+    from reid.engine.trainer import filter_positions, method_fields, open_caches
+
+    method = embedder.method
+    opened = open_caches(caches, index)
+    positions = filter_positions(method, list(range(len(rows))), opened)
+    if len(positions) < len(rows):
+        log.warning("%d of %d images lack %s and are left out", len(rows) - len(positions), len(rows),
+                    method.require_field)
+    ds = ReIDDataset(rows, root, positions, embedder.input_size, train=False, caches=opened,
+                     fields=method_fields(method, train=False), image_field=method.image_field)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=worker_init)
+    for batch in loader:
+        yield batch["index"].numpy(), embedder(batch)
+
+
+def embed_images(model: str | Path, rows: list[IndexRow], root: str | Path, out: str | Path,
+                 caches: dict[str, str] | None = None, params: str | None = None, dataset: str | None = None,
+                 batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
+                 with_identities: bool = False) -> dict[str, Any]:
+    """Embed `rows` (paths relative to `root`) into `out`; returns a summary (images/s, providers...)."""
+    from tqdm import tqdm
+
+    from reid.cache.h5 import CacheWriter, Field
+    from reid.hashing import file_sha256
+
+    embedder = open_embedder(model, device)
+    method, root = embedder.method, Path(root).resolve()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="reid-embed-") as tmp:
+        index = write_index(rows, Path(tmp) / "index.csv")
+        caches = _test_caches(method, rows, root, index, dict(caches or {}), params, dataset, Path(tmp))
+        stream = batches(embedder, rows, root, caches, index, batch_size, workers)
+        first_rows, first = next(stream)
+        fields = {k: Field(v.shape[1:], "float32", "vector") for k, v in first.items()}
+        if with_identities:
+            fields |= {"pid": Field((), "int64", "vector"), "camid": Field((), "int64", "vector")}
+        listing = "\n".join(r.path for r in rows).encode()
+        done, written = 0, np.zeros(len(rows), bool)
+        with CacheWriter(out, teacher=f"embed:{method.name}", backend=embedder.backend,
+                         model_sha256=file_sha256(model), index_sha256=hashlib.sha256(listing).hexdigest(),
+                         params={"method": method.name, "method_module": type(method).__module__,
+                                 "method_params": method.params, "model": str(Path(model).resolve()),
+                                 "root": str(root)},
+                         paths=[r.path for r in rows], fields=fields) as writer, \
+                tqdm(total=len(rows), desc=f"embed {method.name}", unit="img", disable=not progress) as bar:
+            for idx, feats in [(first_rows, first), *stream]:
+                values = {k: v.astype(np.float32) for k, v in feats.items()}
+                if with_identities:
+                    values["pid"] = np.array([rows[i].pid for i in idx], np.int64)
+                    values["camid"] = np.array([rows[i].camid for i in idx], np.int64)
+                writer.write_rows(idx, values)
+                written[idx] = True
+                done += len(idx)
+                bar.update(len(idx))
+            left_out = np.flatnonzero(~written).tolist()
+            if left_out:  # rows the method cannot embed (require_field): stored as zeros, listed in the summary
+                writer.write_rows(np.array(left_out), {k: np.zeros((len(left_out), *f.shape), f.dtype)
+                                                       for k, f in fields.items()})
+            final = writer.finalize()
+    seconds = time.perf_counter() - start
+    summary = {"out": str(final), "method": method.name, "backend": embedder.backend,
+               "providers": embedder.providers, "images": done, "left_out": len(left_out),
+               "seconds": round(seconds, 2), "images_per_s": round(done / max(seconds, 1e-9), 1)}
+    log.info("embedded %d images in %.1f s (%.1f images/s) with %s %s -> %s", done, seconds,
+             summary["images_per_s"], embedder.backend, embedder.providers, final)
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model.pt (PyTorch) or model.onnx (ONNX Runtime, model.json beside)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="a folder of crops (any layout, searched recursively)")
+    src.add_argument("--index", help="an index CSV (paths relative to --root); pid/camid are stored too")
+    p.add_argument("--root", help="dataset root of --index")
+    p.add_argument("--split", choices=("train", "query", "gallery"), help="only these index rows")
+    p.add_argument("--cache", action="append", metavar="NAME=PATH", help="a test-time cache aligned with --index")
+    p.add_argument("--params", help="params.yaml: run the teachers it configures for test-time caches")
+    p.add_argument("--dataset", help="the params.yaml dataset whose teacher settings apply")
+    p.add_argument("--out", required=True, help="output HDF5 file of embeddings")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+
+
+def main(args: argparse.Namespace) -> int:
+    from reid.cli import parse_caches
+
+    if args.images:
+        rows, root, ids = folder_rows(args.images), Path(args.images), False
+        if args.cache:
+            raise SystemExit("--cache rows must align with an --index; with --images use --params/--dataset")
+    else:
+        if not args.root:
+            raise SystemExit("--index needs --root (the dataset root its paths are relative to)")
+        rows, root, ids = read_index(args.index), Path(args.root), True
+        if args.split:
+            keep = [i for i, r in enumerate(rows) if r.split == args.split]
+            if args.cache:
+                raise SystemExit("--split cannot be combined with --cache (cache rows align with the whole index)")
+            rows = [rows[i] for i in keep]
+    summary = embed_images(args.model, rows, root, args.out, parse_caches(args.cache), args.params, args.dataset,
+                           args.batch_size, args.workers, args.device, with_identities=ids)
+    print(json.dumps(summary, sort_keys=True))
+    return 0

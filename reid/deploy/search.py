@@ -1,0 +1,106 @@
+"""`python -m reid search`: rank a gallery of embeddings for each query with the method's own distance.
+
+Both sides are files written by `python -m reid embed` (or query images embedded on the spot with `--model`).
+The method and its parameters come from the gallery file, so DeSKPro's chunked cosine with the face rule, ISP's
+aligned matching with visibilities and the others' cosine are applied exactly as in evaluation; queries are
+processed in chunks, so memory stays bounded by chunk x gallery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reid.methods.base import Method, build_method
+
+
+def load_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, Any]]:
+    """(features by name, image paths, the file's params: method, method_params, root...)."""
+    from reid.cache.h5 import CacheReader
+
+    reader = CacheReader(path)
+    params = reader.meta.params
+    if "method" not in params:
+        raise ValueError(f"{path} is not an embeddings file (made by `python -m reid embed`)")
+    feats = {k: torch.from_numpy(reader.read(k, np.arange(len(reader)))) for k in reader.meta.fields}
+    return feats, list(reader.paths), params
+
+
+def method_of(params: dict[str, Any]) -> Method:
+    from reid.registry import import_plugin
+
+    if params.get("method_module"):
+        import_plugin(params["method_module"], "embeddings method_module")
+    return build_method(params["method"], **params["method_params"])
+
+
+def rank(method: Method, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor], top_k: int,
+         chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, distances) of the top_k gallery items per query, nearest first, chunk by chunk."""
+    feats = lambda d: {k: v for k, v in d.items() if k not in ("pid", "camid")}  # noqa: E731
+    q, g = feats(q), feats(g)
+    n = len(next(iter(q.values())))
+    k = min(top_k, len(next(iter(g.values()))))
+    idx, dist = [], []
+    for s in range(0, n, chunk):
+        d = method.distance({key: v[s:s + chunk] for key, v in q.items()}, g).float()
+        top = torch.topk(d, k, dim=1, largest=False)  # ties: the lower gallery index first (stable)
+        idx.append(top.indices.numpy())
+        dist.append(top.values.numpy())
+    return np.concatenate(idx), np.concatenate(dist)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gallery", required=True, help="embeddings file of the gallery (`python -m reid embed`)")
+    p.add_argument("--query", required=True, nargs="+", help="an embeddings file, or image files (needs --model)")
+    p.add_argument("--model", help="model.pt / model.onnx to embed query images with")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--out", help="also write the rankings as JSON here")
+    p.add_argument("--sheet", help="draw the rankings (query + top-k, nearest first) into this PNG")
+
+
+def main(args: argparse.Namespace) -> int:
+    g, g_paths, g_params = load_embeddings(args.gallery)
+    method = method_of(g_params)
+    with tempfile.TemporaryDirectory(prefix="reid-search-") as tmp:
+        if len(args.query) == 1 and args.query[0].endswith(".h5"):
+            q, q_paths, q_params = load_embeddings(args.query[0])
+            q_root = q_params["root"]
+        else:
+            if not args.model:
+                raise SystemExit("query images need --model to embed them (or pass an embeddings .h5)")
+            from reid.data.index import IndexRow
+            from reid.deploy.embed import embed_images
+
+            images = [Path(p).resolve() for p in args.query]
+            q_root = os.path.commonpath([str(p.parent) for p in images])
+            rows = [IndexRow(str(p.relative_to(q_root)), -1, -1, "", "query") for p in images]
+            out = Path(tmp) / "query.h5"
+            embed_images(args.model, rows, q_root, out, workers=0, progress=False)
+            q, q_paths, _ = load_embeddings(out)
+        idx, dist = rank(method, q, g, args.top_k)
+    result = [{"query": q_paths[i], "ranked": [{"path": g_paths[j], "distance": round(float(d), 6)}
+                                                for j, d in zip(idx[i], dist[i])]} for i in range(len(q_paths))]
+    for r in result:
+        print(r["query"])
+        for n, hit in enumerate(r["ranked"], 1):
+            print(f"  {n:3d}  {hit['distance']:.4f}  {hit['path']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if args.sheet:
+        from reid.viz.ranks import rank_sheet
+
+        correct = None
+        if "pid" in q and "pid" in g:
+            correct = q["pid"].numpy()[:, None] == g["pid"].numpy()[idx]
+        rank_sheet([Path(q_root) / p for p in q_paths], [[Path(g_params["root"]) / g_paths[j] for j in row]
+                                                         for row in idx], correct, args.sheet)
+        print(f"wrote {args.sheet}")
+    return 0

@@ -1,0 +1,90 @@
+"""Pictures of a ranking: query + top-k rows with right/wrong borders (ranks.png) and CMC curves (cmc.png)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from reid.data.images import read_bgr
+
+TILE_H, TILE_W, BORDER = 128, 64, 4
+GREEN, RED, GREY, BLUE = (60, 180, 60), (40, 40, 220), (150, 150, 150), (200, 120, 40)  # BGR
+
+
+def _tile(path: Path, colour: tuple[int, int, int], caption: str = "") -> np.ndarray:
+    img = cv2.resize(read_bgr(path), (TILE_W - 2 * BORDER, TILE_H - 2 * BORDER), interpolation=cv2.INTER_AREA)
+    img = cv2.copyMakeBorder(img, BORDER, BORDER, BORDER, BORDER, cv2.BORDER_CONSTANT, value=colour)
+    bar = np.full((14, TILE_W, 3), 255, np.uint8)
+    cv2.putText(bar, caption[:10], (2, 11), cv2.FONT_HERSHEY_PLAIN, 0.75, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([img, bar])
+
+
+def rank_sheet(queries: Sequence[Path], ranked: Sequence[Sequence[Path]], correct: np.ndarray | None,
+               out: str | Path, captions: Sequence[str] | None = None,
+               distances: np.ndarray | None = None) -> Path:
+    """One row per query: the query (blue border), a gap, its ranked gallery images nearest first, each with a
+    green border when it shows the query's identity, red when not (grey when identities are unknown)."""
+    rows = []
+    for i, (q, hits) in enumerate(zip(queries, ranked)):
+        tiles = [_tile(Path(q), BLUE, captions[i] if captions else "query"), np.full((TILE_H + 14, 8, 3), 255, np.uint8)]
+        for j, g in enumerate(hits):
+            colour = GREY if correct is None else (GREEN if correct[i][j] else RED)
+            label = f"{j + 1}" + (f" {distances[i][j]:.2f}" if distances is not None else "")
+            tiles.append(_tile(Path(g), colour, label))
+        rows.append(np.hstack(tiles))
+    width = max(r.shape[1] for r in rows)
+    sheet = np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), sheet)
+    return out
+
+
+def cmc_plot(curves: dict[str, np.ndarray], out: str | Path, title: str = "", max_rank: int = 20) -> Path:
+    """CMC curves (fractions, rank 1 first) of each setting, ranks 1..max_rank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for name, cmc in curves.items():
+        ranks = np.arange(1, min(max_rank, len(cmc)) + 1)
+        ax.plot(ranks, 100 * np.asarray(cmc)[: len(ranks)], marker="o", markersize=3, label=f"{name} (R1 {100 * cmc[0]:.1f})")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def display_rankings(dist: np.ndarray, q_rows: Sequence, g_rows: Sequence, mode: str, k: int = 10
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query, the top-k gallery indices with the protocol's junk removed (same identity seen by the same
+    camera; also the same clothes in `cc`, other clothes in `sc`), whether each shows the query's identity, and
+    the rank of the first correct match (len(gallery) when none)."""
+    q_pid = np.array([r.pid for r in q_rows]); g_pid = np.array([r.pid for r in g_rows])  # noqa: E702
+    q_cam = np.array([r.camid for r in q_rows]); g_cam = np.array([r.camid for r in g_rows])  # noqa: E702
+    q_clo = np.array([r.clothes for r in q_rows]); g_clo = np.array([r.clothes for r in g_rows])  # noqa: E702
+    same = q_pid[:, None] == g_pid[None, :]
+    junk = same & (q_cam[:, None] == g_cam[None, :])
+    if mode == "cc":
+        junk |= same & (q_clo[:, None] == g_clo[None, :])
+    elif mode == "sc":
+        junk |= same & (q_clo[:, None] != g_clo[None, :])
+    d = np.where(junk, np.inf, np.asarray(dist, np.float64))
+    order = np.argsort(d, axis=1, kind="stable")
+    hits = np.take_along_axis(same & ~junk, order, axis=1)
+    first = np.where(hits.any(1), hits.argmax(1), d.shape[1])
+    return order[:, :k], hits[:, :k], first
