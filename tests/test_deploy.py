@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from reid.methods.base import METHODS
 
 DEPLOYED = ["baseline", "deskpro", "pgfl_kd", "isp", "sureid"]
 

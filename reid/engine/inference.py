@@ -139,10 +139,13 @@ def evaluate_model(
     workers: int = 2,
     device: str = "auto",
     overrides: Mapping[str, Any] | None = None,
+    rerank: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Embed query and gallery of `index`, rank with the method's distance, run the dataset's protocol.
 
     `overrides`: test-time method parameters replacing the saved ones (see `load_model`); recorded in the metrics.
+    `rerank`: k-reciprocal re-ranking parameters (k1, k2, lambda_value); its metrics go under "reranked", beside
+    the plain ones.
     """
     from reid.data.datasets import dataset_info
     from reid.eval.protocols import run_protocol
@@ -184,6 +187,13 @@ def evaluate_model(
         "embed_images_per_s": round(n_images / max(embed_s, 1e-9), 2),
         "test_caches": sorted(method.test_caches),
     })
+    if rerank:
+        from reid.eval.rerank import rerank_features
+
+        reranked = rerank_features(method, feats["query"], feats["gallery"], **dict(rerank))
+        metrics["reranked"] = {k: v for k, v in run_protocol(info.protocol, reranked, q_rows, g_rows).items()
+                               if k not in ("protocol", "description")}
+        metrics["reranked"]["parameters"] = dict(rerank)
     if overrides:
         metrics["method_overrides"] = dict(overrides)
     if method.require_field:

@@ -30,6 +30,7 @@ from reid.pipeline.layout import (
     metrics_path,
     model_dir,
     model_path,
+    onnx_dir,
     NON_CACHE_DEPS,
     root_of,
     teacher_deps,
@@ -61,6 +62,7 @@ STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "train": ("reid.engine.trainer", "reid.methods"),
     "teacher-outputs": ("reid.engine.commands", "reid.methods"),
     "evaluate": ("reid.engine.inference", "reid.methods"),
+    "export": ("reid.deploy.export", "reid.engine.inference", "reid.methods"),
 }
 # Every stage runs through these (`reid pipeline` resolving params.yaml); their own imports are stage-specific.
 STAGE_COMMON = ("reid/__init__.py", "reid/__main__.py", "reid/cli.py", "reid/registry.py", "reid/pipeline/__init__.py",
@@ -129,8 +131,9 @@ def _pipeline_cmd(stage: str, ds: str, out: str, extra: str = "") -> str:
     return " ".join(part for part in (base, extra, f"--out {out}") if part)
 
 
-def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
-    """Every stage needed to build results/<ds>/<run>/metrics.json for each '<ds>/<run>' in `runs`."""
+def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ()) -> dict[str, Stage]:
+    """Every stage needed to build results/<ds>/<run>/metrics.json for each '<ds>/<run>' in `runs`, and
+    models/<ds>/<run>/onnx/ for each in `exports`."""
     stages: dict[str, Stage] = {}
 
     def add(stage: Stage) -> None:
@@ -195,6 +198,13 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str]) -> dict[str, Stage]:
                   code_deps("evaluate", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
                   [outs["cmc_png"], outs["ranks"]], keys, metrics=[outs["metrics"]],
                   plots=[{outs["cmc"]: {"cache": False, "x": "rank", "y": cmc_y(cfg, ds)}}]))
+    for target in exports:
+        ds, run = C.split_target(target)
+        need_model(ds, run)
+        _, keys = C.stage_export(cfg, ds, run)
+        extra = f"--run {run} --model {model_path(ds, run)}"
+        add(Stage(f"export-{ds}-{run}", _pipeline_cmd("export", ds, onnx_dir(ds, run), extra),
+                  code_deps("export", C.plugin_method_modules(cfg)) + [model_path(ds, run)], [onnx_dir(ds, run)], keys))
     return stages
 
 
@@ -208,7 +218,7 @@ def dvc_document(cfg: Mapping[str, Any]) -> dict[str, Any]:
     runs = list(C._get(cfg, "dvc.runs", []) or [])
     if not runs:
         raise C.ConfigError("params.yaml dvc.runs is empty: list <dataset>/<run> pairs for `dvc repro`")
-    stages = stages_for(cfg, runs)
+    stages = stages_for(cfg, runs, list(C._get(cfg, "dvc.exports", []) or []))
     doc: dict[str, Any] = {"stages": {}}
     for st in stages.values():
         entry: dict[str, Any] = {"cmd": st.cmd, "deps": st.deps}

@@ -47,6 +47,11 @@ def metrics_path(ds: str, run: str) -> str:
     return f"results/{ds}/{run}/metrics.json"
 
 
+def onnx_dir(ds: str, run: str) -> str:
+    """`python -m reid export`'s folder for a run: model.onnx + model.json."""
+    return f"models/{ds}/{run}/onnx"
+
+
 def evaluation_outputs(ds: str, run: str) -> dict[str, str]:
     """Everything an evaluation writes: metrics.json, the CMC curve (cmc.csv, a DVC plot; cmc.png) and ranks.png."""
     folder = f"results/{ds}/{run}"

@@ -18,7 +18,7 @@ from reid.pipeline import params as C
 
 log = logging.getLogger(__name__)
 
-STAGES = ("synth", "index", "teach", "train", "teacher-outputs", "evaluate")
+STAGES = ("synth", "index", "teach", "train", "teacher-outputs", "evaluate", "export")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,6 +126,12 @@ def main(args: argparse.Namespace) -> int:
         teacher_outputs(args.model, args.index, _root(args), args.out, caches,
                         batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                         device=str(kw.get("device", "auto")))
+    elif args.stage == "export":
+        from reid.deploy.export import export_model
+
+        kw = _resolve(args, C.stage_export, args.run)
+        pin_threads("export", kw)
+        export_model(args.model, args.out, int(kw["opset"]))
     elif args.stage == "evaluate":
         from reid.engine.inference import evaluate_model
 
@@ -133,6 +139,7 @@ def main(args: argparse.Namespace) -> int:
         pin_threads("evaluate", kw)
         metrics = evaluate_model(args.model, args.index, _root(args), kw["dataset"], args.out, caches,
                                  batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
-                                 device=str(kw.get("device", "auto")), overrides=kw.get("method_overrides"))
+                                 device=str(kw.get("device", "auto")), overrides=kw.get("method_overrides"),
+                                 rerank=kw.get("rerank"))
         print(format_metrics(metrics))
     return 0

@@ -50,3 +50,20 @@ rule evaluate:
         "python -m reid pipeline evaluate --dataset {wildcards.dataset} --run {wildcards.run} "
         "--resolved {params.resolved} --model {input.model:q} --index {input.index:q} --root {params.root:q} "
         "{params.caches} --out {output.metrics:q} > {log:q} 2>&1"
+
+
+rule export:
+    input:
+        model="models/{dataset}/{run}/model.pt",
+    output:
+        directory("models/{dataset}/{run}/onnx"),
+    params:
+        resolved=resolved(C.stage_export, "dataset", "run"),
+    log:
+        "logs/{dataset}/export_{run}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: C.STAGE_THREADS["export"]
+    shell:
+        "python -m reid pipeline export --dataset {wildcards.dataset} --run {wildcards.run} "
+        "--resolved {params.resolved} --model {input.model:q} --out {output:q} > {log:q} 2>&1"
