@@ -117,6 +117,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-json", required=True)
+    p.add_argument("--out-png", help="also draw the table as bars with error bars (paper values as black ticks)")
     p.add_argument("metrics", nargs="+", help="metrics.json files of the ablation runs")
 
 
@@ -128,6 +129,10 @@ def main(args: argparse.Namespace) -> int:
     md = to_markdown(summary, paper, f"{args.method} ablation on {args.dataset}")
     Path(args.out_md).write_text(md)
     Path(args.out_json).write_text(json.dumps({"rows": summary, "paper": paper}, indent=2, sort_keys=True) + "\n")
+    if args.out_png:
+        from reid.viz.charts import ablation_chart
+
+        ablation_chart(summary, args.out_png, f"{args.method} on {args.dataset}", paper)
     print(md)
     return 0
 

@@ -59,3 +59,18 @@ def test_extra_ablations_are_reachable_by_run_name() -> None:
 
     assert C.ablation_overrides("pgfl_kd", "full_t1_heatmaps") == EXTRA_ABLATIONS["full_t1_heatmaps"]
     assert "full_t1_heatmaps" not in report.ablation_rows("pgfl_kd")  # not part of the assembled table
+
+
+def test_the_ablation_cli_draws_the_table(tmp_path: Path, capsys) -> None:
+    from reid.cli import main
+
+    files = [_write(tmp_path, f"pgfl_kd--{row}--s{s}", 30.0 + s, 20.0 + s) for row in ("baseline", "full")
+             for s in (0, 1)]
+    out = tmp_path / "t"
+    assert main(["ablation-table", "--method", "pgfl_kd", "--dataset", "synthocc", "--out-md", f"{out}.md",
+                 "--out-json", f"{out}.json", "--out-png", f"{out}.png", *map(str, files)]) == 0
+    import cv2
+
+    img = cv2.imread(f"{out}.png")
+    assert img is not None and img.shape[0] > 200 and img.shape[1] > 300
+    assert json.loads(Path(f"{out}.json").read_text())["rows"]["full"]["cc"]["R1"]["n"] == 2

@@ -212,7 +212,8 @@ def write_pictures(folder: Path, title: str, protocol: str, curves: Mapping[str,
     """cmc.csv (a DVC plot) + cmc.png, and ranks.png: the `n` worst and `n` best queries of the protocol's last
     setting (PRCC: cross-clothes) with their top-k, green/red borders for right/wrong identity."""
     from reid.eval.protocols import PROTOCOLS
-    from reid.viz.ranks import cmc_plot, display_rankings, rank_sheet
+    from reid.viz.charts import cmc_plot
+    from reid.viz.ranks import display_rankings, rank_sheet
 
     length = max(len(c) for c in curves.values())
     lines = ["rank," + ",".join(curves)]

@@ -1,4 +1,4 @@
-"""Pictures of a ranking: query + top-k rows with right/wrong borders (ranks.png) and CMC curves (cmc.png)."""
+"""Pictures of a ranking: query + top-k rows with right/wrong borders (ranks.png)."""
 
 from __future__ import annotations
 
@@ -40,32 +40,6 @@ def rank_sheet(queries: Sequence[Path], ranked: Sequence[Sequence[Path]], correc
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), sheet)
-    return out
-
-
-def cmc_plot(curves: dict[str, np.ndarray], out: str | Path, title: str = "", max_rank: int = 20) -> Path:
-    """CMC curves (fractions, rank 1 first) of each setting, ranks 1..max_rank."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    for name, cmc in curves.items():
-        ranks = np.arange(1, min(max_rank, len(cmc)) + 1)
-        ax.plot(ranks, 100 * np.asarray(cmc)[: len(ranks)], marker="o", markersize=3, label=f"{name} (R1 {100 * cmc[0]:.1f})")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("rank")
-    ax.set_ylabel("matching rate (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
     return out
 
 

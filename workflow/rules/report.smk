@@ -1,4 +1,4 @@
-# Ablation tables: every row of a method's ABLATIONS x the seeds in params.yaml `ablation.seeds`.
+# Ablation tables: every row of a method's `ablations` (+ `eval_ablations`) x the seeds in params.yaml `ablation.seeds`.
 
 
 rule ablation_table:
@@ -7,6 +7,7 @@ rule ablation_table:
     output:
         md="results/{dataset}/ablation_{method}.md",
         json="results/{dataset}/ablation_{method}.json",
+        png="results/{dataset}/ablation_{method}.png",
     log:
         "logs/{dataset}/ablation_{method}.log",
     benchmark:
@@ -16,4 +17,4 @@ rule ablation_table:
     threads: 1
     shell:
         "python -m reid ablation-table --method {wildcards.method} --dataset {wildcards.dataset} "
-        "--out-md {output.md:q} --out-json {output.json:q} {input:q} > {log:q} 2>&1"
+        "--out-md {output.md:q} --out-json {output.json:q} --out-png {output.png:q} {input:q} > {log:q} 2>&1"
