@@ -92,13 +92,9 @@ def describe(method: Method, ckpt: dict[str, Any], model_path: Path, outputs: di
     }
 
 
-def export_model(model_path: str | Path, out_dir: str | Path, opset: int = OPSET) -> tuple[Path, Path]:
-    """Write `out_dir/model.onnx` and `out_dir/model.json` for a trained model.pt; returns both paths."""
-    from reid.engine.inference import load_model
-
-    model_path, out_dir = Path(model_path), Path(out_dir)
-    method, model, ckpt = load_model(model_path, "cpu")
-    input_size = tuple(ckpt["input_size"])
+def export_graph(method: Method, model: nn.Module, input_size: tuple[int, int], out: str | Path,
+                 opset: int = OPSET) -> tuple[Path, dict[str, list]]:
+    """Write the method's embedding graph (dynamic batch) to `out`; returns the path and the outputs' shapes."""
     spec = method.export_inputs(input_size)
     names = list(spec)
     example = tuple(torch.zeros((2, *shape), dtype=getattr(torch, dtype)) for shape, dtype in spec.values())
@@ -106,20 +102,31 @@ def export_model(model_path: str | Path, out_dir: str | Path, opset: int = OPSET
     with torch.no_grad():
         outs = graph(*example)
     out_names = list(graph.outputs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path, json_path = out_dir / "model.onnx", out_dir / "model.json"
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
     dynamic = {onnx_name(k): {0: "batch"} for k in names} | {k: {0: "batch"} for k in out_names}
     with torch.no_grad():
         torch.onnx.export(graph, example, str(tmp), input_names=[onnx_name(k) for k in names],
                           output_names=out_names, dynamic_axes=dynamic, opset_version=opset, dynamo=False)
-    tmp.replace(onnx_path)
-    info = describe(method, ckpt, model_path, {k: [None, *o.shape[1:]] for k, o in zip(out_names, outs)})
+    tmp.replace(out)
+    return out, {k: [None, *o.shape[1:]] for k, o in zip(out_names, outs)}
+
+
+def export_model(model_path: str | Path, out_dir: str | Path, opset: int = OPSET) -> tuple[Path, Path]:
+    """Write `out_dir/model.onnx` and `out_dir/model.json` for a trained model.pt; returns both paths."""
+    from reid.engine.inference import load_model
+
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    method, model, ckpt = load_model(model_path, "cpu")
+    onnx_path, outputs = export_graph(method, model, tuple(ckpt["input_size"]), out_dir / "model.onnx", opset)
+    info = describe(method, ckpt, model_path, outputs)
     info["method_state"] = _plain(method.extra_state())
     info["opset"] = opset
+    json_path = out_dir / "model.json"
     json_path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     log.info("exported %s (%s) -> %s: inputs %s, outputs %s", model_path, method.name, onnx_path,
-             [onnx_name(k) for k in names], out_names)
+             [i["name"] for i in info["inputs"]], list(outputs))
     return onnx_path, json_path
 
 

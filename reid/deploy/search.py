@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--out", help="also write the rankings as JSON here")
     p.add_argument("--sheet", help="draw the rankings (query + top-k, nearest first) into this PNG")
+    p.add_argument("--sheet-queries", type=int, default=20, help="queries drawn on the sheet (the first N)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -97,10 +98,12 @@ def main(args: argparse.Namespace) -> int:
     if args.sheet:
         from reid.viz.ranks import rank_sheet
 
+        n, k = min(args.sheet_queries, len(q_paths)), min(args.top_k, 10)
         correct = None
-        if "pid" in q and "pid" in g:
-            correct = q["pid"].numpy()[:, None] == g["pid"].numpy()[idx]
-        rank_sheet([Path(q_root) / p for p in q_paths], [[Path(g_params["root"]) / g_paths[j] for j in row]
-                                                         for row in idx], correct, args.sheet)
+        if "pid" in q and "pid" in g:  # embedded from an index: identities known
+            correct = (q["pid"].numpy()[:, None] == g["pid"].numpy()[idx])[:n, :k]
+        rank_sheet([Path(q_root) / p for p in q_paths[:n]], [[Path(g_params["root"]) / g_paths[j] for j in row[:k]]
+                                                             for row in idx[:n]], correct, args.sheet,
+                   distances=dist[:n, :k])
         print(f"wrote {args.sheet}")
     return 0
