@@ -128,3 +128,31 @@ def _rank1(ranks: Path) -> tuple[int, float]:
         if qp in kept:
             hits.append(kept[0] == qp)
     return len(hits), 100.0 * float(np.mean(hits))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_deskpro_faces_come_from_the_cache_or_the_configured_teacher(trained, small_world, tmp_path: Path) -> None:
+    """A method that reads a cache at test time: given as --cache, or made on the spot by the teacher params.yaml
+    configures (here synthcc's oracle faces); both give the evaluation's embeddings, face-less rows body-only."""
+    from reid.cache.h5 import CacheReader
+    from reid.cli import main as cli
+    from reid.deploy.embed import TorchEmbedder
+
+    model_for, caches = trained
+    model = model_for("deskpro", None)
+    root, index = small_world
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    common = ["embed", "--model", str(model), "--index", str(index), "--root", str(root), "--workers", "0"]
+    assert cli([*common, "--cache", f"faces={caches['faces']}", "--out", str(tmp_path / "a.h5")]) == 0
+    assert cli([*common, "--params", str(params), "--dataset", "synthcc", "--out", str(tmp_path / "b.h5")]) == 0
+    a, b = CacheReader(tmp_path / "a.h5"), CacheReader(tmp_path / "b.h5")
+    torch_side = TorchEmbedder(model, "cpu")
+    ref = torch_side(_test_batch(torch_side.method, small_world, caches, len(a), torch_side.input_size))
+    rows = np.arange(len(a))
+    for key in ("body", "face", "has_face"):
+        np.testing.assert_allclose(a.read(key, rows), ref[key], atol=1e-5)
+        np.testing.assert_allclose(b.read(key, rows), ref[key], atol=1e-5)
+    assert np.isfinite(a.read("face", rows)).all()
+    with pytest.raises(SystemExit, match="reads the faces cache"):
+        cli([*common, "--out", str(tmp_path / "c.h5")])
