@@ -68,29 +68,26 @@ def test_deterministic_per_seed_and_epoch_and_epochs_differ() -> None:
     assert list(other_seed) != list(e0)
 
 
-def test_ddp_ranks_get_disjoint_batches_of_equal_count() -> None:
+def test_ddp_ranks_split_the_identities_of_the_configured_global_batch() -> None:
+    """2 ranks, P = 4, K = 2: each step, rank 0 gets identities 1 and 3 of the single-process batch and rank 1
+    identities 2 and 4 (2 x 2 images each): disjoint identities, the same number of steps, the same global batch."""
     labels = [lab for lab in range(10) for _ in range(7)]
-    whole = PKBatchSampler(labels, p=2, k=2, seed=0)
+    whole = PKBatchSampler(labels, p=4, k=2, seed=0)
     whole.set_epoch(2)
     all_batches = list(whole)
-    ranks = [PKBatchSampler(labels, p=2, k=2, seed=0, rank=r, world_size=2) for r in range(2)]
+    ranks = [PKBatchSampler(labels, p=4, k=2, seed=0, rank=r, world_size=2) for r in range(2)]
     for s in ranks:
         s.set_epoch(2)
     r0, r1 = list(ranks[0]), list(ranks[1])
-    assert len(r0) == len(r1) == len(ranks[0]) == len(all_batches) // 2
-    # disjoint as batches; the union is the single-process epoch truncated to a multiple of 2
-    assert not {tuple(b) for b in r0} & {tuple(b) for b in r1}
-    n = len(all_batches) // 2 * 2
-    assert sorted(map(tuple, r0 + r1)) == sorted(map(tuple, all_batches[:n]))
-    assert r0 == all_batches[0:n:2] and r1 == all_batches[1:n:2]
+    assert len(r0) == len(r1) == len(all_batches)
+    for b0, b1, full in zip(r0, r1, all_batches):
+        assert b0 == full[0:2] + full[4:6] and b1 == full[2:4] + full[6:8]
+        assert not {labels[i] for i in b0} & {labels[i] for i in b1}
 
 
-def test_odd_batch_count_is_truncated_for_ddp() -> None:
-    # 3 ids x 2 images, P=1, K=2: 3 batches; 2 ranks -> 1 batch each (the third is dropped on both).
-    labels = [0, 0, 1, 1, 2, 2]
-    assert len(pk_batches(labels, 1, 2, seed=0)) == 3
-    for r in range(2):
-        assert len(PKBatchSampler(labels, 1, 2, seed=0, rank=r, world_size=2)) == 1
+def test_a_batch_p_not_divisible_by_the_ranks_is_an_error() -> None:
+    with pytest.raises(ValueError, match="batch_p = 3 identities cannot be split evenly over 2 processes"):
+        PKBatchSampler([0, 0, 1, 1, 2, 2], 3, 2, seed=0, rank=0, world_size=2)
 
 
 def test_fewer_than_p_identities_is_an_error() -> None:

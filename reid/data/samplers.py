@@ -44,12 +44,16 @@ def pk_batches(labels: Sequence[int], p: int, k: int, seed: int) -> list[list[in
 class PKBatchSampler(Sampler[list[int]]):
     """Batch sampler over `pk_batches`; call `set_epoch(e)` each epoch (seed + epoch) like DistributedSampler.
 
-    With world_size > 1, rank r takes batches r, r + world_size, ... of a list truncated to a multiple of
-    world_size, so every rank runs the same number of steps.
+    With world_size > 1 the global batch stays the P x K the config names (as with one process) and its
+    identities are split between the ranks: rank r takes identities r, r + world_size, ... of every batch
+    (P / world_size identities x K images), so the ranks see disjoint identities and run the same steps.
     """
 
     def __init__(self, labels: Sequence[int], p: int, k: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         super().__init__()
+        if p % world_size:
+            raise ValueError(f"batch_p = {p} identities cannot be split evenly over {world_size} processes: "
+                             f"choose batch_p divisible by the number of GPUs")
         self.labels, self.p, self.k, self.seed = list(labels), p, k, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -59,8 +63,11 @@ class PKBatchSampler(Sampler[list[int]]):
 
     def _batches(self) -> list[list[int]]:
         batches = pk_batches(self.labels, self.p, self.k, self.seed * 100003 + self.epoch)
-        n = len(batches) // self.world_size * self.world_size
-        return batches[self.rank : n : self.world_size]
+        if self.world_size == 1:
+            return batches
+        k = self.k
+        return [[i for c in range(self.rank, self.p, self.world_size) for i in batch[c * k:(c + 1) * k]]
+                for batch in batches]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches())

@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     grad_clip: float = 0.0
+    sync_bn: bool = False  # multi-GPU: BatchNorm statistics over the global batch (nn.SyncBatchNorm)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -205,6 +206,11 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp_model: nn.Module = self.model
         if self.world_size > 1:
+            if cfg.sync_bn:
+                if self.device.type != "cuda":
+                    raise ValueError("train.sync_bn needs CUDA devices: torch's SyncBatchNorm does not run on CPU "
+                                     "processes (set sync_bn: false)")
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
@@ -310,7 +316,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 losses = self.method.training_losses(self.ddp_model, batch, epoch)
             total = sum(losses.values())
-            if not torch.isfinite(total):
+            if not self._all_finite(total):
                 terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 last = (f"The last good checkpoint is {self.checkpoint_path} (epoch {epoch})"
                         if self.checkpoint_path.is_file() else "No epoch finished, so there is no checkpoint to resume")
@@ -331,12 +337,42 @@ class Trainer:
             steps += 1
             images += len(batch["image"])
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+        if self.world_size > 1:  # the log reports the global batch: mean over ranks
+            keys = sorted(sums)
+            vec = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(vec)
+            sums = dict(zip(keys, (vec / self.world_size).tolist()))
+            images *= self.world_size
+            self._check_ranks_agree(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}, "lr": lr,
                "steps": steps, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
         return row
+
+    def _all_finite(self, total: torch.Tensor) -> bool:
+        """Whether the step's loss is finite on every rank (one rank's NaN stops them all, none hangs)."""
+        ok = torch.tensor([1.0 if bool(torch.isfinite(total)) else 0.0], device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok.item() == 1.0)
+
+    def _check_ranks_agree(self, epoch: int) -> None:
+        """DDP keeps one model: every rank must hold the same weights after each epoch (exact per-tensor sums).
+        Buffers (BatchNorm running statistics) are left out: each rank updates them from its own shard and DDP
+        broadcasts rank 0's at the next forward, which is also what model.pt stores."""
+        mine = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).to(self.device)
+        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
+        torch.distributed.all_gather(gathered, mine)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"DDP ranks hold different weights after epoch {epoch + 1}")
+        if self.rank == 0:
+            log.info("DDP: %d ranks hold identical weights after epoch %d", self.world_size, epoch + 1)
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
     def fit(self) -> Path:
         self.try_resume()
@@ -350,7 +386,9 @@ class Trainer:
                 _write_log(log_path, self.history)
                 log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
             self.save_checkpoint(epoch)
+            self._barrier()  # no rank runs ahead of the checkpoint it could be resumed from
         path = self.export()
+        self._barrier()
         if self.rank == 0:  # the run is complete: a rerun (e.g. after a code change) trains anew, never re-exports
             self.checkpoint_path.unlink(missing_ok=True)
         return path
