@@ -177,7 +177,8 @@ def evaluate_model(
     q_rows = [rows[i] for i in subsets["query"]]
     g_rows = [rows[i] for i in subsets["gallery"]]
     curves: dict[str, np.ndarray] = {}
-    metrics = run_protocol(info.protocol, dist, q_rows, g_rows, curves=curves)
+    per_query: dict[str, dict[str, np.ndarray]] = {}
+    metrics = run_protocol(info.protocol, dist, q_rows, g_rows, curves=curves, per_query=per_query)
     n_images = len(subsets["query"]) + len(subsets["gallery"])
     metrics.update({
         "dataset": dataset,
@@ -201,9 +202,20 @@ def evaluate_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    write_per_query(out.parent / "per_query.csv", per_query, q_rows)
     write_pictures(out.parent, f"{dataset}/{Path(model_path).parent.name}", info.protocol, curves, dist, q_rows,
                    g_rows, root)
     return metrics
+
+
+def write_per_query(path: Path, per_query: Mapping[str, Mapping[str, np.ndarray]], q_rows: list[IndexRow]) -> None:
+    """per_query.csv: one line per (setting, valid query): its image, the rank of its first correct match (0 =
+    rank-1 hit) and its AP; runs evaluated on the same index compare query by query (reid/eval/claims.py)."""
+    lines = ["setting,query,first,ap"]
+    for setting, pq in per_query.items():
+        for q, first, ap in zip(pq["query"], pq["first"], pq["ap"]):
+            lines.append(f"{setting},{q_rows[int(q)].path},{int(first)},{float(ap):.8f}")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def write_pictures(folder: Path, title: str, protocol: str, curves: Mapping[str, np.ndarray], dist: np.ndarray,

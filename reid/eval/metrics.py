@@ -174,10 +174,12 @@ class _Accumulator:
         self.first: list[np.ndarray] = []
         self.ap: list[np.ndarray] = []
         self.inp: list[np.ndarray] = []
+        self.valid_index: list[np.ndarray] = []
         self.num_queries = 0
 
     def add(self, stats: dict[str, torch.Tensor]) -> None:
         valid = stats["valid"].cpu().numpy()
+        self.valid_index.append(self.num_queries + np.flatnonzero(valid))
         self.num_queries += valid.size
         self.first.append(stats["first"].cpu().numpy()[valid])
         self.ap.append(stats["ap"].cpu().numpy()[valid])
@@ -189,9 +191,12 @@ class _Accumulator:
             raise ValueError(f"no valid query: none of the {self.num_queries} queries has a positive in the "
                              "gallery under this mode (check pids, camids and clothes)")
         cmc = (first[:, None] <= np.arange(self.max_rank)[None, :]).mean(0)
-        return {"cmc": cmc, "mAP": float(np.concatenate(self.ap).mean()),
+        ap = np.concatenate(self.ap)
+        return {"cmc": cmc, "mAP": float(ap.mean()),
                 "mINP": float(np.concatenate(self.inp).mean()), "num_valid_queries": int(first.size),
-                "num_queries": self.num_queries}
+                "num_queries": self.num_queries,
+                # per valid query (for paired comparisons): its row among the queries, rank of the first match, AP
+                "per_query": {"query": np.concatenate(self.valid_index), "first": first, "ap": ap}}
 
 
 def _check_rank(max_rank: int, num_g: int) -> int:

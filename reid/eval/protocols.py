@@ -76,7 +76,8 @@ def summarize(result: dict, num_query: int) -> dict:
 
 
 def _run(name: str, q_rows: Sequence[IndexRow], g_rows: Sequence[IndexRow],
-         score: Callable[[np.ndarray, tuple, tuple, str], dict], curves: dict | None = None) -> dict:
+         score: Callable[[np.ndarray, tuple, tuple, str], dict], curves: dict | None = None,
+         per_query: dict | None = None) -> dict:
     protocol = PROTOCOLS.get(name)
     if not g_rows:
         raise ValueError(f"protocol '{name}': the gallery is empty")
@@ -92,11 +93,15 @@ def _run(name: str, q_rows: Sequence[IndexRow], g_rows: Sequence[IndexRow],
         out[setting.name] = summarize(result, idx.size)
         if curves is not None:
             curves[setting.name] = np.asarray(result["cmc"])
+        if per_query is not None:  # query rows of q_rows, first-match rank and AP of each valid query
+            pq = result["per_query"]
+            per_query[setting.name] = {"query": idx[pq["query"]], "first": pq["first"], "ap": pq["ap"]}
     return out
 
 
 def run_protocol(name: str, distmat: np.ndarray | torch.Tensor, q_rows: Sequence[IndexRow],
-                 g_rows: Sequence[IndexRow], max_rank: int = 50, curves: dict | None = None) -> dict:
+                 g_rows: Sequence[IndexRow], max_rank: int = 50, curves: dict | None = None,
+                 per_query: dict | None = None) -> dict:
     """Score a (len(q_rows), len(g_rows)) distance matrix under protocol ``name``; clothes compared as strings.
     ``curves``, when given, receives each setting's CMC curve (fractions, rank 1 first).
 
@@ -111,7 +116,7 @@ def run_protocol(name: str, distmat: np.ndarray | torch.Tensor, q_rows: Sequence
         return evaluate(sub, q[0], g[0], q[1], g[1], q[2], g[2], mode=mode,
                         max_rank=min(max_rank, len(g_rows)))
 
-    return _run(name, q_rows, g_rows, score, curves)
+    return _run(name, q_rows, g_rows, score, curves, per_query)
 
 
 def run_protocol_features(name: str, qf: np.ndarray | torch.Tensor, gf: np.ndarray | torch.Tensor,

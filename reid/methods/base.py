@@ -7,6 +7,7 @@ returned weighted terms; at test time it calls `embed(model, batch)` then `dista
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,18 @@ METHODS: Registry[type["Method"]] = Registry("method")
 
 
 Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim, decided by reid/eval/claims.py: `better` beats `worse` (ablation rows of one method) on `setting`, by `metric` ("ap" or "r1")."""
+
+    name: str
+    better: str
+    worse: str
+    setting: str
+    metric: str = "ap"
+    control: str | None = None  # oracle row that must beat `worse` for the world to be able to show the effect
 
 
 class Method:
@@ -43,6 +56,7 @@ class Method:
     extra_ablations: ClassVar[dict[str, Row]] = {}  # further rows reachable by run name, not in the tables
     eval_ablations: ClassVar[dict[str, tuple[str, Row]]] = {}  # row -> (trained row reused, test-time overrides)
     paper_tables: ClassVar[dict[str, dict[str, dict[str, float]]]] = {}  # table -> row -> metric -> value
+    claims: ClassVar[tuple["Claim", ...]] = ()  # what the paper says one row does better than another
     knobs: ClassVar[dict[str, str]] = {}  # top-level params.yaml key -> parameter (`dvc exp run -S alpha=0.8`)
     provides_cache: ClassVar[str | None] = None  # a teacher method: the derived cache its outputs make
     # Overrides that make the network tiny (CPU tests at 64 x 32 input, tests/test_registries.py); never used by

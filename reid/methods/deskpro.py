@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from reid.cache.h5 import Field
 from reid.data.transforms import resize_images
-from reid.methods.base import METHODS, Method
+from reid.methods.base import METHODS, Claim, Method
 from reid.methods.deskpro_losses import (
     CLOTHING_SETS,
     apply_attention,
@@ -277,6 +277,14 @@ class DeskPro(Method):
     ablations = ABLATIONS
     paper_tables = {"Table 3 (Celeb-reID-light)": PAPER_TABLE3}
     knobs = {"alpha": "alpha"}  # top level in params.yaml so `dvc exp run -S alpha=0.8` works
+    claims = (  # Table 3, cross-clothes queries (the setting the paper is about)
+        Claim("CSA beats the baseline", "model2_csa", "model1_baseline", "cross_clothes"),
+        Claim("CSA + L_att beat the baseline", "model3_csa_att", "model1_baseline", "cross_clothes"),
+        Claim("the KD face student beats the plain student", "model5_student_kd", "model4_student", "cross_clothes"),
+        Claim("body + KD face beat the body stream", "deskpro", "model3_csa_att", "cross_clothes"),
+        Claim("the restored-face teacher at test time beats the student (DeSKPro*)", "deskpro_star", "deskpro",
+              "cross_clothes"),
+    )
     caches = {"parsing": ["labels"], "faces": ["crop", "has_face"], "face_teacher": ["logits"]}
     test_caches = {"faces": ["crop", "has_face"]}
     image_field = None

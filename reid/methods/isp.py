@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from reid.methods.base import METHODS, Method
+from reid.methods.base import METHODS, Claim, Method
 from reid.models.isp_clustering import IdentityChunker, identity_order
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth
 from reid.models.heads import BNNeck
@@ -424,6 +424,10 @@ class ISP(Method):
     ablations = ABLATIONS
     eval_ablations = EVAL_ABLATIONS
     paper_tables = {"Table 3 (IoU)": PAPER_TABLE3, "Table 4 (K)": PAPER_TABLE4, "Table 5 (semantics)": PAPER_TABLE5}
+    claims = (
+        Claim("learned pseudo parts beat parsing-given parts (Table 5)", "learned", "extra_info", "standard"),
+        Claim("aligned matching beats matching all features (Table 2, w/o arm)", "k7", "wo_arm", "standard"),
+    )
     caches = {"isp_labels": ["labels"]}
     test_caches: dict[str, list[str]] = {}
 

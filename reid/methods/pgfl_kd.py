@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from reid.methods.base import METHODS, Method
+from reid.methods.base import METHODS, Claim, Method
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth
 from reid.models.heads import BNNeck
 from reid.models.resnet import ResNet50Backbone, ResNetBackbone
@@ -388,6 +388,12 @@ class PGFLKD(Method):
     extra_ablations = EXTRA_ABLATIONS
     eval_ablations = EVAL_ABLATIONS
     paper_tables = {"Table 6": PAPER_TABLE6, "Table 7": PAPER_TABLE7, "Table 8": PAPER_TABLE8}
+    claims = (  # Occluded-Duke, Market rule
+        Claim("the semantics-aligned branch beats the baseline (Table 6)", "sab", "baseline", "standard"),
+        Claim("the full model beats the baseline (Table 6)", "full", "baseline", "standard"),
+        Claim("consistency learning adds to SAB + FEB (Table 6)", "full", "sab_im_feb", "standard"),
+        Claim("MCL distillation beats CL distillation of the SAB (Table 7)", "full", "sab_cl", "standard"),
+    )
 
     def __init__(
         self,

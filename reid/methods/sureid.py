@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from reid.cache.h5 import Field
 from reid.data.occluders import load_occluders, paste_occluders
-from reid.methods.base import METHODS, Method
+from reid.methods.base import METHODS, Claim, Method
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth, kd_kl
 from reid.models.heads import BNNeck
 from reid.models.vit import ARCHS, DEFAULT_PRUNE_LAYERS, VisionTransformer, build_vit
@@ -451,3 +451,8 @@ PAPER_TABLES: dict[str, dict[str, dict[str, float]]] = {
 SUREID.ablations = ABLATIONS
 SUREID.eval_ablations = EVAL_ABLATIONS
 SUREID.paper_tables = PAPER_TABLES
+SUREID.claims = (  # Table IV (Occluded-Duke, Market rule)
+    Claim("NPKD recovers what HTS loses (Table IV)", "t4_hts_npkd", "t4_hts", "standard"),
+    Claim("NODA adds to HTS + NPKD (Table IV)", "t4_sureid", "t4_hts_npkd", "standard"),
+    Claim("SUREID beats the vanilla DeiT-S (Table IV)", "t4_sureid", "t4_vanilla", "standard"),
+)

@@ -62,7 +62,7 @@ STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "train": ("reid.engine.trainer", "reid.methods"),
     "teacher-outputs": ("reid.engine.commands", "reid.methods"),
     "evaluate": ("reid.engine.inference", "reid.methods"),
-    "export": ("reid.deploy.export", "reid.engine.inference", "reid.methods"),
+    "export": ("reid.deploy.export", "reid.methods"),
 }
 # Every stage runs through these (`reid pipeline` resolving params.yaml); their own imports are stage-specific.
 STAGE_COMMON = ("reid/__init__.py", "reid/__main__.py", "reid/cli.py", "reid/registry.py", "reid/pipeline/__init__.py",
@@ -196,15 +196,14 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         outs = evaluation_outputs(ds, run)
         add(Stage(f"evaluate-{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
                   code_deps("evaluate", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
-                  [outs["cmc_png"], outs["ranks"]], keys, metrics=[outs["metrics"]],
+                  [outs["cmc_png"], outs["ranks"], outs["per_query"]], keys, metrics=[outs["metrics"]],
                   plots=[{outs["cmc"]: {"cache": False, "x": "rank", "y": cmc_y(cfg, ds)}}]))
-    for target in exports:
+    for target in exports:  # `python -m reid export`: no params.yaml key changes it, so none is listed
         ds, run = C.split_target(target)
         need_model(ds, run)
-        _, keys = C.stage_export(cfg, ds, run)
-        extra = f"--run {run} --model {model_path(ds, run)}"
-        add(Stage(f"export-{ds}-{run}", _pipeline_cmd("export", ds, onnx_dir(ds, run), extra),
-                  code_deps("export", C.plugin_method_modules(cfg)) + [model_path(ds, run)], [onnx_dir(ds, run)], keys))
+        cmd = f"python -m reid export --model {model_path(ds, run)} --out {onnx_dir(ds, run)}"
+        add(Stage(f"export-{ds}-{run}", cmd, code_deps("export", C.plugin_method_modules(cfg)) + [model_path(ds, run)],
+                  [onnx_dir(ds, run)], []))
     return stages
 
 

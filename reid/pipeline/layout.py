@@ -56,7 +56,7 @@ def evaluation_outputs(ds: str, run: str) -> dict[str, str]:
     """Everything an evaluation writes: metrics.json, the CMC curve (cmc.csv, a DVC plot; cmc.png) and ranks.png."""
     folder = f"results/{ds}/{run}"
     return {"metrics": f"{folder}/metrics.json", "cmc": f"{folder}/cmc.csv", "cmc_png": f"{folder}/cmc.png",
-            "ranks": f"{folder}/ranks.png"}
+            "ranks": f"{folder}/ranks.png", "per_query": f"{folder}/per_query.csv"}
 
 
 def cmc_y(cfg: Mapping[str, Any], ds: str) -> str:

@@ -294,15 +294,6 @@ def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple
     return out, keys
 
 
-def stage_export(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[dict[str, Any], list[str]]:
-    """ONNX export of a trained run: nothing in params.yaml changes it but the opset (fixed in the code)."""
-    dataset_cfg(cfg, dataset)
-    parse_run(run_name)
-    from reid.deploy.export import OPSET
-
-    return {"opset": OPSET}, []
-
-
 def method_caches(cfg: Mapping[str, Any], dataset: str, run_name: str, train: bool = True) -> list[str]:
     """Cache names (teachers and derived caches) a run reads in training (or at test time)."""
     from reid.methods import build_method
@@ -330,7 +321,8 @@ def to_json(obj: Any) -> str:
 # Threads per job, one formula for both orchestrators: Snakemake's `threads:` and the stage command itself
 # (`reid pipeline` pins torch to it), so a run made by `dvc repro` computes with the same thread count as one
 # made by Snakemake, and gives the same bytes (CPU float reductions depend on the thread count).
-STAGE_THREADS = {"synth": 1, "index": 2, "evaluate": 2, "teacher-outputs": 2, "export": 1}
+STAGE_THREADS = {"synth": 1, "index": 2, "evaluate": 2, "teacher-outputs": 2, "export": 1}  # export: a
+# plain `python -m reid export` (nothing in params.yaml changes it)
 
 
 def stage_threads(stage: str, resolved: Mapping[str, Any]) -> int:

@@ -18,7 +18,7 @@ from reid.pipeline import params as C
 
 log = logging.getLogger(__name__)
 
-STAGES = ("synth", "index", "teach", "train", "teacher-outputs", "evaluate", "export")
+STAGES = ("synth", "index", "teach", "train", "teacher-outputs", "evaluate")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,12 +126,6 @@ def main(args: argparse.Namespace) -> int:
         teacher_outputs(args.model, args.index, _root(args), args.out, caches,
                         batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                         device=str(kw.get("device", "auto")))
-    elif args.stage == "export":
-        from reid.deploy.export import export_model
-
-        kw = _resolve(args, C.stage_export, args.run)
-        pin_threads("export", kw)
-        export_model(args.model, args.out, int(kw["opset"]))
     elif args.stage == "evaluate":
         from reid.engine.inference import evaluate_model
 

@@ -58,6 +58,16 @@ def all_targets():
     return [D.metrics_path(*C.split_target(t)) for t in config["dvc"]["runs"]]
 
 
+def claims_inputs(wildcards):
+    """per_query.csv of every row x seed the claims of the dataset's methods compare (ablation.claims)."""
+    runs = []
+    for method in config["ablation"]["claims"][wildcards.dataset]:
+        for claim in C.method_class(method).claims:
+            for row in filter(None, (claim.better, claim.worse, claim.control)):
+                runs += [f"{method}--{row}--s{s}" for s in config["ablation"].get("seeds", [0, 1, 2])]
+    return sorted({D.evaluation_outputs(wildcards.dataset, run)["per_query"] for run in runs})
+
+
 def ablation_inputs(wildcards):
     from reid.report import ablation_runs
 

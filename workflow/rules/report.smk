@@ -18,3 +18,22 @@ rule ablation_table:
     shell:
         "python -m reid ablation-table --method {wildcards.method} --dataset {wildcards.dataset} "
         "--out-md {output.md:q} --out-json {output.json:q} --out-png {output.png:q} {input:q} > {log:q} 2>&1"
+
+
+rule claims:
+    input:
+        claims_inputs,
+    output:
+        md="results/{dataset}/claims.md",
+        json="results/{dataset}/claims.json",
+    params:
+        methods=lambda wc: " ".join(config["ablation"]["claims"][wc.dataset]),
+        seeds=lambda wc: " ".join(str(s) for s in config["ablation"].get("seeds", [0, 1, 2])),
+    log:
+        "logs/{dataset}/claims.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    shell:
+        "python -m reid claims --dataset {wildcards.dataset} --methods {params.methods} --seeds {params.seeds} "
+        "--out-md {output.md:q} --out-json {output.json:q} > {log:q} 2>&1"

@@ -35,6 +35,7 @@ rule evaluate:
         cmc="results/{dataset}/{run}/cmc.csv",
         cmc_png="results/{dataset}/{run}/cmc.png",
         ranks="results/{dataset}/{run}/ranks.png",
+        per_query="results/{dataset}/{run}/per_query.csv",
     params:
         resolved=resolved(C.stage_evaluate, "dataset", "run"),
         root=lambda wc: D.root_of(config, wc.dataset),
@@ -57,13 +58,10 @@ rule export:
         model="models/{dataset}/{run}/model.pt",
     output:
         directory("models/{dataset}/{run}/onnx"),
-    params:
-        resolved=resolved(C.stage_export, "dataset", "run"),
     log:
         "logs/{dataset}/export_{run}.log",
     conda:
         "../../envs/train.yaml"
     threads: C.STAGE_THREADS["export"]
     shell:
-        "python -m reid pipeline export --dataset {wildcards.dataset} --run {wildcards.run} "
-        "--resolved {params.resolved} --model {input.model:q} --out {output:q} > {log:q} 2>&1"
+        "python -m reid export --model {input.model:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,65 @@
+"""Deciding claims: paired bootstrap intervals, verdicts, controls, and the per-query files they read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reid.methods  # noqa: F401  (registers the built-in methods)
+from reid.eval.claims import assess, paired_bootstrap, read_per_query, verdict
+from reid.methods.base import METHODS, Claim
+
+
+def test_a_constant_paired_gain_has_a_zero_width_interval() -> None:
+    a = np.array([[3.0, 5.0, 7.0], [2.0, 4.0, 6.0]])
+    stats = paired_bootstrap(a, a - 2.0)
+    assert stats == {"mean": 2.0, "lo": 2.0, "hi": 2.0, "seeds": 2, "queries": 3}
+    assert verdict(stats) == "holds" and verdict(paired_bootstrap(a - 2.0, a)) == "does not hold"
+
+
+def test_the_interval_is_over_queries_of_the_seed_mean() -> None:
+    """Per-query differences (seed means) 1 and -1 in equal numbers: the mean is 0 and the interval spans it;
+    one query of +10 among zeros: the bootstrap interval is [0, 10 * k / n] shaped, never below 0."""
+    b = np.zeros((2, 40))
+    a = np.tile(np.array([1.0, -1.0] * 20), (2, 1))
+    stats = paired_bootstrap(a, b, n_boot=500)
+    assert stats["mean"] == 0.0 and stats["lo"] < 0 < stats["hi"] and verdict(stats) == "undecided"
+    a2 = np.zeros((1, 20))
+    a2[0, 3] = 10.0
+    s2 = paired_bootstrap(a2, np.zeros((1, 20)), n_boot=500)
+    assert s2["mean"] == pytest.approx(0.5) and s2["lo"] >= 0.0
+
+
+def _per_query(path: Path, values: dict[str, tuple[int, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["setting,query,first,ap"] + [f"standard,{q},{f},{ap}" for q, (f, ap) in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_assess_pairs_rows_by_seed_and_query_and_checks_the_control(tmp_path: Path) -> None:
+    queries = [f"q{i}.jpg" for i in range(30)]
+    for s in (0, 1):
+        _per_query(tmp_path / "w" / f"m--good--s{s}" / "per_query.csv", {q: (0, 0.8) for q in queries})
+        _per_query(tmp_path / "w" / f"m--base--s{s}" / "per_query.csv", {q: (1, 0.5) for q in queries})
+        _per_query(tmp_path / "w" / f"m--oracle--s{s}" / "per_query.csv", {q: (1, 0.4) for q in queries})
+    assert read_per_query(tmp_path / "w/m--good--s0/per_query.csv", "standard", "r1")["q1.jpg"] == 100.0
+    claim = Claim("good beats base", "good", "base", "standard", "ap")
+    result = assess(tmp_path, "w", "m", claim, [0, 1, 2])  # seed 2 absent on both: 2 seeds used
+    assert result["verdict"] == "holds"
+    assert result["learned"]["mean"] == pytest.approx(30.0) and result["learned"]["seeds"] == 2
+    with_control = assess(tmp_path, "w", "m", Claim("good beats base", "good", "base", "standard", "ap", "oracle"),
+                          [0, 1])
+    assert with_control["control"]["verdict"] == "does not hold"
+    assert with_control["verdict"] == "untestable on this world"
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_declared_claims_name_rows_of_the_methods_tables(method: str) -> None:
+    cls = METHODS.get(method)
+    rows = {*cls.ablations, *cls.extra_ablations, *cls.eval_ablations}
+    for claim in cls.claims:
+        for row in filter(None, (claim.better, claim.worse, claim.control)):
+            assert row in rows, f"{method}: claim {claim.name!r} names unknown row {row!r}"
+        assert claim.metric in ("ap", "r1")
