@@ -228,3 +228,31 @@ def test_dvc_stage_names_are_valid() -> None:
     is_valid_name = pytest.importorskip("dvc.stage.utils").is_valid_name
     names = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
     assert names and all(is_valid_name(n) for n in names), [n for n in names if not is_valid_name(n)]
+
+
+@pytest.mark.slow
+def test_sharded_teachers_plan_the_same_jobs_in_both_orchestrators(tmp_path: Path, repo_copier) -> None:
+    """`teachers.<t>.shards: N` makes N shard jobs + one merge in Snakemake and the same stages in dvc.yaml."""
+    from reid.pipeline.dvc_yaml import dvc_document
+
+    work = repo_copier(tmp_path / "repo")
+    p = yaml.safe_load((work / "params.yaml").read_text())
+    p["dvc"]["runs"] = ["synthocc/pgfl_kd", "synthocc/isp--learned_cache"]  # the latter reads isp_labels
+    p["datasets"]["synthocc"]["teachers"]["keypoints"]["shards"] = 3
+    p["datasets"]["synthocc"]["teachers"]["isp_labels"]["shards"] = 2
+    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = snakemake(work, "-n", "--forceall", "--cores", "1", *(D.metrics_path(*C.split_target(t))
+                                                                  for t in p["dvc"]["runs"]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = parse_dry_run(proc.stdout + proc.stderr)
+    snake = {frozenset(j["output"]): j for j in jobs}
+    stages = dvc_document(C.load_params(work / "params.yaml"))["stages"]
+    dvc = {frozenset(dvc_outputs(s)): (name, s) for name, s in stages.items()}
+    assert set(snake) == set(dvc)
+    for outs, (name, stage) in dvc.items():
+        assert snake[outs]["input"] == {d for d in stage["deps"] if not is_code(d)}, name
+    assert {"teach-synthocc-keypoints-0-of-3", "teach-synthocc-keypoints-2-of-3", "teach-synthocc-isp_labels-1-of-2",
+            "teach-synthocc-keypoints"} <= set(stages)
+    assert stages["teach-synthocc-keypoints"]["cmd"].startswith("python -m reid merge-shards --out "
+                                                                "cache/synthocc/keypoints.h5 ")
+    assert "--shard 1/3" in stages["teach-synthocc-keypoints-1-of-3"]["cmd"]

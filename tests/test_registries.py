@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import reid.methods  # noqa: F401  (registers the built-in methods)
-from conftest import build_teacher_cache, teacher_order
+from conftest import CFG, WORLD, build_teacher_cache, teacher_order
+from reid.pipeline import params as C
 from reid.cache.h5 import CacheReader
 from reid.data.index import read_index
 from reid.methods.base import METHODS
@@ -75,3 +76,25 @@ def test_every_method_trains_every_row_and_embeds(method: str, row: str | None, 
         feats = m.embed(model, batch)
         dist = m.distance(feats, feats)
     assert dist.shape == (len(test), len(test)) and torch.isfinite(dist).all()
+
+
+@pytest.mark.parametrize("teacher", teacher_order())
+def test_every_teacher_shards_and_merges_into_the_unsharded_bytes(teacher: str, teacher_caches, small_world) -> None:
+    """Shards of any count (isp_labels: whole identities) merge into exactly the bytes of one run, so changing the
+    shard count changes nothing downstream."""
+    from reid.cache.h5 import merge_shards
+    from reid.teachers.base import build_teacher
+
+    root, index = small_world
+    folder = teacher_caches["folder"]
+    kw = C.stage_teacher(CFG, WORLD, teacher)[0]
+    for n in (2, 3):
+        parts = []
+        for i in range(n):
+            t = build_teacher(teacher, kw.get("backend", "onnx"), kw.get("model"), "cpu", teacher_caches["paths"],
+                              **kw["params"])
+            part = folder / f"{teacher}.shards" / f"{i}-of-{n}.h5"
+            t.build_cache(index, root, part, batch_size=8, workers=0, shard=(i, n), progress=False)
+            parts.append(part)
+        merged = merge_shards(parts, folder / f"{teacher}.merged{n}.h5")
+        assert merged.read_bytes() == Path(teacher_caches["paths"][teacher]).read_bytes(), n

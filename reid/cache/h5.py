@@ -280,10 +280,17 @@ class CacheWriter:
 
     def __init__(self, out: str | Path, *, teacher: str, backend: str, model_sha256: str,
                  params: Mapping[str, Any], index_sha256: str, paths: Sequence[str],
-                 fields: Mapping[str, Any], shard: tuple[int, int] | None = None, flush_every_s: float = 10.0):
+                 fields: Mapping[str, Any], shard: tuple[int, int] | None = None, flush_every_s: float = 10.0,
+                 rows: Sequence[int] | None = None):
+        """`rows`: the rows of shard `shard` when they are not its contiguous range (isp_labels shards whole
+        identities); the parts of all shards must still cover every row exactly once (merge_shards checks)."""
         self.out = Path(out)
         self.tmp = tmp_path(self.out)
-        self.rows = shard_rows(len(paths), shard)
+        if rows is not None and shard is None:
+            raise ValueError("CacheWriter: explicit rows belong to a shard (pass shard=(i, n))")
+        self.rows = sorted(int(r) for r in rows) if rows is not None else shard_rows(len(paths), shard)
+        self._row_array = np.asarray(list(self.rows), dtype=np.int64)
+        self._row_set = set(self.rows)
         self.meta = CacheMeta(teacher, backend, model_sha256, json.loads(_json(dict(params))), index_sha256,
                               _norm_fields(fields), tuple(paths), f"{shard[0]}/{shard[1]}" if shard else "")
         self.flush_every_s = flush_every_s
@@ -325,7 +332,7 @@ class CacheWriter:
             f.close()
             return None
         self._validate_done(f)
-        self.resumed_rows = int(f["done"][()][self.rows.start:self.rows.stop].sum())
+        self.resumed_rows = int(f["done"][()][self._row_array].sum())
         log.info("resuming %s: %d of %d rows already done", self.tmp, self.resumed_rows, len(self.rows))
         return f
 
@@ -359,7 +366,7 @@ class CacheWriter:
             self.flush()
 
     def _check_batch(self, rows: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
-        outside = [int(r) for r in rows if r not in self.rows]
+        outside = [int(r) for r in rows if int(r) not in self._row_set]
         if outside:
             raise IndexError(f"{self.out}: rows {outside[:5]} outside this writer's range {self.rows}")
         missing = sorted(set(self.meta.fields) - set(values))
@@ -388,7 +395,7 @@ class CacheWriter:
 
     @property
     def num_done(self) -> int:
-        return int(self._done[self.rows.start:self.rows.stop].sum()) + sum(len(r) for r in self._unflagged)
+        return int(self._done[self._row_array].sum()) + sum(len(r) for r in self._unflagged)
 
     def close(self) -> None:
         """Flush and close the work file, keeping it for a later resume."""
@@ -446,8 +453,23 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> Path:
     finally:
         for f in files:
             f.close()
+    if out.is_file() and _same_bytes(final_tmp, out):
+        final_tmp.unlink()  # unchanged (e.g. only the shard count changed): keep the file and its time, so
+        return out          # neither Snakemake (mtime) nor DVC (hash) reruns what depends on it
     _replace_verified(final_tmp, out, whole)
     return out
+
+
+def _same_bytes(a: Path, b: Path, block: int = 1 << 20) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(block), fb.read(block)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 class CacheReader:

@@ -110,7 +110,7 @@ def _method_hints(name: str) -> dict[str, Any] | None:
 
 # Keys every teacher section may hold besides the teacher's own parameters (read by params.stage_teacher / runner).
 TEACHER_RUN_KEYS: dict[str, Any] = {"backend": str, "model": str | None, "batch_size": int, "workers": int,
-                                    "device": str, "needs": list[str], "module": str}
+                                    "device": str, "needs": list[str], "module": str, "shards": int}
 
 
 def _type_of_default(value: Any) -> Any:

@@ -31,6 +31,7 @@ from reid.pipeline.layout import (
     model_dir,
     model_path,
     onnx_dir,
+    shard_paths,
     NON_CACHE_DEPS,
     root_of,
     teacher_deps,
@@ -62,6 +63,7 @@ STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "train": ("reid.engine.trainer", "reid.methods"),
     "teacher-outputs": ("reid.engine.commands", "reid.methods"),
     "evaluate": ("reid.engine.inference", "reid.methods"),
+    "merge": ("reid.teachers.commands",),
     "export": ("reid.deploy.export", "reid.methods"),
 }
 # Every stage runs through these (`reid pipeline` resolving params.yaml); their own imports are stage-specific.
@@ -167,8 +169,18 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         need_caches(ds, deps)
         _, keys = C.stage_teacher(cfg, ds, name)
         extra = f"--teacher {name} --index {index_path(ds)} {cache_args(deps)}".strip()
-        add(Stage(f"teach-{ds}-{name}", _pipeline_cmd("teach", ds, cache_path(ds, name), extra),
-                  code_deps("teach", (C.teacher_module(cfg, name),)) + sorted(set(deps.values())), [cache_path(ds, name)], keys))
+        code = code_deps("teach", (C.teacher_module(cfg, name),)) + sorted(set(deps.values()))
+        parts = shard_paths(cfg, ds, name)
+        if not parts:
+            add(Stage(f"teach-{ds}-{name}", _pipeline_cmd("teach", ds, cache_path(ds, name), extra), code,
+                      [cache_path(ds, name)], keys))
+            return
+        n = len(parts)
+        for i, part in enumerate(parts):  # one stage per shard (each its own cluster job), then the merge
+            add(Stage(f"teach-{ds}-{name}-{i}-of-{n}", _pipeline_cmd("teach", ds, part, f"{extra} --shard {i}/{n}"),
+                      code, [part], keys))
+        add(Stage(f"teach-{ds}-{name}", f"python -m reid merge-shards --out {cache_path(ds, name)} {' '.join(parts)}",
+                  code_deps("merge") + parts, [cache_path(ds, name)], []))
 
     def need_caches(ds: str, deps: Mapping[str, str]) -> None:
         for dep in deps:

@@ -102,6 +102,24 @@ def teacher_deps(cfg: Mapping[str, Any], ds: str, teacher: str) -> dict[str, str
     return deps
 
 
+def teacher_shards(cfg: Mapping[str, Any], ds: str, teacher: str) -> int:
+    """How many shard jobs make cache/<ds>/<teacher>.h5 (`teachers.<t>.shards`, per dataset overridable)."""
+    n = int(C.stage_teacher(cfg, ds, teacher)[0].get("shards", 1))
+    if n < 1:
+        raise C.ConfigError(f"teachers.{teacher}.shards must be >= 1, got {n}")
+    return n
+
+
+def shard_path(ds: str, teacher: str, i: int, n: int) -> str:
+    return f"cache/{ds}/{teacher}.shards/{i}-of-{n}.h5"
+
+
+def shard_paths(cfg: Mapping[str, Any], ds: str, teacher: str) -> list[str]:
+    """The shard parts of a sharded teacher cache ([] when it runs as one job)."""
+    n = teacher_shards(cfg, ds, teacher)
+    return [shard_path(ds, teacher, i, n) for i in range(n)] if n > 1 else []
+
+
 def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     deps = {"index": index_path(ds), **index_deps(cfg, ds)}
     deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=True)))

@@ -242,7 +242,7 @@ def stage_teacher(cfg: Mapping[str, Any], dataset: str, teacher: str) -> tuple[d
     keys = [f"teachers.{teacher}"]
     if _has(cfg, f"datasets.{dataset}.teachers.{teacher}"):
         keys.append(f"datasets.{dataset}.teachers.{teacher}")
-    run = {k: merged.pop(k) for k in ("backend", "model", "batch_size", "workers", "device", PLUGIN_KEY)
+    run = {k: merged.pop(k) for k in ("backend", "model", "batch_size", "workers", "device", PLUGIN_KEY, "shards")
            if k in merged}
     if run.get("backend") == "oracle":  # the oracle reads ground truth: a weights file named globally is not used
         run["model"] = None

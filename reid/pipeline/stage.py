@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="dataset root (default: from params.yaml)")
     p.add_argument("--model", help="model.pt (evaluate, teacher-outputs)")
     p.add_argument("--cache", action="append", metavar="NAME=PATH", help="an input cache (repeatable)")
+    p.add_argument("--shard", help="teach: i/n, compute one shard part (merge the parts with merge-shards)")
     p.add_argument("--out", required=True, help="the stage's output path")
 
 
@@ -107,8 +108,10 @@ def main(args: argparse.Namespace) -> int:
                                     kw.get("device", "auto"), caches, **kw["params"])
         except ValueError as exc:
             raise SystemExit(str(exc))
+        from reid.cache.h5 import parse_shard
+
         summary = teacher.build_cache(args.index, _root(args), args.out, batch_size=int(kw.get("batch_size", 16)),
-                                      workers=int(kw.get("workers", 2)))
+                                      workers=int(kw.get("workers", 2)), shard=parse_shard(args.shard))
         print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}, sort_keys=True))
     elif args.stage == "train":
         from reid.engine.trainer import train

@@ -49,6 +49,16 @@ DEFAULTS: dict[str, Any] = {"backbone": "hrnet_w32", "num_parts": 7, "input_size
                             "weights": None}
 
 
+def identity_shard_rows(rows: Sequence[IndexRow], shard: tuple[int, int]) -> list[int]:
+    """Rows of shard i/n by whole identities: the j-th identity (sorted keys) goes to shard j mod n. Clustering
+    sees every image of an identity in one shard, so merged shards equal an unsharded run byte for byte."""
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+    order = {k: j for j, k in enumerate(sorted({identity_key(r) for r in rows}))}
+    return [r for r, row in enumerate(rows) if order[identity_key(row)] % n == i]
+
+
 def identity_key(row: IndexRow) -> int:
     """Clustering group of a row: its pid, kept apart for train and test rows (2*pid, 2*pid+1; junk -1 too)."""
     return 2 * int(row.pid) + (0 if row.split == "train" else 1)
@@ -152,10 +162,8 @@ class ISPLabelsTeacher(Teacher):
     def build_cache(self, index_path: str | Path, root: str | Path, out: str | Path, batch_size: int = 16,
                     workers: int = 2, shard: tuple[int, int] | None = None, progress: bool = True,
                     flush_every_s: float = 10.0) -> dict[str, Any]:
-        """Write the `isp_labels` cache for every index row; returns a run summary (images/s, seconds...)."""
-        if shard is not None:
-            raise ValueError("isp_labels clusters whole identities: a row-range shard would split them; run it "
-                             "unsharded")
+        """Write the `isp_labels` cache for every index row (or one shard: whole identities, see
+        `identity_shard_rows`); returns a run summary (images/s, seconds...)."""
         from reid.models.isp_clustering import IdentityChunker
         from reid.teachers.runner import _batches, _progress, _RowLoader
 
@@ -163,7 +171,8 @@ class ISPLabelsTeacher(Teacher):
         start = time.perf_counter()
         with CacheWriter(out, teacher=self.name, backend=self.backend, model_sha256=self.model_sha256,
                          params=self.cache_params(), index_sha256=index_sha256(index_path),
-                         paths=[r.path for r in rows], fields=self.fields()) as writer:
+                         paths=[r.path for r in rows], fields=self.fields(), shard=shard,
+                         rows=identity_shard_rows(rows, shard) if shard else None) as writer:
             pending = set(writer.pending_rows().tolist())
             self._write_zeros(writer, sorted(i for i in pending if rows[i].split not in self.splits))
             todo = self._rows_to_cluster(rows, pending)

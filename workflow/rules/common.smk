@@ -17,6 +17,8 @@ wildcard_constraints:
     dataset="[^/]+",
     run="[^/]+",
     teacher="|".join(C.teacher_names(config)),  # the keys of `teachers:` in params.yaml
+    i="[0-9]+",
+    n="[0-9]+",
     derived="|".join(C.derived_caches()),  # the `provides_cache` of registered teacher methods
     method="[a-z0-9_]+",
 
@@ -38,6 +40,25 @@ def caches_arg(deps_fn):
         return D.cache_args(deps_fn(wildcards))
 
     return _params
+
+
+def teach_inputs(wildcards):
+    """A teacher cache's inputs: its dependencies, or its shard parts when it is sharded."""
+    parts = D.shard_paths(config, wildcards.dataset, wildcards.teacher)
+    return {"parts": parts} if parts else D.teacher_deps(config, wildcards.dataset, wildcards.teacher)
+
+
+def teach_command(wildcards, input, output):
+    """The teach job's command: the teacher itself, or the merge of its shard parts."""
+    ds, teacher = wildcards.dataset, wildcards.teacher
+    if D.shard_paths(config, ds, teacher):
+        parts = " ".join(shlex.quote(p) for p in input.parts)
+        return f"python -m reid merge-shards --out {shlex.quote(output[0])} {parts}"
+    resolved_json = shlex.quote(C.to_json(C.stage_teacher(config, ds, teacher)[0]))
+    caches = D.cache_args(D.teacher_deps(config, ds, teacher))
+    return (f"python -m reid pipeline teach --dataset {ds} --teacher {teacher} --resolved {resolved_json} "
+            f"--index {shlex.quote(input.index)} --root {shlex.quote(D.root_of(config, ds))} {caches} "
+            f"--out {shlex.quote(output[0])}")
 
 
 def teacher_gpu(wildcards):

@@ -2,14 +2,14 @@
 
 
 rule teach:
+    # One job, or (teachers.<t>.shards: N > 1) the merge of N shard jobs (rule teach_shard) into the same bytes.
     input:
-        unpack(lambda wc: D.teacher_deps(config, wc.dataset, wc.teacher)),
+        unpack(teach_inputs),
     output:
         "cache/{dataset}/{teacher}.h5",
     params:
-        resolved=resolved(C.stage_teacher, "dataset", "teacher"),
-        root=lambda wc: D.root_of(config, wc.dataset),
-        caches=caches_arg(lambda wc: D.teacher_deps(config, wc.dataset, wc.teacher)),
+        resolved=resolved(C.stage_teacher, "dataset", "teacher"),  # tracked: a change reruns the cache
+        command=teach_command,
     log:
         "logs/{dataset}/teach_{teacher}.log",
     benchmark:
@@ -18,11 +18,31 @@ rule teach:
         "../../envs/teachers.yaml"
     threads: teacher_threads
     resources:
+        gpu=lambda wc: 0 if D.shard_paths(config, wc.dataset, wc.teacher) else teacher_gpu(wc),
+    shell:
+        "{params.command} > {log:q} 2>&1"
+
+
+rule teach_shard:
+    input:
+        unpack(lambda wc: D.teacher_deps(config, wc.dataset, wc.teacher)),
+    output:
+        "cache/{dataset}/{teacher}.shards/{i}-of-{n}.h5",
+    params:
+        resolved=resolved(C.stage_teacher, "dataset", "teacher"),
+        root=lambda wc: D.root_of(config, wc.dataset),
+        caches=caches_arg(lambda wc: D.teacher_deps(config, wc.dataset, wc.teacher)),
+    log:
+        "logs/{dataset}/teach_{teacher}.{i}-of-{n}.log",
+    conda:
+        "../../envs/teachers.yaml"
+    threads: teacher_threads
+    resources:
         gpu=teacher_gpu,
     shell:
         "python -m reid pipeline teach --dataset {wildcards.dataset} --teacher {wildcards.teacher} "
         "--resolved {params.resolved} --index {input.index:q} --root {params.root:q} {params.caches} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--shard {wildcards.i}/{wildcards.n} --out {output:q} > {log:q} 2>&1"
 
 
 rule teacher_outputs:
