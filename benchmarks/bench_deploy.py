@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
+
 from reid.deploy.export import export_graph, graph_inputs  # noqa: E402
 from reid.methods.base import build_method  # noqa: E402
 from reid.teachers.onnx_utils import create_session  # noqa: E402
@@ -94,7 +94,8 @@ def main() -> int:
     by = {r["method"]: r for r in rows}
     result = {"size": args.size, "threads": torch.get_num_threads(), "rows": rows}
     if "sureid" in by and "sureid--vanilla" in by:
-        result["hts_speedup_torch"] = round(by["sureid"]["torch_images_per_s"] / by["sureid--vanilla"]["torch_images_per_s"], 2)
+        result["hts_speedup_torch"] = round(by["sureid"]["torch_images_per_s"]
+                                            / by["sureid--vanilla"]["torch_images_per_s"], 2)
         result["hts_speedup_onnxruntime"] = round(by["sureid"]["onnxruntime_images_per_s"]
                                                   / by["sureid--vanilla"]["onnxruntime_images_per_s"], 2)
         print(f"SUREID HTS vs vanilla DeiT-S: x{result['hts_speedup_torch']} in PyTorch, "

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-
 DEPLOYED = ["baseline", "deskpro", "pgfl_kd", "isp", "sureid"]
 
 

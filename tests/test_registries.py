@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CFG, WORLD, build_teacher_cache, teacher_order
 
 import reid.methods  # noqa: F401  (registers the built-in methods)
-from conftest import CFG, WORLD, build_teacher_cache, teacher_order
-from reid.pipeline import params as C
 from reid.cache.h5 import CacheReader
 from reid.data.index import read_index
 from reid.methods.base import METHODS
+from reid.pipeline import params as C
 
 
 def _rows(method: str) -> list[str | None]:

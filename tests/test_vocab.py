@@ -43,6 +43,7 @@ def test_modules_share_the_one_copy() -> None:
     from reid.teachers import faces, keypoints, parsing, restored_faces
 
     assert render.COCO_KEYPOINTS is vocab.COCO_KEYPOINTS and parsing.LABEL_SETS is vocab.LABEL_SETS
-    assert render.ARCFACE_TEMPLATE_112 is vocab.ARCFACE_TEMPLATE_112 and faces.arcface_template is vocab.arcface_template
+    assert render.ARCFACE_TEMPLATE_112 is vocab.ARCFACE_TEMPLATE_112
+    assert faces.arcface_template is vocab.arcface_template
     assert restored_faces.arcface_template is vocab.arcface_template
     assert keypoints.COCO_FLIP_PAIRS is vocab.COCO_FLIP_PAIRS and transforms.COCO_FLIP_PAIRS is vocab.COCO_FLIP_PAIRS

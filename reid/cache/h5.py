@@ -339,7 +339,8 @@ class CacheWriter:
     def _validate_done(self, f: h5py.File) -> None:
         """Unmark rows whose chunks were never allocated (a kill between flushes of an older HDF5 state)."""
         done = f["done"][()]
-        bad = [int(r) for r in np.flatnonzero(done) if not all(_chunk_allocated(f[n], int(r)) for n in self.meta.fields)]
+        bad = [int(r) for r in np.flatnonzero(done)
+               if not all(_chunk_allocated(f[n], int(r)) for n in self.meta.fields)]
         if bad:
             log.warning("%s: %d rows marked done have no data (first: %s); recomputing them", self.tmp, len(bad),
                         bad[:5])
@@ -553,7 +554,8 @@ class CacheReader:
         """Decoded provenance: params and fields as dicts, numbers as ints."""
         out = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.meta.attrs()}
         out["params"] = self.meta.params
-        out["fields"] = {k: {"shape": list(s), "dtype": d, "kind": kind} for k, (s, d, kind) in self.meta.fields.items()}
+        out["fields"] = {k: {"shape": list(s), "dtype": d, "kind": kind}
+                         for k, (s, d, kind) in self.meta.fields.items()}
         return out
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:

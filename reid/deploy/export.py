@@ -85,7 +85,7 @@ def describe(method: Method, ckpt: dict[str, Any], model_path: Path, outputs: di
         "inputs": inputs,
         "outputs": [{"name": k, "shape": v} for k, v in outputs.items()],
         "distance": {"method": method.name, "function": f"{type(method).__name__}.distance",
-                     "doc": (type(method).distance.__doc__ or "").strip().splitlines()[0] if type(method).distance.__doc__ else ""},
+                     "doc": ((type(method).distance.__doc__ or "").strip().splitlines() or [""])[0]},
         "opset": OPSET,
         "source_model": str(model_path),
         "source_model_sha256": file_sha256(model_path),

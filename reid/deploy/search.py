@@ -9,8 +9,8 @@ processed in chunks, so memory stays bounded by chunk x gallery.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any

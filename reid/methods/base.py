@@ -24,7 +24,8 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class Claim:
-    """A paper's claim, decided by reid/eval/claims.py: `better` beats `worse` (ablation rows of one method) on `setting`, by `metric` ("ap" or "r1")."""
+    """A paper's claim, decided by reid/eval/claims.py: row `better` beats row `worse` (ablation rows of one
+    method) on protocol setting `setting`, by `metric` ("ap": per-query AP, i.e. mAP; "r1": rank-1 hits)."""
 
     name: str
     better: str

@@ -1,8 +1,8 @@
 """`python -m reid pipeline <stage>`: one DAG stage, its parameters resolved from params.yaml.
 
 Snakemake calls it with `--resolved JSON` (the value it tracks in `params:`), DVC with `--params params.yaml`
-(whose keys it tracks per stage); both routes go through reid.pipeline.params, so the two DAGs run the same code with the
-same values. File paths always come from the orchestrator's command line.
+(whose keys it tracks per stage); both routes go through reid.pipeline.params, so the two DAGs run the same code
+with the same values. File paths always come from the orchestrator's command line.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ def cmc_plot(curves: dict[str, np.ndarray], out: str | Path, title: str = "", ma
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     for name, cmc in curves.items():
         ranks = np.arange(1, min(max_rank, len(cmc)) + 1)
-        ax.plot(ranks, 100 * np.asarray(cmc)[: len(ranks)], marker="o", markersize=3, label=f"{name} (R1 {100 * cmc[0]:.1f})")
+        ax.plot(ranks, 100 * np.asarray(cmc)[: len(ranks)], marker="o", markersize=3,
+                label=f"{name} (R1 {100 * cmc[0]:.1f})")
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")

@@ -29,7 +29,8 @@ def rank_sheet(queries: Sequence[Path], ranked: Sequence[Sequence[Path]], correc
     green border when it shows the query's identity, red when not (grey when identities are unknown)."""
     rows = []
     for i, (q, hits) in enumerate(zip(queries, ranked)):
-        tiles = [_tile(Path(q), BLUE, captions[i] if captions else "query"), np.full((TILE_H + 14, 8, 3), 255, np.uint8)]
+        gap = np.full((TILE_H + 14, 8, 3), 255, np.uint8)
+        tiles = [_tile(Path(q), BLUE, captions[i] if captions else "query"), gap]
         for j, g in enumerate(hits):
             colour = GREY if correct is None else (GREEN if correct[i][j] else RED)
             label = f"{j + 1}" + (f" {distances[i][j]:.2f}" if distances is not None else "")
