@@ -71,3 +71,21 @@ def test_sync_bn_on_cpu_processes_is_a_clear_error(tiny_world, tmp_path: Path) -
     proc = _torchrun(tiny_world, tmp_path / "sync", {**TRAIN, "epochs": 1, "sync_bn": True})
     assert proc.returncode != 0
     assert "train.sync_bn needs CUDA devices" in proc.stdout + proc.stderr
+
+
+def test_snakemake_launches_a_multi_gpu_training_with_torchrun(tmp_path: Path, repo_copier) -> None:
+    """`train.gpus: N` > 1: the train job asks for N GPUs and runs through torchrun with N processes."""
+    import yaml
+
+    work = repo_copier(tmp_path / "repo")
+    p = yaml.safe_load((work / "params.yaml").read_text())
+    p["datasets"]["synthocc"]["train"]["gpus"] = 2
+    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "4",
+                           "models/synthocc/baseline/model.pt", "models/synthcc/baseline/model.pt"], cwd=work,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "torchrun --standalone --nproc_per_node 2 -m reid pipeline train --dataset synthocc" in out
+    assert "python -m reid pipeline train --dataset synthcc" in out  # one GPU: a plain process
+    assert "gpu=2" in out

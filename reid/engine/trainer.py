@@ -67,6 +67,7 @@ class TrainConfig:
     amp: bool = True
     grad_clip: float = 0.0
     sync_bn: bool = False  # multi-GPU: BatchNorm statistics over the global batch (nn.SyncBatchNorm)
+    gpus: int = 1  # processes of one training job: > 1 makes Snakemake launch it with torchrun (DDP)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

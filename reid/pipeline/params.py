@@ -325,6 +325,11 @@ STAGE_THREADS = {"synth": 1, "index": 2, "evaluate": 2, "teacher-outputs": 2, "e
 # plain `python -m reid export` (nothing in params.yaml changes it)
 
 
+def train_processes(resolved: Mapping[str, Any]) -> int:
+    """Processes (GPUs) of one training job: `train.gpus` (DDP through torchrun when > 1)."""
+    return max(1, int(resolved["train_cfg"].get("gpus", 1)))
+
+
 def stage_threads(stage: str, resolved: Mapping[str, Any]) -> int:
     """Threads of one job of `stage` with resolved parameters `resolved` (train: its loader workers, teach: its
     decode workers, at least 1)."""

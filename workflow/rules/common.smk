@@ -71,7 +71,18 @@ def teacher_threads(wildcards):
 
 
 def train_threads(wildcards):
-    return C.stage_threads("train", C.stage_train(config, wildcards.dataset, wildcards.run)[0])
+    resolved = C.stage_train(config, wildcards.dataset, wildcards.run)[0]
+    return C.stage_threads("train", resolved) * C.train_processes(resolved)
+
+
+def train_gpus(wildcards):
+    return C.train_processes(C.stage_train(config, wildcards.dataset, wildcards.run)[0])
+
+
+def train_launcher(wildcards):
+    """`python`, or torchrun with one process per GPU the job asks for (`train.gpus`)."""
+    n = train_gpus(wildcards)
+    return f"torchrun --standalone --nproc_per_node {n}" if n > 1 else "python"
 
 
 def all_targets():

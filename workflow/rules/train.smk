@@ -12,6 +12,7 @@ rule train:
         root=lambda wc: D.root_of(config, wc.dataset),
         caches=caches_arg(lambda wc: D.train_deps(config, wc.dataset, wc.run)),
         out_dir=lambda wc: D.model_dir(wc.dataset, wc.run),
+        launcher=train_launcher,
     log:
         "logs/{dataset}/train_{run}.log",
     benchmark:
@@ -20,9 +21,9 @@ rule train:
         "../../envs/train.yaml"
     threads: train_threads
     resources:
-        gpu=1,
+        gpu=train_gpus,
     shell:
-        "python -m reid pipeline train --dataset {wildcards.dataset} --run {wildcards.run} "
+        "{params.launcher} -m reid pipeline train --dataset {wildcards.dataset} --run {wildcards.run} "
         "--resolved {params.resolved} --index {input.index:q} --root {params.root:q} {params.caches} "
         "--out {params.out_dir:q} > {log:q} 2>&1"
 
