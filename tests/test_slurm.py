@@ -32,6 +32,13 @@ def _start_slurm() -> None:
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.skip(f"SLURM did not start: {(proc.stdout + proc.stderr)[-500:]}")
+    try:  # the daemons may be up without being able to run a job (e.g. an unresolvable host name)
+        probe = subprocess.run(["sbatch", "--wait", "--wrap", "true", "-o", "/dev/null"], capture_output=True,
+                               text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        probe = None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("SLURM is up but a trivial sbatch job did not complete within 90 s")
     try:
         import snakemake_executor_plugin_slurm  # noqa: F401
     except ImportError:
