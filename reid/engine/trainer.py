@@ -339,7 +339,7 @@ class Trainer:
             images += len(batch["image"])
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         if self.world_size > 1:  # the log reports the global batch: mean over ranks
-            keys = sorted(sums)
+            keys = list(sums)  # the same order on every rank (the method returns its terms in a fixed order)
             vec = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(vec)
             sums = dict(zip(keys, (vec / self.world_size).tolist()))
