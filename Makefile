@@ -38,7 +38,10 @@ test: install
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not cluster"
+
+test-cluster: install
+	$(PY) -m pytest -q -m cluster
 
 lint: install
 	snakemake --lint

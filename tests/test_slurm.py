@@ -56,6 +56,7 @@ def _completed_jobs() -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_a_sharded_dag_runs_through_slurm_and_equals_a_local_run(tmp_path: Path, repo_copier) -> None:
     _start_slurm()
     work = repo_copier(tmp_path / "repo")
