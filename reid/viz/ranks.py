@@ -7,8 +7,10 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
 
 from reid.data.images import read_bgr
+from reid.eval.metrics import junk_rule
 
 TILE_H, TILE_W, BORDER = 128, 64, 4
 GREEN, RED, GREY, BLUE = (60, 180, 60), (40, 40, 220), (150, 150, 150), (200, 120, 40)  # BGR
@@ -49,15 +51,13 @@ def display_rankings(dist: np.ndarray, q_rows: Sequence, g_rows: Sequence, mode:
     """Per query, the top-k gallery indices with the protocol's junk removed (same identity seen by the same
     camera; also the same clothes in `cc`, other clothes in `sc`), whether each shows the query's identity, and
     the rank of the first correct match (len(gallery) when none)."""
-    q_pid = np.array([r.pid for r in q_rows]); g_pid = np.array([r.pid for r in g_rows])  # noqa: E702
-    q_cam = np.array([r.camid for r in q_rows]); g_cam = np.array([r.camid for r in g_rows])  # noqa: E702
-    q_clo = np.array([r.clothes for r in q_rows]); g_clo = np.array([r.clothes for r in g_rows])  # noqa: E702
-    same = q_pid[:, None] == g_pid[None, :]
-    junk = same & (q_cam[:, None] == g_cam[None, :])
-    if mode == "cc":
-        junk |= same & (q_clo[:, None] == g_clo[None, :])
-    elif mode == "sc":
-        junk |= same & (q_clo[:, None] != g_clo[None, :])
+    def column(rows: Sequence, key: str) -> np.ndarray:
+        return np.array([getattr(r, key) for r in rows])
+
+    same = column(q_rows, "pid")[:, None] == column(g_rows, "pid")[None, :]
+    cam_eq = torch.from_numpy(column(q_rows, "camid")[:, None] == column(g_rows, "camid")[None, :])
+    clothes_eq = torch.from_numpy(column(q_rows, "clothes")[:, None] == column(g_rows, "clothes")[None, :])
+    junk = same & junk_rule(cam_eq, clothes_eq, mode).numpy()  # the evaluation's own rule
     d = np.where(junk, np.inf, np.asarray(dist, np.float64))
     order = np.argsort(d, axis=1, kind="stable")
     hits = np.take_along_axis(same & ~junk, order, axis=1)
