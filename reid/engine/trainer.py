@@ -215,16 +215,24 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+            # the weights came from rank 0 (DDP broadcasts them); from here on each rank draws its own
+            # augmentations and dropout masks, as independent GPUs of a larger batch would
+            torch.manual_seed(self._rank_seed(cfg.seed))
+            np.random.seed(self._rank_seed(cfg.seed) % 2**32)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []  # per-epoch log rows, also kept in the checkpoint
 
+    def _rank_seed(self, seed: int) -> int:
+        """A seed of this rank's own (rank 0 keeps `seed`, so one process runs exactly as without DDP)."""
+        return seed + 1_000_003 * self.rank
+
     # --- loaders -----------------------------------------------------------------------------------------
     def _loader(self, epoch: int) -> DataLoader:
         self.sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
+        gen = torch.Generator().manual_seed(self._rank_seed(self.cfg.seed * 7919 + epoch))
         return DataLoader(
             self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.workers, generator=gen,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
@@ -254,14 +262,26 @@ class Trainer:
             sort_keys=True, default=str,
         )
 
+    def _rank_rngs(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state (a collective under DDP): each rank's augmentations draw from its own
+        stream, so a resumed rank must get its own state back, not rank 0's."""
+        mine = _collect_rng()
+        if self.world_size == 1:
+            return [mine]
+        gathered: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, mine)
+        return gathered
+
     def save_checkpoint(self, epoch: int) -> None:
+        rngs = self._rank_rngs()
         if self.rank != 0:
             return
         _atomic_save(
             {"epoch": epoch, "fingerprint": self._fingerprint(), "history": self.history,
              "model": self.model.state_dict(),
              "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-             "scaler": self.scaler.state_dict(), "method_state": self.method.extra_state(), "rng": _collect_rng()},
+             "scaler": self.scaler.state_dict(), "method_state": self.method.extra_state(), "rng": rngs[0],
+             "rng_ranks": rngs},
             self.checkpoint_path,
         )
 
@@ -287,7 +307,14 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.method.load_extra_state(ckpt.get("method_state", {}))
-        _restore_rng(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(ranks) == self.world_size:
+            _restore_rng(ranks[self.rank])
+        else:  # resumed on another number of processes: the run goes on, but not bit-identically
+            _restore_rng(ranks[0])
+            log.warning("%s was written by %d process(es), this run has %d: the augmentation streams restart "
+                        "from rank 0's, so the result will not be bit-identical to an uninterrupted run",
+                        self.checkpoint_path, len(ranks), self.world_size)
         self.start_epoch = ckpt["epoch"] + 1
         self.history = list(ckpt.get("history", []))
         log.info("resumed from %s after epoch %d", self.checkpoint_path, ckpt["epoch"])
