@@ -97,6 +97,43 @@ def test_ties_follow_gallery_order() -> None:
     assert r["mAP"] == pytest.approx(1.0) and r["mINP"] == pytest.approx(1.0)
 
 
+def test_items_before_kernel_by_hand() -> None:
+    """One row, gallery 0..5 = [0.3, 0.1, 0.3, 0.2, 0.3, 0.0]; positives g2 and g4 (both at 0.3) and g3 (0.2).
+    Before g3: g1, g5 (strictly closer) = 2. Before g2: g1, g3, g5 closer + g0 (tie, lower index) = 4.
+    Before g4: 3 closer + g0, g2 (ties, lower index) = 5. A reading without the index tie-break gives 3, 3."""
+    from reid.eval.kernels import _row_buckets, _row_dense, items_before
+
+    dist = np.array([[0.3, 0.1, 0.3, 0.2, 0.3, 0.0]], np.float32)
+    pos = np.array([[0.2, 0.3, 0.3, np.inf]], np.float32)  # ascending, (distance, index) order, one pad slot
+    idx = np.array([[3, 2, 4, 6]], np.int64)
+    got = items_before(dist, pos, idx, np.array([3], np.int64))
+    np.testing.assert_array_equal(got, [[2, 4, 5, 0]])
+    for strategy in (_row_dense, _row_buckets):  # both ways of counting (few / many positives)
+        out = np.zeros(4, np.int64)
+        strategy(dist[0], pos[0], idx[0], 3, out)
+        np.testing.assert_array_equal(out, [2, 4, 5, 0], err_msg=strategy.__name__)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("gallery", [200, 3000])  # ~20 positives per query (dense passes), ~300 (buckets)
+def test_cpu_kernel_and_gpu_sort_path_count_the_same(ties: bool, gallery: int) -> None:
+    """The ways of counting (compiled passes on CPU, sort + binary search on GPU) agree, ties included."""
+    from reid.eval.kernels import DENSE_POSITIVES
+    from reid.eval.metrics import SamePidIndex, _items_before, items_before_by_sort
+
+    rng = np.random.default_rng(3 + ties)
+    p = random_problem(rng, 30, gallery, 10, ties)
+    dist = torch.from_numpy(p["distmat"]).float()
+    gidx, valid = SamePidIndex(torch.as_tensor(p["g_pids"])).slots(torch.as_tensor(p["q_pids"]))
+    assert (valid.sum(1).max() > DENSE_POSITIVES) == (gallery > 1000)
+    dvals = torch.where(valid, dist.gather(1, gidx.clamp(max=gallery - 1)), torch.tensor(float("inf")))
+    dvals, perm = torch.sort(dvals, dim=1, stable=True)
+    gidx, valid = gidx.gather(1, perm), valid.gather(1, perm)
+    a = _items_before(dist, dvals, gidx, valid)
+    b = items_before_by_sort(dist, dvals, gidx, valid)
+    assert torch.equal(a[valid], b[valid])
+
+
 def test_max_rank_beyond_gallery_is_truncated() -> None:
     with pytest.warns(UserWarning, match="max_rank 50 lowered to 3"):
         r = evaluate(np.array([[0.3, 0.2, 0.1]]), [1], [1, 2, 2], [0], [1, 1, 1])
