@@ -10,9 +10,12 @@ the identities are processed in groups of about `--group-images` images, as the 
 (reid/models/isp_clustering.py IdentityChunker): each group's synthetic features are generated (float16, on
 the target device, NOT timed), then `cascaded_clustering` is timed on it (device synchronised; includes the
 bucket gather, the float32 conversion, both k-means steps and the label scatter). `--limit-images` stops after
-that many images and extrapolates linearly (the cost is linear in pixels at a fixed iteration count, which
-never stops early). Synthetic features: low-norm noise background, a body region whose rows carry K-1 part
-directions plus noise; the identity sizes vary (lognormal), seeded.
+that many images and extrapolates linearly (each identity's k-means stops at a fixed point, so the cost is linear in
+pixels times the iterations taken).
+Synthetic features (`--structure parts`, default): low-norm noise background, a body region whose rows carry K-1
+part directions plus noise; k-means converges after one or two updates. `--structure noise`: uniform noise
+everywhere, no parts, so k-means runs (nearly) all `--iters` updates: the cost when nothing converges. The
+identity sizes vary (lognormal), seeded. Features are stored channels_last float16, as IdentityChunker keeps them.
 
 Usage: python benchmarks/bench_isp.py [--quick] [--device cpu|cuda] [--limit-images N] [--out bench.json]
 """
@@ -52,10 +55,14 @@ def identity_sizes(images: int, ids: int, seed: int) -> np.ndarray:
 
 
 def synthetic_features(sizes: np.ndarray, first_id: int, channels: int, h: int, w: int, K: int,
-                       device: torch.device, seed: int) -> torch.Tensor:
-    """float16 maps for identities with these sizes: noise background, body rows with per-identity part codes."""
+                       device: torch.device, seed: int, structure: str = "parts") -> torch.Tensor:
+    """float16 channels_last maps for identities with these sizes: noise background, body rows with
+    per-identity part codes (`structure="parts"`), or noise only (`"noise"`)."""
     g = torch.Generator(device="cpu").manual_seed(seed * 100003 + first_id)
     n = int(sizes.sum())
+    if structure == "noise":
+        return torch.rand(n, channels, h, w, generator=g).to(device, torch.float16,
+                                                              memory_format=torch.channels_last)
     feats = (0.05 * torch.rand(n, channels, h, w, generator=g)).to(device, torch.float16)
     bands = torch.linspace(0, h, K).long()
     start = 0
@@ -66,7 +73,7 @@ def synthetic_features(sizes: np.ndarray, first_id: int, channels: int, h: int, 
             rows = slice(int(bands[part]), int(bands[part + 1]))
             feats[start:start + size, :, rows, body] += codes[part][None, :, None, None]
         start += size
-    return feats
+    return feats.contiguous(memory_format=torch.channels_last)
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -79,7 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         while j < len(sizes) and (j == i or sizes[i:j + 1].sum() <= args.group_images):
             j += 1
         group = sizes[i:j]
-        feats = synthetic_features(group, i, args.channels, args.height, args.width, args.parts, device, args.seed)
+        feats = synthetic_features(group, i, args.channels, args.height, args.width, args.parts, device, args.seed,
+                                   args.structure)
         pids = torch.repeat_interleave(torch.arange(i, j), torch.as_tensor(group))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -100,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return {
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
                                  f" ({torch.get_num_threads()} threads)"),
-        "problem": {"images": args.images, "ids": args.ids, "channels": args.channels,
+        "problem": {"structure": args.structure, "images": args.images, "ids": args.ids, "channels": args.channels,
                     "map": [args.height, args.width], "K": args.parts, "iters": args.iters,
                     "images_per_id": [int(sizes.min()), float(round(sizes.mean(), 2)), int(sizes.max())]},
         "measured": {"images": measured_images, "identities": int(i), "groups": groups,
@@ -130,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-elements", type=int, default=1 << 27, help="floats per padded bucket (memory knob)")
     p.add_argument("--limit-images", type=int, default=None, help="measure this many images, extrapolate the rest")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--structure", choices=("parts", "noise"), default="parts",
+                   help="planted parts (k-means converges at once) or noise only (runs ~all iterations)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     quick = args.quick

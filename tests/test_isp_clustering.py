@@ -89,6 +89,53 @@ def test_kmeans_batched_planted_clusters() -> None:
     assert means[0] == pytest.approx([0.1 / 3, 0.1 / 3], abs=1e-5) and means[1] == pytest.approx([10.05, 9.95])
 
 
+def _blobs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """3 rows of 60 points in 8-d around 4 random centres each, with a scattered (not valid-first) mask."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 1.5 * torch.randn(3, 4, 8, generator=g)
+    member = torch.randint(0, 4, (3, 60), generator=g)
+    x = centres.gather(1, member[..., None].expand(-1, -1, 8)) + 0.8 * torch.randn(3, 60, 8, generator=g)
+    mask = torch.rand(3, 60, generator=g) > 0.2
+    return x, mask
+
+
+def _reference_lloyd(x: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
+    """Textbook Lloyd in float64, exactly `iters` updates (no early stop), then the final assignment."""
+    x, c = x.double(), centres.double().clone()
+    for it in range(iters + 1):
+        a = torch.cdist(x, c).argmin(2)
+        if it == iters:
+            return torch.where(mask, a, -1)
+        for g in range(x.shape[0]):
+            for j in range(c.shape[1]):
+                sel = mask[g] & (a[g] == j)
+                if sel.any():
+                    c[g, j] = x[g][sel].mean(0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_cpu_kernels_match_the_matmul_path_and_a_fixed_iteration_reference(seed: int) -> None:
+    """The CPU kernels (kmeans_pp_rows, lloyd_rows, stopping at a fixed point) give the GPU path's (batched
+    matmuls) seeds and assignments, and those of a plain Lloyd that always runs all 20 updates."""
+    from reid.models.isp_clustering import (_kmeans_matmul, _kmeans_pp_matmul, hash_base, hashed_uniform,
+                                            kmeans_pp_rows)
+
+    x, mask = _blobs(seed)
+    keys = torch.tensor([5, 9, 11])
+    base = hash_base(3, keys, 60)
+    u = hashed_uniform(3, keys, 0, 60, base)
+    first = torch.where(mask, u, torch.full_like(u, 2.0)).argmin(1)
+    draws = torch.stack([-torch.log(hashed_uniform(3, keys, j, 60, base)) for j in range(1, 4)], 1)
+    seeds_cpu = torch.from_numpy(kmeans_pp_rows(x.numpy(), mask.numpy(), first.numpy(), draws.numpy()))
+    seeds_mm = _kmeans_pp_matmul(x, mask, first, draws)
+    torch.testing.assert_close(seeds_cpu, seeds_mm)
+    assign_cpu, _ = kmeans_batched(x, mask, 4, iters=20, seed=3, keys=keys)
+    assign_mm, _ = _kmeans_matmul(x, mask, seeds_mm, 20)
+    assert torch.equal(assign_cpu, assign_mm)
+    assert torch.equal(assign_cpu, _reference_lloyd(x, mask, seeds_mm, 20))
+    assert bool((assign_cpu[~mask] == -1).all())
+
+
 def _planted(n_images: int, directions: tuple[int, int, int], occlude_bottom: bool = False) -> torch.Tensor:
     """Images 8x4 with C=4: low-norm noise background (columns 0 and 3); a body in columns 1-2 whose rows 0-2,
     3-5, 6-7 point along the given channel directions (norm 1, vs background norm < 0.02)."""

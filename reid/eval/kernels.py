@@ -13,17 +13,9 @@ that, rows in parallel over the CPU cores (numba's prange), with no q x g tempor
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
-from numba import njit, prange
 
-# The pipeline forks (DataLoader and teacher decode workers) in processes that also evaluate; GNU OpenMP, numba's
-# default layer on Linux wheels, is not fork-safe. "forksafe" picks TBB / Intel OpenMP / the built-in workqueue
-# (same speed here: 0.18 s at Market size). NUMBA_THREADING_LAYER still overrides.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "forksafe"
+from reid.jit import njit, prange
 
 DENSE_POSITIVES = 96  # measured crossover of the two strategies on x86-64 AVX2 (benchmarks/bench_eval_peers.py)
 DENSE_MAX_GALLERY = 1 << 24  # float32 counts are exact below this

@@ -9,9 +9,12 @@ An identity with fewer than `min_foreground` foreground pixels gets horizontal s
 fallback when no labels exist).
 
 Why batched: the reference loops over identities in Python with faiss (about 3 min per round on DukeMTMC-reID).
-Here identities are padded to a common pixel count (with masks) and clustered together with batched matmuls
-(`torch.bmm`), on the GPU when the features are there. Identities of similar size are bucketed so padding stays
-small, and each bucket is bounded by `max_elements` so memory stays bounded.
+Here identities are padded to a common pixel count (with masks) and clustered together: on CPU in compiled
+kernels (numba, one identity per thread, one fused pass over the points per Lloyd iteration), on GPU with
+batched matmuls (`torch.bmm`). Identities of similar size are bucketed so padding stays small, and each bucket
+is bounded by `max_elements` so memory stays bounded. Pixels are read channels-last (IdentityChunker stores the
+maps that way) and converted to float32 a cache-sized block at a time. Each identity's k-means stops at its
+fixed point (an assignment that repeats), which gives the same labels as running every iteration.
 
 Determinism: k-means++ draws come from a counter-based hash of (seed, identity key, draw number, pixel number),
 so an identity's labels depend only on its own features, its pid and the seed, never on which other identities
@@ -28,14 +31,22 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from reid.jit import njit, prange
+
 _MASK31 = (1 << 31) - 1
 DEFAULT_MAX_ELEMENTS = 1 << 27  # floats per bucket of padded features (512 MiB in float32)
+_ROWS_PER_STEP = 8192  # pixel rows converted to float32 at a time: 8 MB blocks stay in cache (5x faster than
+# converting a whole bucket, which streams through fresh memory)
 
 
 # --- Eq. 3 and the sharpening ------------------------------------------------------------------------------
 def normalized_activation(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Eq. 3: a(x, y) = ||M(x, y)||_2 / max_(i,j) ||M(i, j)||_2 per image; (N, C, h, w) -> (N, h, w) in [0, 1]."""
-    norms = features.float().norm(dim=1)
+    return activation_from_norms(torch.linalg.vector_norm(features.float().permute(0, 2, 3, 1), dim=-1), eps)
+
+
+def activation_from_norms(norms: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Eq. 3 given the per-pixel norms (N, h, w): each divided by its image's largest."""
     peak = norms.flatten(1).amax(dim=1).clamp(min=eps)
     return norms / peak[:, None, None]
 
@@ -112,24 +123,74 @@ def kmeans_pp_init(x: torch.Tensor, mask: torch.Tensor, k: int, seed: int, keys:
 
     Draw 0 picks a uniformly random valid point; draw j picks point n with probability D(n)^2 / sum D^2 as the
     argmin of E_n / D(n)^2 with E_n = -log u_n exponential. Rows whose points all coincide repeat a centre.
+    The draws are hashed here (torch); the k passes over the points run in a compiled kernel on CPU.
     """
-    G, N, C = x.shape
-    rows = torch.arange(G, device=x.device)
-    x_sq = (x * x).sum(-1)
+    G, N, _ = x.shape
     base = hash_base(seed, keys.to(x.device), N)
     u = hashed_uniform(seed, keys, 0, N, base)
     first = torch.where(mask, u, torch.full_like(u, 2.0)).argmin(dim=1)
+    exp_draws = torch.stack([-torch.log(hashed_uniform(seed, keys, j, N, base)) for j in range(1, k)], dim=1) \
+        if k > 1 else torch.zeros(G, 0, N, dtype=torch.float64, device=x.device)
+    if x.device.type == "cpu":
+        return torch.from_numpy(kmeans_pp_rows(x.contiguous().numpy(), mask.contiguous().numpy(),
+                                               first.numpy(), exp_draws.contiguous().numpy()))
+    return _kmeans_pp_matmul(x, mask, first, exp_draws)
+
+
+def _kmeans_pp_matmul(x: torch.Tensor, mask: torch.Tensor, first: torch.Tensor, exp_draws: torch.Tensor
+                      ) -> torch.Tensor:
+    """The batched-matmul passes of `kmeans_pp_init` (GPU path; same result as kmeans_pp_rows)."""
+    G, k = x.shape[0], exp_draws.shape[1] + 1
+    rows = torch.arange(G, device=x.device)
+    x_sq = (x * x).sum(-1)
     centres = [x[rows, first]]
     d2 = _sq_dist_to(x, x_sq, centres[0])
     for j in range(1, k):
-        e = -torch.log(hashed_uniform(seed, keys, j, N, base))
-        score = torch.where(mask & (d2 > 0), e / d2.double().clamp(min=1e-30), torch.full_like(e, math.inf))
+        score = torch.where(mask & (d2 > 0), exp_draws[:, j - 1] / d2.double().clamp(min=1e-30),
+                            torch.full_like(exp_draws[:, 0], math.inf))
         pick = score.argmin(dim=1)
         degenerate = ~torch.isfinite(score.gather(1, pick[:, None])[:, 0])
         pick = torch.where(degenerate, first, pick)
         centres.append(x[rows, pick])
         d2 = torch.minimum(d2, _sq_dist_to(x, x_sq, centres[-1]))
     return torch.stack(centres, dim=1)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def kmeans_pp_rows(x: np.ndarray, mask: np.ndarray, first: np.ndarray, exp_draws: np.ndarray) -> np.ndarray:
+    """The CPU passes of `kmeans_pp_init`: x (G, N, C) float32, mask (G, N), first (G,), exp_draws (G, k-1, N)
+    float64 -> centres (G, k, C). D(n)^2 = ||x_n||^2 - 2 x_n.c + ||c||^2 (clamped at 0), as the matmul form."""
+    G, N, C = x.shape
+    k = exp_draws.shape[1] + 1
+    out = np.zeros((G, k, C), np.float32)
+    for g in prange(G):
+        d2 = np.full(N, np.inf, np.float32)
+        pick = first[g]
+        for j in range(k):
+            if j > 0:
+                best, pick = np.inf, -1
+                for i in range(N):
+                    if mask[g, i] and d2[i] > 0:
+                        score = exp_draws[g, j - 1, i] / max(np.float64(d2[i]), 1e-30)
+                        if score < best:
+                            best, pick = score, i
+                if pick < 0:
+                    pick = first[g]
+            c = x[g, pick]
+            out[g, j] = c
+            c_sq = np.float32(0.0)
+            for d in range(C):
+                c_sq += c[d] * c[d]
+            for i in range(N):
+                xi = x[g, i]
+                dot, x_sq = np.float32(0.0), np.float32(0.0)
+                for d in range(C):
+                    dot += xi[d] * c[d]
+                    x_sq += xi[d] * xi[d]
+                dist = max(x_sq - np.float32(2.0) * dot + c_sq, np.float32(0.0))
+                if dist < d2[i]:
+                    d2[i] = dist
+    return out
 
 
 def assign_nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -143,19 +204,92 @@ def kmeans_batched(x: torch.Tensor, mask: torch.Tensor, k: int, iters: int = 20,
                    keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on every row of a padded batch: x (G, N, C), mask (G, N) -> (assign (G, N), centres).
 
-    `iters` centre updates after k-means++ seeding (faiss' default is 20), then a final assignment. Empty
-    clusters keep their previous centre. Padded points (mask False) get assignment -1 and never move a centre.
-    Both the assignment and the update are one batched matmul each (the update multiplies by a masked one-hot).
+    At most `iters` centre updates after k-means++ seeding (faiss' default is 20), then a final assignment.
+    Empty clusters keep their previous centre. Padded points (mask False) get assignment -1 and never move a
+    centre. A row stops once an assignment repeats the previous one: its centres would be recomputed from the
+    same points in the same order, so every later iteration is that same fixed point and the result equals the
+    full `iters` run. On CPU the rows run in parallel in a compiled kernel (one fused pass over the points per
+    iteration: nearest centre, then its running sum); elsewhere (CUDA) two batched matmuls per iteration.
     """
     if keys is None:
         keys = torch.arange(x.shape[0], device=x.device)
     x = x.float()
     centres = kmeans_pp_init(x, mask, k, seed, keys)
+    if x.device.type == "cpu":
+        assign, centres_np = lloyd_rows(x.contiguous().numpy(), mask.contiguous().numpy(),
+                                        centres.contiguous().numpy(), iters)
+        return torch.from_numpy(assign), torch.from_numpy(centres_np)
+    return _kmeans_matmul(x, mask, centres, iters)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def lloyd_rows(x: np.ndarray, mask: np.ndarray, centres: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """The CPU Lloyd iterations of `kmeans_batched`, one row (identity) per thread: x (G, N, C) float32, mask (G, N),
+    centres (G, k, C) -> (assign (G, N) int64, -1 where masked; centres). Each iteration is one pass over the
+    points: the nearest centre by ||c||^2 - 2 x.c (first index on ties), then the point joins that centre's sum."""
+    G, N, C = x.shape
+    k = centres.shape[1]
+    cent = centres.copy()
+    assign = np.full((G, N), -1, np.int64)
+    for g in prange(G):
+        c = cent[g]
+        sums = np.zeros((k, C), np.float32)
+        counts = np.zeros(k, np.int64)
+        csq = np.zeros(k, np.float32)
+        dots = np.zeros(k, np.float32)
+        for it in range(iters + 1):
+            for j in range(k):
+                acc = np.float32(0.0)
+                for d in range(C):
+                    acc += c[j, d] * c[j, d]
+                csq[j] = acc
+            sums[:] = 0.0
+            counts[:] = 0
+            changed = False
+            for i in range(N):
+                if not mask[g, i]:
+                    continue
+                xi = x[g, i]
+                for j in range(k):
+                    acc = np.float32(0.0)
+                    for d in range(C):
+                        acc += xi[d] * c[j, d]
+                    dots[j] = acc
+                best, bj = np.inf, 0
+                for j in range(k):
+                    v = csq[j] - np.float32(2.0) * dots[j]
+                    if v < best:
+                        best, bj = v, j
+                if assign[g, i] != bj:
+                    changed = True
+                    assign[g, i] = bj
+                counts[bj] += 1
+                row = sums[bj]
+                for d in range(C):
+                    row[d] += xi[d]
+            if it == iters or (it > 0 and not changed):
+                break  # the final assignment, or a fixed point (see kmeans_batched)
+            for j in range(k):
+                if counts[j] > 0:
+                    n = np.float32(counts[j])
+                    for d in range(C):
+                        c[j, d] = sums[j, d] / n
+    return assign, cent
+
+
+def _kmeans_matmul(x: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, iters: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batched-matmul Lloyd iterations (GPU path; any mask layout)."""
+    k = centres.shape[1]
     m = mask.float()[..., None]
     onehot = torch.empty((*x.shape[:2], k), dtype=x.dtype, device=x.device)
     mf = mask.float()
+    previous = None
     for _ in range(iters):
         assign = assign_nearest(x, centres)
+        if previous is not None and torch.equal(torch.where(mask, assign, -1), previous):
+            break  # every row is at its fixed point (see kmeans_batched)
+        previous = torch.where(mask, assign, -1)
         onehot.zero_().scatter_(2, assign[..., None], m)
         sums = torch.bmm(onehot.transpose(1, 2), x)
         counts = torch.zeros(x.shape[0], k, dtype=x.dtype, device=x.device).scatter_add_(1, assign, mf)[..., None]
@@ -256,25 +390,53 @@ def _resolve_seed(seed: int | None, generator: torch.Generator | None) -> int:
     return 0
 
 
-def cluster_bucket(features: torch.Tensor, bucket: Bucket, K: int, sharpen: bool, iters: int, seed: int,
-                   min_foreground: int, device: torch.device) -> torch.Tensor:
-    """Cascaded clustering of one bucket -> labels (G, n_max, h, w) uint8 (padding rows are junk)."""
+def pixel_rows(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, h, w) -> (pixels (N*h*w, C) in the features' dtype, their L2 norms (N*h*w,) float32).
+
+    One pass over the features: a view when they are channels_last (as IdentityChunker stores them), else one
+    copy; the norms are accumulated in float32 straight from float16. Buckets then gather only what they need.
+    """
+    N, C, h, w = features.shape
+    pixels = features.permute(0, 2, 3, 1).reshape(N * h * w, C)
+    norms = torch.empty(pixels.shape[0], dtype=torch.float32, device=pixels.device)
+    for s in range(0, pixels.shape[0], _ROWS_PER_STEP):
+        torch.linalg.vector_norm(pixels[s:s + _ROWS_PER_STEP].float(), dim=1, out=norms[s:s + _ROWS_PER_STEP])
+    return pixels, norms
+
+
+def gather_rows(pixels: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """pixels[rows] as float32 on `device`, converted a cache-sized block at a time."""
+    out = torch.empty((rows.numel(), pixels.shape[1]), dtype=torch.float32, device=device)
+    rows = rows.to(pixels.device)
+    for s in range(0, rows.numel(), _ROWS_PER_STEP):
+        out[s:s + _ROWS_PER_STEP].copy_(pixels.index_select(0, rows[s:s + _ROWS_PER_STEP]))
+    return out
+
+
+def cluster_bucket(pixels: torch.Tensor, norms: torch.Tensor, hw: tuple[int, int], bucket: Bucket, K: int,
+                   sharpen: bool, iters: int, seed: int, min_foreground: int, device: torch.device) -> torch.Tensor:
+    """Cascaded clustering of one bucket -> labels (G, n_max, h, w) uint8 (padding rows are junk).
+
+    `pixels`, `norms`: `pixel_rows` of all the feature maps; `hw` the map size."""
     G, n_max = bucket.slots.shape
-    _, C, h, w = features.shape
+    h, w = hw
+    C = pixels.shape[1]
     valid_img = (bucket.slots >= 0).to(device)
-    feats = features[bucket.slots.clamp(min=0).reshape(-1)].to(device, non_blocking=True).float()
-    act = normalized_activation(feats)  # (G*n_max, h, w)
+    # global pixel row of every (identity, image slot, pixel) of the bucket
+    rows_of = (bucket.slots.clamp(min=0).reshape(-1, 1).to(pixels.device) * (h * w)
+               + torch.arange(h * w, device=pixels.device)).reshape(G, n_max * h * w)
+    act = activation_from_norms(norms[rows_of].to(device).view(G * n_max, h, w))
     if sharpen:
         act = sharpen_activation(act)
     mask = valid_img[:, :, None].expand(G, n_max, h * w).reshape(G, n_max * h * w)
     fg, _ = two_means_1d(act.reshape(G, -1), mask, iters)
     del act
-    # step 2 on the foreground pixels only, packed to the front of each identity's row
+    # step 2 on the foreground pixels only, packed to the front of each identity's row, L2-normalised (Eq. 4)
     idx, valid = compact_rows(fg)
-    x = feats.view(G, n_max, C, h * w).permute(0, 1, 3, 2).reshape(G, n_max * h * w, C)
-    del feats
-    x = F.normalize(x.gather(1, idx[..., None].expand(-1, -1, C)), dim=-1)
-    assign, _ = kmeans_batched(x, valid, K - 1, iters, seed, bucket.keys.to(device))
+    picked = rows_of.to(device).gather(1, idx).reshape(-1).to(pixels.device)
+    x = gather_rows(pixels, picked, device)
+    x /= norms.index_select(0, picked).to(device).clamp(min=1e-12)[:, None]
+    assign, _ = kmeans_batched(x.view(G, -1, C), valid, K - 1, iters, seed, bucket.keys.to(device))
     del x
     rows = (idx % (h * w)) // w
     rank = order_clusters_by_row_batched(assign, rows, K - 1)
@@ -318,8 +480,9 @@ def cascaded_clustering(features: torch.Tensor, pids: torch.Tensor | np.ndarray 
     N, C, h, w = features.shape
     out = torch.zeros((N, h, w), dtype=torch.uint8)
     keys, members = group_images(pids)
+    pixels, norms = pixel_rows(features)
     for bucket in make_buckets(keys, members, h * w, C, max_elements):
-        labels = cluster_bucket(features, bucket, K, sharpen, iters, seed_v, min_fg, device).cpu()
+        labels = cluster_bucket(pixels, norms, (h, w), bucket, K, sharpen, iters, seed_v, min_fg, device).cpu()
         valid = bucket.slots >= 0
         out[bucket.slots[valid]] = labels[valid]
     return out
@@ -355,7 +518,8 @@ class IdentityChunker:
         self._check_order(pids)
         self._rows.append(rows)
         self._pids.append(pids)
-        self._feats.append(features.detach().to("cpu", self.store_dtype))
+        # channels_last: cluster_bucket reads pixels x channels, so this copy (made anyway) also sets the layout
+        self._feats.append(features.detach().to("cpu", self.store_dtype, memory_format=torch.channels_last))
         self._held += len(rows)
         if self._held <= self.chunk_images:
             return []
