@@ -339,7 +339,15 @@ class Trainer:
         loader = self._loader(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, disable=self.rank != 0,
                    dynamic_ncols=True, mininterval=progress_interval())
-        for batch in bar:
+        # time blocked waiting for the next batch (decode, cache reads, warps; in the workers when there are any):
+        # each step below ends in a host sync (float(loss)), so this is time the device sat idle
+        data_wait, batches = 0.0, iter(bar)
+        while True:
+            t_wait = time.perf_counter()
+            batch = next(batches, None)
+            data_wait += time.perf_counter() - t_wait
+            if batch is None:
+                break
             batch = self._to_device(batch)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 losses = self.method.training_losses(self.ddp_model, batch, epoch)
@@ -376,7 +384,8 @@ class Trainer:
         self.scheduler.step()
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}, "lr": lr,
-               "steps": steps, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
+               "steps": steps, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
+               "data_wait_share": data_wait / max(seconds, 1e-9)}
         return row
 
     def _all_finite(self, total: torch.Tensor) -> bool:
