@@ -249,3 +249,8 @@ def test_oracle_reads_groundtruth(tmp_path):
     # nose (64, 40) -> grid (16, 10) is the peak of heatmap 0
     assert np.unravel_index(out["heatmaps"][0, 0].astype(np.float32).argmax(), (64, 32)) == (10, 16)
     assert not out["heatmaps"][0, 1].any()
+    # each map peaks at its joint's score: the occluded left shoulder (v=1) is there but weak, as HRNet gives it
+    # (40, 80) -> grid (10, 20): an exact grid point, so the Gaussian's peak value is reached
+    assert float(out["heatmaps"][0, 0].max()) == 1.0
+    assert float(out["heatmaps"][0, 5].max()) == 0.5
+    assert np.unravel_index(out["heatmaps"][0, 5].astype(np.float32).argmax(), (64, 32)) == (20, 10)

@@ -253,8 +253,35 @@ def test_clothes_mislead_faces_identify(tmp_path: Path) -> None:
     """Colour histograms of clothes find the person within an outfit (B->A) and fail across outfits (C->A);
     a descriptor of the clean HR face identifies across outfits; the face cropped from the body much less."""
     root = S.generate_world("synthcc", tmp_path / "cc", seed=0, scale=0.3, progress=False)
-    r = S.cue_rank1(root)
+    r = S.world_checks(root)
     assert r["clothes_B->A"] >= 0.9
     assert r["clothes_C->A"] <= 0.35
+    # the body-level biometric (hair/face colour ratio, cast-invariant) survives the change of clothes and camera
+    # (6 test identities: chance 0.17; 0.55 on the default world's 20)
+    assert r["biometric_C->A"] >= 0.5 and r["biometric_C->A"] > r["clothes_C->A"] + 0.3
     assert r["face_hr_C->A"] >= 0.9
     assert r["face_lr_C->A"] < r["face_hr_C->A"]
+
+
+def test_occlusion_self_checks_match_the_occluded_duke_protocol(occ: Path) -> None:
+    """Every query occluded, few gallery images, some training images; the occluders hide legs more than heads
+    (as Occluded-Duke's cars and bikes do), and the hidden joints are marked (visibility 1)."""
+    r = S.world_checks(occ)
+    assert r["occluded_share_query"] == 1.0
+    assert r["occluded_share_bounding_box_test"] <= 0.2
+    assert 0.1 <= r["occluded_share_bounding_box_train"] <= 0.5
+    assert r["query_legs_joints_hidden"] > r["query_head_joints_hidden"]
+    assert r["query_legs_joints_hidden"] >= 0.3
+
+
+def test_synth_check_on_an_existing_world_only_checks(occ: Path, capsys: pytest.CaptureFixture) -> None:
+    """`reid synth --check` with the settings of the world already at --out prints the self-checks without
+    rendering it again."""
+    import argparse
+
+    before = (occ / "WORLD.json").stat().st_mtime_ns
+    args = argparse.Namespace(world="synthocc", out=str(occ), seed=3, scale=0.1, no_progress=True, check=True)
+    assert S.main(args) == 0
+    out = capsys.readouterr().out
+    assert "share occluded_share_query: 1.000" in out and "query_legs_joints_hidden" in out
+    assert (occ / "WORLD.json").stat().st_mtime_ns == before

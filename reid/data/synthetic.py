@@ -46,7 +46,7 @@ from reid.data.render import (
 
 __all__ = [
     "LIP_LABELS", "COCO_KEYPOINTS", "ARCFACE_TEMPLATE_112", "FACE_HR_SIZE", "WORLDS", "SCHEMA_VERSION",
-    "generate_world", "load_groundtruth", "cue_rank1", "add_arguments", "main",
+    "generate_world", "load_groundtruth", "cue_rank1", "occlusion_stats", "world_checks", "add_arguments", "main",
 ]
 
 SCHEMA_VERSION = 2  # 2: training and test images are occluded by disjoint sprite pools
@@ -55,6 +55,8 @@ _WORLD_CODE = {"synthcc": 1, "synthocc": 2}
 JPEG_QUALITY = 90
 N_OCCLUDERS = 20
 CLOTHES_LABELS = (1, 5, 6, 7, 9, 12, 18, 19)
+HAIR_LABEL, FACE_LABEL = LIP_LABELS.index("Hair"), LIP_LABELS.index("Face")
+SKIN_LABELS = tuple(LIP_LABELS.index(n) for n in ("Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg"))
 _NEAREST = getattr(cv2, "INTER_NEAREST_EXACT", cv2.INTER_NEAREST)
 
 # purposes of the random streams (first entries of the seed sequence after seed and world)
@@ -462,18 +464,35 @@ def _face_from_body(img_bgr: np.ndarray, lms: np.ndarray) -> np.ndarray:
                           flags=cv2.INTER_LINEAR)
 
 
+def _biometric(img_bgr: np.ndarray, parsing: np.ndarray) -> np.ndarray:
+    """Per-channel log ratio of the mean hair colour to the mean face colour: non-clothing pixels only, and a
+    camera's per-channel colour cast and exposure cancel in the ratio. Bald or hidden hair gives 0."""
+    rgb = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB).astype(np.float32) + 1.0
+    skin = np.isin(parsing, SKIN_LABELS)
+    face = parsing == FACE_LABEL if (parsing == FACE_LABEL).sum() > 3 else skin
+    mf = rgb[face].mean(0) if face.any() else np.full(3, 128.0, np.float32)
+    hair = parsing == HAIR_LABEL
+    mh = rgb[hair].mean(0) if hair.sum() > 3 else mf
+    return np.log(mh / mf).astype(np.float32)
+
+
 def _rank1(q: np.ndarray, qp: Sequence[int], g: np.ndarray, gp: Sequence[int], sim: str) -> float:
     if len(q) == 0 or len(g) == 0:
         return float("nan")
-    s = np.sqrt(q) @ np.sqrt(g).T if sim == "bhattacharyya" else q @ g.T
+    if sim == "euclidean":
+        s = -((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
+    else:
+        s = np.sqrt(q) @ np.sqrt(g).T if sim == "bhattacharyya" else q @ g.T
     return float(np.mean(np.asarray(gp)[np.argmax(s, axis=1)] == np.asarray(qp)))
 
 
 def cue_rank1(root: str | Path) -> dict[str, float]:
-    """Rank-1 of cheap proxies on a synthcc test split: clothes histograms (B->A, C->A) and face descriptors.
+    """Rank-1 of oracle cues on a synthcc test split (queries B = same clothes, C = other clothes; gallery A).
 
-    Shows the world is built as intended: clothes identify within an outfit and mislead across outfits; the clean
-    HR face identifies across outfits; the face cropped from the low-resolution body image much less.
+    Shows the world is built as intended: clothes histograms identify within an outfit and mislead across
+    outfits; the body-level biometric (hair-to-face colour ratio on the ground-truth parsing, cast-invariant)
+    identifies across outfits, so a method that attends to non-clothing pixels has something to find; the clean
+    HR face identifies across outfits, the face cropped from the low-resolution body image much less.
     """
     root = Path(root)
     data: dict[str, list] = {c: [] for c in "ABC"}
@@ -491,6 +510,8 @@ def cue_rank1(root: str | Path) -> dict[str, float]:
         for pid, img, gt in data[cam]:
             if kind == "clothes":
                 rows.append(_clothes_hist(img, gt["parsing"]))
+            elif kind == "biometric":
+                rows.append(_biometric(img, gt["parsing"]))
             elif bool(gt["has_face"]):
                 rows.append(_face_desc(gt["face_hr"] if kind == "face_hr" else _face_from_body(img, gt["face_landmarks"])))
             else:
@@ -499,12 +520,55 @@ def cue_rank1(root: str | Path) -> dict[str, float]:
         return np.array(rows, np.float32), pids
 
     out = {}
-    for kind, sim in (("clothes", "bhattacharyya"), ("face_hr", "cos"), ("face_lr", "cos")):
+    for kind, sim in (("clothes", "bhattacharyya"), ("biometric", "euclidean"), ("face_hr", "cos"),
+                      ("face_lr", "cos")):
         g, gp = feats("A", kind)
         for qc in "BC":
             q, qp = feats(qc, kind)
             out[f"{kind}_{qc}->A"] = _rank1(q, qp, g, gp, sim)
     return out
+
+
+JOINT_GROUPS = {"head": range(0, 5), "arms": range(5, 11), "legs": range(11, 17)}  # COCO-17
+
+
+def occlusion_stats(root: str | Path) -> dict[str, float]:
+    """How a synthocc world occludes, from its ground truth: share of occluded images per folder, and among
+    occluded query images the share of labelled joints behind the occluder (visibility 1) per body group.
+
+    Occluded-Duke's protocol: every query occluded, few gallery images; occluders (cars, bikes, other people)
+    mostly hide the legs and one side. The oracle keypoint heatmaps of those joints peak at their score 0.5.
+    """
+    root = Path(root)
+    out: dict[str, float] = {}
+    hidden = {g: [0, 0] for g in JOINT_GROUPS}
+    for folder in ("query", "bounding_box_test", "bounding_box_train"):
+        files = sorted((root / folder).glob("*.jpg"))
+        if not files:
+            raise FileNotFoundError(f"no synthocc images under {root / folder}")
+        occluded = 0
+        for f in files:
+            gt = load_groundtruth(root, f.relative_to(root).as_posix())
+            if not bool(gt["occluded"]):
+                continue
+            occluded += 1
+            if folder == "query":
+                v = gt["keypoints"][:, 2]
+                for g, idx in JOINT_GROUPS.items():
+                    sel = v[list(idx)]
+                    hidden[g][0] += int((sel == 1).sum())
+                    hidden[g][1] += int((sel > 0).sum())
+        out[f"occluded_share_{folder}"] = occluded / len(files)
+    for g, (h, n) in hidden.items():
+        out[f"query_{g}_joints_hidden"] = h / max(n, 1)
+    return out
+
+
+def world_checks(root: str | Path) -> dict[str, float]:
+    """The renderer's self-checks for the world at `root` (read from its WORLD.json): cue rank-1 (synthcc) or
+    occlusion statistics (synthocc). `python -m reid synth --check` prints them; tests assert them."""
+    world = json.loads((Path(root) / "WORLD.json").read_text())["world"]
+    return cue_rank1(root) if world == "synthcc" else occlusion_stats(root)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -517,14 +581,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical files)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the identity counts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--check", action="store_true", help="print the cue rank-1 diagnostics (synthcc)")
+    parser.add_argument("--check", action="store_true",
+                        help="print the world's self-checks (synthcc: oracle cue rank-1; synthocc: occlusion "
+                             "statistics); with an existing world at --out and the same settings, only checks")
 
 
 def main(args: argparse.Namespace) -> int:
-    out = generate_world(args.world, args.out, seed=args.seed, scale=args.scale, progress=not args.no_progress)
+    out = Path(args.out)
+    marker = out / "WORLD.json"
+    same = marker.is_file() and {k: json.loads(marker.read_text()).get(k) for k in ("world", "seed", "scale")} == {
+        "world": args.world, "seed": args.seed, "scale": args.scale}
+    if not (args.check and same):
+        out = generate_world(args.world, args.out, seed=args.seed, scale=args.scale, progress=not args.no_progress)
     info = json.loads((out / "WORLD.json").read_text())
     print(f"{args.world}: {info['num_images']} images in {out} ({info['counts']})")
-    if getattr(args, "check", False) and args.world == "synthcc":
-        for k, v in cue_rank1(out).items():
-            print(f"  rank-1 {k}: {v:.3f}")
+    if args.check:
+        label = "rank-1" if args.world == "synthcc" else "share"
+        for k, v in world_checks(out).items():
+            print(f"  {label} {k}: {v:.3f}")
     return 0

@@ -21,9 +21,11 @@ Pipeline (`onnx` and `torch` backends):
    `heatmap_size` [h, w] (default [64, 32] = 1/4 of a 256x128 crop, the resolution the trainers use; grid
    point (i, j) is image pixel (j * W / w, i * H / h)), float16.
 
-`oracle` backend (synthetic worlds only): Gaussian heatmaps (sigma `sigma` = 2 grid pixels, peak 1) rendered
-on the same image-frame grid at the ground-truth keypoints with visibility > 0; coords = ground truth x, y;
-scores = 1 for visible (v=2), 0.5 for occluded (v=1), 0 for not labelled (v=0; its heatmap is all zero).
+`oracle` backend (synthetic worlds only): Gaussian heatmaps (sigma `sigma` = 2 grid pixels) rendered on the
+same image-frame grid at the ground-truth keypoints with visibility > 0; coords = ground truth x, y; scores = 1
+for visible (v=2), 0.5 for occluded (v=1, e.g. behind an occluder), 0 for not labelled (v=0; its heatmap is all
+zero). Each heatmap peaks at its joint's score, as a real estimator's does (HRNet's score IS its heatmap maximum):
+an occluded joint is there but weak, never drawn at full strength.
 
 Fields: `heatmaps` float16 (17, h, w), `coords` float32 (17, 2) image pixels (x, y), `scores` float32 (17,).
 """
@@ -315,11 +317,12 @@ class KeypointsTeacher(Teacher):
     def _oracle(self, items: list[dict]) -> dict[str, np.ndarray]:
         sigma = float(self.params["sigma"])
         kps = [it["keypoints"] for it in items]
-        maps = [render_gaussian_heatmaps(k, it["image_hw"], self.grid_hw, sigma) for k, it in zip(kps, items)]
+        scores = np.stack([oracle_scores(k[:, 2]) for k in kps])
+        maps = np.stack([render_gaussian_heatmaps(k, it["image_hw"], self.grid_hw, sigma) for k, it in zip(kps, items)])
         return {
-            "heatmaps": np.stack(maps).astype(np.float16),
+            "heatmaps": (maps * scores[:, :, None, None]).astype(np.float16),  # peak = score
             "coords": np.stack([k[:, :2] for k in kps]).astype(np.float32),
-            "scores": np.stack([oracle_scores(k[:, 2]) for k in kps]),
+            "scores": scores,
         }
 
     def provenance(self) -> dict[str, Any]:
