@@ -224,9 +224,9 @@ def test_determinism_overwrite_and_cli(tmp_path: Path) -> None:
     assert files_a == files_b and len(files_a) > 100
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
     assert not (tmp_path / "b.tmp").exists() and not (tmp_path / "b.old").exists()
-    spec = S._plan_synthcc(7, 0.05)[0][0]
+    spec = S._plan_synthcc(7, 0.05, S.DEFAULT_TEST_IDS)[0][0]
     other = S.World("synthcc", 8, 4, [spec.pid]).render(spec)[0]
-    same = S.World("synthcc", 7, S._plan_synthcc(7, 0.05)[2], [spec.pid]).render(spec)[0]
+    same = S.World("synthcc", 7, S._plan_synthcc(7, 0.05, S.DEFAULT_TEST_IDS)[2], [spec.pid]).render(spec)[0]
     assert np.array_equal(cv2.imdecode(np.frombuffer((a / spec.rel).read_bytes(), np.uint8), cv2.IMREAD_COLOR),
                           cv2.imdecode(cv2.imencode(".jpg", same, [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_COLOR))
     assert not np.array_equal(same, other)  # another seed, another world
@@ -285,3 +285,17 @@ def test_synth_check_on_an_existing_world_only_checks(occ: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert "share occluded_share_query: 1.000" in out and "query_legs_joints_hidden" in out
     assert (occ / "WORLD.json").stat().st_mtime_ns == before
+
+
+def test_test_ids_sets_the_number_of_queries_independently_of_training(tmp_path: Path) -> None:
+    """`test_ids` (at scale 1) decides the test split's size and so the number of queries; the training split
+    keeps its size. synthocc: 3 occluded queries per query identity, half as many distractor identities."""
+    small = S.generate_world("synthocc", tmp_path / "a", seed=1, scale=0.1, progress=False)
+    large = S.generate_world("synthocc", tmp_path / "b", seed=1, scale=0.1, progress=False, test_ids=60)
+    a, b = (json.loads((w / "WORLD.json").read_text()) for w in (small, large))
+    assert b["test_ids"] == 60 and a["test_ids"] == S.DEFAULT_TEST_IDS
+    assert a["counts"]["query"] == 3 * 2 and b["counts"]["query"] == 3 * 6  # max(2, round(0.1 x ids))
+    assert a["counts"]["bounding_box_train"] == b["counts"]["bounding_box_train"]
+    assert b["counts"]["bounding_box_test"] == 8 * (6 + 3)
+    with pytest.raises(ValueError, match="test_ids must be a positive integer"):
+        S.generate_world("synthcc", tmp_path / "c", scale=0.1, progress=False, test_ids=0)

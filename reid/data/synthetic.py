@@ -55,6 +55,7 @@ _WORLD_CODE = {"synthcc": 1, "synthocc": 2}
 JPEG_QUALITY = 90
 N_OCCLUDERS = 20
 CLOTHES_LABELS = (1, 5, 6, 7, 9, 12, 18, 19)
+DEFAULT_TEST_IDS = 20  # test identities at scale 1 (params.yaml raises it for the demo worlds: enough queries)
 HAIR_LABEL, FACE_LABEL = LIP_LABELS.index("Hair"), LIP_LABELS.index("Face")
 SKIN_LABELS = tuple(LIP_LABELS.index(n) for n in ("Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg"))
 _NEAREST = getattr(cv2, "INTER_NEAREST_EXACT", cv2.INTER_NEAREST)
@@ -128,9 +129,9 @@ def _outfit_pool_size(n_ids: int, n_test: int) -> int:
     return max(n_test + 2, int(round(0.5 * n_ids)))
 
 
-def _plan_synthcc(seed: int, scale: float) -> tuple[list[ImageSpec], dict, int]:
+def _plan_synthcc(seed: int, scale: float, test_ids: int) -> tuple[list[ImageSpec], dict, int]:
     """PRCC: A and B show outfit 1, C outfit 2; test C outfits are often another test identity's A/B outfit."""
-    n_train, n_val, n_test = _counts(scale, 40, 2), _counts(scale, 4, 1), _counts(scale, 20, 2)
+    n_train, n_val, n_test = _counts(scale, 40, 2), _counts(scale, 4, 1), _counts(scale, test_ids, 2)
     pids = list(range(1, n_train + n_val + n_test + 1))
     split_of = {p: "train" if p <= n_train else "val" if p <= n_train + n_val else "test" for p in pids}
     n_pool = _outfit_pool_size(len(pids), n_test)
@@ -166,9 +167,12 @@ def _plan_synthcc(seed: int, scale: float) -> tuple[list[ImageSpec], dict, int]:
     return specs, meta, n_pool
 
 
-def _plan_synthocc(seed: int, scale: float) -> tuple[list[ImageSpec], dict, int]:
-    """Occluded-Duke: one outfit per identity, all queries occluded, ~10% gallery and ~30% train occluded."""
-    n_train, n_query, n_distr = _counts(scale, 40, 2), _counts(scale, 20, 2), _counts(scale, 10, 1)
+def _plan_synthocc(seed: int, scale: float, test_ids: int) -> tuple[list[ImageSpec], dict, int]:
+    """Occluded-Duke: one outfit per identity, all queries occluded, ~10% gallery and ~30% train occluded.
+    `test_ids` query identities (3 occluded queries and 8 gallery images each) and half as many gallery-only
+    distractors."""
+    n_train, n_query = _counts(scale, 40, 2), _counts(scale, test_ids, 2)
+    n_distr = _counts(scale, test_ids / 2, 1)
     pids = list(range(1, n_train + n_query + n_distr + 1))
     role = {p: "train" if p <= n_train else "query" if p <= n_train + n_query else "distractor" for p in pids}
     n_pool = _outfit_pool_size(len(pids), 0)
@@ -395,15 +399,22 @@ def _check_target(out: Path) -> None:
                               "previous synthetic world; remove it or pick another --out")
 
 
-def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.0, progress: bool = True) -> Path:
-    """Render a whole world into `out` (built in `<out>.tmp`, then renamed); returns `out`."""
+def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.0, progress: bool = True,
+                   test_ids: int = DEFAULT_TEST_IDS) -> Path:
+    """Render a whole world into `out` (built in `<out>.tmp`, then renamed); returns `out`.
+
+    `scale` multiplies every identity count; `test_ids` is the number of test identities at scale 1 (synthcc:
+    14 test images each, 4 cross-clothes and 4 same-clothes queries; synthocc: 3 queries each): what decides
+    how finely two methods can be told apart, independently of the training split's size."""
     if world not in WORLDS:
         raise ValueError(f"unknown synthetic world {world!r}; known: {', '.join(WORLDS)}")
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive number, got {scale}")
+    if int(test_ids) < 1:
+        raise ValueError(f"test_ids must be a positive integer, got {test_ids}")
     out = Path(out)
     _check_target(out)
-    specs, meta, n_pool = (_plan_synthcc if world == "synthcc" else _plan_synthocc)(seed, scale)
+    specs, meta, n_pool = (_plan_synthcc if world == "synthcc" else _plan_synthocc)(seed, scale, int(test_ids))
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -424,7 +435,7 @@ def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.
         folder = spec.rel.split("/")[1] if world == "synthcc" else spec.rel.split("/")[0]
         folder = f"test_{spec.rel.split('/')[2]}" if folder == "test" else folder
         counts[folder] = counts.get(folder, 0) + 1
-    marker = {"schema_version": SCHEMA_VERSION, "world": world, "seed": seed, "scale": scale,
+    marker = {"schema_version": SCHEMA_VERSION, "world": world, "seed": seed, "scale": scale, "test_ids": int(test_ids),
               "counts": dict(sorted(counts.items())), "num_images": len(specs), "face_hr_size": FACE_HR_SIZE,
               "occluders": occ_names, "lip_labels": list(LIP_LABELS), "coco_keypoints": list(COCO_KEYPOINTS),
               "cameras": [c.name for c in w.cameras], **meta}
@@ -580,6 +591,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (the dataset root)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical files)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the identity counts")
+    parser.add_argument("--test-ids", type=int, default=DEFAULT_TEST_IDS,
+                        help="test identities at scale 1 (queries: synthcc 4 per protocol each, synthocc 3 each)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--check", action="store_true",
                         help="print the world's self-checks (synthcc: oracle cue rank-1; synthocc: occlusion "
@@ -589,10 +602,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     marker = out / "WORLD.json"
-    same = marker.is_file() and {k: json.loads(marker.read_text()).get(k) for k in ("world", "seed", "scale")} == {
-        "world": args.world, "seed": args.seed, "scale": args.scale}
+    test_ids = getattr(args, "test_ids", DEFAULT_TEST_IDS)
+    wanted = {"world": args.world, "seed": args.seed, "scale": args.scale, "test_ids": test_ids}
+    found = json.loads(marker.read_text()) if marker.is_file() else {}
+    same = {k: found.get(k, DEFAULT_TEST_IDS if k == "test_ids" else None) for k in wanted} == wanted
     if not (args.check and same):
-        out = generate_world(args.world, args.out, seed=args.seed, scale=args.scale, progress=not args.no_progress)
+        out = generate_world(args.world, args.out, seed=args.seed, scale=args.scale, progress=not args.no_progress,
+                             test_ids=test_ids)
     info = json.loads((out / "WORLD.json").read_text())
     print(f"{args.world}: {info['num_images']} images in {out} ({info['counts']})")
     if args.check:

@@ -208,8 +208,11 @@ def stage_synth(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], l
         raise ConfigError(f"datasets.{dataset} has no `generate:` section: it is a real dataset on disk")
     from reid.data.synthetic import SCHEMA_VERSION  # a renderer change reruns the world and what depends on it
 
-    return {"world": gen["world"], "seed": int(gen.get("seed", 0)), "scale": float(gen.get("scale", 1.0)),
-            "renderer_version": SCHEMA_VERSION}, [
+    out = {"world": gen["world"], "seed": int(gen.get("seed", 0)), "scale": float(gen.get("scale", 1.0)),
+           "renderer_version": SCHEMA_VERSION}
+    if "test_ids" in gen:  # only worlds that set it carry the key, so other worlds' resolved params stay as they were
+        out["test_ids"] = int(gen["test_ids"])
+    return out, [
         f"datasets.{dataset}.generate"
     ]
 

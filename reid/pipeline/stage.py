@@ -88,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
         from reid.data.synthetic import generate_world
 
         kw = _resolve(args, C.stage_synth)
-        generate_world(kw["world"], args.out, seed=kw["seed"], scale=kw["scale"])
+        generate_world(kw["world"], args.out, seed=kw["seed"], scale=kw["scale"],
+                       **({"test_ids": kw["test_ids"]} if "test_ids" in kw else {}))
     elif args.stage == "index":
         from reid.data.datasets import build_index
         from reid.data.index import write_index
