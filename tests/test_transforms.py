@@ -165,3 +165,23 @@ def test_erase_heatmaps_hand_cells() -> None:
     out = erase_heatmaps(hm, (4, 0, 8, 4), (16, 8))  # rows 4..11, columns 0..3 -> cells (1,0) and (2,0)
     assert out[0].tolist() == [[1, 2], [0, 4], [0, 6], [7, 8]]
     assert hm[0, 1, 0] == 3  # the input is not modified
+
+
+def test_normalize_rgb_is_the_imagenet_formula_per_channel() -> None:
+    """One pixel (255, 0, 128) -> ((1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128/255 - 0.406) / 0.225), channel
+    first; the table lookup gives exactly the bits of the float32 formula on every level."""
+    import numpy as np
+    import torch
+
+    from reid.data.transforms import normalize_rgb
+
+    x = normalize_rgb(np.array([[[255, 0, 128]]], np.uint8))
+    assert x.shape == (3, 1, 1) and x.dtype == torch.float32
+    np.testing.assert_allclose(x[:, 0, 0].numpy(), [(1 - 0.485) / 0.229, -0.456 / 0.224, (128 / 255 - 0.406) / 0.225],
+                               rtol=1e-6)
+    levels = np.stack([np.arange(256, dtype=np.uint8)] * 3, axis=1)[None]  # (1, 256, 3): every level, each channel
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    formula = ((levels.astype(np.float32) / np.float32(255.0) - mean) / std).transpose(2, 0, 1)
+    assert np.array_equal(normalize_rgb(levels).numpy(), formula)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        normalize_rgb(np.zeros((4, 4, 3), np.float32))

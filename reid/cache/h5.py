@@ -493,6 +493,7 @@ class CacheReader:
             raise CacheError(f"{self.path}: no field(s) {unknown}; the cache has {list(self.meta.fields)}")
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._dsets: dict[str, h5py.Dataset] = {}
 
     def _check(self, done: np.ndarray, index_path: str | Path | None, expected_teacher: str | None) -> None:
         m = self.meta
@@ -518,17 +519,20 @@ class CacheReader:
         if self._file is None or self._pid != os.getpid():
             self._file = h5open(self.path, "r")  # a handle inherited through fork is not reused
             self._pid = os.getpid()
+            # dataset handles looked up once per process: a group lookup per field and row was the loader's
+            # largest cost for multi-field caches (benchmarks/bench_data_wait.py)
+            self._dsets = {k: self._file[k] for k in self.meta.fields}
         return self._file
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_file"], state["_pid"] = None, None
+        state["_file"], state["_pid"], state["_dsets"] = None, None, {}
         return state
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
-        self._file, self._pid = None, None
+        self._file, self._pid, self._dsets = None, None, {}
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -562,9 +566,9 @@ class CacheReader:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"row {i} out of range for {self.path} ({n} rows)")
-        f = self._h5()
+        self._h5()
         try:
-            return {k: f[k][int(i) % n] for k in self.fields}
+            return {k: self._dsets[k][int(i) % n] for k in self.fields}
         except OSError as exc:
             raise CacheCorrupt(f"{self.path}: row {int(i) % n} ({self.paths[int(i) % n]}) cannot be read ({exc}); "
                                "the file is damaged: delete it and rerun the rule that makes it") from exc
