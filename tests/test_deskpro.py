@@ -317,3 +317,40 @@ def test_every_table3_row_trains_and_embeds(row):
     assert torch.isfinite(method.distance(feats, feats)).all()
     assert ("face" in feats) == (ABLATIONS[row]["face_stream"] != "none")
     assert set(PAPER_TABLE3) == set(ABLATIONS)
+
+
+# --- positive control: CSA's attention = the ground-truth mask (issue 14) -----------------------------------
+def test_oracle_csa_control_attends_with_the_mirrored_ground_truth_mask():
+    """Row `oracle_csa`: no CSA module; the stem features are multiplied by Eq. 3's mask of the parsing labels,
+    area-averaged to the feature grid (Eq. 4's resize), in training and at test time, and flip TTA mirrors the
+    mask with the image. Left half clothing (upper-clothes, label 5), right half face (13): attention 0.1 | 1."""
+    from reid.methods.deskpro import CONTROLS
+
+    method = DeskPro(**{**CONTROLS["oracle_csa"], **TINY})
+    assert method.caches == {"parsing": ["labels"]} and method.test_caches == {"parsing": ["labels"]}
+    model = method.build_model(C).eval()
+    assert model.csa is None
+    batch = make_batch()
+    labels = torch.full((B, H, W), 13)
+    labels[:, :, : W // 2] = 5
+    batch["parsing.labels"] = labels
+    out = model(batch["image"], None, method._oracle_mask(batch))
+    grid = out.attention[0, 0]
+    assert torch.allclose(grid[:, : grid.shape[1] // 2], torch.tensor(0.1)) and torch.allclose(
+        grid[:, grid.shape[1] // 2:], torch.tensor(1.0))
+    emb = method.embed(model, batch)["body"]
+    mask = method._oracle_mask(batch)
+    by_hand = model(batch["image"], None, mask).body.embeddings + model(
+        torch.flip(batch["image"], dims=[3]), None, torch.flip(mask, dims=[2])).body.embeddings
+    unmirrored = model(batch["image"], None, mask).body.embeddings + model(
+        torch.flip(batch["image"], dims=[3]), None, mask).body.embeddings
+    from reid.methods.deskpro import normalised_chunks
+
+    assert torch.allclose(emb, normalised_chunks(by_hand), atol=1e-5)
+    assert not torch.allclose(emb, normalised_chunks(unmirrored), atol=1e-3)  # the mask really is mirrored
+    terms = method.training_losses(model.train(), batch, 0)
+    assert set(terms) == {"ce_body", "triplet_body"}
+    with pytest.raises(ValueError, match="not a deployable model"):
+        method.export_inputs((H, W))
+    with pytest.raises(ValueError, match="csa_source=oracle replaces the CSA module"):
+        DeskPro(csa_source="oracle", use_csa=True, **TINY)

@@ -42,6 +42,7 @@ from reid.methods.deskpro_losses import (
     cloth_irrelevant_attention,
     facial_knowledge_propagation,
     non_clothing_mask,
+    resize_mask,
     triplet_sum,
 )
 from reid.models.lightmbn import NUM_EMBEDDINGS, LightMBN, MBNOutput
@@ -76,6 +77,13 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "model7_body_student": {**_BODY, "face_stream": "student"},
     "deskpro": {**_BODY, "face_stream": "student_kd"},
     "deskpro_star": {**_BODY, "face_stream": "teacher"},
+}
+# Positive control (issue 14): CSA's attention replaced by Eq. 3's mask of the ground-truth parsing, in training
+# and at test time. It reads the world's ground truth at test time, so it is not a deployable model: it shows
+# whether the world rewards attending to non-clothing pixels at all, i.e. whether the CSA claims are testable.
+CONTROLS: dict[str, dict[str, Any]] = {
+    "oracle_csa": {"use_body": True, "use_csa": False, "use_att_loss": False, "csa_source": "oracle",
+                   "face_stream": "none"},
 }
 PAPER_TABLE3: dict[str, dict[str, float]] = {  # Celeb-reID-light, %, paper Table 3
     "model1_baseline": {"R-1": 32.9, "mAP": 18.8},
@@ -144,16 +152,24 @@ class DeskProNet(nn.Module):
         self.csa = CSA(self.body.stem_channels, csa_layers) if (use_body and use_csa) else None
         self.face = LightMBN(num_classes, weights, drop_ratio=drop_ratio, width=width) if use_face else None
 
-    def forward_body(self, image: torch.Tensor) -> tuple[MBNOutput, torch.Tensor | None]:
+    def forward_body(self, image: torch.Tensor, mask: torch.Tensor | None = None
+                     ) -> tuple[MBNOutput, torch.Tensor | None]:
+        """`mask` (B, H, W): an attention given from outside (the oracle control: Eq. 3's mask of the ground-truth
+        parsing, area-averaged to the feature grid as Eq. 4 does) instead of the CSA module's."""
         f = self.body.forward_stem(image)
         attention = None
-        if self.csa is not None:
+        if mask is not None:
+            attention = resize_mask(mask, tuple(f.shape[-2:])).to(f.dtype)
+            f = apply_attention(f, attention)
+        elif self.csa is not None:
             attention = self.csa(f)
             f = apply_attention(f, attention)
         return self.body.forward_branches(f), attention
 
-    def forward(self, image: torch.Tensor | None = None, face: torch.Tensor | None = None) -> DeskProOutput:
-        body, attention = self.forward_body(image) if (self.body is not None and image is not None) else (None, None)
+    def forward(self, image: torch.Tensor | None = None, face: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> DeskProOutput:
+        body, attention = (self.forward_body(image, mask) if (self.body is not None and image is not None)
+                           else (None, None))
         face_out = self.face(face) if (self.face is not None and face is not None) else None
         return DeskProOutput(body, attention, face_out)
 
@@ -275,11 +291,13 @@ class DeskPro(Method):
     name = "deskpro"
     tiny_params = {"width": "x0_25", "face_size": 32}
     ablations = ABLATIONS
+    extra_ablations = CONTROLS
     paper_tables = {"Table 3 (Celeb-reID-light)": PAPER_TABLE3}
     knobs = {"alpha": "alpha"}  # top level in params.yaml so `dvc exp run -S alpha=0.8` works
     claims = (  # Table 3, cross-clothes queries (the setting the paper is about)
-        Claim("CSA beats the baseline", "model2_csa", "model1_baseline", "cross_clothes"),
-        Claim("CSA + L_att beat the baseline", "model3_csa_att", "model1_baseline", "cross_clothes"),
+        Claim("CSA beats the baseline", "model2_csa", "model1_baseline", "cross_clothes", control="oracle_csa"),
+        Claim("CSA + L_att beat the baseline", "model3_csa_att", "model1_baseline", "cross_clothes",
+              control="oracle_csa"),
         Claim("the KD face student beats the plain student", "model5_student_kd", "model4_student", "cross_clothes"),
         Claim("body + KD face beat the body stream", "deskpro", "model3_csa_att", "cross_clothes"),
         Claim("the restored-face teacher at test time beats the student (DeSKPro*)", "deskpro_star", "deskpro",
@@ -314,8 +332,15 @@ class DeskPro(Method):
         drop_ratio: float = 0.33,
         missing_face: str = "mean",
         face_augment: bool = True,
+        csa_source: str = "learned",
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if csa_source not in CSA_SOURCES:
+            raise ValueError(f"deskpro: csa_source must be one of {CSA_SOURCES}, got {csa_source!r}")
+        if csa_source == "oracle" and (use_csa or use_att_loss or not use_body):
+            raise ValueError("deskpro: csa_source=oracle replaces the CSA module by the ground-truth mask: it needs "
+                             "use_body=true, use_csa=false, use_att_loss=false")
+        self.csa_source = csa_source
         if missing_face not in MISSING_FACE_RULES:
             raise ValueError(f"missing_face must be one of {MISSING_FACE_RULES}, got {missing_face!r}")
         self.missing_face = missing_face
@@ -376,6 +401,8 @@ class DeskPro(Method):
         test: dict[str, list[str]] = {}
         if self.use_att_loss:
             train["parsing"] = ["labels"]
+        if self.csa_source == "oracle":
+            train["parsing"] = test["parsing"] = ["labels"]
         if self.face_stream in ("student", "student_kd"):
             train["faces"] = test["faces"] = ["crop", "has_face"]
         if self.face_stream == "student_kd":
@@ -417,7 +444,7 @@ class DeskPro(Method):
         face_in = None
         if use_face and int(face_rows.sum()) >= 2:
             face_in = self._face_images(batch)[face_rows.to(batch["image"].device)]
-        out: DeskProOutput = model(batch["image"] if self.use_body else None, face_in)
+        out: DeskProOutput = model(batch["image"] if self.use_body else None, face_in, self._oracle_mask(batch))
         terms: dict[str, torch.Tensor] = {}
         if out.body is not None:
             terms.update(self._body_terms(out, batch, pid))
@@ -426,6 +453,14 @@ class DeskPro(Method):
         if not terms:  # face-only model and fewer than two faces in this batch: nothing to learn from
             terms["empty"] = batch["image"].new_zeros((), dtype=torch.float32).requires_grad_()
         return terms
+
+    def _oracle_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Eq. 3's mask of the ground-truth parsing (oracle control), at the input resolution; None otherwise."""
+        if self.csa_source != "oracle":
+            return None
+        if "parsing.labels" not in batch:
+            raise KeyError("deskpro (csa_source=oracle): batch has no 'parsing.labels' (cache parsing.h5, labels)")
+        return non_clothing_mask(batch["parsing.labels"].long(), self.clothing, self.epsilon).to(batch["image"].device)
 
     def _body_terms(
         self, out: DeskProOutput, batch: dict[str, torch.Tensor], pid: torch.Tensor
@@ -509,8 +544,12 @@ class DeskPro(Method):
         """Chunk-normalised (B, 7, 512) body and face embeddings after flip TTA, and the has_face flag."""
         feats: dict[str, torch.Tensor] = {}
         if self.use_body:
-            image = batch["image"]
-            feats["body"] = normalised_chunks(flip_tta(lambda x: model(x, None).body.embeddings, image))
+            image, mask = batch["image"], self._oracle_mask(batch)
+            if mask is None:
+                feats["body"] = normalised_chunks(flip_tta(lambda x: model(x, None).body.embeddings, image))
+            else:  # the mask is mirrored with the image
+                feats["body"] = normalised_chunks(model(image, None, mask).body.embeddings + model(
+                    torch.flip(image, dims=[3]), None, torch.flip(mask, dims=[2])).body.embeddings)
         if self.face_stream != "none":
             has = self._has_face(batch)
             faces = self._face_images(batch)
@@ -523,6 +562,9 @@ class DeskPro(Method):
         return feats
 
     def export_inputs(self, input_size: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], str]]:
+        if self.csa_source == "oracle":
+            raise ValueError("deskpro csa_source=oracle is a positive control that reads the ground-truth parsing "
+                             "at test time: it is not a deployable model and is not exported")
         inputs = super().export_inputs(input_size) if self.use_body else {}
         if self.face_stream != "none":
             key = "restored_faces.restored" if self.face_stream == "teacher" else "faces.crop"
@@ -553,6 +595,7 @@ class DeskPro(Method):
 
 
 MISSING_FACE_RULES = ("mean", "zero")
+CSA_SOURCES = ("learned", "oracle")
 
 
 def deskpro_distance(
