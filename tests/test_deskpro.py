@@ -354,3 +354,25 @@ def test_oracle_csa_control_attends_with_the_mirrored_ground_truth_mask():
         method.export_inputs((H, W))
     with pytest.raises(ValueError, match="csa_source=oracle replaces the CSA module"):
         DeskPro(csa_source="oracle", use_csa=True, **TINY)
+
+
+def test_probe_measures_attention_against_the_parsing_mask():
+    """The oracle control's attention IS the mask: correlation 1, attention 0.1 on clothing cells and 1 on the
+    non-clothing body; a learned CSA at initialisation is not correlated like that; row 1 has no attention."""
+    from reid.methods.deskpro import CONTROLS
+
+    batch = make_batch()
+    labels = torch.zeros((B, H, W), dtype=torch.long)
+    labels[:, 8:40, 4:28] = 5  # upper clothes
+    labels[:, 0:8, 8:24] = 13  # face
+    labels[:, 40:64, 6:26] = 16  # a leg
+    batch["parsing.labels"] = labels
+    oracle = DeskPro(**{**CONTROLS["oracle_csa"], **TINY})
+    stats = oracle.probe(oracle.build_model(C).eval(), batch)
+    assert torch.allclose(stats["attention_mask_corr"], torch.ones(B), atol=1e-5)
+    assert torch.all(stats["attention_on_clothing"] < 0.2) and torch.all(stats["attention_on_non_clothing_body"] > 0.9)
+    learned = DeskPro(**{**ABLATIONS["model3_csa_att"], **TINY})
+    corr = learned.probe(learned.build_model(C).eval(), batch)["attention_mask_corr"]
+    assert corr.abs().max() < 0.99
+    plain = DeskPro(**{**ABLATIONS["model1_baseline"], **TINY})
+    assert plain.probe(plain.build_model(C).eval(), batch) == {}

@@ -359,6 +359,7 @@ class DeskPro(Method):
         self.label_smooth, self.triplet_margin = label_smooth, triplet_margin
         self.csa_layers, self.drop_ratio = csa_layers, drop_ratio
         self.caches, self.test_caches = self._cache_needs()
+        self.probe_caches = {"parsing": ["labels"]} if use_body else {}
         # face-only rows (Table 3 models 4-6) have no embedding for a face-less image: they train and test on the
         # rows with a face (the paper does not say what it did; the public code fed zeros and got NaN).
         self.require_field = None if use_body else "faces.has_face"
@@ -537,6 +538,29 @@ class DeskPro(Method):
     def set_online_teacher(self, teacher: nn.Module) -> None:
         """Use an in-memory frozen teacher (tests, benchmarks) instead of loading `face_teacher_model`."""
         self._teacher = teacher.eval().requires_grad_(False)
+
+    # --- diagnostics -----------------------------------------------------------------------------------
+    def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Does the body stream's attention do what CSA is for? Per image, against Eq. 3's mask of the parsing
+        (area-averaged to the attention grid): Pearson correlation over the cells, and the mean attention on
+        mostly-clothing cells vs mostly-non-clothing body cells. Without CSA (row 1) the attention is absent."""
+        if not self.use_body or "parsing.labels" not in batch:
+            return {}
+        labels = batch["parsing.labels"].long()
+        mask = non_clothing_mask(labels, self.clothing, self.epsilon).to(batch["image"].device)
+        out: DeskProOutput = model(batch["image"], None, self._oracle_mask(batch))
+        if out.attention is None:
+            return {}
+        att = out.attention.float().flatten(1)
+        target = resize_mask(mask, tuple(out.attention.shape[-2:])).flatten(1)
+        body = resize_mask((labels > 0).float(), tuple(out.attention.shape[-2:])).flatten(1).to(att.device)
+        a, t = att - att.mean(1, keepdim=True), target - target.mean(1, keepdim=True)
+        corr = (a * t).sum(1) / (a.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)
+        cloth = (target < 0.5) & (body > 0.5)
+        skin = (target >= 0.5) & (body > 0.5)
+        mean_on = lambda sel: (att * sel).sum(1) / sel.sum(1).clamp_min(1)  # noqa: E731
+        return {"attention_mask_corr": corr, "attention_on_clothing": mean_on(cloth.float()),
+                "attention_on_non_clothing_body": mean_on(skin.float())}
 
     # --- inference -------------------------------------------------------------------------------------
     @torch.no_grad()
