@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from reid.data.index import IndexRow, read_index, write_index
-from reid.methods.base import Method, build_method
+from reid.methods.base import Method, method_from_record
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ class OnnxEmbedder:
     backend = "onnxruntime"
 
     def __init__(self, onnx_path: str | Path, prefer_gpu: bool = True) -> None:
-        from reid.registry import import_plugin
         from reid.teachers.onnx_utils import create_session
 
         self.path = Path(onnx_path)
@@ -67,9 +66,8 @@ class OnnxEmbedder:
         if not info_path.is_file():
             raise FileNotFoundError(f"{info_path} not found: `python -m reid export` writes it beside {self.path}")
         self.info = json.loads(info_path.read_text())
-        if self.info.get("method_module"):
-            import_plugin(self.info["method_module"], f"{info_path} method_module")
-        self.method = build_method(self.info["method"], **self.info["method_params"])
+        self.method = method_from_record(self.info["method"], self.info["method_params"],
+                                         self.info.get("method_module"), str(info_path))
         self.input_size = tuple(self.info["input_size"])
         self.session, self.providers = create_session(self.path, prefer_gpu=prefer_gpu)
         self.outputs = [o["name"] for o in self.info["outputs"]]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reid.methods.base import Method, build_method
+from reid.methods.base import Method, method_from_record
 
 
 def load_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, Any]]:
@@ -34,11 +34,7 @@ def load_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
 
 
 def method_of(params: dict[str, Any]) -> Method:
-    from reid.registry import import_plugin
-
-    if params.get("method_module"):
-        import_plugin(params["method_module"], "embeddings method_module")
-    return build_method(params["method"], **params["method_params"])
+    return method_from_record(params["method"], params["method_params"], params.get("method_module"), "embeddings")
 
 
 def rank(method: Method, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor], top_k: int,

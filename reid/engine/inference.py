@@ -28,7 +28,7 @@ from reid.engine.trainer import (
     progress_interval,
 )
 from reid.device import resolve_device
-from reid.methods.base import Method, build_method
+from reid.methods.base import Method, method_from_record
 from reid.serialization import load_file
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,8 @@ def load_model(
                 if found == "reid-model/1" else "")
         raise ValueError(f"{path}: not a {MODEL_FORMAT} file (format={found!r}){hint}")
     params = {**ckpt["method_params"], **(overrides or {})}
-    if ckpt.get("method_module"):  # a method outside the package registers itself when imported
-        from reid.registry import import_plugin
-
-        import_plugin(str(ckpt["method_module"]), f"{path} method_module")
     try:
-        method = build_method(ckpt["method"], **params)
+        method = method_from_record(ckpt["method"], params, ckpt.get("method_module"), str(path))
     except TypeError as e:
         if not overrides:
             raise

@@ -8,7 +8,7 @@ returned weighted terms; at test time it calls `embed(model, batch)` then `dista
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -139,3 +139,13 @@ def get_method_class(name: str) -> type[Method]:
 def build_method(name: str, **params: Any) -> Method:
     """Instantiate a registered method by name."""
     return get_method_class(name)(**params)
+
+
+def method_from_record(name: str, params: Mapping[str, Any], module: str | None = None, where: str = "") -> Method:
+    """Rebuild the method a saved record names (model.pt, model.json, an embeddings file): import its plugin
+    module first when it lives outside the package, so a plugin method loads wherever the record goes."""
+    if module:
+        from reid.registry import import_plugin
+
+        import_plugin(str(module), f"{where} method_module".strip())
+    return build_method(name, **params)
