@@ -61,7 +61,8 @@ def graph_inputs(method: Method, batch: dict[str, Any], input_size: tuple[int, i
     return feed
 
 
-def describe(method: Method, ckpt: dict[str, Any], model_path: Path, outputs: dict[str, list]) -> dict[str, Any]:
+def describe(method: Method, ckpt: dict[str, Any], model_path: Path, outputs: dict[str, list],
+             opset: int = OPSET) -> dict[str, Any]:
     """model.json: everything a user needs to feed the graph and compare its outputs."""
     h, w = ckpt["input_size"]
     inputs = []
@@ -80,13 +81,13 @@ def describe(method: Method, ckpt: dict[str, Any], model_path: Path, outputs: di
         "method": method.name,
         "method_module": type(method).__module__,
         "method_params": method.params,
-        "method_state": {},
+        "method_state": _plain(method.extra_state()),
         "input_size": [h, w],
         "inputs": inputs,
         "outputs": [{"name": k, "shape": v} for k, v in outputs.items()],
         "distance": {"method": method.name, "function": f"{type(method).__name__}.distance",
                      "doc": ((type(method).distance.__doc__ or "").strip().splitlines() or [""])[0]},
-        "opset": OPSET,
+        "opset": opset,
         "source_model": str(model_path),
         "source_model_sha256": file_sha256(model_path),
     }
@@ -120,9 +121,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, opset: int = OPSET
     model_path, out_dir = Path(model_path), Path(out_dir)
     method, model, ckpt = load_model(model_path, "cpu")
     onnx_path, outputs = export_graph(method, model, tuple(ckpt["input_size"]), out_dir / "model.onnx", opset)
-    info = describe(method, ckpt, model_path, outputs)
-    info["method_state"] = _plain(method.extra_state())
-    info["opset"] = opset
+    info = describe(method, ckpt, model_path, outputs, opset)
     json_path = out_dir / "model.json"
     json_path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     log.info("exported %s (%s) -> %s: inputs %s, outputs %s", model_path, method.name, onnx_path,
