@@ -59,7 +59,7 @@ def tiny_synthetic(p: dict[str, Any]) -> None:
     """Shrink the synthetic worlds' sections of a copy of params.yaml in place (scale 0.1, 1 epoch, 64x32)."""
     for name in ("synthcc", "synthocc"):
         ds = p["datasets"][name]
-        ds["generate"]["scale"] = 0.1
+        ds["generate"].update(scale=0.1, test_ids=20)  # a tiny world: 2 test identities
         ds["train"] = dict(TINY_TRAIN)
         for teacher in ds["teachers"].values():
             teacher.update(TINY_TEACHER)

@@ -41,7 +41,7 @@ def _tiny_params(path: Path) -> None:
     p = yaml.safe_load(path.read_text())
     p["dvc"]["runs"] = ["synthcc/baseline"]
     ds = p["datasets"]["synthcc"]
-    ds["generate"]["scale"] = 0.1
+    ds["generate"].update(scale=0.1, test_ids=20)  # a tiny world: 2 test identities
     ds["train"] = {"epochs": 1, "batch_p": 4, "batch_k": 2, "input_size": [64, 32], "warmup_epochs": 0,
                    "workers": 0, "pad": 2, "device": "cpu", "amp": False}
     ds.setdefault("presets", {})["baseline"] = {"depth": 18}

@@ -61,7 +61,7 @@ def test_a_sharded_dag_runs_through_slurm_and_equals_a_local_run(tmp_path: Path,
     _start_slurm()
     work = repo_copier(tmp_path / "repo")
     p = yaml.safe_load((work / "params.yaml").read_text())
-    p["datasets"]["synthocc"]["generate"]["scale"] = 0.1
+    p["datasets"]["synthocc"]["generate"].update(scale=0.1, test_ids=20)
     p["datasets"]["synthocc"]["teachers"]["keypoints"].update(shards=2, workers=0)
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
