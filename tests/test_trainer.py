@@ -181,7 +181,9 @@ def test_train_log_has_one_row_per_epoch_with_loss_terms(tiny_world, trained: Pa
         sampler.set_epoch(epoch)
         steps.append(str(len(sampler)))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "id", "triplet", "total", "lr", "steps", "seconds", "images_per_s"]
+    assert list(rows[0]) == ["epoch", "id", "triplet", "total", "lr", "steps", "seconds", "images_per_s",
+                             "data_wait_share"]
+    assert all(0.0 <= float(r["data_wait_share"]) <= 1.0 for r in rows)  # time blocked on the loader / epoch
     for r in rows:
         assert float(r["total"]) == pytest.approx(float(r["id"]) + float(r["triplet"]), rel=1e-4)
     assert [r["steps"] for r in rows] == steps and all(20 <= int(n) <= 24 for n in steps)
