@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import reid.methods  # noqa: F401  (registers the built-in methods)
-from reid.data.dataset import ReIDDataset, label_maps
-from reid.data.index import read_index, select
+from reid.data.dataset import ReIDDataset
+from reid.data.index import read_index
 from reid.data.samplers import PKBatchSampler
-from reid.engine.trainer import filter_positions, method_fields, open_caches
+from reid.engine.trainer import TrainConfig, open_caches, train_dataset
 from reid.methods.base import build_method
 from reid.pipeline import layout
 from reid.pipeline import params as C
@@ -59,16 +59,10 @@ def build_dataset(cfg: dict, dataset: str, run: str, input_size: tuple[int, int]
     if missing or not index.is_file():
         return "missing " + ", ".join(missing or [str(index)])
     rows = read_index(index)
-    caches = open_caches(caches, index)
-    train = resolved["train_cfg"]
-    size = tuple(input_size or train.get("input_size", (256, 128)))
-    positions = filter_positions(method, select(rows, "train"), caches)
-    pid_labels, clothes_labels = label_maps(rows, positions)
-    ds = ReIDDataset(rows, ROOT / C.dataset_root(cfg, dataset), positions, size, train=True, caches=caches,
-                     fields=method_fields(method, train=True), image_field=method.image_field,
-                     pid_labels=pid_labels, clothes_labels=clothes_labels, flip_p=0.5,
-                     pad=int(train.get("pad", 10)), erasing_p=0.5, rgb_augment=method.rgb_field_augment)
-    labels = [pid_labels[rows[i].pid] for i in positions]
+    train = TrainConfig.from_dict({**resolved["train_cfg"], **({"input_size": list(input_size)} if input_size
+                                                                else {})})
+    ds = train_dataset(method, rows, ROOT / C.dataset_root(cfg, dataset), open_caches(caches, index), train)
+    labels = [ds.pid_labels[rows[i].pid] for i in ds.positions]
     return ds, PKBatchSampler(labels, batch_p, batch_k, 0, 0, 1)
 
 

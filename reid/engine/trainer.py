@@ -161,6 +161,23 @@ def _restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def train_dataset(method: Method, rows: list[IndexRow], root: str | Path, caches: Mapping[str, Any],
+                  cfg: TrainConfig) -> ReIDDataset:
+    """The training split as the trainer feeds it: the method's rows (`require_field`), contiguous labels, its
+    cache fields and the train transform of `cfg` (also what benchmarks/bench_data_wait.py times)."""
+    positions = select(rows, "train")
+    if not positions:
+        raise ValueError("the index has no train rows: this dataset is test-only; train on another dataset")
+    train_rows = filter_positions(method, positions, caches)
+    pid_labels, clothes_labels = label_maps(rows, train_rows)
+    return ReIDDataset(
+        rows, root, train_rows, cfg.input_size, train=True, caches=caches,
+        fields=method_fields(method, train=True), image_field=method.image_field,
+        pid_labels=pid_labels, clothes_labels=clothes_labels,
+        flip_p=cfg.flip_p, pad=cfg.pad, erasing_p=cfg.erasing_p, rgb_augment=method.rgb_field_augment,
+    )
+
+
 class Trainer:
     """Trains one method on the train split of an index; see the module docstring for the hook order."""
 
@@ -184,19 +201,11 @@ class Trainer:
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.amp = cfg.amp and self.device.type == "cuda"
 
-        positions = select(rows, "train")
-        if not positions:
-            raise ValueError("the index has no train rows: this dataset is test-only; train on another dataset")
-        self.train_rows = filter_positions(method, positions, self.caches)
-        self.pid_labels, self.clothes_labels = label_maps(rows, self.train_rows)
+        self.train_set = train_dataset(method, rows, root, self.caches, cfg)
+        self.train_rows = list(self.train_set.positions)
+        self.pid_labels, self.clothes_labels = self.train_set.pid_labels, self.train_set.clothes_labels
         self.num_classes = len(self.pid_labels)
         self.epochs = cfg.epochs
-        self.train_set = ReIDDataset(
-            rows, root, self.train_rows, cfg.input_size, train=True, caches=self.caches,
-            fields=method_fields(method, train=True), image_field=method.image_field,
-            pid_labels=self.pid_labels, clothes_labels=self.clothes_labels,
-            flip_p=cfg.flip_p, pad=cfg.pad, erasing_p=cfg.erasing_p, rgb_augment=method.rgb_field_augment,
-        )
         labels = [self.pid_labels[rows[i].pid] for i in self.train_rows]
         self.sampler = PKBatchSampler(labels, cfg.batch_p, cfg.batch_k, cfg.seed, self.rank, self.world_size)
 

@@ -15,9 +15,9 @@ Semantics (shared/specs/datasets.md section 2):
 How (no argsort, no q x g index matrix): the kept position of a good item is the number of gallery items ranked
 before it minus the junk items ranked before it, where "ranked before" = strictly closer, or equally close with a
 lower gallery index. A query's same-pid items come from a pid -> gallery-items table (O(P), no q x g mask). The
-"ranked before" counts of all P of them come, on CPU, from one compiled pass over the query's distance row
-(reid.eval.kernels: each distance binary-searched among the P positive distances, O(g log P), ties by index in
-the same pass); on GPU, from a values-only torch.sort of the row and a batched binary search into it, exact ties
+"ranked before" counts of all P of them come, on CPU, from a compiled kernel over the query's distance row
+(reid.eval.kernels: SIMD counting passes, or one bucketed binary-search pass for many positives; ties by index
+in the same pass); on GPU, from a values-only torch.sort of the row and a batched binary search into it, exact ties
 resolved by an explicit index comparison. Work is chunked over queries, so memory is O(chunk x g);
 ``evaluate_features`` computes each chunk's distances on the fly and never holds the q x g matrix.
 """

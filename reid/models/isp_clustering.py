@@ -41,8 +41,10 @@ _ROWS_PER_STEP = 8192  # pixel rows converted to float32 at a time: 8 MB blocks 
 
 # --- Eq. 3 and the sharpening ------------------------------------------------------------------------------
 def normalized_activation(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Eq. 3: a(x, y) = ||M(x, y)||_2 / max_(i,j) ||M(i, j)||_2 per image; (N, C, h, w) -> (N, h, w) in [0, 1]."""
-    return activation_from_norms(torch.linalg.vector_norm(features.float().permute(0, 2, 3, 1), dim=-1), eps)
+    """Eq. 3: a(x, y) = ||M(x, y)||_2 / max_(i,j) ||M(i, j)||_2 per image; (N, C, h, w) -> (N, h, w) in [0, 1].
+    The clustering computes it the same way, from `pixel_rows`' norms."""
+    n, _, h, w = features.shape
+    return activation_from_norms(pixel_rows(features)[1].view(n, h, w), eps)
 
 
 def activation_from_norms(norms: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -85,11 +85,11 @@ def main(args: argparse.Namespace) -> int:
 
     caches = parse_caches(args.cache)
     if args.stage == "synth":
-        from reid.data.synthetic import generate_world
+        from reid.data.synthetic import DEFAULT_TEST_IDS, generate_world
 
         kw = _resolve(args, C.stage_synth)
         generate_world(kw["world"], args.out, seed=kw["seed"], scale=kw["scale"],
-                       **({"test_ids": kw["test_ids"]} if "test_ids" in kw else {}))
+                       test_ids=kw.get("test_ids", DEFAULT_TEST_IDS))
     elif args.stage == "index":
         from reid.data.datasets import build_index
         from reid.data.index import write_index
