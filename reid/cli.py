@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "verify": ("reid.cache.verify", "read every row of a cache and list unreadable rows by index and path"),
     "export-schp": ("reid.teachers.schp_net", "export the pure-PyTorch SCHP network to ONNX"),
     "isp-iou": ("reid.engine.isp_iou", "IoU of ISP parts against the parsing cache (paper Table 3)"),
+    "pretrain": ("reid.engine.pretrain", "train a miniature ImageNet stand-in backbone (official weights layout)"),
     "train": ("reid.engine.commands", "train a method"),
     "evaluate": ("reid.engine.commands", "evaluate a trained model with the dataset's protocol"),
     "probe": ("reid.engine.probe", "measure a trained model's mechanism (e.g. PGFL-KD group-map support)"),

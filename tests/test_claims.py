@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import reid.methods  # noqa: F401  (registers the built-in methods)
-from reid.eval.claims import assess, paired_bootstrap, read_per_query, verdict
+from reid.eval.claims import assess, paired_bootstrap, pretraining_effects, read_per_query, run_name, verdict
 from reid.methods.base import METHODS, Claim
 
 
@@ -53,6 +53,26 @@ def test_assess_pairs_rows_by_seed_and_query_and_checks_the_control(tmp_path: Pa
                           [0, 1])
     assert with_control["control"]["verdict"] == "does not hold"
     assert with_control["verdict"] == "untestable on this world"
+
+
+def test_each_init_is_assessed_on_its_own_runs_and_pretraining_is_reported(tmp_path: Path) -> None:
+    """Scratch: good beats base; pretrained: base catches up (the claim no longer holds there); pretraining
+    lifts base by 20 AP points. An init that reads the other's files would give the same verdict twice."""
+    assert run_name("m", "good", "pretrained", 2) == "m--good--pretrained--s2"
+    queries = [f"q{i}.jpg" for i in range(30)]
+    for s in (0, 1):
+        _per_query(tmp_path / "w" / f"m--good--s{s}" / "per_query.csv", {q: (0, 0.8) for q in queries})
+        _per_query(tmp_path / "w" / f"m--base--s{s}" / "per_query.csv", {q: (1, 0.5) for q in queries})
+        _per_query(tmp_path / "w" / f"m--good--pretrained--s{s}" / "per_query.csv", {q: (0, 0.6) for q in queries})
+        _per_query(tmp_path / "w" / f"m--base--pretrained--s{s}" / "per_query.csv", {q: (0, 0.7) for q in queries})
+    claim = Claim("good beats base", "good", "base", "standard", "ap")
+    scratch = assess(tmp_path, "w", "m", claim, [0, 1], "scratch")
+    pre = assess(tmp_path, "w", "m", claim, [0, 1], "pretrained")
+    assert (scratch["verdict"], pre["verdict"]) == ("holds", "does not hold")
+    assert pre["learned"]["mean"] == pytest.approx(-10.0) and pre["init"] == "pretrained"
+    effects = pretraining_effects(tmp_path, "w", [scratch, pre], [0, 1])
+    assert len(effects) == 1 and effects[0]["row"] == "base"
+    assert effects[0]["stats"]["mean"] == pytest.approx(20.0) and effects[0]["stats"]["verdict"] == "holds"
 
 
 @pytest.mark.parametrize("method", METHODS.names())

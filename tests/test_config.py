@@ -49,6 +49,9 @@ def _cfg() -> dict:
         ("deskpro--model3_csa_att--s2", C.Run("deskpro", "model3_csa_att", 2)),
         ("deskpro--s2", C.Run("deskpro", None, 2)),  # a seed alone, not an ablation named 's2'
         ("pgfl_kd--sab_im--s10", C.Run("pgfl_kd", "sab_im", 10)),
+        ("deskpro--pretrained", C.Run("deskpro", None, None, True)),  # the init token, not an ablation
+        ("deskpro--model3--pretrained--s2", C.Run("deskpro", "model3", 2, True)),
+        ("deskpro--pretrained_x--s2", C.Run("deskpro", "pretrained_x", 2)),  # an ablation that starts alike
     ],
 )
 def test_parse_run(name: str, expected: C.Run) -> None:
@@ -57,7 +60,7 @@ def test_parse_run(name: str, expected: C.Run) -> None:
 
 @pytest.mark.parametrize("name", ["DeskPro", "deskpro/", "deskpro--", "deskpro--model 3", "--s2", "deskpro s2", ""])
 def test_bad_run_names(name: str) -> None:
-    with pytest.raises(C.ConfigError, match=r"bad run name .*expected <method>\[--<ablation>\]\[--s<seed>\]"):
+    with pytest.raises(C.ConfigError, match=r"bad run name .*expected <method>\[--<ablation>\]\[--pretrained\]\[--s<seed>\]"):
         C.parse_run(name)
 
 

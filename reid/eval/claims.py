@@ -7,6 +7,10 @@ claims); the interval is a percentile bootstrap over queries (the same resampled
 statistic the mean over seeds and queries. Verdict: **holds** (interval above 0), **does not hold** (below 0),
 **undecided** (spans 0). A claim with a positive control (an oracle form of the mechanism built from the world's
 ground truth) is **untestable on this world** unless the control itself holds against the same baseline.
+
+Each claim is assessed once per initialisation (`ablation.init`): `scratch` (random weights) and `pretrained`
+(runs named `--pretrained`: the pretrain stage's stand-ins for ImageNet weights); the table also reports what
+pretraining does to each claim's baseline row (pretrained vs scratch, paired the same way).
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ import numpy as np
 from reid.methods.base import Claim, get_method_class
 
 METRICS = {"ap": "mAP", "r1": "R1"}
+INITS = ("scratch", "pretrained")
+
+
+def run_name(method: str, row: str, init: str, seed: int) -> str:
+    """The run a row was trained and evaluated as, e.g. `deskpro--oracle_csa--pretrained--s1`."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return f"{method}--{row}" + ("--pretrained" if init == "pretrained" else "") + f"--s{seed}"
 
 
 def read_per_query(path: str | Path, setting: str, metric: str) -> dict[str, float]:
@@ -62,17 +74,19 @@ def verdict(stats: Mapping[str, float]) -> str:
 
 
 def compare(results: Path, dataset: str, method: str, better: str, worse: str, setting: str, metric: str,
-            seeds: Sequence[int]) -> dict[str, Any]:
-    """Paired statistics of two rows over the seeds whose per_query.csv both have (queries both scored)."""
+            seeds: Sequence[int], init: str = "scratch", worse_init: str | None = None) -> dict[str, Any]:
+    """Paired statistics of two rows over the seeds whose per_query.csv both have (queries both scored).
+    `worse_init` (default: `init`) compares across initialisations, e.g. a row pretrained vs from scratch."""
     a_runs, b_runs = [], []
     for s in seeds:
-        pa = results / dataset / f"{method}--{better}--s{s}" / "per_query.csv"
-        pb = results / dataset / f"{method}--{worse}--s{s}" / "per_query.csv"
+        pa = results / dataset / run_name(method, better, init, s) / "per_query.csv"
+        pb = results / dataset / run_name(method, worse, worse_init or init, s) / "per_query.csv"
         if pa.is_file() and pb.is_file():
             a_runs.append(read_per_query(pa, setting, metric))
             b_runs.append(read_per_query(pb, setting, metric))
     if not a_runs:
-        raise FileNotFoundError(f"no seed with both {method}--{better} and {method}--{worse} evaluated under "
+        raise FileNotFoundError(f"no seed with both {run_name(method, better, init, 0)[:-3]} and "
+                                f"{run_name(method, worse, worse_init or init, 0)[:-3]} evaluated under "
                                 f"{results / dataset}")
     queries = sorted(set.intersection(*(set(r) for r in a_runs + b_runs)))
     a = np.array([[r[q] for q in queries] for r in a_runs])
@@ -82,13 +96,15 @@ def compare(results: Path, dataset: str, method: str, better: str, worse: str, s
     return stats
 
 
-def assess(results: Path, dataset: str, method: str, claim: Claim, seeds: Sequence[int]) -> dict[str, Any]:
-    """A claim's learned comparison, its control (when declared) and the final verdict."""
-    learned = compare(results, dataset, method, claim.better, claim.worse, claim.setting, claim.metric, seeds)
-    out: dict[str, Any] = {"claim": asdict(claim), "method": method, "learned": learned,
+def assess(results: Path, dataset: str, method: str, claim: Claim, seeds: Sequence[int],
+           init: str = "scratch") -> dict[str, Any]:
+    """A claim's learned comparison, its control (when declared) and the final verdict, under one init."""
+    learned = compare(results, dataset, method, claim.better, claim.worse, claim.setting, claim.metric, seeds, init)
+    out: dict[str, Any] = {"claim": asdict(claim), "method": method, "init": init, "learned": learned,
                            "verdict": learned["verdict"]}
     if claim.control:
-        control = compare(results, dataset, method, claim.control, claim.worse, claim.setting, claim.metric, seeds)
+        control = compare(results, dataset, method, claim.control, claim.worse, claim.setting, claim.metric, seeds,
+                          init)
         out["control"] = control
         if control["verdict"] != "holds":
             out["verdict"] = "untestable on this world"
@@ -102,17 +118,42 @@ def _cell(stats: Mapping[str, Any] | None) -> str:
             f"{stats['worse_mean']:.1f}; {stats['seeds']} seeds x {stats['queries']} queries)")
 
 
-def to_markdown(assessed: list[dict[str, Any]], dataset: str) -> str:
+def pretraining_effects(results: Path, dataset: str, assessed: list[dict[str, Any]],
+                        seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """What pretraining does to each claim's baseline row (pretrained vs scratch), when both were run."""
+    out, seen = [], set()
+    for a in assessed:
+        c = a["claim"]
+        key = (a["method"], c["worse"], c["setting"], c["metric"])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            stats = compare(results, dataset, a["method"], c["worse"], c["worse"], c["setting"], c["metric"], seeds,
+                            "pretrained", "scratch")
+        except FileNotFoundError:
+            continue
+        out.append({"method": a["method"], "row": c["worse"], "setting": c["setting"], "metric": c["metric"],
+                    "stats": stats})
+    return out
+
+
+def to_markdown(assessed: list[dict[str, Any]], dataset: str, effects: list[dict[str, Any]] = ()) -> str:
     lines = [f"### Claims on {dataset}", "",
-             "| method | claim | metric | learned: difference [95% CI] | control: difference [95% CI] | verdict |",
-             "|---|---|---|---|---|---|"]
+             "| method | claim | init | metric | learned: difference [95% CI] | control: difference [95% CI] | "
+             "verdict |", "|---|---|---|---|---|---|---|"]
     for a in assessed:
         c = a["claim"]
         lines.append(f"| {a['method']} | {c['name']} ({c['better']} vs {c['worse']}, {c['setting']}) | "
-                     f"{METRICS[c['metric']]} | {_cell(a['learned'])} | {_cell(a.get('control'))} | "
-                     f"**{a['verdict']}** |")
+                     f"{a.get('init', 'scratch')} | {METRICS[c['metric']]} | {_cell(a['learned'])} | "
+                     f"{_cell(a.get('control'))} | **{a['verdict']}** |")
     lines += ["", "Paired by seed and query; percentile bootstrap over queries (2,000 resamples), percentage points. "
               "A claim with a control is untestable unless the control beats the same baseline."]
+    if effects:
+        lines += ["", "Pretraining (the pretrain stage's weights vs random initialisation), per baseline row:", "",
+                  "| method | row | setting | metric | pretrained vs scratch [95% CI] |", "|---|---|---|---|---|"]
+        lines += [f"| {e['method']} | {e['row']} | {e['setting']} | {METRICS[e['metric']]} | {_cell(e['stats'])} |"
+                  for e in effects]
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +161,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="the world (or dataset) the runs were evaluated on")
     p.add_argument("--methods", nargs="+", required=True, help="methods whose declared claims to assess")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--init", nargs="+", choices=INITS, default=["scratch"],
+                   help="initialisations to assess every claim under (params.yaml ablation.init)")
     p.add_argument("--results", default="results", help="the results/ folder")
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-json", required=True)
@@ -129,13 +172,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     only = getattr(args, "only", None)
-    assessed = [assess(Path(args.results), args.dataset, m, claim, args.seeds)
+    inits = getattr(args, "init", None) or ["scratch"]
+    assessed = [assess(Path(args.results), args.dataset, m, claim, args.seeds, init)
                 for m in args.methods for claim in get_method_class(m).claims
-                if not only or any(s in claim.name for s in only)]
+                if not only or any(s in claim.name for s in only) for init in inits]
     if not assessed:
         raise SystemExit(f"no claim of {args.methods} matches --only {only}")
-    md = to_markdown(assessed, args.dataset)
+    effects = pretraining_effects(Path(args.results), args.dataset, assessed, args.seeds) if len(inits) > 1 else []
+    md = to_markdown(assessed, args.dataset, effects)
     Path(args.out_md).write_text(md)
-    Path(args.out_json).write_text(json.dumps(assessed, indent=2) + "\n")
+    Path(args.out_json).write_text(json.dumps({"claims": assessed, "pretraining": effects}, indent=2) + "\n")
     print(md)
     return 0

@@ -4,7 +4,8 @@ The JSON schema (workflow/schemas/params.schema.yaml) fixes the top-level layout
 checked here against that code itself, so the check cannot drift from it:
 - `train`, `train_presets.<m>`, `datasets.<ds>.train`, `datasets.<ds>.train_presets.<m>`: the fields and types
   of the trainer's `TrainConfig` dataclass;
-- `methods.<m>`, `datasets.<ds>.presets.<m>`: the parameters and annotations of method m's constructor;
+- `methods.<m>`, `datasets.<ds>.presets.<m>`, `datasets.<ds>.pretrained.<m>`: the parameters and annotations of
+  method m's constructor;
 - `teachers.<t>`, `datasets.<ds>.teachers.<t>`: the runner's keys, the teacher class's constructor parameters and
   its module's `DEFAULTS` (typed by the default's type).
 Every problem names its full key, e.g. `datasets.synthocc.train.epochs: expected int, got 'two'`.
@@ -215,5 +216,7 @@ def check_params(cfg: Mapping[str, Any]) -> None:
                                        "the trainer (TrainConfig)")
         for method, section in (dcfg.get("presets") or {}).items():
             named_section(f"datasets.{ds}.presets.{method}", "method", method, section)
+        for method, section in (dcfg.get("pretrained") or {}).items():
+            named_section(f"datasets.{ds}.pretrained.{method}", "method", method, section)
     if problems:
         raise ParamsError("params.yaml: " + ("\n  ".join([f"{len(problems)} problem(s):"] + problems)))

@@ -28,10 +28,13 @@ from reid.pipeline.layout import (
     index_deps,
     index_path,
     is_generated,
+    is_weights_key,
     metrics_path,
     model_dir,
     model_path,
     onnx_dir,
+    pretrain_arch,
+    pretrain_deps,
     root_of,
     shard_paths,
     teacher_deps,
@@ -60,6 +63,7 @@ STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "synth": ("reid.data.synthetic",),
     "index": ("reid.data.datasets",),
     "teach": ("reid.teachers.runner", "reid.teachers.base"),
+    "pretrain": ("reid.engine.pretrain",),
     "train": ("reid.engine.trainer", "reid.methods"),
     "teacher-outputs": ("reid.engine.commands", "reid.methods"),
     "evaluate": ("reid.engine.inference", "reid.methods"),
@@ -184,9 +188,25 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
                   code_deps("merge") + parts, [cache_path(ds, name)], []))
 
     def need_caches(ds: str, deps: Mapping[str, str]) -> None:
-        for dep in deps:
-            if dep not in NON_CACHE_DEPS:
+        for dep, path in deps.items():
+            if is_weights_key(dep):
+                need_weights(path)
+            elif dep not in NON_CACHE_DEPS:
                 need_cache(ds, dep)
+
+    def need_weights(path: str) -> None:
+        """A weights file the pretrain stage makes gets that stage; any other is a plain dependency."""
+        arch = pretrain_arch(path)
+        if arch is None:
+            return
+        ds = C.pretrain_dataset(cfg)
+        need_index(ds)
+        _, keys = C.stage_pretrain(cfg, arch)
+        deps = pretrain_deps(cfg)
+        cmd = (f"python -m reid pipeline pretrain --dataset {ds} --arch {arch} --params params.yaml "
+               f"--index {deps['index']} --out {path}")
+        add(Stage(f"pretrain-{arch}", cmd, code_deps("pretrain") + sorted(set(deps.values())),
+                  [path, path.removesuffix(".pth") + ".json"], keys))
 
     def need_model(ds: str, run: str) -> None:
         need_index(ds)

@@ -8,6 +8,7 @@ DAGs cannot drift apart; tests/test_dag.py checks that Snakemake's planned jobs 
     cache/<ds>/<teacher>.h5             teacher cache (parsing, faces, restored_faces, keypoints, isp_labels)
     cache/<ds>/<derived>.h5             outputs of a trained teacher model (face_teacher, vit_teacher)
     models/<ds>/<run>/model.pt          trained student (+ train_log.csv, checkpoint.pt)
+    models/pretrain/<arch>.pth          pretrain stage: a miniature ImageNet stand-in (+ <arch>.json)
     results/<ds>/<run>/metrics.json     evaluation
 """
 
@@ -41,6 +42,18 @@ def model_path(ds: str, run: str) -> str:
 
 def train_log_path(ds: str, run: str) -> str:
     return f"models/{ds}/{run}/train_log.csv"
+
+
+def pretrain_path(arch: str) -> str:
+    return f"models/pretrain/{arch}.pth"
+
+
+def pretrain_arch(path: str) -> str | None:
+    """The arch whose pretrain stage writes `path` (None for any other file, e.g. a real ImageNet file)."""
+    from reid.engine.pretrain import ARCHS
+
+    arch = path.removeprefix("models/pretrain/").removesuffix(".pth")
+    return arch if arch in ARCHS and pretrain_path(arch) == path else None
 
 
 def metrics_path(ds: str, run: str) -> str:
@@ -120,10 +133,25 @@ def shard_paths(cfg: Mapping[str, Any], ds: str, teacher: str) -> list[str]:
     return [shard_path(ds, teacher, i, n) for i in range(n)] if n > 1 else []
 
 
+def is_weights_key(key: str) -> bool:
+    """Method parameters naming a backbone weights file (`weights`, `vit_base_weights`, ...)."""
+    return key == "weights" or key.endswith("_weights")
+
+
 def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
+    """index + caches + every backbone weights file the run loads (a pretrain stage's output, or a user's
+    ImageNet file: new weights retrain)."""
     deps = {"index": index_path(ds), **index_deps(cfg, ds)}
     deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=True)))
+    params = C.stage_train(cfg, ds, run)[0]["method_params"]
+    deps.update({k: str(v) for k, v in sorted(params.items()) if is_weights_key(k) and v})
     return deps
+
+
+def pretrain_deps(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """The pretraining world's index and folder."""
+    ds = C.pretrain_dataset(cfg)
+    return {"index": index_path(ds), **index_deps(cfg, ds)}
 
 
 def derived_deps(cfg: Mapping[str, Any], ds: str, name: str) -> dict[str, str]:
@@ -147,4 +175,5 @@ NON_CACHE_DEPS = frozenset({"index", "root", "model", "weights"})
 
 def cache_args(deps: Mapping[str, str]) -> str:
     """`--cache name=path` for every cache among a stage's deps."""
-    return " ".join(f"--cache {k}={shlex.quote(v)}" for k, v in sorted(deps.items()) if k not in NON_CACHE_DEPS)
+    return " ".join(f"--cache {k}={shlex.quote(v)}" for k, v in sorted(deps.items())
+                    if k not in NON_CACHE_DEPS and not is_weights_key(k))

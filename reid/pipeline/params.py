@@ -7,7 +7,8 @@ with `--params params.yaml` (which resolves the same way), and the CLI accepts e
 Precedence of trainer settings (later wins):
   train < train_presets.<method> < datasets.<ds>.train < datasets.<ds>.train_presets.<method> < run-name seed
 Precedence of method parameters:
-  methods.<method> < top-level knobs (e.g. `alpha`) < datasets.<ds>.presets.<method> < ablation row
+  methods.<method> < top-level knobs (e.g. `alpha`) < datasets.<ds>.presets.<method>
+  < datasets.<ds>.pretrained.<method> (runs named `--pretrained` only) < ablation row
 Precedence of teacher parameters:
   teachers.<teacher> < datasets.<ds>.teachers.<teacher>
 
@@ -16,7 +17,9 @@ Extension: the teachers are the keys of `teachers:`; a teacher or method outside
 imported (registered) when params are loaded. Derived caches, ablation rows and top-level knobs are read from the
 registered Method classes (reid/methods/base.py), never from a list kept here.
 
-A run name is `<method>[--<ablation>][--s<seed>]`, e.g. `deskpro`, `deskpro--model3`, `deskpro--model3--s2`.
+A run name is `<method>[--<ablation>][--pretrained][--s<seed>]`, e.g. `deskpro`, `deskpro--model3`,
+`deskpro--model3--s2`, `deskpro--model3--pretrained--s2` (the backbone starts from the weights files
+`datasets.<ds>.pretrained.<method>` names, e.g. the pretrain stage's miniature ImageNet stand-ins).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ import yaml
 
 PLUGIN_KEY = "module"  # teachers.<t>.module / methods.<m>.module: where a teacher or method outside reid/ lives
 
-RUN_RE = re.compile(r"^(?P<method>[a-z0-9_]+)(?:--(?!s\d+$)(?P<ablation>[A-Za-z0-9_.+-]+?))?(?:--s(?P<seed>\d+))?$")
+PRETRAINED = "pretrained"  # the run-name token: start from `datasets.<ds>.pretrained.<method>`'s weights files
+RUN_RE = re.compile(r"^(?P<method>[a-z0-9_]+)(?:--(?!s\d+$|pretrained(?:--s\d+)?$)(?P<ablation>[A-Za-z0-9_.+-]+?))?"
+                    r"(?P<pretrained>--pretrained)?(?:--s(?P<seed>\d+))?$")
 
 
 class ConfigError(ValueError):
@@ -125,14 +130,21 @@ class Run:
     method: str
     ablation: str | None
     seed: int | None
+    pretrained: bool = False
+
+    def name(self, ablation: str | None) -> str:
+        """This run's name with another ablation row (same init and seed)."""
+        return (self.method + (f"--{ablation}" if ablation else "") + (f"--{PRETRAINED}" if self.pretrained else "")
+                + (f"--s{self.seed}" if self.seed is not None else ""))
 
 
 def parse_run(run: str) -> Run:
     m = RUN_RE.match(run)
     if not m:
-        raise ConfigError(f"bad run name {run!r}: expected <method>[--<ablation>][--s<seed>]")
+        raise ConfigError(f"bad run name {run!r}: expected <method>[--<ablation>][--pretrained][--s<seed>]")
     seed = m.group("seed")
-    return Run(m.group("method"), m.group("ablation"), int(seed) if seed is not None else None)
+    return Run(m.group("method"), m.group("ablation"), int(seed) if seed is not None else None,
+               bool(m.group("pretrained")))
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -195,8 +207,7 @@ def model_run(run_name: str) -> str:
     _, evaluated = _method_tables(run.method)
     if run.ablation not in evaluated:
         return run_name
-    base = evaluated[run.ablation][0]
-    return run.method + (f"--{base}" if base else "") + (f"--s{run.seed}" if run.seed is not None else "")
+    return run.name(evaluated[run.ablation][0])
 
 
 # --- stages ----------------------------------------------------------------------------------------------
@@ -280,11 +291,41 @@ def stage_train(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[di
             params[param] = _get(cfg, knob)
             keys.append(knob)
     params = _merge(params, take(f"datasets.{dataset}.presets.{run.method}"))
+    if run.pretrained:
+        if not _has(cfg, f"datasets.{dataset}.pretrained.{run.method}"):
+            raise ConfigError(f"run {run_name!r}: params.yaml has no datasets.{dataset}.pretrained.{run.method} "
+                              "(the weights files a --pretrained run starts from)")
+        params = _merge(params, take(f"datasets.{dataset}.pretrained.{run.method}"))
     params = _merge(params, ablation_overrides(run.method, run.ablation))
     out = {"method": run.method, "method_params": params, "train_cfg": train}
     if module:  # only plugin methods carry the key, so built-in runs' resolved params stay as they were
         out["method_module"] = str(module)
     return out, keys
+
+
+def pretrain_archs() -> list[str]:
+    from reid.engine.pretrain import ARCHS
+
+    return sorted(ARCHS)
+
+
+def pretrain_dataset(cfg: Mapping[str, Any]) -> str:
+    """The world the pretrain stage trains on (`pretrain.dataset`)."""
+    name = _get(cfg, "pretrain.dataset")
+    if not name:
+        raise ConfigError("params.yaml has no pretrain.dataset (the world the pretrain stage trains on)")
+    dataset_cfg(cfg, str(name))
+    return str(name)
+
+
+def stage_pretrain(cfg: Mapping[str, Any], arch: str) -> tuple[dict[str, Any], list[str]]:
+    """`pretrain:` for one backbone: {"arch", "dataset", "config"} (config = PretrainConfig's fields)."""
+    from reid.engine.pretrain import ARCHS
+
+    if arch not in ARCHS:
+        raise ConfigError(f"no pretrain arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
+    config = {k: v for k, v in dict(_get(cfg, "pretrain", {}) or {}).items() if k != "dataset"}
+    return {"arch": arch, "dataset": pretrain_dataset(cfg), "config": config}, ["pretrain"]
 
 
 def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[dict[str, Any], list[str]]:
@@ -338,6 +379,8 @@ def stage_threads(stage: str, resolved: Mapping[str, Any]) -> int:
     decode workers, at least 1)."""
     if stage == "train":
         return max(1, int(resolved["train_cfg"].get("workers", 2)))
+    if stage == "pretrain":
+        return max(1, int(resolved["config"].get("workers", 2)))
     if stage == "teach":
         return max(1, int(resolved.get("workers", 2)))
     return STAGE_THREADS.get(stage, 1)

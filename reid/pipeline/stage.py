@@ -18,13 +18,14 @@ from reid.pipeline import params as C
 
 log = logging.getLogger(__name__)
 
-STAGES = ("synth", "index", "teach", "train", "teacher-outputs", "evaluate")
+STAGES = ("synth", "index", "teach", "pretrain", "train", "teacher-outputs", "evaluate")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--dataset", required=True, help="dataset name under `datasets:` in params.yaml")
     p.add_argument("--teacher", help="teach: teacher name")
+    p.add_argument("--arch", help="pretrain: backbone name (reid.engine.pretrain.ARCHS)")
     p.add_argument("--run", help="train/evaluate/teacher-outputs: run name <method>[--<ablation>][--s<seed>]")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--params", help="params.yaml to resolve the stage from (DVC)")
@@ -114,6 +115,15 @@ def main(args: argparse.Namespace) -> int:
         summary = teacher.build_cache(args.index, _root(args), args.out, batch_size=int(kw.get("batch_size", 16)),
                                       workers=int(kw.get("workers", 2)), shard=parse_shard(args.shard))
         print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}, sort_keys=True))
+    elif args.stage == "pretrain":
+        from reid.engine.pretrain import pretrain
+
+        kw = json.loads(args.resolved) if args.resolved is not None else C.stage_pretrain(_params(args), args.arch)[0]
+        pin_threads("pretrain", kw)
+        summary = pretrain(kw["arch"], args.index, args.root or C.dataset_root(_params(args), kw["dataset"]),
+                           args.out, kw["config"])
+        print(json.dumps({k: summary[k] for k in ("arch", "classes", "train_images")} |
+                         {"train_acc": summary["history"][-1]["train_acc"]}, sort_keys=True))
     elif args.stage == "train":
         from reid.engine.trainer import train
 

@@ -21,6 +21,7 @@ wildcard_constraints:
     n="[0-9]+",
     derived="|".join(C.derived_caches()),  # the `provides_cache` of registered teacher methods
     method="[a-z0-9_]+",
+    arch="|".join(C.pretrain_archs()),  # reid/engine/pretrain.py ARCHS
 
 
 def resolved(fn, *names):
@@ -91,12 +92,15 @@ def all_targets():
 
 
 def claims_inputs(wildcards):
-    """per_query.csv of every row x seed the claims of the dataset's methods compare (ablation.claims)."""
+    """per_query.csv of every row x init x seed the claims of the dataset's methods compare (ablation.claims)."""
+    from reid.eval.claims import run_name
+
     runs = []
     for method in config["ablation"]["claims"][wildcards.dataset]:
         for claim in C.method_class(method).claims:
             for row in filter(None, (claim.better, claim.worse, claim.control)):
-                runs += [f"{method}--{row}--s{s}" for s in config["ablation"].get("seeds", [0, 1, 2])]
+                runs += [run_name(method, row, init, s) for s in config["ablation"].get("seeds", [0, 1, 2])
+                         for init in config["ablation"].get("init", ["scratch"])]
     return sorted({D.evaluation_outputs(wildcards.dataset, run)["per_query"] for run in runs})
 
 

@@ -29,6 +29,7 @@ rule claims:
     params:
         methods=lambda wc: " ".join(config["ablation"]["claims"][wc.dataset]),
         seeds=lambda wc: " ".join(str(s) for s in config["ablation"].get("seeds", [0, 1, 2])),
+        init=lambda wc: " ".join(config["ablation"].get("init", ["scratch"])),
     log:
         "logs/{dataset}/claims.log",
     conda:
@@ -36,4 +37,5 @@ rule claims:
     threads: 1
     shell:
         "python -m reid claims --dataset {wildcards.dataset} --methods {params.methods} --seeds {params.seeds} "
+        "--init {params.init} "
         "--out-md {output.md:q} --out-json {output.json:q} > {log:q} 2>&1"

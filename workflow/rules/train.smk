@@ -1,4 +1,27 @@
-# Training and evaluation. Runs are <method>[--<ablation>][--s<seed>]; see reid/pipeline/params.py.
+# Training and evaluation. Runs are <method>[--<ablation>][--pretrained][--s<seed>]; see reid/pipeline/params.py.
+
+
+rule pretrain:
+    input:
+        unpack(lambda wc: D.pretrain_deps(config)),
+    output:
+        weights="models/pretrain/{arch}.pth",
+        summary="models/pretrain/{arch}.json",
+    params:
+        resolved=lambda wc: shlex.quote(C.to_json(C.stage_pretrain(config, wc.arch)[0])),
+        dataset=lambda wc: C.pretrain_dataset(config),
+        root=lambda wc: D.root_of(config, C.pretrain_dataset(config)),
+    log:
+        "logs/pretrain/{arch}.log",
+    benchmark:
+        "logs/pretrain/{arch}.benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: lambda wc: C.stage_threads("pretrain", C.stage_pretrain(config, wc.arch)[0])
+    shell:
+        "python -m reid pipeline pretrain --dataset {params.dataset} --arch {wildcards.arch} "
+        "--resolved {params.resolved} --index {input.index:q} --root {params.root:q} --out {output.weights:q} "
+        "> {log:q} 2>&1"
 
 
 rule train:

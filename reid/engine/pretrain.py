@@ -1,0 +1,274 @@
+"""Miniature stand-ins for ImageNet weights: train a backbone once on a disjoint synthetic world, save it in the
+layout of the official ImageNet file it replaces.
+
+The papers all start from ImageNet weights; none can be downloaded here. `python -m reid pretrain` (rule
+`pretrain`, DVC stage `pretrain-<arch>`) trains each miniature backbone as an image classifier on a larger
+synthetic world whose identities are drawn by another seed (params.yaml `pretrain:`), and writes
+`models/pretrain/<arch>.pth`: a plain state dict with the official file's tensor names (torchvision ResNet,
+torchreid OSNet, HRNet-Image-Classification trunk + incre_modules, timm DeiT), so the methods load it through the
+same `weights:` keys and loaders a user's real ImageNet file takes. Runs named `<method>...--pretrained...` use it
+(`datasets.<ds>.pretrained.<method>` names the files).
+
+Classes are appearance classes by default (`labels: clothes`, one class per identity and outfit): like ImageNet,
+the task teaches what things look like, not the cross-clothes invariance the cloth-changing methods are meant to
+add. `labels: pid` trains on identities instead (a ReID-pretrained start, stronger than the papers had).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from reid.data.dataset import ReIDDataset, label_maps
+from reid.data.index import read_index, select
+
+log = logging.getLogger(__name__)
+
+
+# --- architectures: a classifier to train and the official file's state dict to save --------------------------
+
+
+class PooledClassifier(nn.Module):
+    """A feature-map trunk + global average pooling + linear classifier (what an ImageNet head amounts to)."""
+
+    def __init__(self, trunk: nn.Module, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.trunk, self.classifier = trunk, nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(self.trunk(x), 1).flatten(1))
+
+
+class HRNetClassifier(nn.Module):
+    """HRNet trunk with the ImageNet classifier's incre_modules; each branch pooled, concatenated, classified.
+
+    The official head goes on through downsamp_modules and a 2048-channel final_layer; ISP never loads those
+    (it reads the trunk and incre_modules), so a linear layer on the pooled incre features stands in for them.
+    """
+
+    def __init__(self, topology: Mapping[str, Any], num_classes: int) -> None:
+        super().__init__()
+        from reid.models.hrnet import HRNetFeatureMap
+
+        self.net = HRNetFeatureMap(**topology, incre_modules=True)
+        self.classifier = nn.Linear(self.net.out_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [m(f) for m, f in zip(self.net.incre_modules, self.net.body.forward_features(x))]
+        return self.classifier(torch.cat([F.adaptive_avg_pool2d(f, 1).flatten(1) for f in feats], dim=1))
+
+    def official_state(self) -> dict[str, torch.Tensor]:
+        """HRNet-Image-Classification names: trunk keys at top level, incre_modules.*, classifier.*."""
+        state = {k.removeprefix("net.body."): v for k, v in self.state_dict().items() if k.startswith("net.body.")}
+        state = {k: v for k, v in state.items() if not k.startswith("final_layer")}  # the pose head: not ImageNet's
+        state.update({k.removeprefix("net."): v for k, v in self.state_dict().items() if k.startswith("net.incre")})
+        state.update({k: v for k, v in self.state_dict().items() if k.startswith("classifier.")})
+        return state
+
+
+class ViTClassifier(nn.Module):
+    """ViT/DeiT trunk (class token) + `head`, timm's names."""
+
+    def __init__(self, arch: str, img_size: tuple[int, int], num_classes: int) -> None:
+        super().__init__()
+        from reid.models.vit import ARCHS, VisionTransformer
+
+        self.vit = VisionTransformer(img_size=tuple(img_size), patch_size=16, stride=16, **ARCHS[arch])
+        self.head = nn.Linear(self.vit.embed_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.vit(x))
+
+    def official_state(self) -> dict[str, torch.Tensor]:
+        return {k.removeprefix("vit."): v for k, v in self.state_dict().items()}
+
+
+def _resnet(depth: int) -> Callable[[int, tuple[int, int]], nn.Module]:
+    def build(num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+        from reid.models.resnet import RESNETS
+
+        return RESNETS[depth](weights=None, num_classes=num_classes)  # torchvision names: conv1 ... fc
+
+    return build
+
+
+def _osnet(width: str) -> Callable[[int, tuple[int, int]], nn.Module]:
+    def build(num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+        from reid.models.osnet import osnet_width
+
+        return osnet_width(width, weights=None, num_classes=num_classes)  # torchreid names, logits in training
+
+    return build
+
+
+def _hrnet(topology_name: str) -> Callable[[int, tuple[int, int]], nn.Module]:
+    def build(num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+        from reid.models import hrnet
+
+        return HRNetClassifier(getattr(hrnet, topology_name), num_classes)
+
+    return build
+
+
+def _vit(arch: str) -> Callable[[int, tuple[int, int]], nn.Module]:
+    def build(num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+        return ViTClassifier(arch, input_size, num_classes)
+
+    return build
+
+
+# name -> (builder(num_classes, input_size), the official file it stands in for). The `weights` key a method
+# reads it through is in params.yaml (`datasets.<ds>.pretrained`).
+ARCHS: dict[str, tuple[Callable[[int, tuple[int, int]], nn.Module], str]] = {
+    "resnet18": (_resnet(18), "torchvision resnet18-f37072fd.pth"),
+    "resnet50": (_resnet(50), "torchvision resnet50-0676ba61.pth"),
+    "osnet_x0_25": (_osnet("x0_25"), "torchreid osnet_x0_25_imagenet.pth"),
+    "osnet_x1_0": (_osnet("x1_0"), "torchreid osnet_x1_0_imagenet.pth"),
+    "hrnet_w18_small": (_hrnet("HRNET_W18_SMALL"), "HRNet-Image-Classification hrnet_w18_small_model_v2.pth"),
+    "deit_small": (_vit("deit_small"), "timm deit_small_patch16_224 state dict"),
+}
+
+
+def official_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict under the official file's tensor names (torchvision/torchreid models already use them)."""
+    fn = getattr(model, "official_state", None)
+    state = fn() if fn is not None else model.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainConfig:
+    """`pretrain:` in params.yaml (the `dataset` key is the orchestrators', not the loop's)."""
+
+    labels: str = "clothes"  # clothes (identity x outfit: appearance classes) | pid
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    label_smooth: float = 0.1
+    input_size: tuple[int, int] = (128, 64)
+    pad: int = 6
+    erasing_p: float = 0.0
+    workers: int = 2
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PretrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"dataset"})
+        if unknown:
+            raise ValueError(f"pretrain: unknown keys {unknown}; known: {sorted(known)}")
+        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        cfg.input_size = (int(cfg.input_size[0]), int(cfg.input_size[1]))
+        if cfg.labels not in ("clothes", "pid"):
+            raise ValueError(f"pretrain.labels must be clothes or pid, got {cfg.labels!r}")
+        return cfg
+
+
+def lr_at(step: int, steps: int, warmup: int, base: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine to 0 at `steps`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
+
+
+def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
+             cfg: PretrainConfig | Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train `arch` as a classifier on the index's train split; write `out` (state dict) and `out`.json."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown pretrain arch {arch!r}; choose one of {sorted(ARCHS)}")
+    cfg = cfg if isinstance(cfg, PretrainConfig) else PretrainConfig.from_dict(cfg or {})
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    rows = read_index(index)
+    positions = select(rows, "train")
+    if not positions:
+        raise ValueError(f"{index}: no train rows to pretrain on")
+    pid_labels, clothes_labels = label_maps(rows, positions)
+    classes = len(clothes_labels if cfg.labels == "clothes" else pid_labels)
+    data = ReIDDataset(rows, root, positions, cfg.input_size, train=True, pid_labels=pid_labels,
+                       clothes_labels=clothes_labels, pad=cfg.pad, erasing_p=cfg.erasing_p)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+    if len(loader) == 0:
+        raise ValueError(f"{index}: {len(data)} train images, fewer than one batch of {cfg.batch_size}")
+    build, official = ARCHS[arch]
+    model = build(classes, cfg.input_size)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay,
+                           "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    steps, warmup = cfg.epochs * len(loader), cfg.warmup_epochs * len(loader)
+    key = "clothes" if cfg.labels == "clothes" else "pid"
+    history, step, t0 = [], 0, time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        loss_sum = correct = seen = 0.0
+        bar = tqdm(loader, desc=f"pretrain {arch} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not progress, mininterval=1.0 if progress else 30.0)
+        for batch in bar:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, steps, warmup, cfg.lr)
+            logits = model(batch["image"])
+            target = batch[key]
+            loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smooth)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretrain {arch}: loss is {loss.item()} at epoch {epoch + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            n = target.numel()
+            loss_sum += float(loss.detach()) * n
+            correct += float((logits.argmax(1) == target).sum())
+            seen += n
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
+                        "seconds": time.time() - t0})
+        log.info("pretrain %s epoch %d: loss %.4f, train accuracy %.3f", arch, epoch + 1, loss_sum / seen,
+                 correct / seen)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(official_state(model), tmp)
+    summary = {"arch": arch, "stands_in_for": official, "classes": classes, "labels": cfg.labels,
+               "train_images": len(data), "index": str(index), "config": asdict(cfg), "history": history}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    tmp.replace(out)  # last: the weights file exists only when complete
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", required=True, choices=sorted(ARCHS))
+    p.add_argument("--index", required=True, help="index CSV of the pretraining world (its train split is used)")
+    p.add_argument("--root", required=True, help="the world's root folder")
+    p.add_argument("--out", required=True, help="weights file to write (e.g. models/pretrain/resnet18.pth)")
+    p.add_argument("--config", default="{}", help="PretrainConfig as JSON (params.yaml `pretrain:`), e.g. "
+                   '\'{"epochs": 2}\'')
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = pretrain(args.arch, args.index, args.root, args.out, json.loads(args.config))
+    last = summary["history"][-1]
+    print(f"{args.arch}: {summary['classes']} classes, {summary['train_images']} images, final train accuracy "
+          f"{last['train_acc']:.3f} -> {args.out}")
+    return 0

@@ -1,0 +1,141 @@
+"""The pretrain stage: each miniature backbone's file has the official ImageNet layout (the methods' own loaders
+read it), training writes it, `--pretrained` runs load it and depend on it in both orchestrators."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reid.engine.pretrain import ARCHS, PretrainConfig, lr_at, official_state, pretrain
+from reid.pipeline import layout as D
+from reid.pipeline import params as C
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_like_a_method(arch: str, path: Path) -> torch.nn.Module:
+    """The module a method builds with `weights=path`, through the method's own loader."""
+    if arch.startswith("resnet"):
+        from reid.models.resnet import ResNetBackbone
+
+        return ResNetBackbone(int(arch.removeprefix("resnet")), last_stride=1, weights=path)
+    if arch.startswith("osnet_"):
+        from reid.models.osnet import osnet_width
+
+        return osnet_width(arch.removeprefix("osnet_"), weights=path)
+    if arch.startswith("hrnet"):
+        from reid.models.isp_backbones import build_feature_backbone
+
+        return build_feature_backbone(arch, weights=str(path), incre_modules=True)
+    from reid.models.vit import build_vit
+
+    return build_vit(arch, img_size=(128, 64), weights=path)
+
+
+# name of a tensor in the file -> its name in the module the method builds (the rest is identical)
+RENAMES = {"resnet": (("conv1.", "stem.0."), ("bn1.", "stem.1.")), "hrnet": (("incre_modules.", "incre_modules."),)}
+
+
+def _module_key(arch: str, key: str) -> str:
+    if arch.startswith("resnet"):
+        for old, new in RENAMES["resnet"]:
+            if key.startswith(old):
+                return new + key.removeprefix(old)
+        return key
+    if arch.startswith("hrnet"):
+        return key if key.startswith("incre_modules.") else "body." + key
+    return key
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_the_file_loads_through_the_methods_loader_tensor_for_tensor(arch: str, tmp_path: Path) -> None:
+    build, _ = ARCHS[arch]
+    torch.manual_seed(1)
+    model = build(7, (128, 64))
+    state = official_state(model)
+    path = tmp_path / f"{arch}.pth"
+    torch.save(state, path)
+    torch.manual_seed(2)  # another init: only a real load makes the tensors equal
+    loaded = _load_like_a_method(arch, path).state_dict()
+    weights = [k for k, v in state.items() if v.ndim > 1 and not k.startswith(("fc.", "classifier.", "head."))]
+    assert weights
+    unmatched = [k for k in weights if _module_key(arch, k) not in loaded]
+    assert not unmatched, f"{arch}: tensors of the file the method never reads: {unmatched[:5]}"
+    for k in weights:
+        assert torch.equal(loaded[_module_key(arch, k)], state[k]), f"{arch}: {k} not loaded"
+
+
+def test_lr_warms_up_then_decays_to_zero() -> None:
+    assert lr_at(0, 100, 10, 0.1) == pytest.approx(0.01)
+    assert lr_at(9, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_at(10, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_at(55, 100, 10, 0.1) == pytest.approx(0.05)  # half way through the cosine
+    assert lr_at(100, 100, 10, 0.1) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_config_rejects_unknown_keys_and_labels() -> None:
+    with pytest.raises(ValueError, match="unknown keys.*'epoch'"):
+        PretrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="labels must be clothes or pid"):
+        PretrainConfig.from_dict({"labels": "outfit"})
+
+
+def test_pretraining_writes_a_file_the_baseline_starts_from(tiny_world, tmp_path: Path) -> None:
+    from reid.methods import build_method
+
+    out = tmp_path / "resnet18.pth"
+    summary = pretrain("resnet18", tiny_world.index, tiny_world.root, out,
+                       {"epochs": 2, "batch_size": 16, "input_size": [64, 32], "workers": 0}, progress=False)
+    rows = [r for r in tiny_world.rows if r.split == "train"]
+    assert summary["classes"] == len({r.clothes for r in rows}) > len({r.pid for r in rows})  # appearance classes
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert all(h["loss"] > 0 for h in summary["history"])
+    assert json.loads(out.with_suffix(".json").read_text())["stands_in_for"].startswith("torchvision resnet18")
+    state = torch.load(out, weights_only=True)
+    assert state["fc.weight"].shape == (summary["classes"], 512)
+    model = build_method("baseline", depth=18, weights=str(out)).build_model(num_classes=3)
+    assert torch.equal(model.backbone.stem[0].weight, state["conv1.weight"])
+
+
+def test_pretrained_runs_take_the_datasets_weights_and_depend_on_the_file() -> None:
+    cfg = C.load_params(REPO / "params.yaml")
+    run = "pgfl_kd--full--pretrained--s1"
+    assert C.parse_run(run) == C.Run("pgfl_kd", "full", 1, True)
+    params = C.stage_train(cfg, "synthocc", run)[0]["method_params"]
+    assert params["weights"] == cfg["datasets"]["synthocc"]["pretrained"]["pgfl_kd"]["weights"]
+    assert C.stage_train(cfg, "synthocc", "pgfl_kd--full--s1")[0]["method_params"]["weights"] is None
+    deps = D.train_deps(cfg, "synthocc", run)
+    assert deps["weights"] == "models/pretrain/resnet18.pth" and D.pretrain_arch(deps["weights"]) == "resnet18"
+    assert "--cache weights" not in D.cache_args(deps)
+    assert C.model_run("pgfl_kd--test_P--pretrained--s1") == "pgfl_kd--full--pretrained--s1"
+    with pytest.raises(C.ConfigError, match="datasets.synthcc.pretrained.isp"):
+        cfg2 = {**cfg, "datasets": {**cfg["datasets"], "synthcc": {**cfg["datasets"]["synthcc"], "pretrained": {}}}}
+        C.stage_train(cfg2, "synthcc", "isp--pretrained")
+
+
+@pytest.mark.slow
+def test_pretrained_runs_plan_the_pretrain_stage_in_both_orchestrators(tmp_path: Path, repo_copier) -> None:
+    import yaml
+
+    from reid.pipeline.dvc_yaml import dvc_document
+    from tests.test_dag import dvc_outputs, is_code, parse_dry_run, snakemake
+
+    work = repo_copier(tmp_path / "repo")
+    p = yaml.safe_load((work / "params.yaml").read_text())
+    p["dvc"]["runs"] = ["synthocc/pgfl_kd--pretrained", "synthcc/deskpro--model3_csa_att--pretrained--s1"]
+    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = snakemake(work, "-n", "--forceall", "--cores", "1", *(D.metrics_path(*C.split_target(t))
+                                                                  for t in p["dvc"]["runs"]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    snake = {frozenset(j["output"]): j for j in parse_dry_run(proc.stdout + proc.stderr)}
+    stages = dvc_document(C.load_params(work / "params.yaml"))["stages"]
+    dvc = {frozenset(dvc_outputs(s)): (name, s) for name, s in stages.items()}
+    assert set(snake) == set(dvc)
+    for outs, (name, stage) in dvc.items():
+        assert snake[outs]["input"] == {d for d in stage["deps"] if not is_code(d)}, name
+    assert {"pretrain-resnet18", "pretrain-osnet_x0_25", "synth-synthpre", "index-synthpre"} <= set(stages)
+    assert "models/pretrain/resnet18.pth" in stages["train-synthocc-pgfl_kd--pretrained"]["deps"]
+    assert stages["pretrain-resnet18"]["params"] == ["pretrain"]
