@@ -34,6 +34,8 @@ from tqdm import tqdm
 
 from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import read_index, select
+from reid.data.workers import worker_init
+from reid.engine.trainer import progress_interval
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ class PretrainConfig:
     """`pretrain:` in params.yaml (the `dataset` key is the orchestrators', not the loop's)."""
 
     labels: str = "clothes"  # clothes (identity x outfit: appearance classes) | pid
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
@@ -171,7 +173,7 @@ class PretrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PretrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> PretrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known - {"dataset"})
         if unknown:
@@ -208,7 +210,7 @@ def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
                        clothes_labels=clothes_labels, pad=cfg.pad, erasing_p=cfg.erasing_p)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
-                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0, worker_init_fn=worker_init)
     if len(loader) == 0:
         raise ValueError(f"{index}: {len(data)} train images, fewer than one batch of {cfg.batch_size}")
     build, official = ARCHS[arch]
@@ -224,7 +226,7 @@ def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
         model.train()
         loss_sum = correct = seen = 0.0
         bar = tqdm(loader, desc=f"pretrain {arch} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not progress, mininterval=1.0 if progress else 30.0)
+                   disable=not progress, mininterval=progress_interval())
         for batch in bar:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, warmup, cfg.lr)

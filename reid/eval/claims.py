@@ -138,17 +138,17 @@ def pretraining_effects(results: Path, dataset: str, assessed: list[dict[str, An
     return out
 
 
-def to_markdown(assessed: list[dict[str, Any]], dataset: str, effects: list[dict[str, Any]] = ()) -> str:
+def to_markdown(assessed: list[dict[str, Any]], dataset: str, effects: Sequence[dict[str, Any]] = ()) -> str:
     lines = [f"### Claims on {dataset}", "",
-             "| method | claim | init | metric | learned: difference [95% CI] | control: difference [95% CI] | "
-             "verdict |", "|---|---|---|---|---|---|---|"]
+             ("| method | claim | init | metric | learned: difference [95% CI] | control: difference [95% CI] | "
+              "verdict |"), "|---|---|---|---|---|---|---|"]
     for a in assessed:
         c = a["claim"]
         lines.append(f"| {a['method']} | {c['name']} ({c['better']} vs {c['worse']}, {c['setting']}) | "
                      f"{a.get('init', 'scratch')} | {METRICS[c['metric']]} | {_cell(a['learned'])} | "
                      f"{_cell(a.get('control'))} | **{a['verdict']}** |")
-    lines += ["", "Paired by seed and query; percentile bootstrap over queries (2,000 resamples), percentage points. "
-              "A claim with a control is untestable unless the control beats the same baseline."]
+    lines += ["", ("Paired by seed and query; percentile bootstrap over queries (2,000 resamples), percentage points. "
+                   "A claim with a control is untestable unless the control beats the same baseline.")]
     if effects:
         lines += ["", "Pretraining (the pretrain stage's weights vs random initialisation), per baseline row:", "",
                   "| method | row | setting | metric | pretrained vs scratch [95% CI] |", "|---|---|---|---|---|"]
