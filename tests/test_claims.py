@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import reid.methods  # noqa: F401  (registers the built-in methods)
-from reid.eval.claims import assess, paired_bootstrap, pretraining_effects, read_per_query, run_name, verdict
+from reid.eval.claims import (assess, paired_bootstrap, pretraining_effects, probe_summaries, read_per_query, run_name,
+                              to_markdown, verdict)
 from reid.methods.base import METHODS, Claim
 
 
@@ -73,6 +74,23 @@ def test_each_init_is_assessed_on_its_own_runs_and_pretraining_is_reported(tmp_p
     effects = pretraining_effects(tmp_path, "w", [scratch, pre], [0, 1])
     assert len(effects) == 1 and effects[0]["row"] == "base"
     assert effects[0]["stats"]["mean"] == pytest.approx(20.0) and effects[0]["stats"]["verdict"] == "holds"
+
+
+def test_probes_of_the_compared_rows_are_averaged_over_seeds_per_init(tmp_path: Path) -> None:
+    import json
+
+    queries = [f"q{i}.jpg" for i in range(10)]
+    for row in ("good", "base"):
+        for s in (0, 1):
+            _per_query(tmp_path / "w" / f"m--{row}--s{s}" / "per_query.csv", {q: (0, 0.5) for q in queries})
+    stats = {0: {"corr": {"mean": 0.2, "std": 0.1}}, 1: {"corr": {"mean": 0.6, "std": 0.1}}}
+    for s in (0, 1):
+        (tmp_path / "w" / f"m--good--s{s}" / "probe.json").write_text(json.dumps({"stats": stats[s]}))
+        (tmp_path / "w" / f"m--base--s{s}" / "probe.json").write_text(json.dumps({"stats": {}}))  # no mechanism
+    assessed = [assess(tmp_path, "w", "m", Claim("good beats base", "good", "base", "standard", "ap"), [0, 1])]
+    probes = probe_summaries(tmp_path, "w", assessed, [0, 1, 2])
+    assert probes == [{"method": "m", "row": "good", "init": "scratch", "seeds": 2, "stats": {"corr": 0.4}}]
+    assert "| m | good | scratch | corr 0.400 |" in to_markdown(assessed, "w", (), probes)
 
 
 @pytest.mark.parametrize("method", METHODS.names())

@@ -243,7 +243,7 @@ def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
             loss_sum += float(loss.detach()) * n
             correct += float((logits.argmax(1) == target).sum())
             seen += n
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                         "seconds": time.time() - t0})
         log.info("pretrain %s epoch %d: loss %.4f, train accuracy %.3f", arch, epoch + 1, loss_sum / seen,

@@ -69,6 +69,9 @@ def main(args: argparse.Namespace) -> int:
     from reid.cli import parse_caches
 
     report = probe_model(args.model, args.index, args.root, parse_caches(args.cache), args.split, args.limit)
+    if args.out:  # written even when empty, so a DAG rule's output exists for every run
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     if not report["stats"]:
         print(f"{report['method']}: this model has no mechanism to probe")
         return 0
@@ -76,7 +79,4 @@ def main(args: argparse.Namespace) -> int:
     width = max(len(k) for k in report["stats"])
     for name, s in report["stats"].items():
         print(f"  {name:<{width}}  {s['mean']:10.4f}  ± {s['std']:.4f}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0

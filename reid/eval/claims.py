@@ -10,7 +10,9 @@ ground truth) is **untestable on this world** unless the control itself holds ag
 
 Each claim is assessed once per initialisation (`ablation.init`): `scratch` (random weights) and `pretrained`
 (runs named `--pretrained`: the pretrain stage's stand-ins for ImageNet weights); the table also reports what
-pretraining does to each claim's baseline row (pretrained vs scratch, paired the same way).
+pretraining does to each claim's baseline row (pretrained vs scratch, paired the same way) and each compared
+row's mechanism probe (results/<ds>/<run>/probe.json), which says whether a mechanism does what its paper says
+where ranking metrics cannot tell.
 """
 
 from __future__ import annotations
@@ -138,7 +140,30 @@ def pretraining_effects(results: Path, dataset: str, assessed: list[dict[str, An
     return out
 
 
-def to_markdown(assessed: list[dict[str, Any]], dataset: str, effects: Sequence[dict[str, Any]] = ()) -> str:
+def probe_summaries(results: Path, dataset: str, assessed: list[dict[str, Any]],
+                    seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Each compared row's mechanism probe (results/<ds>/<run>/probe.json, `python -m reid probe`): per
+    statistic the mean over the seeds that have one of the per-model means. Rows without a probe are left out."""
+    out, seen = [], set()
+    for a in assessed:
+        c, init = a["claim"], a.get("init", "scratch")
+        for row in filter(None, (c["better"], c["worse"], c.get("control"))):
+            if (a["method"], row, init) in seen:
+                continue
+            seen.add((a["method"], row, init))
+            found = [results / dataset / run_name(a["method"], row, init, s) / "probe.json" for s in seeds]
+            reports = [json.loads(p.read_text())["stats"] for p in found if p.is_file()]
+            reports = [r for r in reports if r]
+            if not reports:
+                continue
+            names = sorted(set.intersection(*(set(r) for r in reports)))
+            out.append({"method": a["method"], "row": row, "init": init, "seeds": len(reports),
+                        "stats": {n: float(np.mean([r[n]["mean"] for r in reports])) for n in names}})
+    return out
+
+
+def to_markdown(assessed: list[dict[str, Any]], dataset: str, effects: Sequence[dict[str, Any]] = (),
+                probes: Sequence[dict[str, Any]] = ()) -> str:
     lines = [f"### Claims on {dataset}", "",
              ("| method | claim | init | metric | learned: difference [95% CI] | control: difference [95% CI] | "
               "verdict |"), "|---|---|---|---|---|---|---|"]
@@ -154,6 +179,12 @@ def to_markdown(assessed: list[dict[str, Any]], dataset: str, effects: Sequence[
                   "| method | row | setting | metric | pretrained vs scratch [95% CI] |", "|---|---|---|---|---|"]
         lines += [f"| {e['method']} | {e['row']} | {e['setting']} | {METRICS[e['metric']]} | {_cell(e['stats'])} |"
                   for e in effects]
+    if probes:
+        lines += ["", ("Mechanism probes (`python -m reid probe`: per-image statistics against the world's ground "
+                       "truth on 256 query images, mean over seeds):"), "", "| method | row | init | probe |",
+                  "|---|---|---|---|"]
+        lines += [f"| {p['method']} | {p['row']} | {p['init']} | "
+                  + ", ".join(f"{n} {v:.3f}" for n, v in p["stats"].items()) + " |" for p in probes]
     return "\n".join(lines) + "\n"
 
 
@@ -179,8 +210,10 @@ def main(args: argparse.Namespace) -> int:
     if not assessed:
         raise SystemExit(f"no claim of {args.methods} matches --only {only}")
     effects = pretraining_effects(Path(args.results), args.dataset, assessed, args.seeds) if len(inits) > 1 else []
-    md = to_markdown(assessed, args.dataset, effects)
+    probes = probe_summaries(Path(args.results), args.dataset, assessed, args.seeds)
+    md = to_markdown(assessed, args.dataset, effects, probes)
     Path(args.out_md).write_text(md)
-    Path(args.out_json).write_text(json.dumps({"claims": assessed, "pretraining": effects}, indent=2) + "\n")
+    Path(args.out_json).write_text(json.dumps({"claims": assessed, "pretraining": effects, "probes": probes},
+                                              indent=2) + "\n")
     print(md)
     return 0

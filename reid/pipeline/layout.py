@@ -60,6 +60,11 @@ def metrics_path(ds: str, run: str) -> str:
     return f"results/{ds}/{run}/metrics.json"
 
 
+def probe_path(ds: str, run: str) -> str:
+    """`python -m reid probe`'s statistics of a run's model (what its mechanism does against ground truth)."""
+    return f"results/{ds}/{run}/probe.json"
+
+
 def onnx_dir(ds: str, run: str) -> str:
     """`python -m reid export`'s folder for a run: model.onnx + model.json."""
     return f"models/{ds}/{run}/onnx"
@@ -166,6 +171,18 @@ def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     model = model_path(C.model_dataset(cfg, ds), C.model_run(run))
     deps = {"model": model, "index": index_path(ds), **index_deps(cfg, ds)}
     deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
+    return deps
+
+
+def probe_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
+    """The run's model, the index and the caches its method's probe reads (`Method.probe_caches`)."""
+    from reid.methods import build_method
+
+    resolved, _ = C.stage_train(cfg, C.model_dataset(cfg, ds), C.model_run(run))
+    method = build_method(resolved["method"], **resolved["method_params"])
+    deps = {"model": model_path(C.model_dataset(cfg, ds), C.model_run(run)), "index": index_path(ds),
+            **index_deps(cfg, ds)}
+    deps.update(_cache_inputs(cfg, ds, sorted(method.probe_caches)))
     return deps
 
 

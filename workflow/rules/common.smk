@@ -101,7 +101,9 @@ def claims_inputs(wildcards):
             for row in filter(None, (claim.better, claim.worse, claim.control)):
                 runs += [run_name(method, row, init, s) for s in config["ablation"].get("seeds", [0, 1, 2])
                          for init in config["ablation"].get("init", ["scratch"])]
-    return sorted({D.evaluation_outputs(wildcards.dataset, run)["per_query"] for run in runs})
+    per_query = {D.evaluation_outputs(wildcards.dataset, run)["per_query"] for run in runs}
+    probes = {D.probe_path(wildcards.dataset, run) for run in runs if C.model_run(run) == run}  # trained rows
+    return sorted(per_query | probes)
 
 
 def ablation_inputs(wildcards):

@@ -39,3 +39,21 @@ rule claims:
         "python -m reid claims --dataset {wildcards.dataset} --methods {params.methods} --seeds {params.seeds} "
         "--init {params.init} "
         "--out-md {output.md:q} --out-json {output.json:q} > {log:q} 2>&1"
+
+
+rule probe:
+    input:
+        unpack(lambda wc: D.probe_deps(config, wc.dataset, wc.run)),
+    output:
+        "results/{dataset}/{run}/probe.json",
+    params:
+        root=lambda wc: D.root_of(config, wc.dataset),
+        caches=caches_arg(lambda wc: D.probe_deps(config, wc.dataset, wc.run)),
+    log:
+        "logs/{dataset}/probe_{run}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    shell:
+        "python -m reid probe --model {input.model:q} --index {input.index:q} --root {params.root:q} {params.caches} "
+        "--out {output:q} > {log:q} 2>&1"
