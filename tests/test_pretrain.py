@@ -110,6 +110,8 @@ def test_pretrained_runs_take_the_datasets_weights_and_depend_on_the_file() -> N
     deps = D.train_deps(cfg, "synthocc", run)
     assert deps["weights"] == "models/pretrain/resnet18.pth" and D.pretrain_arch(deps["weights"]) == "resnet18"
     assert "--cache weights" not in D.cache_args(deps)
+    assert D.pretrain_arch("weights/resnet18-f37072fd.pth") is None  # a user's ImageNet file: a plain input
+    assert D.pretrain_arch("models/pretrain/resnet18.pth.bak") is None
     assert C.model_run("pgfl_kd--test_P--pretrained--s1") == "pgfl_kd--full--pretrained--s1"
     with pytest.raises(C.ConfigError, match="datasets.synthcc.pretrained.isp"):
         cfg2 = {**cfg, "datasets": {**cfg["datasets"], "synthcc": {**cfg["datasets"]["synthcc"], "pretrained": {}}}}
