@@ -141,3 +141,22 @@ def test_pretrained_runs_plan_the_pretrain_stage_in_both_orchestrators(tmp_path:
     assert {"pretrain-resnet18", "pretrain-osnet_x0_25", "synth-synthpre", "index-synthpre"} <= set(stages)
     assert "models/pretrain/resnet18.pth" in stages["train-synthocc-pgfl_kd--pretrained"]["deps"]
     assert stages["pretrain-resnet18"]["params"] == ["pretrain"]
+
+
+@pytest.mark.slow
+def test_the_claims_table_needs_both_inits_and_the_probes_of_trained_rows(tmp_path: Path, repo_copier) -> None:
+    from tests.test_dag import parse_dry_run, snakemake
+
+    work = repo_copier(tmp_path / "repo")
+    proc = snakemake(work, "-n", "--forceall", "--cores", "1", "results/synthocc/claims.md")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = parse_dry_run(proc.stdout + proc.stderr)
+    outputs = {o for j in jobs for o in j["output"]}
+    claims = next(j for j in jobs if j["rule"] == "claims")
+    for init in ("", "--pretrained"):
+        assert f"results/synthocc/pgfl_kd--full{init}--s2/per_query.csv" in claims["input"]
+        assert f"results/synthocc/pgfl_kd--full{init}--s2/probe.json" in claims["input"]
+        assert f"results/synthocc/pgfl_kd--test_P{init}--s2/per_query.csv" in claims["input"]
+        assert f"results/synthocc/pgfl_kd--test_P{init}--s2/probe.json" not in claims["input"]  # eval-only row
+    assert {"models/pretrain/resnet18.pth", "models/pretrain/hrnet_w18_small.pth",
+            "models/pretrain/deit_small.pth"} <= outputs
