@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset name under `datasets:` in params.yaml")
     p.add_argument("--teacher", help="teach: teacher name")
     p.add_argument("--arch", help="pretrain: backbone name (reid.engine.pretrain.ARCHS)")
-    p.add_argument("--run", help="train/evaluate/teacher-outputs: run name <method>[--<ablation>][--s<seed>]")
+    p.add_argument("--run", help="train/evaluate/teacher-outputs: run name "
+                   "<method>[--<ablation>][--pretrained][--s<seed>]")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--params", help="params.yaml to resolve the stage from (DVC)")
     src.add_argument("--resolved", help="the stage's resolved parameters as JSON (Snakemake)")
