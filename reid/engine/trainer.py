@@ -381,7 +381,7 @@ class Trainer:
             sums["total"] = sums.get("total", 0.0) + float(total.detach())
             steps += 1
             images += len(batch["image"])
-            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}", refresh=False)  # drawn at the bar's interval
         if self.world_size > 1:  # the log reports the global batch: mean over ranks
             keys = list(sums)  # the same order on every rank (the method returns its terms in a fixed order)
             vec = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
