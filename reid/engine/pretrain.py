@@ -23,7 +23,8 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import read_index, select
 from reid.data.workers import worker_init
+from reid.device import resolve_device
 from reid.engine.trainer import progress_interval
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,7 @@ class PretrainConfig:
     erasing_p: float = 0.0
     workers: int = 2
     seed: int = 0
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda[:i]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PretrainConfig:
@@ -214,9 +217,10 @@ def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
     if len(loader) == 0:
         raise ValueError(f"{index}: {len(data)} train images, fewer than one batch of {cfg.batch_size}")
     build, official = ARCHS[arch]
-    model = build(classes, cfg.input_size)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    device = torch.device(resolve_device(cfg.device))
+    model = build(classes, cfg.input_size).to(device)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay,
                            "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     steps, warmup = cfg.epochs * len(loader), cfg.warmup_epochs * len(loader)
@@ -230,8 +234,8 @@ def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
         for batch in bar:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, warmup, cfg.lr)
-            logits = model(batch["image"])
-            target = batch[key]
+            logits = model(batch["image"].to(device, non_blocking=True))
+            target = batch[key].to(device)
             loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smooth)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pretrain {arch}: loss is {loss.item()} at epoch {epoch + 1}")
@@ -253,7 +257,7 @@ def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
     tmp = out.with_name(out.name + ".tmp")
     torch.save(official_state(model), tmp)
     summary = {"arch": arch, "stands_in_for": official, "classes": classes, "labels": cfg.labels,
-               "train_images": len(data), "index": str(index), "config": asdict(cfg), "history": history}
+               "device": str(device), "train_images": len(data), "index": str(index), "config": asdict(cfg), "history": history}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     tmp.replace(out)  # last: the weights file exists only when complete
     return summary
