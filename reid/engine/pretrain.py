@@ -21,9 +21,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
