@@ -35,18 +35,14 @@ def _load_like_a_method(arch: str, path: Path) -> torch.nn.Module:
     return build_vit(arch, img_size=(128, 64), weights=path)
 
 
-# name of a tensor in the file -> its name in the module the method builds (the rest is identical)
-RENAMES = {"resnet": (("conv1.", "stem.0."), ("bn1.", "stem.1.")), "hrnet": (("incre_modules.", "incre_modules."),)}
-
-
 def _module_key(arch: str, key: str) -> str:
-    if arch.startswith("resnet"):
-        for old, new in RENAMES["resnet"]:
+    """A tensor's name in the file -> its name in the module the method builds."""
+    if arch.startswith("resnet"):  # ResNetBackbone wraps conv1/bn1 into `stem`
+        for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
             if key.startswith(old):
                 return new + key.removeprefix(old)
-        return key
-    if arch.startswith("hrnet"):
-        return key if key.startswith("incre_modules.") else "body." + key
+    if arch.startswith("hrnet") and not key.startswith("incre_modules."):
+        return "body." + key  # the trunk lives in HRNetFeatureMap.body
     return key
 
 

@@ -45,17 +45,6 @@ log = logging.getLogger(__name__)
 # --- architectures: a classifier to train and the official file's state dict to save --------------------------
 
 
-class PooledClassifier(nn.Module):
-    """A feature-map trunk + global average pooling + linear classifier (what an ImageNet head amounts to)."""
-
-    def __init__(self, trunk: nn.Module, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.trunk, self.classifier = trunk, nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(F.adaptive_avg_pool2d(self.trunk(x), 1).flatten(1))
-
-
 class HRNetClassifier(nn.Module):
     """HRNet trunk with the ImageNet classifier's incre_modules; each branch pooled, concatenated, classified.
 
@@ -257,7 +246,8 @@ def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
     tmp = out.with_name(out.name + ".tmp")
     torch.save(official_state(model), tmp)
     summary = {"arch": arch, "stands_in_for": official, "classes": classes, "labels": cfg.labels,
-               "device": str(device), "train_images": len(data), "index": str(index), "config": asdict(cfg), "history": history}
+               "device": str(device), "train_images": len(data), "index": str(index), "config": asdict(cfg),
+               "history": history}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     tmp.replace(out)  # last: the weights file exists only when complete
     return summary

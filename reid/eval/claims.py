@@ -27,16 +27,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from reid.methods.base import Claim, get_method_class
+from reid.pipeline.params import Run
 
 METRICS = {"ap": "mAP", "r1": "R1"}
 INITS = ("scratch", "pretrained")
 
 
-def run_name(method: str, row: str, init: str, seed: int) -> str:
-    """The run a row was trained and evaluated as, e.g. `deskpro--oracle_csa--pretrained--s1`."""
+def run_name(method: str, row: str, init: str, seed: int | None) -> str:
+    """The run a row was trained and evaluated as, e.g. `deskpro--oracle_csa--pretrained--s1` (the run-name
+    syntax of reid.pipeline.params)."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    return f"{method}--{row}" + ("--pretrained" if init == "pretrained" else "") + f"--s{seed}"
+    return Run(method, row, seed, init == "pretrained").name(row)
 
 
 def read_per_query(path: str | Path, setting: str, metric: str) -> dict[str, float]:
@@ -87,8 +89,8 @@ def compare(results: Path, dataset: str, method: str, better: str, worse: str, s
             a_runs.append(read_per_query(pa, setting, metric))
             b_runs.append(read_per_query(pb, setting, metric))
     if not a_runs:
-        raise FileNotFoundError(f"no seed with both {run_name(method, better, init, 0)[:-3]} and "
-                                f"{run_name(method, worse, worse_init or init, 0)[:-3]} evaluated under "
+        raise FileNotFoundError(f"no seed of {list(seeds)} with both {run_name(method, better, init, None)} and "
+                                f"{run_name(method, worse, worse_init or init, None)} evaluated under "
                                 f"{results / dataset}")
     queries = sorted(set.intersection(*(set(r) for r in a_runs + b_runs)))
     a = np.array([[r[q] for q in queries] for r in a_runs])

@@ -36,8 +36,8 @@ import yaml
 PLUGIN_KEY = "module"  # teachers.<t>.module / methods.<m>.module: where a teacher or method outside reid/ lives
 
 PRETRAINED = "pretrained"  # the run-name token: start from `datasets.<ds>.pretrained.<method>`'s weights files
-RUN_RE = re.compile(r"^(?P<method>[a-z0-9_]+)(?:--(?!s\d+$|pretrained(?:--s\d+)?$)(?P<ablation>[A-Za-z0-9_.+-]+?))?"
-                    r"(?P<pretrained>--pretrained)?(?:--s(?P<seed>\d+))?$")
+RUN_RE = re.compile(rf"^(?P<method>[a-z0-9_]+)(?:--(?!s\d+$|{PRETRAINED}(?:--s\d+)?$)(?P<ablation>[A-Za-z0-9_.+-]+?))?"
+                    rf"(?P<pretrained>--{PRETRAINED})?(?:--s(?P<seed>\d+))?$")
 
 
 class ConfigError(ValueError):

@@ -121,8 +121,7 @@ def main(args: argparse.Namespace) -> int:
 
         kw = json.loads(args.resolved) if args.resolved is not None else C.stage_pretrain(_params(args), args.arch)[0]
         pin_threads("pretrain", kw)
-        summary = pretrain(kw["arch"], args.index, args.root or C.dataset_root(_params(args), kw["dataset"]),
-                           args.out, kw["config"])
+        summary = pretrain(kw["arch"], args.index, _root(args), args.out, kw["config"])
         print(json.dumps({k: summary[k] for k in ("arch", "classes", "train_images")} |
                          {"train_acc": summary["history"][-1]["train_acc"]}, sort_keys=True))
     elif args.stage == "train":
