@@ -60,6 +60,10 @@ def test_each_init_is_assessed_on_its_own_runs_and_pretraining_is_reported(tmp_p
     """Scratch: good beats base; pretrained: base catches up (the claim no longer holds there); pretraining
     lifts base by 20 AP points. An init that reads the other's files would give the same verdict twice."""
     assert run_name("m", "good", "pretrained", 2) == "m--good--pretrained--s2"
+    from reid.pipeline.params import Run, parse_run  # the pipeline's run-name syntax reads the same names
+
+    assert parse_run(run_name("pgfl_kd", "test_P", "pretrained", 2)) == Run("pgfl_kd", "test_P", 2, True)
+    assert parse_run(run_name("pgfl_kd", "full", "scratch", None)) == Run("pgfl_kd", "full", None, False)
     queries = [f"q{i}.jpg" for i in range(30)]
     for s in (0, 1):
         _per_query(tmp_path / "w" / f"m--good--s{s}" / "per_query.csv", {q: (0, 0.8) for q in queries})

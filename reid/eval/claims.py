@@ -27,18 +27,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from reid.methods.base import Claim, get_method_class
-from reid.pipeline.params import Run
 
 METRICS = {"ap": "mAP", "r1": "R1"}
 INITS = ("scratch", "pretrained")
 
 
 def run_name(method: str, row: str, init: str, seed: int | None) -> str:
-    """The run a row was trained and evaluated as, e.g. `deskpro--oracle_csa--pretrained--s1` (the run-name
-    syntax of reid.pipeline.params)."""
+    """The run a row was trained and evaluated as, e.g. `deskpro--oracle_csa--pretrained--s1` (no seed: the
+    row's name across seeds). The run-name syntax is reid.pipeline.params' (`parse_run`; a test round-trips
+    these names through it); eval does not import the pipeline package, which imports the engine."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    return Run(method, row, seed, init == "pretrained").name(row)
+    return (f"{method}--{row}" + ("--pretrained" if init == "pretrained" else "")
+            + (f"--s{seed}" if seed is not None else ""))
 
 
 def read_per_query(path: str | Path, setting: str, metric: str) -> dict[str, float]:
