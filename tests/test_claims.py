@@ -56,6 +56,21 @@ def test_assess_pairs_rows_by_seed_and_query_and_checks_the_control(tmp_path: Pa
     assert with_control["verdict"] == "untestable on this world"
 
 
+def test_a_control_with_its_own_baseline_compares_that_pair(tmp_path: Path) -> None:
+    """ISP's ARM claim: the control is the same comparison on ground-truth parts (oracle vs oracle_concat). The
+    oracle loses to `base` but beats its own baseline row: read against `base` it would say untestable."""
+    queries = [f"q{i}.jpg" for i in range(30)]
+    for s in (0, 1):
+        for row, ap in (("good", 0.6), ("base", 0.5), ("oracle", 0.45), ("oracle_concat", 0.3)):
+            _per_query(tmp_path / "w" / f"m--{row}--s{s}" / "per_query.csv", {q: (0, ap) for q in queries})
+    claim = Claim("good beats base", "good", "base", "standard", "ap", "oracle", "oracle_concat")
+    assert claim.rows == ("good", "base", "oracle", "oracle_concat")
+    assert Claim("x", "good", "base", "standard", control="oracle").rows == ("good", "base", "oracle")
+    result = assess(tmp_path, "w", "m", claim, [0, 1])
+    assert result["control"]["mean"] == pytest.approx(15.0) and result["verdict"] == "holds"
+    assert "oracle vs oracle_concat: +15.0" in to_markdown([result], "w")
+
+
 def test_each_init_is_assessed_on_its_own_runs_and_pretraining_is_reported(tmp_path: Path) -> None:
     """Scratch: good beats base; pretrained: base catches up (the claim no longer holds there); pretraining
     lifts base by 20 AP points. An init that reads the other's files would give the same verdict twice."""
@@ -102,6 +117,6 @@ def test_declared_claims_name_rows_of_the_methods_tables(method: str) -> None:
     cls = METHODS.get(method)
     rows = {*cls.ablations, *cls.extra_ablations, *cls.eval_ablations}
     for claim in cls.claims:
-        for row in filter(None, (claim.better, claim.worse, claim.control)):
+        for row in claim.rows:
             assert row in rows, f"{method}: claim {claim.name!r} names unknown row {row!r}"
         assert claim.metric in ("ap", "r1")

@@ -139,6 +139,28 @@ def test_official_table3_metric_by_hand() -> None:
     assert official_part_iou(pred, big, 6) == pytest.approx(official_part_iou(pred, gt, 6))
 
 
+def test_probe_scores_each_images_predicted_parts_with_the_official_metric() -> None:
+    """Image 0 predicts the hand-computed layout of the test above (K = 6); image 1 predicts all background, so
+    it scores the calibration floor. A probe that pooled the two images would give neither number."""
+    from reid.methods.isp import ISP
+
+    gt = np.array([[[13, 13, 5, 0], [9, 9, 18, 0]]] * 2, dtype=np.uint8)
+    pred = np.array([[[1, 0, 2, 0], [4, 4, 5, 5]], [[0, 0, 0, 0], [0, 0, 0, 0]]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"part_logits": torch.nn.functional.one_hot(torch.from_numpy(pred), 6).permute(0, 3, 1, 2).float()}
+
+    stats = ISP(num_parts=6).probe(Fixed(), {"image": torch.zeros(2, 3, 8, 16),
+                                             "parsing.labels": torch.from_numpy(gt)})
+    assert stats["pred_foreground_iou"].tolist() == pytest.approx([11 / 21, 0.125])
+    assert stats["pred_head_iou"].tolist() == pytest.approx([19 / 28, (0 + 6 / 8) / 2])
+    assert stats["pred_legs_iou"][0] == pytest.approx(1.0)
+    assert stats["pred_foreground_share"].tolist() == pytest.approx([6 / 8, 0.0])
+    assert stats["parsing_foreground_share"].tolist() == pytest.approx([6 / 8, 6 / 8])
+    assert ISP(num_parts=6).probe(Fixed(), {"image": torch.zeros(2, 3, 8, 16)}) == {}
+
+
 # --- model and method ---------------------------------------------------------------------------------------
 def _batch(K: int, b: int = 8, h: int = 64, w: int = 32) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)

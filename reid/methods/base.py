@@ -32,7 +32,14 @@ class Claim:
     worse: str
     setting: str
     metric: str = "ap"
-    control: str | None = None  # oracle row that must beat `worse` for the world to be able to show the effect
+    control: str | None = None  # oracle row that must beat `control_worse` for the world to be able to show it
+    control_worse: str | None = None  # the control's baseline row; None: `worse` (the same baseline)
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """Every row the claim compares: better, worse, then the control's pair when declared."""
+        extra = (self.control, self.control_worse or self.worse) if self.control else ()
+        return tuple(dict.fromkeys((self.better, self.worse, *extra)))
 
 
 class Method:

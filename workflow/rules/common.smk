@@ -98,7 +98,7 @@ def claims_inputs(wildcards):
     runs = []
     for method in config["ablation"]["claims"][wildcards.dataset]:
         for claim in C.method_class(method).claims:
-            for row in filter(None, (claim.better, claim.worse, claim.control)):
+            for row in claim.rows:
                 runs += [run_name(method, row, init, s) for s in config["ablation"].get("seeds", [0, 1, 2])
                          for init in config["ablation"].get("init", ["scratch"])]
     per_query = {D.evaluation_outputs(wildcards.dataset, run)["per_query"] for run in runs}
