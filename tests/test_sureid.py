@@ -131,7 +131,8 @@ def test_occluder_box_rules():
 
 def test_paste_opaque_occluder_region_and_values():
     images = torch.zeros(6, 3, 64, 32)
-    out, boxes = paste_occluders(images, [red(40, 20)], torch.Generator().manual_seed(3), jitter=0.0, crop_min=1.0)
+    out, boxes, cover = paste_occluders(images, [red(40, 20)], torch.Generator().manual_seed(3), jitter=0.0,
+                                        crop_min=1.0)
     red_norm = torch.tensor((np.array([1.0, 0.0, 0.0]) - IMAGENET_MEAN) / IMAGENET_STD, dtype=torch.float32)
     assert torch.equal(images, torch.zeros(6, 3, 64, 32))  # input untouched
     for b, (y1, x1, y2, x2) in enumerate(boxes.tolist()):
@@ -139,6 +140,7 @@ def test_paste_opaque_occluder_region_and_values():
         inside[y1:y2, x1:x2] = True
         torch.testing.assert_close(out[b][:, inside], red_norm[:, None].expand(3, int(inside.sum())))
         assert (out[b][:, ~inside] == 0).all()
+        assert (cover[b][inside] > 0.99).all() and not cover[b][~inside].any()  # an opaque sprite: its box
     sides = {("top" if y1 == 0 else "bottom") for y1, _, _, _ in boxes.tolist()}
     assert sides == {"top", "bottom"}  # both sides drawn with this seed
 
@@ -146,15 +148,15 @@ def test_paste_opaque_occluder_region_and_values():
 def test_paste_probability_transparency_and_seed():
     gen = torch.Generator().manual_seed(0)
     images = torch.zeros(200, 3, 16, 8)
-    _, boxes = paste_occluders(images, [red(8, 8)], gen, prob=0.5)
+    _, boxes, _ = paste_occluders(images, [red(8, 8)], gen, prob=0.5)
     frac = float((boxes[:, 0] >= 0).float().mean())
     assert 0.4 < frac < 0.6  # each image pasted with probability 1/2
-    _, none = paste_occluders(images[:5], [red(8, 8)], gen, prob=0.0)
+    _, none, _ = paste_occluders(images[:5], [red(8, 8)], gen, prob=0.0)
     assert (none == -1).all()
-    clear, _ = paste_occluders(images[:5], [red(8, 8, alpha=0)], gen)
-    assert torch.equal(clear, images[:5])  # alpha 0: nothing visible
-    a, ba = paste_occluders(images[:8], [red(8, 8), red(30, 5)], torch.Generator().manual_seed(7))
-    b, bb = paste_occluders(images[:8], [red(8, 8), red(30, 5)], torch.Generator().manual_seed(7))
+    clear, _, cover = paste_occluders(images[:5], [red(8, 8, alpha=0)], gen)
+    assert torch.equal(clear, images[:5]) and not cover.any()  # alpha 0: nothing visible, nothing covered
+    a, ba, _ = paste_occluders(images[:8], [red(8, 8), red(30, 5)], torch.Generator().manual_seed(7))
+    b, bb, _ = paste_occluders(images[:8], [red(8, 8), red(30, 5)], torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and torch.equal(ba, bb)
 
 
@@ -264,3 +266,75 @@ def test_teacher_train_and_cache_outputs():
         mirrored = model.outputs(torch.flip(batch["image"], dims=[3]))
     torch.testing.assert_close(out["feat"][:, 1], mirrored["feat"])
     assert not model.training
+
+
+# --- the positive control (keep_by=parsing) and the probe ----------------------------------------------------
+def _person_batch() -> dict[str, torch.Tensor]:
+    """64x32 image, 16x16 patches: 4x2 tokens in row-major order. Person pixels (label 5) cover token 0 fully,
+    token 1 for 12 of 16 rows (0.75), token 2 for 8 rows (0.5), token 3 for 4 rows (0.25), the rest nothing."""
+    labels = torch.zeros(2, 64, 32, dtype=torch.uint8)
+    labels[:, 0:16, 0:16] = 5
+    labels[:, 0:12, 16:32] = 5
+    labels[:, 16:24, 0:16] = 5
+    labels[:, 16:20, 16:32] = 5
+    batch = _batch()
+    return {**{k: v[:2] for k, v in batch.items()}, "parsing.labels": labels}
+
+
+def test_token_coverage_by_hand():
+    from reid.models.vit import token_coverage
+
+    cover = token_coverage((_person_batch()["parsing.labels"] > 0).float(), 16, 16)
+    assert cover[0].tolist() == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_oracle_keeps_the_same_person_tokens_in_training_and_at_inference():
+    """keep_ratio 0.5 on 8 tokens keeps 4, 2, 1: tokens {0..3}, {0, 1}, {0}. Training masks exactly those
+    (hard, no Gumbel noise, no ratio loss); inference gathers the same indices; ties go to the earlier token."""
+    method = SUREID(**TINY, keep_ratio=0.5, keep_by="parsing", npkd=False, noda=False)
+    assert method.caches == {"parsing": ["labels"]} and method.test_caches == {"parsing": ["labels"]}
+    batch = _person_batch()
+    model = method.build_model(4)
+    scores = method.keep_scores(model, batch)
+    train = model.train().outputs(batch["image"], scores)["decisions"]
+    assert [m[0].nonzero().flatten().tolist() for m in train] == [[0, 1, 2, 3], [0, 1], [0]]
+    _, hts = model.eval().backbone.forward_features(batch["image"], scores)
+    assert [sorted(i[0].tolist()) for i in hts.keep_index] == [[0, 1, 2, 3], [0, 1], [0]]
+    losses = method.training_losses(model.train(), batch, epoch=0)
+    assert "ratio" not in losses
+    feat = method.embed(model.eval(), batch)["feat"]
+    assert torch.equal(feat, model(batch["image"], scores))  # the test-time embedding keeps the same tokens
+    with pytest.raises(ValueError, match="not a deployable model"):
+        method.export_inputs((64, 32))
+    with pytest.raises(ValueError, match="needs hts"):
+        SUREID(**TINY, hts=False, keep_by="parsing")
+
+
+def test_noda_cuts_the_pasted_occluder_out_of_the_oracles_person_mask(tmp_path):
+    """An opaque occluder pasted on every second copy: the copy's person mask is the original minus the sprite."""
+    occ = np.zeros((20, 10, 4), np.uint8)
+    occ[..., 0], occ[..., 3] = 255, 255
+    cv2.imwrite(str(tmp_path / "o.png"), occ)
+    method = SUREID(**TINY, keep_by="parsing", npkd=False, occluder_dir=str(tmp_path), noda_jitter=0.0)
+    batch = _person_batch()
+    doubled = method._double_with_noda(batch)
+    person = (batch["parsing.labels"] > 0).float()
+    assert torch.equal(doubled["person"][:2], person)
+    hidden = person - doubled["person"][2:]
+    assert hidden.min() >= 0 and hidden.sum() > 0  # the occluder removed person pixels, added none
+
+
+def test_probe_reports_the_person_share_of_dropped_tokens_by_stage():
+    """With the oracle keep (deterministic) on the layout above: all tokens 2.5 / 8; stage 1 drops tokens 4-7
+    (share 0), stage 2 drops 2, 3 ((0.5 + 0.25) / 2), stage 3 drops 1 (0.75); token 0 is kept (1.0)."""
+    method = SUREID(**TINY, keep_ratio=0.5, keep_by="parsing", npkd=False, noda=False)
+    assert method.probe_caches == {"parsing": ["labels"]}
+    stats = method.probe(method.build_model(4).eval(), _person_batch())
+    expect = {"person_share_all_tokens": 0.3125, "person_share_dropped_stage1": 0.0,
+              "person_share_dropped_stage2": 0.375, "person_share_dropped_stage3": 0.75,
+              "person_share_kept_final": 1.0}
+    assert {k: v.tolist() for k, v in stats.items()} == {k: [pytest.approx(v)] * 2 for k, v in expect.items()}
+    learned = SUREID(**TINY, npkd=False, noda=False)
+    assert set(learned.probe(learned.build_model(4).eval(), _person_batch())) == set(expect)
+    vanilla = SUREID(**TINY, hts=False, npkd=False, noda=False)
+    assert vanilla.probe_caches == {} and vanilla.probe(vanilla.build_model(4).eval(), _person_batch()) == {}

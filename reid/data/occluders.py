@@ -119,11 +119,11 @@ def paste_occluders(
     flip_p: float = 0.5,
     mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist()),
     std: tuple[float, ...] = tuple(IMAGENET_STD.tolist()),
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Paste one augmented occluder per image (with probability `prob`) onto normalised `images` (B, 3, H, W).
 
-    Returns (new images, boxes (B, 4) long y1, x1, y2, x2; -1 where nothing was pasted). The input is not
-    modified. Occluders may live on the images' device already (the method caches them there).
+    Returns (new images, boxes (B, 4) long y1, x1, y2, x2; -1 where nothing was pasted, coverage (B, H, W): the
+    pasted occluder's alpha, 0 elsewhere: what it hides). The input is not modified. Occluders may live on the images' device already (the method caches them there).
     """
     if not occluders:
         raise ValueError("paste_occluders: empty occluder list")
@@ -132,6 +132,7 @@ def paste_occluders(
     out = images.clone()
     h, w = images.shape[-2:]
     boxes = torch.full((images.shape[0], 4), -1, dtype=torch.long)
+    cover = images.new_zeros(images.shape[0], h, w)
     m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(3, 1, 1)
     s = torch.tensor(std, device=images.device, dtype=images.dtype).view(3, 1, 1)
     for b in range(images.shape[0]):
@@ -146,4 +147,5 @@ def paste_occluders(
         region = out[b, :, y1:y2, x1:x2]
         out[b, :, y1:y2, x1:x2] = alpha * (occ[:3] - m) / s + (1 - alpha) * region
         boxes[b] = torch.tensor([y1, x1, y2, x2])
-    return out, boxes
+        cover[b, y1:y2, x1:x2] = alpha[0]
+    return out, boxes, cover

@@ -35,10 +35,11 @@ from reid.data.occluders import load_occluders, paste_occluders
 from reid.methods.base import METHODS, Claim, Method
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth, kd_kl
 from reid.models.heads import BNNeck
-from reid.models.vit import ARCHS, DEFAULT_PRUNE_LAYERS, VisionTransformer, build_vit
+from reid.models.vit import ARCHS, DEFAULT_PRUNE_LAYERS, VisionTransformer, build_vit, token_coverage
 
 __all__ = [
     "ABLATIONS",
+    "CONTROLS",
     "EVAL_ABLATIONS",
     "PAPER_TABLES",
     "SUREID",
@@ -56,6 +57,7 @@ __all__ = [
 TEACHER = "vit_teacher"  # cache name (= file stem cache/<dataset>/vit_teacher.h5)
 ALIGN_MODES = ("interp", "pool", "linear")
 ALIGN_DIRECTIONS = ("t2s", "s2t")
+KEEP_BY = ("learned", "parsing")  # HTS keep decisions: the decision MLPs (the paper) | person pixels (the control)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -148,16 +150,16 @@ class ViTReIDNet(nn.Module):
         self.neck = BNNeck(backbone.out_dim, num_classes)
         self.align_proj = align_proj  # Table VI's learned linear alignment (absent for the paper's setting)
 
-    def outputs(self, images: torch.Tensor) -> dict[str, Any]:
-        feat, hts = self.backbone.forward_features(images)
+    def outputs(self, images: torch.Tensor, keep_scores: torch.Tensor | None = None) -> dict[str, Any]:
+        feat, hts = self.backbone.forward_features(images, keep_scores)
         feat, bn_feat, logits = self.neck(feat)
         return {"feat": feat, "bn_feat": bn_feat, "logits": logits, "decisions": hts.decisions,
                 "keep_index": hts.keep_index}
 
-    def forward(self, images: torch.Tensor) -> dict[str, Any] | torch.Tensor:
+    def forward(self, images: torch.Tensor, keep_scores: torch.Tensor | None = None) -> dict[str, Any] | torch.Tensor:
         if self.training:
-            return self.outputs(images)
-        feat, _ = self.backbone.forward_features(images)
+            return self.outputs(images, keep_scores)
+        feat, _ = self.backbone.forward_features(images, keep_scores)
         return self.neck.bn(feat) if self.test_feat == "bn" else feat
 
 
@@ -268,6 +270,7 @@ class SUREID(_ViTMethod):
         prune_layers: tuple[int, ...] | list[int] = DEFAULT_PRUNE_LAYERS,
         cls_reweight: bool = True,
         gumbel_tau: float = 1.0,
+        keep_by: str = "learned",
         npkd: bool = True,
         kd_temperature: float = 1.0,
         kd_logit_weight: float = 0.1,
@@ -292,6 +295,10 @@ class SUREID(_ViTMethod):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if arch not in ARCHS:
             raise KeyError(f"sureid: unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        if keep_by not in KEEP_BY:
+            raise ValueError(f"sureid: keep_by must be one of {KEEP_BY}, got {keep_by!r}")
+        if keep_by == "parsing" and not hts:
+            raise ValueError("sureid: keep_by=parsing chooses which tokens HTS keeps: it needs hts: true")
         if align not in ALIGN_MODES or align_direction not in ALIGN_DIRECTIONS:
             raise ValueError(f"sureid: align must be in {ALIGN_MODES} and align_direction in {ALIGN_DIRECTIONS}, "
                              f"got {align!r}, {align_direction!r}")
@@ -299,6 +306,7 @@ class SUREID(_ViTMethod):
         self.deit_small_weights, self.vit_base_weights = deit_small_weights, vit_base_weights
         self.drop_path_rate, self.hts, self.keep_ratio = drop_path_rate, hts, keep_ratio
         self.prune_layers, self.cls_reweight, self.gumbel_tau = tuple(prune_layers), cls_reweight, gumbel_tau
+        self.keep_by = keep_by
         self.npkd, self.kd_temperature = npkd, kd_temperature
         self.kd_logit_weight, self.kd_feat_weight = kd_logit_weight, kd_feat_weight
         self.align, self.align_direction, self.teacher_dim = align, align_direction, teacher_dim
@@ -308,6 +316,10 @@ class SUREID(_ViTMethod):
         self.label_smooth, self.triplet_margin = label_smooth, triplet_margin
         self.test_feat, self.flip_test = test_feat, flip_test
         self.caches = {TEACHER: ["feat", "logits"]} if npkd else {}  # instance override: no teacher needed
+        if keep_by == "parsing":  # the oracle reads the person mask in training and at test time
+            self.caches = {**self.caches, "parsing": ["labels"]}
+            self.test_caches = {"parsing": ["labels"]}
+        self.probe_caches = {"parsing": ["labels"]} if hts else {}
         self._noda_gen = torch.Generator().manual_seed(noda_seed)
         self._occluders: dict[str, list[torch.Tensor]] = {}
 
@@ -340,13 +352,77 @@ class SUREID(_ViTMethod):
     def _double_with_noda(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Paper: the batch is duplicated; the second copy gets NODA. Labels/teacher targets are repeated."""
         images = batch["image"]
-        occluded, _ = paste_occluders(images, self.occluders(images.device), self._noda_gen,
-                                      prob=self.noda_prob, jitter=self.noda_jitter)
+        occluded, _, cover = paste_occluders(images, self.occluders(images.device), self._noda_gen,
+                                             prob=self.noda_prob, jitter=self.noda_jitter)
         out = {"image": torch.cat([images, occluded]), "pid": batch["pid"].repeat(2),
                "flipped": batch["flipped"].repeat(2)}
         for key in (f"{TEACHER}.feat", f"{TEACHER}.logits"):
             if key in batch:
                 out[key] = torch.cat([batch[key], batch[key]])
+        if "parsing.labels" in batch:  # the person mask of the occluded copy loses what the occluder covers
+            person = self.person_mask(batch)
+            out["person"] = torch.cat([person, person * (1 - cover)])
+        return out
+
+    # --- the oracle control (keep_by=parsing) ------------------------------------------------------------------
+    def person_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, H, W) 1 on person pixels (any non-background parsing label) at the image size; a batch that NODA
+        doubled carries its own ("person": the occluded copy's mask has the pasted occluder cut out)."""
+        if "person" in batch:
+            return batch["person"]
+        if "parsing.labels" not in batch:
+            raise KeyError("sureid (keep_by=parsing): batch has no 'parsing.labels' (cache parsing.h5, labels)")
+        person = (batch["parsing.labels"] > 0).float().unsqueeze(1)
+        size = tuple(batch["image"].shape[-2:])
+        if tuple(person.shape[-2:]) != size:
+            person = F.interpolate(person, size=size, mode="nearest")
+        return person[:, 0].to(batch["image"].device)
+
+    def keep_scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The oracle's keep score of every token: its share of person pixels; None for the learned HTS."""
+        if self.keep_by != "parsing":
+            return None
+        embed = _unwrap(model).backbone.patch_embed
+        return token_coverage(self.person_mask(batch), embed.proj.kernel_size[0], embed.proj.stride[0])
+
+    # --- inference and diagnostics ----------------------------------------------------------------------------
+    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The post-BN class feature (flip TTA when `flip_test`); the oracle keeps tokens by the person mask,
+        mirrored with the image."""
+        if self.keep_by == "learned":
+            return super().embed(model, batch)
+        image = batch["image"]
+        feat = model(image, self.keep_scores(model, batch))
+        if self.flip_test:
+            mirrored = {"image": torch.flip(image, dims=[3]), "person": torch.flip(self.person_mask(batch), dims=[2])}
+            feat = feat + model(mirrored["image"], self.keep_scores(model, mirrored))
+        return {"feat": feat}
+
+    def export_inputs(self, input_size: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], str]]:
+        if self.keep_by == "parsing":
+            raise ValueError("sureid keep_by=parsing is a positive control that reads the ground-truth parsing at "
+                             "test time: it is not a deployable model and is not exported")
+        return super().export_inputs(input_size)
+
+    @torch.no_grad()
+    def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Which tokens HTS drops, per image: the person share (parsing labels > 0) of all tokens, of the tokens
+        dropped at each stage and of those kept to the end. Dropping occluders and background first puts the
+        dropped share below the all-token share; a decision blind to the person leaves them equal."""
+        net = _unwrap(model)
+        if not self.hts or "parsing.labels" not in batch:
+            return {}
+        embed = net.backbone.patch_embed
+        cover = token_coverage(self.person_mask(batch), embed.proj.kernel_size[0], embed.proj.stride[0])
+        _, hts = net.backbone.forward_features(batch["image"], self.keep_scores(model, batch))
+        out = {"person_share_all_tokens": cover.mean(1)}
+        kept_before = torch.ones_like(cover, dtype=torch.bool)
+        for s, index in enumerate(hts.keep_index, start=1):
+            kept = torch.zeros_like(kept_before).scatter_(1, index, True)
+            dropped = kept_before & ~kept
+            out[f"person_share_dropped_stage{s}"] = (cover * dropped).sum(1) / dropped.sum(1).clamp_min(1)
+            kept_before = kept
+        out["person_share_kept_final"] = (cover * kept_before).sum(1) / kept_before.sum(1).clamp_min(1)
         return out
 
     # --- training ------------------------------------------------------------------------------------------
@@ -376,9 +452,9 @@ class SUREID(_ViTMethod):
         if self.noda:
             batch = self._double_with_noda(batch)
         net = _unwrap(model)
-        out = model(batch["image"])
+        out = model(batch["image"], self.keep_scores(model, batch))
         raw = self._id_triplet(out, batch["pid"])
-        if self.hts:
+        if self.hts and self.keep_by == "learned":  # the oracle keeps exactly floor(N p^s): nothing to learn
             raw["ratio"] = ratio_loss(out["decisions"], net.backbone.ratios)
         if self.npkd:
             feat_t, logits_t = self._teacher_targets(batch, out["logits"].shape[1])
@@ -410,6 +486,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "t7_vanilla_vit": {**_BASELINE, "arch": "vit_base"},
     "t7_vanilla_vit_noda": {"hts": False, "npkd": False, "noda": True, "arch": "vit_base"},
 }
+# Positive control (not in the paper's tables): SUREID whose HTS keeps tokens by their share of ground-truth person
+# pixels (the parsing cache; NODA's pasted occluders cut out) in training and at test time.
+CONTROLS: dict[str, dict[str, Any]] = {"oracle_hts": {"keep_by": "parsing"}}
 # Rows of Tables V-VII that are the very configuration of a Table IV row: they reuse its model (same seed), so the
 # same network is not trained again (see reid.pipeline.params.model_run).
 EVAL_ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -449,10 +528,11 @@ PAPER_TABLES: dict[str, dict[str, dict[str, float]]] = {
 
 # The tables are defined after the class (they name its parameters); the METHODS registry reads them from it.
 SUREID.ablations = ABLATIONS
+SUREID.extra_ablations = CONTROLS
 SUREID.eval_ablations = EVAL_ABLATIONS
 SUREID.paper_tables = PAPER_TABLES
 SUREID.claims = (  # Table IV (Occluded-Duke, Market rule)
     Claim("NPKD recovers what HTS loses (Table IV)", "t4_hts_npkd", "t4_hts", "standard"),
     Claim("NODA adds to HTS + NPKD (Table IV)", "t4_sureid", "t4_hts_npkd", "standard"),
-    Claim("SUREID beats the vanilla DeiT-S (Table IV)", "t4_sureid", "t4_vanilla", "standard"),
+    Claim("SUREID beats the vanilla DeiT-S (Table IV)", "t4_sureid", "t4_vanilla", "standard", control="oracle_hts"),
 )

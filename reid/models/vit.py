@@ -15,6 +15,9 @@ predicts keep/drop for every image token.
   (static shapes) and the others are really removed, so later blocks cost less. The class-token reweighting
   (Eq. 7-8) is applied here too, over the tokens kept, so the BNNeck and classifier fitted in training see the
   feature that is deployed (applied in training only, the deployed feature had cosine 0.980 with it).
+Given `keep_scores` (B, N) (SUREID's positive control: each token's share of ground-truth person pixels), every
+stage keeps the best-scored tokens by those scores instead of the decision MLP, in training (hard masks, exactly
+`floor(N * p^s)` kept) and at inference alike.
 Layout follows timm's order: layers -> model -> weight loading -> factories (incl. a tiny test variant).
 """
 
@@ -44,6 +47,7 @@ __all__ = [
     "load_vit_weights",
     "masked_softmax_attention",
     "resize_pos_embed",
+    "token_coverage",
     "topk_keep",
 ]
 
@@ -102,6 +106,12 @@ def topk_keep(tokens: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch
     index = torch.topk(scores, k, dim=1, largest=True, sorted=True).indices
     kept = torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
     return kept, index
+
+
+def token_coverage(mask: torch.Tensor, patch_size: int, stride: int) -> torch.Tensor:
+    """Share of each patch token's pixels that `mask` (B, H, W) in [0, 1] covers, in the patch embedding's token
+    order (B, N): the ground truth a keep decision is judged by (SUREID's oracle control and its probe)."""
+    return F.avg_pool2d(mask.float().unsqueeze(1), patch_size, stride).flatten(1)
 
 
 def cls_attention_reweight(x: torch.Tensor, cls_attn: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -310,25 +320,42 @@ class VisionTransformer(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed
 
-    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, HTSOutput]:
-        """(class feature (B, C), HTS side outputs)."""
+    def forward_features(self, images: torch.Tensor, keep_scores: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, HTSOutput]:
+        """(class feature (B, C), HTS side outputs). `keep_scores` (B, N): keep tokens by these given scores
+        (an oracle) instead of the decision MLP's."""
         x = self.embed_tokens(images)
         if not self.hts:
+            if keep_scores is not None:
+                raise ValueError("keep_scores given to a ViT built without HTS (keep_ratio None)")
             for blk in self.blocks:
                 x = blk(x)[0]
             return self.norm(x)[:, 0], HTSOutput()
-        return self._forward_train(x) if self.training else self._forward_infer(x)
+        if keep_scores is not None:
+            if keep_scores.shape != x.shape[:1] + (x.shape[1] - 1,):
+                raise ValueError(f"keep_scores must be (B, N) = {(x.shape[0], x.shape[1] - 1)}, got "
+                                 f"{tuple(keep_scores.shape)}")
+            # Ties (e.g. all-background tokens) go to the earlier token, identically in training and inference.
+            n = keep_scores.shape[1]
+            keep_scores = keep_scores.float() - 1e-4 * torch.arange(n, device=x.device) / n
+        return self._forward_train(x, keep_scores) if self.training else self._forward_infer(x, keep_scores)
 
-    def _forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, HTSOutput]:
+    def _forward_train(self, x: torch.Tensor, keep_scores: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, HTSOutput]:
         """All tokens kept in the sequence; dropped ones masked out of attention (Eq. 2-6), then Eq. 7-8."""
         b, n1, _ = x.shape
         mask = x.new_ones(b, n1 - 1)
+        counts = keep_counts(n1 - 1, self.ratios)
         out, stage, cls_attn = HTSOutput(), 0, None
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             if stage < len(self.prune_layers) and i == self.prune_layers[stage]:
-                log_probs = self.decision[stage](x[:, 1:], mask)
-                mask = gumbel_keep_decision(log_probs, mask, self.gumbel_tau)
+                if keep_scores is None:
+                    log_probs = self.decision[stage](x[:, 1:], mask)
+                    mask = gumbel_keep_decision(log_probs, mask, self.gumbel_tau)
+                else:  # the oracle: the best-scored of the tokens still kept, exactly as inference keeps them
+                    best = torch.topk(keep_scores.masked_fill(mask == 0, -math.inf), counts[stage], dim=1).indices
+                    mask = torch.zeros_like(mask).scatter_(1, best, 1.0)
                 out.decisions.append(mask)
                 stage += 1
             policy = torch.cat([mask.new_ones(b, 1), mask], dim=1) if stage else None
@@ -339,7 +366,8 @@ class VisionTransformer(nn.Module):
             x = cls_attention_reweight(x, cls_attn, self.reweight_lambda)
         return self.norm(x)[:, 0], out
 
-    def _forward_infer(self, x: torch.Tensor) -> tuple[torch.Tensor, HTSOutput]:
+    def _forward_infer(self, x: torch.Tensor, keep_scores: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, HTSOutput]:
         """Static top-k per stage by the keep score; dropped tokens leave the sequence for good."""
         counts = keep_counts(self.patch_embed.num_patches, self.ratios)
         out, stage, cls_attn = HTSOutput(), 0, None
@@ -348,7 +376,10 @@ class VisionTransformer(nn.Module):
         for i, blk in enumerate(self.blocks):
             if stage < len(self.prune_layers) and i == self.prune_layers[stage]:
                 img = x[:, 1:]
-                score = self.decision[stage](img, img.new_ones(img.shape[:2]))[..., 1]
+                if keep_scores is None:
+                    score = self.decision[stage](img, img.new_ones(img.shape[:2]))[..., 1]
+                else:
+                    score = torch.gather(keep_scores, 1, origin)
                 img, index = topk_keep(img, score, counts[stage])
                 origin = torch.gather(origin, 1, index)
                 out.keep_index.append(origin)
