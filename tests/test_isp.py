@@ -156,6 +156,8 @@ def test_probe_scores_each_images_predicted_parts_with_the_official_metric() -> 
     assert stats["pred_foreground_iou"].tolist() == pytest.approx([11 / 21, 0.125])
     assert stats["pred_head_iou"].tolist() == pytest.approx([19 / 28, (0 + 6 / 8) / 2])
     assert stats["pred_legs_iou"][0] == pytest.approx(1.0)
+    assert stats["floor_head_iou"].tolist() == pytest.approx([0.375, 0.375])  # image 1 predicts the floor
+    assert stats["floor_foreground_iou"].tolist() == pytest.approx(stats["pred_foreground_iou"][1:].tolist() * 2)
     assert stats["pred_foreground_share"].tolist() == pytest.approx([6 / 8, 0.0])
     assert stats["parsing_foreground_share"].tolist() == pytest.approx([6 / 8, 6 / 8])
     assert ISP(num_parts=6).probe(Fixed(), {"image": torch.zeros(2, 3, 8, 16)}) == {}

@@ -525,14 +525,17 @@ class ISP(Method):
     @torch.no_grad()
     def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Table 3 per image: the official metric (`official_part_iou`, mean of a group's and its complement's
-        IoU) of the part classifier's argmax against the parsing labels, and the share of cells predicted
-        foreground beside the parsing's (a classifier stuck on background scores the background share)."""
+        IoU) of the part classifier's argmax against the parsing labels, beside the score of an all-background
+        prediction (`floor_*`: the metric's calibration floor) and the shares of cells predicted and parsed
+        foreground."""
         if "parsing.labels" not in batch:
             return {}
         pred = model(batch["image"])["part_logits"].argmax(1).cpu().numpy()
         gt = resize_labels_nearest_cv2(batch["parsing.labels"].cpu().numpy().astype(np.uint8), pred.shape[-2:])
         per_image = [official_part_iou(p[None], g[None], self.num_parts) for p, g in zip(pred, gt)]
+        floor = [official_part_iou(np.zeros_like(p[None]), g[None], self.num_parts) for p, g in zip(pred, gt)]
         out = {f"pred_{name}_iou": torch.tensor([r[name] for r in per_image]) for name in per_image[0]}
+        out.update({f"floor_{name}_iou": torch.tensor([r[name] for r in floor]) for name in floor[0]})
         out["pred_foreground_share"] = torch.from_numpy((pred > 0).mean(axis=(1, 2)))
         out["parsing_foreground_share"] = torch.from_numpy((gt > 0).mean(axis=(1, 2)))
         return out
