@@ -123,7 +123,8 @@ def paste_occluders(
     """Paste one augmented occluder per image (with probability `prob`) onto normalised `images` (B, 3, H, W).
 
     Returns (new images, boxes (B, 4) long y1, x1, y2, x2; -1 where nothing was pasted, coverage (B, H, W): the
-    pasted occluder's alpha, 0 elsewhere: what it hides). The input is not modified. Occluders may live on the images' device already (the method caches them there).
+    pasted occluder's alpha, 0 elsewhere: what it hides). The input is not modified. Occluders may live on the
+    images' device already (the method caches them there).
     """
     if not occluders:
         raise ValueError("paste_occluders: empty occluder list")
