@@ -378,12 +378,14 @@ class SUREID(_ViTMethod):
             person = F.interpolate(person, size=size, mode="nearest")
         return person[:, 0].to(batch["image"].device)
 
-    def keep_scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """The oracle's keep score of every token: its share of person pixels; None for the learned HTS."""
-        if self.keep_by != "parsing":
-            return None
+    def person_coverage(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, N) share of person pixels of every patch token of `model`'s patch embedding."""
         embed = _unwrap(model).backbone.patch_embed
         return token_coverage(self.person_mask(batch), embed.proj.kernel_size[0], embed.proj.stride[0])
+
+    def keep_scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The oracle's keep score of every token: its share of person pixels; None for the learned HTS."""
+        return self.person_coverage(model, batch) if self.keep_by == "parsing" else None
 
     # --- inference and diagnostics ----------------------------------------------------------------------------
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -412,9 +414,8 @@ class SUREID(_ViTMethod):
         net = _unwrap(model)
         if not self.hts or "parsing.labels" not in batch:
             return {}
-        embed = net.backbone.patch_embed
-        cover = token_coverage(self.person_mask(batch), embed.proj.kernel_size[0], embed.proj.stride[0])
-        _, hts = net.backbone.forward_features(batch["image"], self.keep_scores(model, batch))
+        cover = self.person_coverage(model, batch)
+        _, hts = net.backbone.forward_features(batch["image"], cover if self.keep_by == "parsing" else None)
         out = {"person_share_all_tokens": cover.mean(1)}
         kept_before = torch.ones_like(cover, dtype=torch.bool)
         for s, index in enumerate(hts.keep_index, start=1):
