@@ -248,6 +248,30 @@ def test_load_groundtruth_missing_names_file(cc: Path) -> None:
         S.load_groundtruth(cc, "rgb/train/999/A_cropped_rgb001.jpg")
 
 
+def test_biometric_is_cast_invariant_and_ignores_region_edges() -> None:
+    """The oracle hair-to-skin cue: a camera's per-channel cast and exposure cancel, the one-pixel rim where hair
+    meets background (mixed colours after resizing and JPEG) does not move it, and it is the log ratio by hand."""
+    lab = np.zeros((24, 12), np.uint8)
+    lab[2:8, 2:10] = S.HAIR_LABEL
+    lab[8:20, 2:10] = S.LIP_LABELS.index("Face")
+    rgb = np.zeros((24, 12, 3), np.float32)
+    rgb[lab == S.HAIR_LABEL] = (59, 39, 19)      # +1 inside _biometric: 60, 40, 20
+    rgb[8:20, 2:10] = (199, 159, 119)            # skin: 200, 160, 120
+    rim = rgb.copy()
+    rim[2, 2:10] = rim[2:8, 2] = (250, 250, 250)  # the hair region's outer rim, bright background bleeding in
+    want = np.log(np.array([60 / 200, 40 / 160, 20 / 120], np.float32))
+
+    def feat(img: np.ndarray) -> np.ndarray:
+        return S._biometric(cv2.cvtColor(np.round(img).astype(np.uint8), cv2.COLOR_RGB2BGR), lab)
+
+    np.testing.assert_allclose(feat(rgb), want, atol=1e-6)
+    np.testing.assert_allclose(feat(rim), want, atol=1e-6)  # a mean over the whole mask would move by ~0.3
+    cast = np.array([1.2, 1.0, 0.8], np.float32)
+    np.testing.assert_allclose(feat((rgb + 1) * cast - 1), want, atol=0.02)  # rounding to uint8 only
+    no_hair = np.where(lab == S.HAIR_LABEL, 0, lab).astype(np.uint8)
+    np.testing.assert_array_equal(S._biometric(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR), no_hair), 0.0)
+
+
 @pytest.mark.slow
 def test_clothes_mislead_faces_identify(tmp_path: Path) -> None:
     """Colour histograms of clothes find the person within an outfit (B->A) and fail across outfits (C->A);
