@@ -33,7 +33,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "dvc-yaml": ("reid.pipeline.dvc_yaml", "write dvc.yaml from params.yaml (the DVC twin of the Snakefile)"),
     "dvc-commit": ("reid.pipeline.dvc_sync", "record in dvc.lock the DVC stages whose outputs Snakemake built"),
     "ablation-table": ("reid.report", "assemble metrics.json files into an ablation table (Markdown + JSON)"),
-    "claims": ("reid.eval.claims", "decide each declared claim: paired difference, 95% interval, verdict"),
+    "claims": ("reid.eval.claims", "decide each declared claim: paired difference, 95 percent interval, verdict"),
     "show-metrics": ("reid.report", "print metrics.json files as a short table"),
 }
 

@@ -394,3 +394,57 @@ def test_nan_loss_in_the_first_epoch_cites_no_checkpoint(tiny_world, tiny_parsin
     with fault("nan_at", 0), pytest.raises(FloatingPointError, match=r"epoch 1, step 1 .*No epoch finished, so "
                                                                    r"there is no checkpoint to resume"):
         _trainer(tiny_world, tiny_parsing_cache, tmp_path).fit()
+
+
+# ---------------------------------------------------------------------------------------------- CPU bfloat16
+
+
+def test_autocast_dtype_per_device_and_cpu_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float16 on CUDA with `amp`; bfloat16 on CPU only when asked for and the CPU multiplies bf16 natively (an
+    emulated bf16 is slower than float32, so such a CPU stays in float32); float32 otherwise."""
+    import reid.device as D
+
+    assert D.autocast_dtype("cuda", True, False) == torch.float16
+    assert D.autocast_dtype("cuda", False, True) is None
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)
+    assert D.autocast_dtype("cpu", True, True) == torch.bfloat16
+    assert D.autocast_dtype("cpu", True, False) is None
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: False)
+    assert D.autocast_dtype("cpu", True, True) is None
+
+
+@pytest.mark.skipif(not __import__("reid.device", fromlist=["x"]).cpu_has_native_bf16(),
+                    reason="this CPU has no native bfloat16 (AMX / AVX512-BF16)")
+def test_cpu_amp_trains_in_bfloat16_and_evaluates_close_to_float32(tiny_world, tiny_parsing_cache, trained: Path,
+                                                                   tmp_path, caplog) -> None:
+    """`train.cpu_amp`: the step runs under bf16 autocast on NHWC weights, the saved model is float32; with
+    `cpu_amp` at evaluation the features come back float32 and within bf16's precision of the float32 ones."""
+    from reid.data.dataset import ReIDDataset
+    from reid.engine.inference import extract
+
+    tr = _trainer(tiny_world, tiny_parsing_cache, tmp_path / "bf16", cpu_amp=True, epochs=1)
+    assert tr.autocast_dtype == torch.bfloat16 and tr.channels_last
+    seen = []
+    orig = TinyMethod.training_losses
+
+    def spy(self, model, batch, epoch):
+        seen.append((torch.get_autocast_dtype("cpu"), torch.is_autocast_enabled("cpu"),
+                     batch["image"].is_contiguous(memory_format=torch.channels_last)))
+        return orig(self, model, batch, epoch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TinyMethod, "training_losses", spy)
+        tr.fit()
+    assert seen and all(s == (torch.bfloat16, True, True) for s in seen)
+    assert all(v.dtype == torch.float32 for v in _state(tmp_path / "bf16" / "model.pt").values() if v.is_floating_point())
+    method, model, ckpt = load_model(trained / "model.pt", device="cpu")
+    ds = ReIDDataset(tiny_world.rows, tiny_world.root, [i for i, r in enumerate(tiny_world.rows) if r.split == "query"],
+                     tuple(ckpt["input_size"]), train=False)
+    f32 = extract(method, model, ds, batch_size=8, workers=0)["feat"]
+    b16 = extract(method, model, ds, batch_size=8, workers=0, cpu_amp=True)["feat"]
+    assert b16.dtype == torch.float32 and not torch.equal(b16, f32)  # it did run in bf16
+    cos = torch.nn.functional.cosine_similarity(b16, f32, dim=1)
+    assert float(cos.min()) > 0.99
+    metrics = evaluate_model(trained / "model.pt", tiny_world.index, tiny_world.root, "synthcc", tmp_path / "m.json",
+                             batch_size=16, workers=0, device="cpu", cpu_amp=True)
+    assert metrics["embed_dtype"] == "bfloat16"

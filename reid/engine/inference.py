@@ -27,7 +27,7 @@ from reid.engine.trainer import (
     open_caches,
     progress_interval,
 )
-from reid.device import resolve_device
+from reid.device import autocast_dtype, resolve_device
 from reid.methods.base import Method, method_from_record
 from reid.serialization import load_file
 
@@ -75,15 +75,20 @@ def load_model(
 @torch.no_grad()
 def extract(
     method: Method, model: torch.nn.Module, dataset: ReIDDataset, batch_size: int = 64, workers: int = 2,
-    desc: str = "embed",
+    desc: str = "embed", cpu_amp: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Run `method.embed` over a dataset; returns each feature key concatenated over rows (on CPU)."""
+    """Run `method.embed` over a dataset; returns each feature key concatenated over rows (on CPU).
+
+    Autocast: float16 on CUDA; bfloat16 on a CPU with native bf16 when `cpu_amp` (features come back as float32)."""
     device = next(model.parameters()).device
+    dtype = autocast_dtype(device.type, True, cpu_amp)
+    if dtype == torch.bfloat16:
+        model = model.to(memory_format=torch.channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=worker_init)
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=progress_interval()):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             feats = method.embed(model, batch)
         for k, v in feats.items():
             parts.setdefault(k, []).append(v.float().cpu())
@@ -136,6 +141,7 @@ def evaluate_model(
     device: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     rerank: Mapping[str, Any] | None = None,
+    cpu_amp: bool = False,
 ) -> dict[str, Any]:
     """Embed query and gallery of `index`, rank with the method's distance, run the dataset's protocol.
 
@@ -166,7 +172,7 @@ def evaluate_model(
     for split, pos in subsets.items():
         ds = ReIDDataset(rows, root, pos, tuple(ckpt["input_size"]), train=False, caches=opened,
                          fields=method_fields(method, train=False), image_field=method.image_field)
-        feats[split] = extract(method, model, ds, batch_size, workers, desc=f"embed {split}")
+        feats[split] = extract(method, model, ds, batch_size, workers, desc=f"embed {split}", cpu_amp=cpu_amp)
     embed_s = time.perf_counter() - t0
     check_not_degenerate(feats, model_path)
     dist = distance_matrix(method, feats["query"], feats["gallery"])
@@ -182,6 +188,8 @@ def evaluate_model(
         "num_query_images": len(q_rows),
         "num_gallery_images": len(g_rows),
         "embed_images_per_s": round(n_images / max(embed_s, 1e-9), 2),
+        "embed_dtype": str(autocast_dtype(next(model.parameters()).device.type, True, cpu_amp) or torch.float32)
+        .removeprefix("torch."),
         "test_caches": sorted(method.test_caches),
     })
     if rerank:

@@ -16,9 +16,15 @@ def cross_entropy_label_smooth(logits: torch.Tensor, targets: torch.Tensor, epsi
 
 
 def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Euclidean distance matrix, clamped before the sqrt so gradients stay finite on the diagonal."""
+    """Euclidean distance matrix, clamped before the sqrt so gradients stay finite on the diagonal.
+
+    Always float32, autocast or not: |x|^2 + |y|^2 - 2 x.y cancels catastrophically for the close pairs a
+    triplet loss cares about, and a float16 / bfloat16 matmul (8 significant bits for bf16) turns a distance of
+    0.5 between two features of norm 20 into noise."""
     y = x if y is None else y
-    d2 = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1).unsqueeze(0) - 2.0 * x @ y.t()
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        d2 = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1).unsqueeze(0) - 2.0 * x @ y.t()
     return d2.clamp(min=1e-12).sqrt()
 
 

@@ -148,6 +148,6 @@ def main(args: argparse.Namespace) -> int:
         metrics = evaluate_model(args.model, args.index, _root(args), kw["dataset"], args.out, caches,
                                  batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                                  device=str(kw.get("device", "auto")), overrides=kw.get("method_overrides"),
-                                 rerank=kw.get("rerank"))
+                                 rerank=kw.get("rerank"), cpu_amp=bool(kw.get("cpu_amp", False)))
         print(format_metrics(metrics))
     return 0
