@@ -127,3 +127,34 @@ def test_probe_cli_prints_the_group_map_support(pgfl_model_file: Path, tiny_worl
     with pytest.raises(KeyError, match="keypoints"):
         main(["probe", "--model", str(pgfl_model_file), "--index", str(tiny_world.index), "--root",
               str(tiny_world.root)])
+
+
+def test_probe_groundtruth_masks_are_the_worlds_resized_and_an_old_world_is_a_clear_error(tiny_world,
+                                                                                         tmp_path: Path) -> None:
+    """`groundtruth.occluder` for the probe: each probed row's ground-truth mask resized (nearest) to the input
+    size, rows not probed left 0; a world rendered before the mask existed names the file to regenerate."""
+    import cv2
+    import numpy as np
+
+    from reid.data.synthetic import load_groundtruth
+    from reid.engine.probe import groundtruth_masks
+
+    rows = tiny_world.rows
+    occluded = [i for i, r in enumerate(rows) if bool(load_groundtruth(tiny_world.root, r.path)["occluded"])]
+    assert occluded, "the tiny world has no occluded image to probe"
+    probed = occluded[:2] + [0]
+    masks = groundtruth_masks(tiny_world.root, rows, probed, "occluder", (64, 32))
+    assert masks.shape == (len(rows), 64, 32) and masks.dtype == np.uint8
+    for i in probed:
+        want = cv2.resize(load_groundtruth(tiny_world.root, rows[i].path)["occluder"], (32, 64),
+                          interpolation=cv2.INTER_NEAREST)
+        assert np.array_equal(masks[i], want)
+    assert masks[occluded[0]].any()
+    assert not np.delete(masks, probed, axis=0).any()
+    old = tmp_path / "old"
+    rel = Path(rows[occluded[0]].path).with_suffix(".npz")
+    (old / "groundtruth" / rel).parent.mkdir(parents=True)
+    gt = load_groundtruth(tiny_world.root, rows[occluded[0]].path)
+    np.savez(old / "groundtruth" / rel, **{k: v for k, v in gt.items() if k != "occluder"})
+    with pytest.raises(KeyError, match=rf"{rel.name}.*no 'occluder' array.*regenerate"):
+        groundtruth_masks(old, rows, [occluded[0]], "occluder", (64, 32))

@@ -334,7 +334,20 @@ def test_probe_reports_the_person_share_of_dropped_tokens_by_stage():
               "person_share_dropped_stage2": 0.375, "person_share_dropped_stage3": 0.75,
               "person_share_kept_final": 1.0}
     assert {k: v.tolist() for k, v in stats.items()} == {k: [pytest.approx(v)] * 2 for k, v in expect.items()}
+    # the world's occluder mask over token 4 and the lower half of token 2 (rows 24-31, beside the person's 16-23):
+    # coverage [0, 0, .5, 0, 1, 0, 0, 0]: all 1.5 / 8; stage 1 drops 4-7 (0.25), stage 2 drops 2, 3 (0.25),
+    # stage 3 drops 1 (0), token 0 is kept (0)
+    assert method.probe_groundtruth == ("occluder",)
+    occluder = torch.zeros(2, 64, 32, dtype=torch.uint8)
+    occluder[:, 32:48, 0:16] = 1
+    occluder[:, 24:32, 0:16] = 1
+    stats = method.probe(method.build_model(4).eval(), {**_person_batch(), "groundtruth.occluder": occluder})
+    expect.update({"occluder_share_all_tokens": 0.1875, "occluder_share_dropped_stage1": 0.25,
+                   "occluder_share_dropped_stage2": 0.25, "occluder_share_dropped_stage3": 0.0,
+                   "occluder_share_kept_final": 0.0})
+    assert {k: v.tolist() for k, v in stats.items()} == {k: [pytest.approx(v)] * 2 for k, v in expect.items()}
     learned = SUREID(**TINY, npkd=False, noda=False)
-    assert set(learned.probe(learned.build_model(4).eval(), _person_batch())) == set(expect)
+    assert set(learned.probe(learned.build_model(4).eval(), _person_batch())) == {
+        k for k in expect if k.startswith("person")}
     vanilla = SUREID(**TINY, hts=False, npkd=False, noda=False)
-    assert vanilla.probe_caches == {} and vanilla.probe(vanilla.build_model(4).eval(), _person_batch()) == {}
+    assert vanilla.probe_caches == {} and vanilla.probe_groundtruth == () and vanilla.probe(vanilla.build_model(4).eval(), _person_batch()) == {}

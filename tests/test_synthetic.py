@@ -127,7 +127,7 @@ def test_train_and_test_images_are_occluded_by_disjoint_sprites(monkeypatch: pyt
 @pytest.mark.parametrize("world", ["cc", "occ"])
 def test_groundtruth_consistency(world: str, request: pytest.FixtureRequest) -> None:
     root: Path = request.getfixturevalue(world)
-    n_face = 0
+    n_face = n_occ = 0
     for rel in _images(root):
         img = cv2.imread(str(root / rel))
         gt = S.load_groundtruth(root, rel)
@@ -155,9 +155,18 @@ def test_groundtruth_consistency(world: str, request: pytest.FixtureRequest) -> 
         else:
             assert np.isnan(gt["face_box"]).all() and np.isnan(gt["face_landmarks"]).all()
             assert not gt["face_hr"].any()
+        occ = gt["occluder"]
+        assert occ.shape == (h, w) and occ.dtype == np.uint8 and set(np.unique(occ)) <= {0, 1}
         if gt["occluded"]:
             assert (gt["parsing"] == 0).mean() > 0.3
-    assert n_face > 0
+            n_occ += 1
+            assert occ.any(), rel
+            # the occluder hides the person: its pixels are background in the parsing (up to the resampling of
+            # the two maps' edges), and the joints it covers are marked hidden
+            assert (gt["parsing"][occ == 1] == 0).mean() > 0.9, rel
+        else:
+            assert not occ.any()
+    assert n_face > 0 and n_occ > 0
 
 
 def _render(yaw: float, seed: int = 0):

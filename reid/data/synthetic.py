@@ -49,7 +49,7 @@ __all__ = [
     "generate_world", "load_groundtruth", "cue_rank1", "occlusion_stats", "world_checks", "add_arguments", "main",
 ]
 
-SCHEMA_VERSION = 2  # 2: training and test images are occluded by disjoint sprite pools
+SCHEMA_VERSION = 3  # 2: training and test images are occluded by disjoint sprite pools; 3: the occluder mask
 WORLDS = ("synthcc", "synthocc")
 _WORLD_CODE = {"synthcc": 1, "synthocc": 2}
 JPEG_QUALITY = 90
@@ -258,7 +258,7 @@ class World:
         body = render_person(ident, self.outfits[spec.outfit], view, bg, rng, face)
         pt, kps = body.painter, body.keypoints.copy()
         has_face = face is not None and _face_inside(body.face_landmarks, body.face_mask)
-        occluded = False
+        occluded, alpha = False, None
         if spec.occlude:
             alpha = self._occlude(pt, rng, self.occluder_pools["test" if spec.is_test else "train"])
             occluded = True
@@ -274,7 +274,9 @@ class World:
         img = cv2.resize(pt.img, (w, h), interpolation=cv2.INTER_AREA)
         lab = cv2.resize(pt.lab, (w, h), interpolation=_NEAREST)
         img = _camera_effects(img, cam, rng)
-        gt = _groundtruth(lab, kps, body, face, has_face, occluded, h, w)
+        occ = np.zeros((h, w), np.uint8) if alpha is None else (cv2.resize(alpha, (w, h), interpolation=cv2.INTER_AREA)
+                                                                   > 0.5).astype(np.uint8)
+        gt = _groundtruth(lab, kps, body, face, has_face, occluded, occ, h, w)
         return cv2.cvtColor(img, cv2.COLOR_RGB2BGR), gt
 
     def _occlude(self, pt: Painter, rng: np.random.Generator, pool: list[int]) -> np.ndarray:
@@ -313,8 +315,9 @@ def _camera_effects(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> n
 
 
 def _groundtruth(lab: np.ndarray, kps: np.ndarray, body: BodyRender, face: tuple[np.ndarray, np.ndarray] | None,
-                 has_face: bool, occluded: bool, h: int, w: int) -> dict[str, np.ndarray]:
-    """Ground-truth arrays in the saved frame (docs/contracts.md)."""
+                 has_face: bool, occluded: bool, occluder: np.ndarray, h: int, w: int) -> dict[str, np.ndarray]:
+    """Ground-truth arrays in the saved frame (docs/contracts.md); `occluder` (h, w) uint8 is 1 where the pasted
+    occluder hides the scene (its pixels are background in the parsing)."""
     k = np.zeros((17, 3), np.float32)
     xy = _to_saved(kps[:, :2], h, w)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1) & (kps[:, 2] > 0)
@@ -330,7 +333,8 @@ def _groundtruth(lab: np.ndarray, kps: np.ndarray, body: BodyRender, face: tuple
         lms = _to_saved(body.face_landmarks, h, w).astype(np.float32)
         face_hr = face[0]
     return {"parsing": lab.astype(np.uint8), "has_face": np.array(has_face), "face_box": box,
-            "face_landmarks": lms, "keypoints": k, "face_hr": face_hr, "occluded": np.array(occluded)}
+            "face_landmarks": lms, "keypoints": k, "face_hr": face_hr, "occluded": np.array(occluded),
+            "occluder": occluder}
 
 
 # ----------------------------------------------------------------------------------------------- I/O

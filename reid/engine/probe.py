@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+import cv2
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -41,6 +43,14 @@ def probe_model(
     fields = [f"{t}.{f}" for t, fs in method.probe_caches.items() for f in fs]
     ds = ReIDDataset(rows, root, positions, tuple(ckpt["input_size"]), train=False,
                      caches=open_caches(caches or {}, index), fields=fields)
+    if method.probe_groundtruth:
+        if (Path(root) / "groundtruth").is_dir():
+            for key in method.probe_groundtruth:
+                ds.set_field(f"groundtruth.{key}", groundtruth_masks(root, rows, positions, key, ckpt["input_size"]),
+                             "labels")
+        else:
+            log.info("%s: no groundtruth/ folder (not a synthetic world): the probe leaves out its statistics on %s",
+                     root, ", ".join(method.probe_groundtruth))
     dev = next(model.parameters()).device
     values: dict[str, list[torch.Tensor]] = {}
     for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
@@ -53,6 +63,23 @@ def probe_model(
         stats[name] = {"mean": round(float(v.mean()), 5), "std": round(float(v.std()) if len(v) > 1 else 0.0, 5)}
     return {"model": str(model_path), "method": method.name, "split": split, "images": len(positions),
             "stats": stats}
+
+
+def groundtruth_masks(root: str | Path, rows: list, positions: list[int], key: str,
+                      size: tuple[int, int] | list[int]) -> np.ndarray:
+    """(len(rows), H, W) uint8: the synthetic ground truth's mask `key` of each probed row, resized (nearest) to the
+    model's input size; other rows stay 0. A world rendered before the mask existed is a clear error."""
+    from reid.data.synthetic import load_groundtruth
+
+    h, w = int(size[0]), int(size[1])
+    out = np.zeros((len(rows), h, w), np.uint8)
+    for i in positions:
+        gt = load_groundtruth(root, rows[i].path)
+        if key not in gt:
+            raise KeyError(f"{Path(root) / 'groundtruth' / Path(rows[i].path).with_suffix('.npz')}: no {key!r} array; this world was rendered "
+                           f"before the renderer wrote it: regenerate it (snakemake --forcerun synth ...)")
+        out[i] = cv2.resize(np.asarray(gt[key], np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -55,6 +55,7 @@ class Method:
     caches: dict[str, list[str]] = {}
     test_caches: dict[str, list[str]] = {}
     probe_caches: dict[str, list[str]] = {}  # what `python -m reid probe` adds to the batch
+    probe_groundtruth: tuple[str, ...] = ()  # synthetic ground-truth masks the probe adds where the world has them
     image_field: str | None = None  # take the input image from this cached `image` field, not the image file
     require_field: str | None = None  # only rows where this cached flag is nonzero (e.g. faces.has_face)
     rgb_field_augment: bool = False  # training also translates and erases cached `image` fields, jointly
@@ -127,7 +128,8 @@ class Method:
     # --- diagnostics -----------------------------------------------------------------------------------
     def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-image statistics of the method's mechanism (B,) by name, read by `python -m reid probe`; the
-        batch carries the `probe_caches` fields. Default: none."""
+        batch carries the `probe_caches` fields and, on a synthetic world, `groundtruth.<key>` for each key of
+        `probe_groundtruth` (masks at the input size). Default: none."""
         return {}
 
 

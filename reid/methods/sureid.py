@@ -320,6 +320,7 @@ class SUREID(_ViTMethod):
             self.caches = {**self.caches, "parsing": ["labels"]}
             self.test_caches = {"parsing": ["labels"]}
         self.probe_caches = {"parsing": ["labels"]} if hts else {}
+        self.probe_groundtruth = ("occluder",) if hts else ()
         self._noda_gen = torch.Generator().manual_seed(noda_seed)
         self._occluders: dict[str, list[torch.Tensor]] = {}
 
@@ -378,10 +379,15 @@ class SUREID(_ViTMethod):
             person = F.interpolate(person, size=size, mode="nearest")
         return person[:, 0].to(batch["image"].device)
 
-    def person_coverage(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, N) share of person pixels of every patch token of `model`'s patch embedding."""
+    @staticmethod
+    def mask_coverage(model: nn.Module, mask: torch.Tensor) -> torch.Tensor:
+        """(B, N) share of `mask`'s pixels (B, H, W) in every patch token of `model`'s patch embedding."""
         embed = _unwrap(model).backbone.patch_embed
-        return token_coverage(self.person_mask(batch), embed.proj.kernel_size[0], embed.proj.stride[0])
+        return token_coverage(mask, embed.proj.kernel_size[0], embed.proj.stride[0])
+
+    def person_coverage(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, N) share of person pixels of every patch token."""
+        return self.mask_coverage(model, self.person_mask(batch))
 
     def keep_scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The oracle's keep score of every token: its share of person pixels; None for the learned HTS."""
@@ -409,21 +415,26 @@ class SUREID(_ViTMethod):
     @torch.no_grad()
     def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Which tokens HTS drops, per image: the person share (parsing labels > 0) of all tokens, of the tokens
-        dropped at each stage and of those kept to the end. Dropping occluders and background first puts the
-        dropped share below the all-token share; a decision blind to the person leaves them equal."""
+        dropped at each stage and of those kept to the end; on a synthetic world also the occluder share (its
+        ground-truth occluder mask). Dropping occluders and background first puts the dropped person share below
+        the all-token share and the dropped occluder share above it; a decision blind to both leaves them equal."""
         net = _unwrap(model)
         if not self.hts or "parsing.labels" not in batch:
             return {}
-        cover = self.person_coverage(model, batch)
-        _, hts = net.backbone.forward_features(batch["image"], cover if self.keep_by == "parsing" else None)
-        out = {"person_share_all_tokens": cover.mean(1)}
-        kept_before = torch.ones_like(cover, dtype=torch.bool)
+        cover = {"person": self.person_coverage(model, batch)}
+        if "groundtruth.occluder" in batch:
+            cover["occluder"] = self.mask_coverage(model, batch["groundtruth.occluder"].float())
+        _, hts = net.backbone.forward_features(batch["image"], cover["person"] if self.keep_by == "parsing" else None)
+        out = {f"{what}_share_all_tokens": c.mean(1) for what, c in cover.items()}
+        kept_before = torch.ones_like(cover["person"], dtype=torch.bool)
         for s, index in enumerate(hts.keep_index, start=1):
             kept = torch.zeros_like(kept_before).scatter_(1, index, True)
             dropped = kept_before & ~kept
-            out[f"person_share_dropped_stage{s}"] = (cover * dropped).sum(1) / dropped.sum(1).clamp_min(1)
+            for what, c in cover.items():
+                out[f"{what}_share_dropped_stage{s}"] = (c * dropped).sum(1) / dropped.sum(1).clamp_min(1)
             kept_before = kept
-        out["person_share_kept_final"] = (cover * kept_before).sum(1) / kept_before.sum(1).clamp_min(1)
+        for what, c in cover.items():
+            out[f"{what}_share_kept_final"] = (c * kept_before).sum(1) / kept_before.sum(1).clamp_min(1)
         return out
 
     # --- training ------------------------------------------------------------------------------------------
