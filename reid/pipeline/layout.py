@@ -176,10 +176,7 @@ def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
 
 def probe_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     """The run's model, the index and the caches its method's probe reads (`Method.probe_caches`)."""
-    from reid.methods import build_method
-
-    resolved, _ = C.stage_train(cfg, C.model_dataset(cfg, ds), C.model_run(run))
-    method = build_method(resolved["method"], **resolved["method_params"])
+    method = C.run_method(cfg, C.model_dataset(cfg, ds), C.model_run(run))
     deps = {"model": model_path(C.model_dataset(cfg, ds), C.model_run(run)), "index": index_path(ds),
             **index_deps(cfg, ds)}
     deps.update(_cache_inputs(cfg, ds, sorted(method.probe_caches)))

@@ -338,12 +338,17 @@ def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple
     return out, keys
 
 
-def method_caches(cfg: Mapping[str, Any], dataset: str, run_name: str, train: bool = True) -> list[str]:
-    """Cache names (teachers and derived caches) a run reads in training (or at test time)."""
+def run_method(cfg: Mapping[str, Any], dataset: str, run_name: str) -> Any:
+    """The Method object of a run, built from its resolved parameters (what it reads, its probes)."""
     from reid.methods import build_method
 
     resolved, _ = stage_train(cfg, dataset, run_name)
-    method = build_method(resolved["method"], **resolved["method_params"])
+    return build_method(resolved["method"], **resolved["method_params"])
+
+
+def method_caches(cfg: Mapping[str, Any], dataset: str, run_name: str, train: bool = True) -> list[str]:
+    """Cache names (teachers and derived caches) a run reads in training (or at test time)."""
+    method = run_method(cfg, dataset, run_name)
     spec = method.caches if train else method.test_caches
     needed = set(spec)
     for extra in (method.image_field, method.require_field):
