@@ -131,8 +131,11 @@ def test_train_errors_name_the_key() -> None:
 
 
 def test_synth_and_index_stages() -> None:
-    assert C.stage_synth(_cfg(), "toy") == ({"world": "synthcc", "seed": 2, "scale": 0.5, "renderer_version": 2},
-                                            ["datasets.toy.generate"])
+    """The synth stage's resolved params carry the renderer's version, so a renderer change reruns the world."""
+    from reid.data.synthetic import SCHEMA_VERSION
+
+    assert C.stage_synth(_cfg(), "toy") == ({"world": "synthcc", "seed": 2, "scale": 0.5,
+                                             "renderer_version": SCHEMA_VERSION}, ["datasets.toy.generate"])
     assert C.stage_index(_cfg(), "toy") == ({"dataset": "synthcc", "root": "data/toy"},
                                             ["datasets.toy.loader", "datasets.toy.root"])
     with pytest.raises(C.ConfigError, match=r"datasets.real has no `generate:` section"):
