@@ -76,7 +76,8 @@ def groundtruth_masks(root: str | Path, rows: list, positions: list[int], key: s
     for i in positions:
         gt = load_groundtruth(root, rows[i].path)
         if key not in gt:
-            raise KeyError(f"{Path(root) / 'groundtruth' / Path(rows[i].path).with_suffix('.npz')}: no {key!r} array; this world was rendered "
+            npz = Path(root) / "groundtruth" / Path(rows[i].path).with_suffix(".npz")
+            raise KeyError(f"{npz}: no {key!r} array; this world was rendered "
                            f"before the renderer wrote it: regenerate it (snakemake --forcerun synth ...)")
         out[i] = cv2.resize(np.asarray(gt[key], np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
     return out
