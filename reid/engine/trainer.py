@@ -200,7 +200,6 @@ class Trainer:
         self.device = torch.device(resolve_device(cfg.device))
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.amp = cfg.amp and self.device.type == "cuda"
         self.autocast_dtype = autocast_dtype(self.device.type, cfg.amp, cfg.cpu_amp)
         if cfg.cpu_amp and self.device.type == "cpu" and self.autocast_dtype is None:
             log.warning("train.cpu_amp: this CPU has no native bfloat16 (AMX / AVX512-BF16), so it trains in float32")
@@ -236,7 +235,8 @@ class Trainer:
             np.random.seed(self._rank_seed(cfg.seed) % 2**32)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # loss scaling only for float16: bfloat16 has float32's exponent range
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []  # per-epoch log rows, also kept in the checkpoint
 
