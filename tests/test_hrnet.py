@@ -129,3 +129,30 @@ def test_reid_feature_map_from_scratch_tells_images_apart_in_eval_mode() -> None
         feats = net(torch.randn(4, 3, 64, 32))
     assert feats.shape == (4, net.out_channels, 16, 8)
     assert feats.std(0).mean() > 0.1
+
+
+def test_upsample_concat_aligns_corners_as_the_official_isp_code():
+    """A 2x2 branch upsampled to 4x4, by hand: align_corners=True (ISP's cls_hrnet.py) maps the corners onto the
+    corners, so a row [0, 2] becomes 0, 2/3, 4/3, 2; PyTorch's default (False, half-pixel centres) gives 0, 0.5,
+    1.5, 2."""
+    fine = torch.zeros(1, 1, 4, 4)
+    coarse = torch.tensor([[[[0.0, 2.0], [0.0, 2.0]]]])
+    row = upsample_concat([fine, coarse])[0, 1, 0]
+    assert torch.allclose(row, torch.tensor([0.0, 2 / 3, 4 / 3, 2.0]))
+    shifted = upsample_concat([fine, coarse], align_corners=False)[0, 1, 0]
+    assert torch.allclose(shifted, torch.tensor([0.0, 0.5, 1.5, 2.0]))
+
+
+def test_feature_map_align_corners_switch():
+    """HRNetFeatureMap passes its align_corners to the branch upsampling (official default True)."""
+    torch.manual_seed(0)
+    net = HRNetFeatureMap(**HRNET_TINY).eval()
+    assert net.align_corners is True
+    x = torch.randn(1, 3, 64, 32)
+    with torch.no_grad():
+        on = net(x)
+        net.align_corners = False
+        off = net(x)
+    c0 = net.body.channels[0]
+    assert torch.equal(on[:, :c0], off[:, :c0])  # the full-resolution branch is not resampled
+    assert not torch.allclose(on[:, c0:], off[:, c0:])

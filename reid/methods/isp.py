@@ -374,12 +374,14 @@ class ISPNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, num_parts: int = 7, backbone: str = "hrnet_w32", weights: str | None = None,
-                 reduce_dim: int = 256, spatial_attention: bool = True, incre_modules: bool = True) -> None:
+                 reduce_dim: int = 256, spatial_attention: bool = True, incre_modules: bool = True,
+                 align_corners: bool = True) -> None:
         super().__init__()
         if num_parts < 2:
             raise ValueError(f"num_parts (K) must be >= 2, got {num_parts}")
         self.num_parts, self.dim = num_parts, reduce_dim
-        self.backbone = build_feature_backbone(backbone, weights, incre_modules and backbone != "resnet50")
+        self.backbone = build_feature_backbone(backbone, weights, incre_modules and backbone != "resnet50",
+                                               align_corners)
         self.reduce = nn.Sequential(nn.Conv2d(self.backbone.out_channels, reduce_dim, 1), nn.BatchNorm2d(reduce_dim),
                                     nn.ReLU(inplace=True))
         self.part_classifier = nn.Conv2d(reduce_dim, num_parts, 1, bias=False)  # Eq. 5: W_k^T M_g(x, y)
@@ -445,6 +447,7 @@ class ISP(Method):
         reduce_dim: int = 256,
         spatial_attention: bool = True,
         incre_modules: bool = True,
+        align_corners: bool = True,
         alpha: float = 0.1,
         label_smooth: float = 0.1,
         triplet_margin: float = 0.3,
@@ -473,7 +476,7 @@ class ISP(Method):
         if semantics == "parsing" and num_parts not in LIP_PART_GROUPS:
             raise ValueError(f"isp: semantics=parsing needs num_parts in {sorted(LIP_PART_GROUPS)}, got {num_parts}")
         self.num_parts, self.backbone, self.weights, self.reduce_dim = num_parts, backbone, weights, reduce_dim
-        self.spatial_attention, self.incre_modules = spatial_attention, incre_modules
+        self.spatial_attention, self.incre_modules, self.align_corners = spatial_attention, incre_modules, align_corners
         self.alpha, self.label_smooth, self.triplet_margin = alpha, label_smooth, triplet_margin
         self.semantics, self.initial = semantics, initial
         self.period, self.recluster_until = period, recluster_until
@@ -490,7 +493,7 @@ class ISP(Method):
 
     def build_model(self, num_classes: int) -> nn.Module:
         return ISPNet(num_classes, self.num_parts, self.backbone, self.weights, self.reduce_dim,
-                      self.spatial_attention, self.incre_modules)
+                      self.spatial_attention, self.incre_modules, self.align_corners)
 
     # --- training -------------------------------------------------------------------------------------------
     def part_targets(self, batch: Mapping[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

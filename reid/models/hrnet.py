@@ -321,10 +321,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
-def upsample_concat(features: Sequence[Tensor]) -> Tensor:
-    """Bilinearly upsample every map to the first (largest) one's size and concatenate the channels."""
+def upsample_concat(features: Sequence[Tensor], align_corners: bool = True) -> Tensor:
+    """Bilinearly upsample every map to the first (largest) one's size and concatenate the channels.
+
+    `align_corners=True` is ISP's official `cls_hrnet.py` (and HRNet's segmentation code): the corner pixels of
+    a coarse branch land on the corner pixels of the fine one. False is PyTorch's default (half-pixel centres)."""
     size = features[0].shape[-2:]
-    ups = [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features[1:]]
+    ups = [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=align_corners)
+                           for f in features[1:]]
     return torch.cat(ups, dim=1)
 
 
@@ -339,13 +343,15 @@ class HRNetFeatureMap(nn.Module):
     not used. With `incre_modules=True` each branch first passes through the ImageNet classifier's
     `incre_modules` Bottleneck (channels C, 2C, 4C, 8C -> 128, 256, 512, 1024; 1920 in all), as ISP's official
     `cls_hrnet.py` does before its 1x1 reduction; their weights load from the same ImageNet checkpoint
-    (`load_incre_modules`). `out_channels` tells heads what to expect.
+    (`load_incre_modules`). `align_corners` of the branch upsampling: True as ISP's official code (see
+    `upsample_concat`). `out_channels` tells heads what to expect.
     """
 
     def __init__(self, width: int = 32, multi_scale_output: bool = True, incre_modules: bool = False,
-                 **kwargs) -> None:
+                 align_corners: bool = True, **kwargs) -> None:
         super().__init__()
         self.body = HRNet(width=width, multi_scale_output=multi_scale_output, **kwargs)
+        self.align_corners = align_corners
         if incre_modules:
             heads = INCRE_HEAD_CHANNELS[: len(self.body.channels)]
             self.incre_modules: nn.ModuleList | None = nn.ModuleList(
@@ -388,7 +394,7 @@ class HRNetFeatureMap(nn.Module):
         features = self.body.forward_features(x)
         if self.incre_modules is not None:
             features = [m(f) for m, f in zip(self.incre_modules, features)]
-        return upsample_concat(features)
+        return upsample_concat(features, self.align_corners)
 
 
 def hrnet_w32(**kwargs) -> HRNet:

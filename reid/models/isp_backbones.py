@@ -41,11 +41,13 @@ _HRNET_BACKBONES: dict[str, tuple[dict[str, Any], str]] = {
 _HRNET_HEAD_KEYS = ("final_layer", "incre_modules", "downsamp_modules", "classifier")
 
 
-def build_feature_backbone(name: str, weights: str | None = None, incre_modules: bool = False) -> nn.Module:
+def build_feature_backbone(name: str, weights: str | None = None, incre_modules: bool = False,
+                           align_corners: bool = True) -> nn.Module:
     """A module mapping (B, 3, H, W) to a (B, C, H/4, W/4) feature map, with `out_channels` = C.
 
     `incre_modules` (HRNet backbones only): pass each branch through the ImageNet classifier's incre_modules
     Bottleneck (1920 channels in all), loaded from the same checkpoint, as ISP's official code does.
+    `align_corners` (HRNet backbones only): of the bilinear upsampling of the branches (True: the official code).
 
     hrnet_w32: HRNetFeatureMap (480 ch); weights = an ImageNet HRNet-W32 classification checkpoint (or the COCO
     pose one), loaded non-strictly (the classification head keys are ignored). resnet50: torchvision weights.
@@ -54,14 +56,14 @@ def build_feature_backbone(name: str, weights: str | None = None, incre_modules:
     """
     if name in _HRNET_BACKBONES:
         topology, what = _HRNET_BACKBONES[name]
-        net = HRNetFeatureMap(**topology, incre_modules=incre_modules)
+        net = HRNetFeatureMap(**topology, incre_modules=incre_modules, align_corners=align_corners)
         load_pretrained(net.body, weights, what, ignore_prefixes=_HRNET_HEAD_KEYS)
         if weights and incre_modules:
             n = net.load_incre_modules(load_state_dict_file(weights), str(weights))
             log.info("%s: %d incre_modules tensors loaded from %s", what, n, weights)
         return net
     if name == "hrnet_tiny":
-        net = HRNetFeatureMap(**HRNET_TINY, incre_modules=incre_modules)
+        net = HRNetFeatureMap(**HRNET_TINY, incre_modules=incre_modules, align_corners=align_corners)
         if weights:
             load_pretrained(net.body, weights, "tiny HRNet", ignore_prefixes=("incre_modules",))
             if incre_modules:

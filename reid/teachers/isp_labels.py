@@ -46,7 +46,7 @@ DEFAULT_SPLITS = ("train",)
 # Parameters (params.yaml teachers.isp_labels) and their defaults; also what reid/pipeline/check.py types them by.
 DEFAULTS: dict[str, Any] = {"backbone": "hrnet_w32", "num_parts": 7, "input_size": [256, 128], "sharpen": True,
                             "iters": 20, "seed": 0, "splits": list(DEFAULT_SPLITS), "chunk_images": 1024,
-                            "weights": None}
+                            "weights": None, "align_corners": True}
 
 
 def identity_shard_rows(rows: Sequence[IndexRow], shard: tuple[int, int]) -> list[int]:
@@ -88,6 +88,7 @@ class ISPLabelsTeacher(Teacher):
         self.seed = int(params["seed"])
         self.splits = tuple(params["splits"])
         self.chunk_images = int(params["chunk_images"])
+        self.align_corners = bool(params["align_corners"])
         if len(self.input_size) != 2 or self.input_size[0] % 32 or self.input_size[1] % 32:
             raise ValueError(f"isp_labels: input_size must be [H, W] multiples of 32, got {list(self.input_size)}")
         if self.num_parts < 2:
@@ -111,7 +112,7 @@ class ISPLabelsTeacher(Teacher):
         """What decides the labels (chunk size and device do not); `label_set: isp` = no left/right swap on flip."""
         return {"backbone": self.backbone_name, "num_parts": self.num_parts, "input_size": list(self.input_size),
                 "sharpen": self.sharpen, "iters": self.iters, "seed": self.seed, "splits": list(self.splits),
-                "label_set": "isp"}
+                "align_corners": self.align_corners, "label_set": "isp"}
 
     def provenance(self) -> dict[str, Any]:
         out = super().provenance()
@@ -137,7 +138,8 @@ class ISPLabelsTeacher(Teacher):
             torch.manual_seed(self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the warning above already said it
-            net = build_feature_backbone(self.backbone_name, str(self.model_path) if self.model_path else None)
+            net = build_feature_backbone(self.backbone_name, str(self.model_path) if self.model_path else None,
+                                         align_corners=self.align_corners)
         self.net = net.eval().to(self.device)
 
     @torch.no_grad()
