@@ -376,3 +376,18 @@ def test_probe_measures_attention_against_the_parsing_mask():
     assert corr.abs().max() < 0.99
     plain = DeskPro(**{**ABLATIONS["model1_baseline"], **TINY})
     assert plain.probe(plain.build_model(C).eval(), batch) == {}
+
+
+@pytest.mark.parametrize("row", ["model4_student_flip", "model5_student_kd_flip"])
+def test_flip_only_rows_train_on_unmoved_faces(row: str) -> None:
+    """Rows 4-5 with `face_augment: false`: the dataset only flips the face crops (which the cache's two teacher
+    views cover), never translates or erases them (the trainer hands `rgb_field_augment` to the dataset as
+    `rgb_augment`); otherwise the row equals the paper's row it mirrors."""
+    from reid.methods.deskpro import FACE_FLIP_ONLY
+    from reid.pipeline import params as C
+
+    mirrored = row.replace("_flip", "")
+    assert C.ablation_overrides("deskpro", row) == {**ABLATIONS[mirrored], "face_augment": False}
+    assert DeskPro(**{**C.ablation_overrides("deskpro", row), **TINY}).rgb_field_augment is False
+    assert DeskPro(**{**ABLATIONS[mirrored], **TINY}).rgb_field_augment is True
+    assert set(FACE_FLIP_ONLY) == {"model4_student_flip", "model5_student_kd_flip"}
