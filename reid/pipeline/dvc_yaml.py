@@ -35,7 +35,6 @@ from reid.pipeline.layout import (
     onnx_dir,
     pretrain_arch,
     pretrain_deps,
-    root_of,
     shard_paths,
     teacher_deps,
     train_deps,
@@ -153,7 +152,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         _, keys = C.stage_index(cfg, ds)
         deps = list(index_deps(cfg, ds).values())
         if not is_generated(cfg, ds):
-            deps.append(root_of(cfg, ds))
+            deps.append(C.dataset_root(cfg, ds))
         add(Stage(f"index-{ds}", _pipeline_cmd("index", ds, index_path(ds)), code_deps("index") + deps,
                   [index_path(ds)], keys))
 

@@ -90,11 +90,6 @@ def is_generated(cfg: Mapping[str, Any], ds: str) -> bool:
     return bool(C.dataset_cfg(cfg, ds).get("generate"))
 
 
-def root_of(cfg: Mapping[str, Any], ds: str) -> str:
-    """The one place a dataset's root is derived: data/<ds> for a generated world, else `datasets.<ds>.root`."""
-    return C.dataset_root(cfg, ds)
-
-
 def _cache_inputs(cfg: Mapping[str, Any], ds: str, names: list[str]) -> dict[str, str]:
     out = {}
     teachers, derived = C.teacher_names(cfg), C.derived_caches()

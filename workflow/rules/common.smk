@@ -58,7 +58,7 @@ def teach_command(wildcards, input, output):
     resolved_json = shlex.quote(C.to_json(C.stage_teacher(config, ds, teacher)[0]))
     caches = D.cache_args(D.teacher_deps(config, ds, teacher))
     return (f"python -m reid pipeline teach --dataset {ds} --teacher {teacher} --resolved {resolved_json} "
-            f"--index {shlex.quote(input.index)} --root {shlex.quote(D.root_of(config, ds))} {caches} "
+            f"--index {shlex.quote(input.index)} --root {shlex.quote(C.dataset_root(config, ds))} {caches} "
             f"--out {shlex.quote(output[0])}")
 
 

@@ -25,7 +25,7 @@ rule index:
         "cache/{dataset}/index.csv",
     params:
         resolved=resolved(C.stage_index, "dataset"),
-        root=lambda wc: D.root_of(config, wc.dataset),
+        root=lambda wc: C.dataset_root(config, wc.dataset),
     log:
         "logs/{dataset}/index.log",
     benchmark:

@@ -47,7 +47,7 @@ rule probe:
     output:
         "results/{dataset}/{run}/probe.json",
     params:
-        root=lambda wc: D.root_of(config, wc.dataset),
+        root=lambda wc: C.dataset_root(config, wc.dataset),
         caches=caches_arg(lambda wc: D.probe_deps(config, wc.dataset, wc.run)),
     log:
         "logs/{dataset}/probe_{run}.log",

@@ -30,7 +30,7 @@ rule teach_shard:
         "cache/{dataset}/{teacher}.shards/{i}-of-{n}.h5",
     params:
         resolved=resolved(C.stage_teacher, "dataset", "teacher"),
-        root=lambda wc: D.root_of(config, wc.dataset),
+        root=lambda wc: C.dataset_root(config, wc.dataset),
         caches=caches_arg(lambda wc: D.teacher_deps(config, wc.dataset, wc.teacher)),
     log:
         "logs/{dataset}/teach_{teacher}.{i}-of-{n}.log",
@@ -55,7 +55,7 @@ rule teacher_outputs:
         resolved=lambda wc: shlex.quote(
             C.to_json(C.stage_evaluate(config, wc.dataset, C.derived_caches()[wc.derived])[0])
         ),
-        root=lambda wc: D.root_of(config, wc.dataset),
+        root=lambda wc: C.dataset_root(config, wc.dataset),
         caches=caches_arg(lambda wc: D.derived_deps(config, wc.dataset, wc.derived)),
     log:
         "logs/{dataset}/outputs_{derived}.log",

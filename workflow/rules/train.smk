@@ -10,7 +10,7 @@ rule pretrain:
     params:
         resolved=lambda wc: shlex.quote(C.to_json(C.stage_pretrain(config, wc.arch)[0])),
         dataset=lambda wc: C.pretrain_dataset(config),
-        root=lambda wc: D.root_of(config, C.pretrain_dataset(config)),
+        root=lambda wc: C.dataset_root(config, C.pretrain_dataset(config)),
     log:
         "logs/pretrain/{arch}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule train:
         log_csv="models/{dataset}/{run}/train_log.csv",
     params:
         resolved=resolved(C.stage_train, "dataset", "run"),
-        root=lambda wc: D.root_of(config, wc.dataset),
+        root=lambda wc: C.dataset_root(config, wc.dataset),
         caches=caches_arg(lambda wc: D.train_deps(config, wc.dataset, wc.run)),
         out_dir=lambda wc: D.model_dir(wc.dataset, wc.run),
         launcher=train_launcher,
@@ -62,7 +62,7 @@ rule evaluate:
         per_query="results/{dataset}/{run}/per_query.csv",
     params:
         resolved=resolved(C.stage_evaluate, "dataset", "run"),
-        root=lambda wc: D.root_of(config, wc.dataset),
+        root=lambda wc: C.dataset_root(config, wc.dataset),
         caches=caches_arg(lambda wc: D.evaluate_deps(config, wc.dataset, wc.run)),
     log:
         "logs/{dataset}/evaluate_{run}.log",
