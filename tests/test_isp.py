@@ -476,3 +476,16 @@ def test_incre_modules_follow_the_official_layout_and_load_from_the_imagenet_che
         torch.testing.assert_close(loaded.eval()(x), source.eval()(x))
         assert loaded(x).shape == (1, 1920, 16, 8)
     assert build_feature_backbone("hrnet_tiny", str(ckpt)).out_channels == sum(source.body.channels)
+
+
+def test_a_model_saved_before_align_corners_existed_is_rebuilt_as_it_was_trained() -> None:
+    """New ISP runs upsample the HRNet branches with align_corners=True (the official code); a record without the
+    parameter (a model.pt from before it existed) rebuilds with False, the upsampling it was trained with."""
+    from reid.methods.base import method_from_record
+
+    tiny = {"backbone": "hrnet_tiny", "reduce_dim": 8, "incre_modules": False}
+    assert ISP(**tiny).align_corners is True
+    old = method_from_record("isp", tiny)
+    assert old.align_corners is False
+    assert old.build_model(3).backbone.align_corners is False
+    assert method_from_record("isp", {**tiny, "align_corners": True}).align_corners is True

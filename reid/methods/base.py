@@ -71,6 +71,9 @@ class Method:
     # Overrides that make the network tiny (CPU tests at 64 x 32 input, tests/test_registries.py); never used by
     # the pipeline.
     tiny_params: ClassVar[Row] = {}
+    # Parameters added after records (model.pt, model.json) were first saved -> the value a record that lacks them
+    # was made with, so an old model is rebuilt as it was trained, not with the new default.
+    record_defaults: ClassVar[Row] = {}
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -157,4 +160,4 @@ def method_from_record(name: str, params: Mapping[str, Any], module: str | None 
         from reid.registry import import_plugin
 
         import_plugin(str(module), f"{where} method_module".strip())
-    return build_method(name, **params)
+    return build_method(name, **{**get_method_class(name).record_defaults, **params})

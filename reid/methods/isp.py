@@ -438,6 +438,7 @@ class ISP(Method):
     caches = {"isp_labels": ["labels"]}
     test_caches: dict[str, list[str]] = {}
     probe_caches = {"parsing": ["labels"]}  # Table 3 of the predicted parts against the parsing
+    record_defaults = {"align_corners": False}  # models saved before the parameter existed upsampled that way
 
     def __init__(
         self,
