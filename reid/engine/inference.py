@@ -79,7 +79,9 @@ def extract(
 ) -> dict[str, torch.Tensor]:
     """Run `method.embed` over a dataset; returns each feature key concatenated over rows (on CPU).
 
-    Autocast: float16 on CUDA; bfloat16 on a CPU with native bf16 when `cpu_amp` (features come back as float32)."""
+    Autocast: float16 on CUDA; bfloat16 on a CPU with native bf16 when `cpu_amp` (features come back as float32).
+    Under bfloat16 the model's 4-D weights are switched to channels_last in place (`Module.to` mutates; the values
+    and every later output are unchanged, only the memory layout differs), the layout oneDNN's bf16 kernels want."""
     device = next(model.parameters()).device
     dtype = autocast_dtype(device.type, True, cpu_amp)
     if dtype == torch.bfloat16:
