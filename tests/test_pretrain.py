@@ -114,6 +114,29 @@ def test_pretrained_runs_take_the_datasets_weights_and_depend_on_the_file() -> N
         C.stage_train(cfg2, "synthcc", "isp--pretrained")
 
 
+def test_a_pretrained_student_distils_from_a_teacher_of_the_same_init() -> None:
+    """The derived caches (a trained teacher's outputs) follow the run's init; the auxiliary models' do not."""
+    import re
+
+    cfg = C.load_params(REPO / "params.yaml")
+    scratch, pre = D.train_deps(cfg, "synthcc", "deskpro--s1"), D.train_deps(cfg, "synthcc", "deskpro--pretrained--s1")
+    assert scratch["face_teacher"] == "cache/synthcc/face_teacher.h5"
+    assert pre["face_teacher"] == "cache/synthcc/face_teacher--pretrained.h5"
+    assert pre["parsing"] == scratch["parsing"] == "cache/synthcc/parsing.h5"
+    assert D.derived_deps(cfg, "synthcc", "face_teacher")["model"] == "models/synthcc/deskpro_face_teacher/model.pt"
+    teacher = D.derived_deps(cfg, "synthcc", "face_teacher--pretrained")
+    assert teacher["model"] == "models/synthcc/deskpro_face_teacher--pretrained/model.pt"
+    teacher_train = D.train_deps(cfg, "synthcc", C.derived_cache_run("face_teacher--pretrained"))
+    assert teacher_train["weights"] == "models/pretrain/osnet_x0_25.pth"
+    vit = D.train_deps(cfg, "synthocc", "sureid--pretrained")["vit_teacher"]
+    assert vit == "cache/synthocc/vit_teacher--pretrained.h5"
+    assert C.derived_cache_run("vit_teacher--pretrained") == "sureid_teacher--pretrained"
+    for bad in ("parsing--pretrained", "face_teacher--pretrained--s1"):
+        assert not re.fullmatch(C.derived_cache_pattern(), bad)
+        with pytest.raises(C.ConfigError, match="not a derived cache"):
+            C.derived_cache_run(bad)
+
+
 @pytest.mark.slow
 def test_pretrained_runs_plan_the_pretrain_stage_in_both_orchestrators(tmp_path: Path, repo_copier) -> None:
     import yaml
@@ -123,7 +146,8 @@ def test_pretrained_runs_plan_the_pretrain_stage_in_both_orchestrators(tmp_path:
 
     work = repo_copier(tmp_path / "repo")
     p = yaml.safe_load((work / "params.yaml").read_text())
-    p["dvc"]["runs"] = ["synthocc/pgfl_kd--pretrained", "synthcc/deskpro--model3_csa_att--pretrained--s1"]
+    p["dvc"]["runs"] = ["synthocc/pgfl_kd--pretrained", "synthcc/deskpro--model3_csa_att--pretrained--s1",
+                        "synthcc/deskpro--model5_student_kd--pretrained--s1"]
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     proc = snakemake(work, "-n", "--forceall", "--cores", "1", *(D.metrics_path(*C.split_target(t))
                                                                   for t in p["dvc"]["runs"]))
@@ -137,6 +161,9 @@ def test_pretrained_runs_plan_the_pretrain_stage_in_both_orchestrators(tmp_path:
     assert {"pretrain-resnet18", "pretrain-osnet_x0_25", "synth-synthpre", "index-synthpre"} <= set(stages)
     assert "models/pretrain/resnet18.pth" in stages["train-synthocc-pgfl_kd--pretrained"]["deps"]
     assert stages["pretrain-resnet18"]["params"] == ["pretrain"]
+    kd = stages["train-synthcc-deskpro--model5_student_kd--pretrained--s1"]["deps"]
+    assert "cache/synthcc/face_teacher--pretrained.h5" in kd and "cache/synthcc/face_teacher.h5" not in kd
+    assert "models/pretrain/osnet_x0_25.pth" in stages["train-synthcc-deskpro_face_teacher--pretrained"]["deps"]
 
 
 @pytest.mark.slow

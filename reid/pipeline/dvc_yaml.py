@@ -156,17 +156,18 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         add(Stage(f"index-{ds}", _pipeline_cmd("index", ds, index_path(ds)), code_deps("index") + deps,
                   [index_path(ds)], keys))
 
-    def need_cache(ds: str, name: str) -> None:
+    def need_cache(ds: str, name: str, path: str) -> None:
         if name in C.derived_caches():
-            run = C.derived_caches()[name]
+            stem = path.rsplit("/", 1)[-1].removesuffix(".h5")  # face_teacher or face_teacher--pretrained
+            run = C.derived_cache_run(stem)
             need_model(ds, run)
-            deps = derived_deps(cfg, ds, name)
+            deps = derived_deps(cfg, ds, stem)
             need_caches(ds, deps)
             _, keys = C.stage_evaluate(cfg, ds, run)
             extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
-            add(Stage(f"outputs-{ds}-{name}", _pipeline_cmd("teacher-outputs", ds, cache_path(ds, name), extra),
+            add(Stage(f"outputs-{ds}-{stem}", _pipeline_cmd("teacher-outputs", ds, path, extra),
                       code_deps("teacher-outputs", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
-                      [cache_path(ds, name)], keys))
+                      [path], keys))
             return
         need_index(ds)
         deps = teacher_deps(cfg, ds, name)
@@ -191,7 +192,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
             if is_weights_key(dep):
                 need_weights(path)
             elif dep not in NON_CACHE_DEPS:
-                need_cache(ds, dep)
+                need_cache(ds, dep, path)
 
     def need_weights(path: str) -> None:
         """A weights file the pretrain stage makes gets that stage; any other is a plain dependency."""

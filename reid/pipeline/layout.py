@@ -6,7 +6,8 @@ DAGs cannot drift apart; tests/test_dag.py checks that Snakemake's planned jobs 
     data/<ds>/                          generated synthetic world (real datasets live where params.yaml says)
     cache/<ds>/index.csv                dataset index
     cache/<ds>/<teacher>.h5             teacher cache (parsing, faces, restored_faces, keypoints, isp_labels)
-    cache/<ds>/<derived>.h5             outputs of a trained teacher model (face_teacher, vit_teacher)
+    cache/<ds>/<derived>.h5             outputs of a trained teacher model (face_teacher, vit_teacher;
+                                        <derived>--pretrained.h5 for --pretrained runs: a pretrained teacher)
     models/<ds>/<run>/model.pt          trained student (+ train_log.csv, checkpoint.pt)
     models/pretrain/<arch>.pth          pretrain stage: a miniature ImageNet stand-in (+ <arch>.json)
     results/<ds>/<run>/metrics.json     evaluation
@@ -90,15 +91,20 @@ def is_generated(cfg: Mapping[str, Any], ds: str) -> bool:
     return bool(C.dataset_cfg(cfg, ds).get("generate"))
 
 
-def _cache_inputs(cfg: Mapping[str, Any], ds: str, names: list[str]) -> dict[str, str]:
+def _cache_inputs(cfg: Mapping[str, Any], ds: str, names: list[str], pretrained: bool = False) -> dict[str, str]:
+    """Cache name -> file; a `--pretrained` run reads the derived caches of the pretrained teacher runs."""
     out = {}
     teachers, derived = C.teacher_names(cfg), C.derived_caches()
     for name in names:
         if name not in teachers and name not in derived:
             raise C.ConfigError(f"unknown cache {name!r}: not a teacher configured under `teachers:` "
                                 f"{tuple(teachers)} nor a derived cache {tuple(derived)}")
-        out[name] = cache_path(ds, name)
+        out[name] = cache_path(ds, C.derived_cache_name(name, pretrained) if name in derived else name)
     return out
+
+
+def _pretrained(run: str) -> bool:
+    return C.parse_run(run).pretrained
 
 
 def index_deps(cfg: Mapping[str, Any], ds: str) -> dict[str, str]:
@@ -142,7 +148,7 @@ def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     """index + caches + every backbone weights file the run loads (a pretrain stage's output, or a user's
     ImageNet file: new weights retrain)."""
     deps = {"index": index_path(ds), **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=True)))
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=True), _pretrained(run)))
     params = C.stage_train(cfg, ds, run)[0]["method_params"]
     deps.update({k: str(v) for k, v in sorted(params.items()) if is_weights_key(k) and v})
     return deps
@@ -154,10 +160,11 @@ def pretrain_deps(cfg: Mapping[str, Any]) -> dict[str, str]:
     return {"index": index_path(ds), **index_deps(cfg, ds)}
 
 
-def derived_deps(cfg: Mapping[str, Any], ds: str, name: str) -> dict[str, str]:
-    run = C.derived_caches()[name]
+def derived_deps(cfg: Mapping[str, Any], ds: str, stem: str) -> dict[str, str]:
+    """The teacher run's model (the pretrained one for `<name>--pretrained`), the index and its test caches."""
+    run = C.derived_cache_run(stem)
     deps = {"model": model_path(ds, run), "index": index_path(ds), **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False), _pretrained(run)))
     return deps
 
 
@@ -165,7 +172,7 @@ def evaluate_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     # an evaluation-only row (EVAL_ABLATIONS) reads the model of the row it reuses
     model = model_path(C.model_dataset(cfg, ds), C.model_run(run))
     deps = {"model": model, "index": index_path(ds), **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False)))
+    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=False), _pretrained(run)))
     return deps
 
 
@@ -174,7 +181,7 @@ def probe_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     method = C.run_method(cfg, C.model_dataset(cfg, ds), C.model_run(run))
     deps = {"model": model_path(C.model_dataset(cfg, ds), C.model_run(run)), "index": index_path(ds),
             **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, sorted(method.probe_caches)))
+    deps.update(_cache_inputs(cfg, ds, sorted(method.probe_caches), _pretrained(run)))
     return deps
 
 

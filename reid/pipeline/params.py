@@ -102,6 +102,27 @@ def derived_caches() -> dict[str, str]:
     return {METHODS.get(m).provides_cache: m for m in METHODS.names() if METHODS.get(m).provides_cache}
 
 
+def derived_cache_name(name: str, pretrained: bool) -> str:
+    """The file stem of derived cache `name` as a run of either init reads it: a `--pretrained` student is
+    distilled from a teacher that started from the same pretrained weights (`face_teacher--pretrained`)."""
+    return f"{name}--{PRETRAINED}" if pretrained else name
+
+
+def derived_cache_run(stem: str) -> str:
+    """The run that makes the derived cache file `stem` (`face_teacher` -> `deskpro_face_teacher`,
+    `face_teacher--pretrained` -> `deskpro_face_teacher--pretrained`)."""
+    base, suffix, rest = stem.partition(f"--{PRETRAINED}")
+    if rest or base not in derived_caches():
+        raise ConfigError(f"{stem!r} is not a derived cache: expected one of {tuple(derived_caches())}, optionally "
+                          f"followed by --{PRETRAINED}")
+    return derived_caches()[base] + suffix
+
+
+def derived_cache_pattern() -> str:
+    """Regular expression of every derived cache file stem (the Snakemake wildcard constraint)."""
+    return f"(?:{'|'.join(derived_caches())})(?:--{PRETRAINED})?"
+
+
 def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
     node: Any = cfg
     for part in dotted.split("."):

@@ -19,7 +19,7 @@ wildcard_constraints:
     teacher="|".join(C.teacher_names(config)),  # the keys of `teachers:` in params.yaml
     i="[0-9]+",
     n="[0-9]+",
-    derived="|".join(C.derived_caches()),  # the `provides_cache` of registered teacher methods
+    derived=C.derived_cache_pattern(),  # the `provides_cache` of registered teacher methods [--pretrained]
     method="[a-z0-9_]+",
     arch="|".join(C.pretrain_archs()),  # reid/engine/pretrain.py ARCHS
 

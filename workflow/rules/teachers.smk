@@ -51,9 +51,9 @@ rule teacher_outputs:
     output:
         "cache/{dataset}/{derived}.h5",
     params:
-        run=lambda wc: C.derived_caches()[wc.derived],
+        run=lambda wc: C.derived_cache_run(wc.derived),
         resolved=lambda wc: shlex.quote(
-            C.to_json(C.stage_evaluate(config, wc.dataset, C.derived_caches()[wc.derived])[0])
+            C.to_json(C.stage_evaluate(config, wc.dataset, C.derived_cache_run(wc.derived))[0])
         ),
         root=lambda wc: C.dataset_root(config, wc.dataset),
         caches=caches_arg(lambda wc: D.derived_deps(config, wc.dataset, wc.derived)),
