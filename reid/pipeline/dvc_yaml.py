@@ -20,6 +20,7 @@ from reid.pipeline.layout import (
     NON_CACHE_DEPS,
     cache_args,
     cache_path,
+    cache_stem,
     cmc_y,
     data_dir,
     derived_deps,
@@ -158,7 +159,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
 
     def need_cache(ds: str, name: str, path: str) -> None:
         if name in C.derived_caches():
-            stem = path.rsplit("/", 1)[-1].removesuffix(".h5")  # face_teacher or face_teacher--pretrained
+            stem = cache_stem(path)  # face_teacher, or face_teacher--pretrained for a --pretrained run
             run = C.derived_cache_run(stem)
             need_model(ds, run)
             deps = derived_deps(cfg, ds, stem)

@@ -33,6 +33,11 @@ def cache_path(ds: str, name: str) -> str:
     return f"cache/{ds}/{name}.h5"
 
 
+def cache_stem(path: str) -> str:
+    """The inverse of `cache_path`: the cache's file stem (`face_teacher`, `face_teacher--pretrained`)."""
+    return path.rsplit("/", 1)[-1].removesuffix(".h5")
+
+
 def model_dir(ds: str, run: str) -> str:
     return f"models/{ds}/{run}"
 
