@@ -72,6 +72,11 @@ def load_model(
     return method, model, ckpt
 
 
+def extraction_dtype(model: torch.nn.Module, cpu_amp: bool) -> torch.dtype | None:
+    """The autocast dtype `extract` embeds under for this model's device (None: float32); metrics.json records it."""
+    return autocast_dtype(next(model.parameters()).device.type, True, cpu_amp)
+
+
 @torch.no_grad()
 def extract(
     method: Method, model: torch.nn.Module, dataset: ReIDDataset, batch_size: int = 64, workers: int = 2,
@@ -83,7 +88,7 @@ def extract(
     Under bfloat16 the model's 4-D weights are switched to channels_last in place (`Module.to` mutates; the values
     and every later output are unchanged, only the memory layout differs), the layout oneDNN's bf16 kernels want."""
     device = next(model.parameters()).device
-    dtype = autocast_dtype(device.type, True, cpu_amp)
+    dtype = extraction_dtype(model, cpu_amp)
     if dtype == torch.bfloat16:
         model = model.to(memory_format=torch.channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=worker_init)
@@ -190,8 +195,7 @@ def evaluate_model(
         "num_query_images": len(q_rows),
         "num_gallery_images": len(g_rows),
         "embed_images_per_s": round(n_images / max(embed_s, 1e-9), 2),
-        "embed_dtype": str(autocast_dtype(next(model.parameters()).device.type, True, cpu_amp) or torch.float32)
-        .removeprefix("torch."),
+        "embed_dtype": str(extraction_dtype(model, cpu_amp) or torch.float32).removeprefix("torch."),
         "test_caches": sorted(method.test_caches),
     })
     if rerank:
