@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
+from bench_io import report, setup  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.cache.h5 import CacheReader, CacheWriter  # noqa: E402
 from reid.data.transforms import normalize_rgb  # noqa: E402
 from reid.methods.deskpro import ABLATIONS, DeskPro  # noqa: E402
@@ -313,14 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*pretrained.*")
-    warnings.filterwarnings("ignore", message=".*weights.*")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args)
-    print(table(result))
-    write_result(result, args.out)
-    return 0
+    setup(args.threads, quiet=(".*pretrained.*", ".*weights.*"))
+    return report(run(args), table, args.out)
 
 
 if __name__ == "__main__":

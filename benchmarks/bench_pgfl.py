@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
+from bench_io import report, setup  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.methods.pgfl_kd import ABLATIONS, PGFLKD, PGFLNet, pgfl_flops  # noqa: E402
 from reid.models.hrnet import hrnet_tiny, hrnet_w32  # noqa: E402
 
@@ -135,9 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*no pretrained weights.*")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     result = {
@@ -151,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         **bench_inference(args, device),
         **bench_training(args, device),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    write_result(result, args.out)
-    return 0
+    return report(result, lambda r: json.dumps(r, indent=2), args.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
+from bench_io import report  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.data.datasets import load_synthcc  # noqa: E402
 from reid.data.index import read_index, write_index  # noqa: E402
 from reid.data.synthetic import generate_world  # noqa: E402
@@ -231,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.single:
         return single(args)
-    result = run(args)
-    print(table(result))
-    write_result(result, args.out)
-    return 0
+    return report(run(args), table, args.out)
 
 
 if __name__ == "__main__":

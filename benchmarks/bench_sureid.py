@@ -16,14 +16,13 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
+from bench_io import report, setup  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.methods.sureid import PAPER_TABLES  # noqa: E402
 from reid.models.vit import ARCHS, VisionTransformer, build_vit, keep_counts  # noqa: E402
 
@@ -131,13 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*no pretrained weights.*")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args)
-    print(table(result))
-    write_result(result, args.out)
-    return 0
+    setup(args.threads)
+    return report(run(args), table, args.out)
 
 
 if __name__ == "__main__":
