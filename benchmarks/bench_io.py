@@ -1,4 +1,4 @@
-"""What every benchmark script shares: quieting the stand-in models, pinning threads, printing and writing the result."""
+"""What every benchmark script shares: quieting stand-in models, pinning threads, printing and writing the result."""
 from __future__ import annotations
 
 import json
