@@ -27,6 +27,11 @@ def setup(threads: int | None, quiet: tuple[str, ...] = (".*no pretrained weight
         torch.set_num_threads(threads)
 
 
+def json_text(result: dict[str, Any]) -> str:
+    """The result itself as the printed table, for scripts whose numbers read best as indented JSON."""
+    return json.dumps(result, indent=2)
+
+
 def report(result: dict[str, Any], table: Callable[[dict[str, Any]], str], out: Path | None) -> int:
     """Print ``table(result)``, write the JSON to ``out`` (when given); the script's exit status (0)."""
     print(table(result))

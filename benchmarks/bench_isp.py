@@ -23,7 +23,6 @@ Usage: python benchmarks/bench_isp.py [--quick] [--device cpu|cuda] [--limit-ima
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_io import write_result  # noqa: E402  (the scripts' folder is on sys.path)
+from bench_io import json_text, report  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.models.isp_clustering import cascaded_clustering  # noqa: E402
 
 PAPER_HOURS_PER_RUN = 6.3
@@ -151,11 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    write_result(result, args.out)
-    return 0
+    return report(run(args), json_text, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Usage: python benchmarks/bench_pgfl.py [--quick] [--out bench.json]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_io import report, setup  # noqa: E402  (the scripts' folder is on sys.path)
+from bench_io import json_text, report, setup  # noqa: E402  (the scripts' folder is on sys.path)
 from reid.methods.pgfl_kd import ABLATIONS, PGFLKD, PGFLNet, pgfl_flops  # noqa: E402
 from reid.models.hrnet import hrnet_tiny, hrnet_w32  # noqa: E402
 
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         **bench_inference(args, device),
         **bench_training(args, device),
     }
-    return report(result, lambda r: json.dumps(r, indent=2), args.out)
+    return report(result, json_text, args.out)
 
 
 if __name__ == "__main__":
