@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reid.engine.pretrain import ARCHS, PretrainConfig, lr_at, official_state, pretrain
+from reid.methods import build_method
 from reid.pipeline import layout as D
 from reid.pipeline import params as C
 
@@ -131,6 +132,13 @@ def test_a_pretrained_student_distils_from_a_teacher_of_the_same_init() -> None:
     vit = D.train_deps(cfg, "synthocc", "sureid--pretrained")["vit_teacher"]
     assert vit == "cache/synthocc/vit_teacher--pretrained.h5"
     assert C.derived_cache_run("vit_teacher--pretrained") == "sureid_teacher--pretrained"
+    # SUREID's strong-teacher control: a scratch student distilled from the pretrained teacher; the learned row
+    # of the same configuration keeps the teacher of its own init
+    control = D.train_deps(cfg, "synthocc", "sureid--strong_teacher_npkd--s1")
+    assert control["vit_teacher"] == vit and "deit_small_weights" not in control
+    assert D.train_deps(cfg, "synthocc", "sureid--t4_hts_npkd--s1")["vit_teacher"] == "cache/synthocc/vit_teacher.h5"
+    with pytest.raises(ValueError, match="teacher_init"):
+        build_method("sureid", teacher_init="scratch")
     for bad in ("parsing--pretrained", "face_teacher--pretrained--s1"):
         assert not re.fullmatch(C.derived_cache_pattern(), bad)
         with pytest.raises(C.ConfigError, match="not a derived cache"):

@@ -68,6 +68,10 @@ class Method:
     claims: ClassVar[tuple["Claim", ...]] = ()  # what the paper says one row does better than another
     knobs: ClassVar[dict[str, str]] = {}  # top-level params.yaml key -> parameter (`dvc exp run -S alpha=0.8`)
     provides_cache: ClassVar[str | None] = None  # a teacher method: the derived cache its outputs make
+    # Which init's trained teacher the derived caches (face_teacher, vit_teacher) come from: None = the run's own
+    # (a `--pretrained` run reads `<cache>--pretrained.h5`); True = always the pretrained teacher (a control that
+    # distils a scratch student from a stronger teacher). Set per instance from the method's params.
+    teacher_pretrained: bool | None = None
     # Overrides that make the network tiny (CPU tests at 64 x 32 input, tests/test_registries.py); never used by
     # the pipeline.
     tiny_params: ClassVar[Row] = {}

@@ -112,6 +112,13 @@ def _pretrained(run: str) -> bool:
     return C.parse_run(run).pretrained
 
 
+def _teacher_pretrained(cfg: Mapping[str, Any], ds: str, run: str) -> bool:
+    """Whether the run reads the pretrained teacher's derived caches: its own init unless its method says
+    (`Method.teacher_pretrained`, e.g. SUREID's `teacher_init: pretrained`)."""
+    chosen = C.run_method(cfg, C.model_dataset(cfg, ds), C.model_run(run)).teacher_pretrained
+    return _pretrained(run) if chosen is None else bool(chosen)
+
+
 def index_deps(cfg: Mapping[str, Any], ds: str) -> dict[str, str]:
     return {"root": data_dir(ds)} if is_generated(cfg, ds) else {}
 
@@ -153,7 +160,8 @@ def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     """index + caches + every backbone weights file the run loads (a pretrain stage's output, or a user's
     ImageNet file: new weights retrain)."""
     deps = {"index": index_path(ds), **index_deps(cfg, ds)}
-    deps.update(_cache_inputs(cfg, ds, C.method_caches(cfg, ds, run, train=True), _pretrained(run)))
+    names = C.method_caches(cfg, ds, run, train=True)
+    deps.update(_cache_inputs(cfg, ds, names, _teacher_pretrained(cfg, ds, run)))
     params = C.stage_train(cfg, ds, run)[0]["method_params"]
     deps.update({k: str(v) for k, v in sorted(params.items()) if is_weights_key(k) and v})
     return deps
