@@ -70,6 +70,10 @@ def test_interpolation_teacher_8d_to_student_4d_by_hand():
     # diff [0.5, -0.5, -1.5, -2.5] -> 0.25 + 0.25 + 2.25 + 6.25 = 9.0
     f_s = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     assert float(npkd_feature_loss(f_s, align_features(teacher, 4))) == pytest.approx(9.0)
+    # DynamicViT's per-element reading: 9.0 / 4 channels
+    assert float(npkd_feature_loss(f_s, align_features(teacher, 4), "mean")) == pytest.approx(2.25)
+    with pytest.raises(ValueError, match="reduction"):
+        npkd_feature_loss(f_s, f_s, "max")
     # Eq. 13: lambda * KL + l2 = 0.1 * 2 + 9 = 9.2
     assert float(npkd_loss(torch.tensor(2.0), torch.tensor(9.0), 0.1)) == pytest.approx(9.2)
     with pytest.raises(ValueError):
