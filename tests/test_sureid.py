@@ -69,9 +69,9 @@ def test_interpolation_teacher_8d_to_student_4d_by_hand():
     # Eq. 13 feature term: f_s = [1, 2, 3, 4] vs I(f_t) = [0.5, 2.5, 4.5, 6.5]
     # diff [0.5, -0.5, -1.5, -2.5] -> 0.25 + 0.25 + 2.25 + 6.25 = 9.0
     f_s = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    assert float(npkd_feature_loss(f_s, align_features(teacher, 4))) == pytest.approx(9.0)
-    # DynamicViT's per-element reading: 9.0 / 4 channels
-    assert float(npkd_feature_loss(f_s, align_features(teacher, 4), "mean")) == pytest.approx(2.25)
+    assert float(npkd_feature_loss(f_s, align_features(teacher, 4), "sum")) == pytest.approx(9.0)
+    # the default, DynamicViT's per-element reading: 9.0 / 4 channels
+    assert float(npkd_feature_loss(f_s, align_features(teacher, 4))) == pytest.approx(2.25)
     with pytest.raises(ValueError, match="reduction"):
         npkd_feature_loss(f_s, f_s, "max")
     # Eq. 13: lambda * KL + l2 = 0.1 * 2 + 9 = 9.2
@@ -355,3 +355,17 @@ def test_probe_reports_the_person_share_of_dropped_tokens_by_stage():
         k for k in expect if k.startswith("person")}
     vanilla = SUREID(**TINY, hts=False, npkd=False, noda=False)
     assert vanilla.probe_caches == {} and vanilla.probe_groundtruth == () and vanilla.probe(vanilla.build_model(4).eval(), _person_batch()) == {}
+
+
+def test_npkd_defaults_to_the_per_element_feature_loss_and_old_records_keep_the_sum() -> None:
+    """New runs distil with DynamicViT's per-element mean; a model.pt saved before `kd_feat_reduction` existed was
+    trained with Eq. 13's sum and is rebuilt that way. The sum-reading rows select it explicitly."""
+    from reid.methods.base import method_from_record
+    from reid.methods.sureid import CONTROLS, VARIANTS
+
+    assert SUREID(**SUREID.tiny_params).kd_feat_reduction == "mean"
+    assert method_from_record("sureid", dict(SUREID.tiny_params)).kd_feat_reduction == "sum"
+    assert VARIANTS["t4_hts_npkd_sum"]["kd_feat_reduction"] == CONTROLS["strong_teacher_npkd_sum"]["kd_feat_reduction"]
+    assert VARIANTS["t4_hts_npkd_sum"]["kd_feat_reduction"] == "sum"
+    with pytest.raises(ValueError, match="kd_feat_reduction"):
+        SUREID(**SUREID.tiny_params, kd_feat_reduction="max")
