@@ -112,10 +112,10 @@ def _pretrained(run: str) -> bool:
     return C.parse_run(run).pretrained
 
 
-def _teacher_pretrained(cfg: Mapping[str, Any], ds: str, run: str) -> bool:
+def _teacher_pretrained(method: Any, run: str) -> bool:
     """Whether the run reads the pretrained teacher's derived caches: its own init unless its method says
     (`Method.teacher_pretrained`, e.g. SUREID's `teacher_init: pretrained`)."""
-    chosen = C.run_method(cfg, C.model_dataset(cfg, ds), C.model_run(run)).teacher_pretrained
+    chosen = method.teacher_pretrained
     return _pretrained(run) if chosen is None else bool(chosen)
 
 
@@ -160,9 +160,10 @@ def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     """index + caches + every backbone weights file the run loads (a pretrain stage's output, or a user's
     ImageNet file: new weights retrain)."""
     deps = {"index": index_path(ds), **index_deps(cfg, ds)}
-    names = C.method_caches(cfg, ds, run, train=True)
-    deps.update(_cache_inputs(cfg, ds, names, _teacher_pretrained(cfg, ds, run)))
-    params = C.stage_train(cfg, ds, run)[0]["method_params"]
+    resolved = C.stage_train(cfg, ds, run)[0]
+    method = C.resolved_method(resolved)
+    deps.update(_cache_inputs(cfg, ds, C.cache_names(method, train=True), _teacher_pretrained(method, run)))
+    params = resolved["method_params"]
     deps.update({k: str(v) for k, v in sorted(params.items()) if is_weights_key(k) and v})
     return deps
 

@@ -359,17 +359,25 @@ def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple
     return out, keys
 
 
-def run_method(cfg: Mapping[str, Any], dataset: str, run_name: str) -> Any:
-    """The Method object of a run, built from its resolved parameters (what it reads, its probes)."""
+def resolved_method(resolved: Mapping[str, Any]) -> Any:
+    """The Method object of a run's resolved `train` parameters (what it reads, its probes)."""
     from reid.methods import build_method
 
-    resolved, _ = stage_train(cfg, dataset, run_name)
     return build_method(resolved["method"], **resolved["method_params"])
+
+
+def run_method(cfg: Mapping[str, Any], dataset: str, run_name: str) -> Any:
+    """The Method object of a run, built from its resolved parameters."""
+    return resolved_method(stage_train(cfg, dataset, run_name)[0])
 
 
 def method_caches(cfg: Mapping[str, Any], dataset: str, run_name: str, train: bool = True) -> list[str]:
     """Cache names (teachers and derived caches) a run reads in training (or at test time)."""
-    method = run_method(cfg, dataset, run_name)
+    return cache_names(run_method(cfg, dataset, run_name), train)
+
+
+def cache_names(method: Any, train: bool = True) -> list[str]:
+    """Cache names a Method reads in training (or at test time), with the caches of its image/require fields."""
     spec = method.caches if train else method.test_caches
     needed = set(spec)
     for extra in (method.image_field, method.require_field):
