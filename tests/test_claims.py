@@ -54,6 +54,10 @@ def test_assess_pairs_rows_by_seed_and_query_and_checks_the_control(tmp_path: Pa
                           [0, 1])
     assert with_control["control"]["verdict"] == "does not hold"
     assert with_control["verdict"] == "untestable on this world"
+    # a partial run without the control's evaluations still reports the learned comparison, marked as such
+    missing = assess(tmp_path, "w", "m", Claim("good beats base", "good", "base", "standard", "ap", "absent"), [0, 1])
+    assert missing["control"] is None and missing["verdict"] == "holds (control not run)"
+    assert "absent: not run" in to_markdown([missing], "w")
 
 
 def test_a_control_with_its_own_baseline_compares_that_pair(tmp_path: Path) -> None:
