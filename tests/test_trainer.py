@@ -406,15 +406,53 @@ def test_autocast_dtype_per_device_and_cpu_support(monkeypatch: pytest.MonkeyPat
 
     assert D.autocast_dtype("cuda", True, False) == torch.float16
     assert D.autocast_dtype("cuda", False, True) is None
-    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(D, "cpu_bf16_usable", lambda: True)
     assert D.autocast_dtype("cpu", True, True) == torch.bfloat16
     assert D.autocast_dtype("cpu", True, False) is None
-    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(D, "cpu_bf16_usable", lambda: False)
     assert D.autocast_dtype("cpu", True, True) is None
 
 
-@pytest.mark.skipif(not __import__("reid.device", fromlist=["x"]).cpu_has_native_bf16(),
-                    reason="this CPU has no native bfloat16 (AMX / AVX512-BF16)")
+def test_a_cpu_whose_bf16_convolution_is_wrong_computes_in_float32(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """PyTorch 2.14's oneDNN bf16 kernel on an AMX Xeon returns relative errors > 1 (or inf) for a 3x3 stride-2
+    convolution of a 4x2 map: the probe measures such a kernel as wrong and one that computes in float32 and
+    rounds to bf16 as right, and a wrong kernel turns cpu_amp off with a warning."""
+    import torch.nn.functional as F
+
+    import reid.device as D
+
+    real = F.conv2d
+
+    def rounded(x, w, *args):  # a correct bf16 kernel: float32 arithmetic, output rounded to bf16
+        out = real(x.float(), w.float(), *args)
+        return out.to(x.dtype)
+
+    def broken(x, w, *args):  # the measured fault: garbage in half of the outputs
+        out = rounded(x, w, *args)
+        if x.dtype == torch.bfloat16:
+            out = out.clone()
+            out[::2] = 1e30
+        return out
+
+    monkeypatch.setattr(F, "conv2d", rounded)
+    assert D.bf16_conv_error() < D.BF16_CONV_TOLERANCE
+    monkeypatch.setattr(F, "conv2d", broken)
+    assert D.bf16_conv_error() > 1.0
+    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)
+    D.cpu_bf16_usable.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="reid.device"):
+            assert D.cpu_bf16_usable() is False
+        assert "bfloat16 convolution is wrong" in caplog.text and torch.__version__ in caplog.text
+        monkeypatch.setattr(F, "conv2d", rounded)
+        D.cpu_bf16_usable.cache_clear()
+        assert D.cpu_bf16_usable() is True
+    finally:
+        D.cpu_bf16_usable.cache_clear()
+
+
+@pytest.mark.skipif(not __import__("reid.device", fromlist=["x"]).cpu_bf16_usable(),
+                    reason="this CPU has no native bfloat16 (AMX / AVX512-BF16), or its bf16 convolution is wrong")
 def test_cpu_amp_trains_in_bfloat16_and_evaluates_close_to_float32(tiny_world, tiny_parsing_cache, trained: Path,
                                                                    tmp_path, caplog) -> None:
     """`train.cpu_amp`: the step runs under bf16 autocast on NHWC weights, the saved model is float32; with
