@@ -30,7 +30,7 @@ def cpu_has_native_bf16() -> bool:
 
 # Convolutions a CPU's bfloat16 kernels are checked on before autocast uses them: a 3x3 stride-2 convolution of a
 # 4x2 map, which PyTorch 2.14's oneDNN bf16 kernel on an AMX CPU (Intel Xeon, amx_bf16) computes wrong (relative
-# error > 1, sometimes inf) at batch >= 16, the deepest stage of a ResNet / HRNet at 64x32 input.
+# error > 1, sometimes inf; e.g. batch 16-64 at 32-256 input channels), the deepest stage of a ResNet / HRNet at 64x32.
 BF16_CONV_PROBES = ((16, 64, 128, (4, 2)), (24, 32, 64, (4, 2)), (32, 256, 512, (4, 2)), (16, 32, 64, (8, 4)))
 BF16_CONV_TOLERANCE = 0.05  # max |bf16 - fp32| / max |fp32| of a correct kernel is ~0.01 on these probes
 
