@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="reid", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (a teacher or method outside the package, importable from the "
+                             "working directory); repeatable. Files never choose modules: a model.pt of a plugin "
+                             "method loads only after its module is named here or in params.yaml")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (_, help_text) in VERBS.items():
         sub.add_parser(verb, help=help_text, add_help=False)
@@ -70,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if head.verb is None:
         parser.print_help()
         return 2
+    for plugin in head.plugin:
+        from reid.registry import import_plugin
+
+        import_plugin(plugin, "--plugin")
     module_name, help_text = VERBS[head.verb]
     module = importlib.import_module(module_name)
     verb_parser = argparse.ArgumentParser(prog=f"reid {head.verb}", description=help_text)
@@ -82,4 +90,22 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(run(args) or 0)
+    try:
+        return int(run(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; anything else keeps its traceback
+        if head.verbose or not is_user_error(exc):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"reid {head.verb}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors about the user's files, parameters or disk, whose message names the file or key: printed as one
+    line (`-v` shows the traceback). Programming errors (TypeError, AttributeError...) keep their traceback."""
+    from reid.cache.h5 import CacheError
+    from reid.locking import OutputLocked
+
+    return isinstance(exc, (CacheError, OutputLocked, ValueError, FileNotFoundError, IsADirectoryError,
+                            NotADirectoryError, PermissionError, KeyError)) or (
+        isinstance(exc, OSError) and exc.errno in (28, 122))

@@ -73,7 +73,7 @@ def test_layout_and_attributes(tmp_path: Path) -> None:
         assert f["path"].dtype.kind == "S" and f["path"][3].decode() == PATHS[3]
         assert f["done"].dtype == np.uint8 and f["done"][()].all()
         assert sorted(f.attrs) == sorted(["schema_version", "teacher", "backend", "model_sha256", "params",
-                                          "index_sha256", "num_rows", "fields"])
+                                          "index_sha256", "num_rows", "fields", "content_digest"])
         assert f.attrs["params"] == '{"a":"x","k":1}'  # sorted keys
         assert json.loads(f.attrs["fields"])["labels"] == [[6, 4], "uint8", "labels"]
     assert not tmp_path.joinpath("c.h5.tmp").exists()

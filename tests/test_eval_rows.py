@@ -22,6 +22,7 @@ from reid.engine.commands import parse_overrides
 from reid.engine.inference import load_model
 from reid.engine.trainer import MODEL_FORMAT
 from reid.methods.pgfl_kd import ABLATIONS, PGFLKD
+from reid.serialization import save_file
 
 
 def _cfg() -> dict:
@@ -87,8 +88,8 @@ def pgfl_model_file(tmp_path: Path) -> Path:
     method = PGFLKD(backbone="resnet18", **ABLATIONS["full"])
     model = method.build_model(num_classes=3)
     path = tmp_path / "model.pt"
-    torch.save({"format": MODEL_FORMAT, "method": method.name, "method_params": method.params, "num_classes": 3,
-                "input_size": [64, 32], "state_dict": model.state_dict(), "method_state": {}}, path)
+    save_file({"format": MODEL_FORMAT, "method": method.name, "method_params": method.params, "num_classes": 3,
+               "input_size": [64, 32], "state_dict": model.state_dict(), "method_state": {}}, path)
     return path
 
 

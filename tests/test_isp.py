@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from reid.serialization import save_file
 from reid.methods.isp import (
     ABLATIONS,
     ISP,
@@ -416,12 +417,12 @@ def test_isp_iou_verb_on_npy_labels(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert set(result["official_iou"]) == {"foreground"} and result["official_iou"]["foreground"] == pytest.approx(1.0)
     assert result["official_iou_all_background"]["foreground"] < 1.0
     # the same labels as a model.pt's last clustering round (method_state) give the same answer
-    torch.save({"method_state": {"labels": torch.from_numpy(isp), "labels_epoch": 1}}, tmp_path / "model.pt")
+    save_file({"method_state": {"labels": torch.from_numpy(isp), "labels_epoch": 1}}, tmp_path / "model.pt")
     args.labels = tmp_path / "model.pt"
     assert iou_main(args) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["iou"] == result["iou"] and again["assignment"] == result["assignment"]
-    torch.save({"method_state": {}}, tmp_path / "other.pt")
+    save_file({"method_state": {}}, tmp_path / "other.pt")
     args.labels = tmp_path / "other.pt"
     with pytest.raises(SystemExit, match="no pseudo labels in method_state"):
         iou_main(args)

@@ -160,7 +160,7 @@ def trained(tiny_world, tiny_parsing_cache, tmp_path_factory) -> Path:
 def test_model_file_holds_the_student_only(trained: Path) -> None:
     ckpt = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
     assert set(ckpt) == {"format", "method", "method_module", "method_params", "num_classes", "input_size", "state_dict",
-                         "method_state", "index_sha256"}
+                         "method_state", "index_sha256", "content_sha256"}
     assert ckpt["format"] == MODEL_FORMAT and ckpt["method"] == "tiny_test_method"
     assert ckpt["num_classes"] == 4 and ckpt["input_size"] == [32, 16]
     assert set(ckpt["state_dict"]) == set(TinyNet(4).state_dict())  # no optimiser, no teacher weights
@@ -351,8 +351,10 @@ def test_model_and_checkpoint_load_weights_only(trained: Path, tiny_world, tiny_
 def test_an_old_model_format_is_a_clear_error(tmp_path: Path) -> None:
     from reid.engine.inference import load_model
 
-    torch.save({"format": "reid-model/1", "state_dict": {}}, tmp_path / "model.pt")
-    with pytest.raises(ValueError, match=r"model.pt: not a reid-model/2 file.*older version.*train it again"):
+    from reid.serialization import save_file
+
+    save_file({"format": "reid-model/2", "state_dict": {}}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model.pt: not a reid-model/3 file.*older version.*train it again"):
         load_model(tmp_path / "model.pt", "cpu")
 
 

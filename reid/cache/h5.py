@@ -1,7 +1,8 @@
 """HDF5 teacher caches aligned with the dataset index: atomic, resumable, shardable, byte-reproducible.
 
 Layout (docs/contracts.md, "HDF5 caches"): one dataset per field, shape (N, *shape), chunks of one row, gzip 4 +
-shuffle; a fixed-length bytes ``path`` dataset; ``done`` uint8 (N,); provenance attributes. No timestamps.
+shuffle; a fixed-length bytes ``path`` dataset; ``done`` uint8 (N,); ``digest`` uint8 (N, 1 + fields, 16);
+provenance attributes and ``content_digest``. No timestamps.
 
 How the guarantees are met:
 
@@ -20,31 +21,45 @@ How the guarantees are met:
 - **Shards**: shard i/n covers rows [i*N//n, (i+1)*N//n). A part is a normal cache file with all N rows
   allocated but only its own rows done (unwritten chunks take no space) plus a ``shard`` attribute "i/n";
   readers refuse parts, ``merge_shards`` joins them into the bytes a single run writes.
+- **Checksummed**: ``digest[i, 0]`` is the BLAKE2b-128 of row i's path, ``digest[i, 1 + k]`` that of field k's
+  row (fields in name order), computed from the values in memory when the row is written. The finished file's
+  ``content_digest`` attribute hashes the provenance, ``done`` and the whole ``digest`` array. Readers check
+  the attribute and the paths when they open a file and each row's digest when they read it, so a flipped byte
+  anywhere (a compressed chunk, a broken chunk index that makes HDF5 return the fill value, a path, an
+  attribute) is a ``CacheCorrupt`` naming the file and row, never data; ``finalize`` reads every row back
+  before it publishes the file.
 - **Locking**: every open uses ``locking=False`` (one setting everywhere). HDF5 file locks fail on NFS, Lustre
   and GPFS, where clusters keep caches; the tmp + rename protocol already keeps readers off files being written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import h5py
 import numpy as np
 
 from reid.hashing import file_sha256
+from reid.locking import exclusive_lock
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: every field records its kind
+SCHEMA_VERSION = 3  # 2: every field records its kind; 3: per-row digests and a content digest
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 4
-RESERVED = ("path", "done")
+RESERVED = ("path", "done", "digest")
+SPACE_MARGIN_BYTES = 64 << 20  # free space kept beyond the next rows (HDF5 metadata, the final file's header)
+DIGEST_BYTES = 16  # BLAKE2b-128 per row and field: damage detection, not a defence against a forger
 
 # How a field follows the training augmentation (reid/data/dataset.py warps by kind, never by field name):
 #   labels    (h, w) integer label map: nearest-neighbour warp, left/right classes swapped on a flip
@@ -77,12 +92,18 @@ class CacheCorrupt(CacheError):
     """The HDF5 file itself is damaged (truncated, bit-flipped): it must be rebuilt."""
 
 
+# What h5py raises on a damaged file besides OSError (a broken link name is a KeyError, a broken datatype a
+# ValueError or TypeError, a broken attribute a UnicodeDecodeError): each becomes a CacheCorrupt naming the file.
+DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError, IndexError, AttributeError,
+          OverflowError)
+
+
 def h5open(path: str | Path, mode: str = "r") -> h5py.File:
     """Open an HDF5 file with the project's single locking setting (see module docstring); a file that HDF5
     cannot open for reading is a CacheCorrupt naming it (h5py's own OSError does not)."""
     try:
         return h5py.File(path, mode, locking=False)
-    except OSError as exc:
+    except DAMAGE as exc:
         if mode != "r" or not Path(path).is_file():
             raise
         raise CacheCorrupt(f"{path}: cannot be opened as HDF5 ({exc}); the file is truncated or damaged: delete "
@@ -212,6 +233,75 @@ class CacheMeta:
                    _str(a["index_sha256"]), fields, paths, _str(a.get("shard", "")))
 
 
+def row_digest(data: np.ndarray | bytes) -> np.ndarray:
+    """BLAKE2b-128 of one row's bytes (C order) as 16 uint8: what ``digest`` stores per row and field."""
+    raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
+    return np.frombuffer(hashlib.blake2b(raw, digest_size=DIGEST_BYTES).digest(), dtype=np.uint8)
+
+
+def _path_digests(paths: Sequence[str]) -> np.ndarray:
+    return np.stack([row_digest(p.encode("utf-8")) for p in paths]) if paths else np.zeros((0, DIGEST_BYTES),
+                                                                                             np.uint8)
+
+
+def content_digest(meta: "CacheMeta", done: np.ndarray, digests: np.ndarray) -> str:
+    """The file-level checksum: provenance, ``done`` and every row digest (hex BLAKE2b-256)."""
+    h = hashlib.blake2b(digest_size=32)
+    h.update(meta.key().encode("utf-8") + b"\0" + str(meta.num_rows).encode() + b"\0")
+    h.update(np.ascontiguousarray(done, dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(digests, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def _check_header(f: h5py.File, meta: "CacheMeta") -> tuple[np.ndarray, np.ndarray]:
+    """Check a finished file's ``content_digest`` and paths; returns (done, digest array). Raises CacheCorrupt."""
+    name = f.filename
+    try:
+        done = f["done"][()]
+        digests = f["digest"][()]
+        stored = _str(f.attrs["content_digest"])
+        for field_name, (shape, dtype, _) in meta.fields.items():
+            dset = f[field_name]
+            if dset.shape != (meta.num_rows, *shape) or dset.dtype != np.dtype(dtype):
+                raise ValueError(f"field '{field_name}' is {dset.shape} {dset.dtype}, its provenance says "
+                                 f"{(meta.num_rows, *shape)} {dtype}")
+    except DAMAGE as exc:
+        raise CacheCorrupt(f"{name}: the checksum datasets cannot be read ({str(exc).splitlines()[0]}); the file "
+                           "is damaged or incomplete: delete it and rerun the rule that makes it") from exc
+    width = 1 + len(meta.fields)
+    if done.shape != (meta.num_rows,) or digests.shape != (meta.num_rows, width, DIGEST_BYTES):
+        raise CacheCorrupt(f"{name}: done/digest shapes {done.shape}/{digests.shape} do not fit {meta.num_rows} rows "
+                           f"of {len(meta.fields)} fields; the file is damaged")
+    if content_digest(meta, done, digests) != stored:
+        raise CacheCorrupt(f"{name}: content checksum mismatch (provenance, done flags or row digests changed "
+                           "since the file was written); the file is damaged: delete it and rerun the rule that "
+                           "makes it")
+    bad = np.flatnonzero((_path_digests(meta.paths) != digests[:, 0]).any(axis=1))
+    if bad.size:
+        raise CacheCorrupt(f"{name}: the image path of row {int(bad[0])} ({meta.paths[int(bad[0])]!r}) does not "
+                           f"match its checksum ({bad.size} rows); the file is damaged")
+    return done, digests
+
+
+def close_detached(f: h5py.File) -> None:
+    """Close an HDF5 file after a failed write without crashing: HDF5 retries its pending writes at close and
+    segfaults when they fail again, so its descriptor is first pointed at /dev/null. The file is to be discarded."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, f.id.get_vfd_handle())
+        os.close(null)
+        f.close()
+    except Exception:  # noqa: BLE001 - best effort: the caller removes the file
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    """A one-line reason; for an OSError the system's words for its errno (HDF5 puts them on a later line)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return f"errno {exc.errno}: {os.strerror(exc.errno)}"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 def _str(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
@@ -222,14 +312,22 @@ def _paths_array(paths: Sequence[str]) -> np.ndarray:
     return np.array(encoded, dtype=f"S{width}")
 
 
-def _create_layout(f: h5py.File, meta: CacheMeta, done: np.ndarray) -> dict[str, h5py.Dataset]:
-    """Attributes, ``path``, ``done`` and empty field datasets, always in the same order."""
+def _create_layout(f: h5py.File, meta: CacheMeta, done: np.ndarray,
+                   digests: np.ndarray | None = None) -> dict[str, h5py.Dataset]:
+    """Attributes, ``path``, ``done``, ``digest`` and empty field datasets, always in the same order. Without
+    ``digests`` (a work file) only the path column is filled; with them (a finished file) ``content_digest`` too."""
     if meta.num_rows == 0:
         raise CacheError("cannot create a cache for an empty index (0 rows)")
     for key, value in meta.attrs():
         f.attrs[key] = value
+    if digests is not None:
+        f.attrs["content_digest"] = content_digest(meta, done.astype(np.uint8), digests)
+    else:
+        digests = np.zeros((meta.num_rows, 1 + len(meta.fields), DIGEST_BYTES), np.uint8)
+        digests[:, 0] = _path_digests(meta.paths)
     f.create_dataset("path", data=_paths_array(meta.paths), track_times=False)
     f.create_dataset("done", data=done.astype(np.uint8), track_times=False)
+    f.create_dataset("digest", data=digests, track_times=False)
     out = {}
     for name, (shape, dtype, _) in meta.fields.items():
         out[name] = f.create_dataset(
@@ -252,23 +350,71 @@ def _write_canonical(dst: Path, meta: CacheMeta, sources: Sequence[tuple[h5py.Fi
     for k, (_, done) in enumerate(sources):
         owner[(done == 1) & (owner < 0)] = k
     rows = np.flatnonzero(owner >= 0)
-    with h5open(dst, "w") as out:
-        dsets = _create_layout(out, meta, (owner >= 0).astype(np.uint8))
+    digests = np.zeros((meta.num_rows, 1 + len(meta.fields), DIGEST_BYTES), np.uint8)
+    digests[:, 0] = _path_digests(meta.paths)
+    source_digests = [f["digest"][()] for f, _ in sources]
+    for row in rows:
+        digests[row] = source_digests[owner[row]][row]
+    out = h5open(dst, "w")
+    try:
+        dsets = _create_layout(out, meta, (owner >= 0).astype(np.uint8), digests)
         for name, dset in dsets.items():
             zeros = (0,) * (dset.ndim - 1)
             for row in rows:
                 src = sources[owner[row]][0][name]
                 mask, chunk = src.id.read_direct_chunk((int(row),) + zeros)
                 dset.id.write_direct_chunk((int(row),) + zeros, chunk, mask)
+        out.close()
+    except OSError as exc:
+        close_detached(out)
+        dst.unlink(missing_ok=True)
+        raise CacheError(f"{dst}: writing the finished cache failed ({_first_line(exc)}); nothing was published "
+                         "and the work file is kept: fix the cause (free space) and rerun to finish") from None
 
 
 def _replace_verified(tmp: Path, out: Path, meta: CacheMeta) -> None:
-    """Check the freshly written file reads back with the same provenance, then rename it onto ``out``."""
-    with h5open(tmp, "r") as f:
-        back = CacheMeta.from_file(f)
-        if back.key() != meta.key() or back.num_rows != meta.num_rows:
-            raise CacheError(f"{tmp}: verification failed, provenance read back differs from what was written")
+    """Check the freshly written file reads back with the same provenance and every done row matches its digest,
+    then rename it onto ``out``; a damaged file is removed, never published."""
+    try:
+        with h5open(tmp, "r") as f:
+            back = CacheMeta.from_file(f)
+            if back.key() != meta.key() or back.num_rows != meta.num_rows:
+                raise CacheError(f"{tmp}: verification failed, provenance read back differs from what was written")
+            done, digests = _check_header(f, back)
+            bad = _verify_rows(f, back, digests, np.flatnonzero(done))
+        if bad:
+            row, _, why = bad[0]
+            raise CacheCorrupt(f"{tmp}: {len(bad)} rows do not read back as written (first: row {row}: {why}); "
+                               "the work file was damaged on disk: delete it and run again")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
+
+
+def _verify_rows(f: h5py.File, meta: CacheMeta, digests: np.ndarray, rows: np.ndarray,
+                 block: int = 256) -> list[tuple[int, str, str]]:
+    """(row, image path, why) for each of ``rows`` whose data cannot be read or does not match its digest."""
+    bad: list[tuple[int, str, str]] = []
+    names = list(meta.fields)
+    for start in range(0, len(rows), block):
+        chunk = rows[start:start + block]
+        for k, name in enumerate(names):
+            try:
+                data = f[name][chunk] if len(chunk) else None
+            except DAMAGE:
+                data = None
+            for j, row in enumerate(chunk):
+                try:
+                    value = data[j] if data is not None else f[name][int(row)]
+                except DAMAGE as exc:
+                    bad.append((int(row), meta.paths[row], f"field '{name}' unreadable "
+                                                           f"({str(exc).splitlines()[0]})"))
+                    continue
+                if not np.array_equal(row_digest(np.asarray(value, dtype=meta.fields[name].dtype)),
+                                      digests[row, 1 + k]):
+                    bad.append((int(row), meta.paths[row], f"field '{name}' does not match its checksum"))
+    return sorted(set(bad))
 
 
 class CacheWriter:
@@ -298,7 +444,14 @@ class CacheWriter:
         self._last_flush = time.monotonic()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.resumed_rows = 0
-        self._f = self._open_or_resume()
+        self._lock = ExitStack()  # one writer per output: held until close / finalize, released if opening fails
+        self._lock.enter_context(exclusive_lock(self.out, "cache"))
+        self._f = None
+        try:
+            self._f = self._open_or_resume()
+        except BaseException:
+            self._lock.close()
+            raise
         self._dsets = {name: self._f[name] for name in self.meta.fields}
         self._done = self._f["done"][()]
 
@@ -322,7 +475,9 @@ class CacheWriter:
             return None
         try:
             found = CacheMeta.from_file(f)
-        except (CacheError, KeyError, ValueError) as exc:
+            if "digest" not in f:
+                raise CacheError("no row digests")
+        except (CacheError, KeyError, ValueError, OSError) as exc:
             found, why = None, str(exc)
         else:
             why = "provenance differs" if found.key() != self.meta.key() or found.paths != self.meta.paths else ""
@@ -337,13 +492,20 @@ class CacheWriter:
         return f
 
     def _validate_done(self, f: h5py.File) -> None:
-        """Unmark rows whose chunks were never allocated (a kill between flushes of an older HDF5 state)."""
+        """Unmark rows whose chunks were never allocated (a kill between flushes of an older HDF5 state) or whose
+        data no longer matches its digest (a disk that filled up mid-write, a damaged work file)."""
         done = f["done"][()]
-        bad = [int(r) for r in np.flatnonzero(done)
-               if not all(_chunk_allocated(f[n], int(r)) for n in self.meta.fields)]
+        rows = np.flatnonzero(done)
+        bad = [int(r) for r in rows if not all(_chunk_allocated(f[n], int(r)) for n in self.meta.fields)]
+        try:
+            digests = f["digest"][()]
+            bad += [r for r, _, _ in _verify_rows(f, self.meta, digests, np.setdiff1d(rows, bad))]
+        except OSError as exc:
+            raise CacheCorrupt(f"{self.tmp}: its digests cannot be read ({exc})") from exc
         if bad:
-            log.warning("%s: %d rows marked done have no data (first: %s); recomputing them", self.tmp, len(bad),
-                        bad[:5])
+            bad = sorted(set(bad))
+            log.warning("%s: %d rows marked done have no data or damaged data (first: %s); recomputing them",
+                        self.tmp, len(bad), bad[:5])
             done[bad] = 0
             f["done"][...] = done
             f.flush()
@@ -357,14 +519,52 @@ class CacheWriter:
         """Store one batch: ``values[field]`` has shape (len(rows), *shape); rows are marked done at next flush."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         self._check_batch(rows, values)
-        for name, (_, dtype, _) in self.meta.fields.items():
-            data = np.asarray(values[name]).astype(dtype, copy=False)
+        self._check_space(sum(np.asarray(v).nbytes for v in values.values()))
+        with self._guard():
+            self._write(rows, values)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def _check_space(self, batch_bytes: int) -> None:
+        """Stop cleanly before HDF5 meets a full disk (it cannot recover from a failed write): the work file is
+        flushed, stays consistent and resumes once space is freed."""
+        need = 2 * batch_bytes + SPACE_MARGIN_BYTES
+        free = shutil.disk_usage(self.tmp.parent).free
+        if free < need:
+            self.flush()
+            raise CacheError(f"{self.tmp}: only {free / 2**20:.0f} MiB free on its disk, {need / 2**20:.0f} MiB "
+                             f"needed for the next rows; free space and rerun: the {self.num_done} rows written so "
+                             "far resume")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A failed HDF5 write (disk full, file size limit, I/O error) leaves the library unable to close the file
+        without crashing the process: detach the file from its descriptor, close it, remove the work file (its
+        metadata may be inconsistent) and raise a clean error naming it."""
+        try:
+            yield
+        except OSError as exc:
+            self._abandon()
+            raise CacheError(f"{self.tmp}: writing failed ({_first_line(exc)}); the work file was removed, as a "
+                             "failed HDF5 write can leave it inconsistent: fix the cause (free space) and rerun"
+                             ) from None
+
+    def _abandon(self) -> None:
+        f, self._f = self._f, None
+        if f is not None:
+            close_detached(f)
+        self.tmp.unlink(missing_ok=True)
+        self._lock.close()
+
+    def _write(self, rows: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+        digests = self._f["digest"]
+        for k, (name, (_, dtype, _)) in enumerate(self.meta.fields.items()):
+            data = np.ascontiguousarray(np.asarray(values[name]).astype(dtype, copy=False))
             dset = self._dsets[name]
             for j, row in enumerate(rows):
                 dset[int(row)] = data[j]
+                digests[int(row), 1 + k] = row_digest(data[j])
         self._unflagged.append(rows)
-        if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
 
     def _check_batch(self, rows: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
         outside = [int(r) for r in rows if int(r) not in self._row_set]
@@ -385,13 +585,16 @@ class CacheWriter:
 
     def flush(self) -> None:
         """Make written rows durable: flush data first, then mark them done and flush again."""
-        self._f.flush()
-        if self._unflagged:
-            rows = np.unique(np.concatenate(self._unflagged))
-            self._done[rows] = 1
-            self._f["done"][...] = self._done
-            self._unflagged.clear()
+        if self._f is None:
+            raise CacheError(f"{self.tmp}: the writer was abandoned after a failed write")
+        with self._guard():
             self._f.flush()
+            if self._unflagged:
+                rows = np.unique(np.concatenate(self._unflagged))
+                self._done[rows] = 1
+                self._f["done"][...] = self._done
+                self._unflagged.clear()
+                self._f.flush()
         self._last_flush = time.monotonic()
 
     @property
@@ -399,14 +602,18 @@ class CacheWriter:
         return int(self._done[self._row_array].sum()) + sum(len(r) for r in self._unflagged)
 
     def close(self) -> None:
-        """Flush and close the work file, keeping it for a later resume."""
-        if self._f is not None and self._f.id.valid:
-            self.flush()
-            self._f.close()
+        """Flush and close the work file, keeping it for a later resume; release the output's lock."""
+        try:
+            if self._f is not None and self._f.id.valid:
+                self.flush()
+                self._f.close()
+        finally:
+            self._lock.close()
 
     def finalize(self) -> Path:
         """Check every row of the range is done, write the canonical file, rename it to ``<out>``."""
         self.flush()
+        self._check_space(os.path.getsize(self.tmp))
         missing = [r for r in self.rows if not self._done[r]]
         if missing:
             raise CacheError(f"{self.tmp}: {len(missing)} of {len(self.rows)} rows not written "
@@ -416,6 +623,7 @@ class CacheWriter:
         self._f.close()
         _replace_verified(final_tmp, self.out, self.meta)
         self.tmp.unlink()
+        self._lock.close()
         return self.out
 
     def __enter__(self) -> "CacheWriter":
@@ -426,12 +634,19 @@ class CacheWriter:
 
 
 def merge_shards(parts: Sequence[str | Path], out: str | Path) -> Path:
-    """Join shard parts (any order) into ``out``, byte-identical to a single unsharded run."""
+    """Join shard parts (any order) into ``out``, byte-identical to a single unsharded run (one writer at a time)."""
+    with exclusive_lock(out, "cache"):
+        return _merge_shards(parts, out)
+
+
+def _merge_shards(parts: Sequence[str | Path], out: str | Path) -> Path:
     if not parts:
         raise CacheError("merge_shards: no parts given")
     files = [h5open(p, "r") for p in parts]
     try:
         metas = [CacheMeta.from_file(f) for f in files]
+        for f, m in zip(files, metas):
+            _check_header(f, m)
         ref = metas[0]
         for p, m in zip(parts, metas):
             if m.key(with_shard=False) != ref.key(with_shard=False) or m.paths != ref.paths:
@@ -484,9 +699,17 @@ class CacheReader:
                 self.path).exists() else ""
             raise FileNotFoundError(f"cache not found: {self.path}{hint}")
         with h5open(self.path, "r") as f:
-            self.meta = CacheMeta.from_file(f)
-            done = f["done"][()]
+            try:
+                self.meta = CacheMeta.from_file(f)
+            except DAMAGE as exc:
+                raise CacheCorrupt(f"{self.path}: its provenance cannot be read ({str(exc).splitlines()[0]}); the "
+                                   "file is damaged: delete it and rerun the rule that makes it") from exc
+            if self.meta.shard:  # a part's digest covers only its own rows: name the real problem first
+                raise CacheError(f"{self.path} is shard part {self.meta.shard}; join the parts with "
+                                 f"`python -m reid merge-shards --out FILE PARTS...`")
+            done, self._digests = _check_header(f, self.meta)
         self._check(done, index_path, expected_teacher)
+        self._columns = {name: 1 + k for k, name in enumerate(self.meta.fields)}
         self.fields = list(fields) if fields is not None else list(self.meta.fields)
         unknown = [k for k in self.fields if k not in self.meta.fields]
         if unknown:
@@ -521,7 +744,10 @@ class CacheReader:
             self._pid = os.getpid()
             # dataset handles looked up once per process: a group lookup per field and row was the loader's
             # largest cost for multi-field caches (benchmarks/bench_data_wait.py)
-            self._dsets = {k: self._file[k] for k in self.meta.fields}
+            try:
+                self._dsets = {k: self._file[k] for k in self.meta.fields}
+            except DAMAGE as exc:
+                raise CacheCorrupt(f"{self.path}: a field cannot be opened ({exc}); the file is damaged") from exc
         return self._file
 
     def __getstate__(self) -> dict[str, Any]:
@@ -567,11 +793,21 @@ class CacheReader:
         if not -n <= i < n:
             raise IndexError(f"row {i} out of range for {self.path} ({n} rows)")
         self._h5()
+        row = int(i) % n
         try:
-            return {k: self._dsets[k][int(i) % n] for k in self.fields}
-        except OSError as exc:
-            raise CacheCorrupt(f"{self.path}: row {int(i) % n} ({self.paths[int(i) % n]}) cannot be read ({exc}); "
+            out = {k: self._dsets[k][row] for k in self.fields}
+        except DAMAGE as exc:
+            raise CacheCorrupt(f"{self.path}: row {row} ({self.paths[row]}) cannot be read ({exc}); "
                                "the file is damaged: delete it and rerun the rule that makes it") from exc
+        for k, value in out.items():
+            self._check_row(k, row, value)
+        return out
+
+    def _check_row(self, name: str, row: int, value: np.ndarray) -> None:
+        if not np.array_equal(row_digest(value), self._digests[row, self._columns[name]]):
+            raise CacheCorrupt(f"{self.path}: row {row} ({self.paths[row]}) field '{name}' does not match its "
+                               "checksum; the file is damaged: delete it and rerun the rule that makes it "
+                               f"(`python -m reid verify {self.path}` lists every damaged row)")
 
     def read(self, field_name: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Batched read of one field for any rows (any order, repeats allowed)."""
@@ -584,29 +820,17 @@ class CacheReader:
         try:
             data = self._h5()[field_name][uniq] if uniq.size else np.empty(
                 (0, *self.meta.fields[field_name][0]), self.meta.fields[field_name][1])
-        except OSError as exc:
+        except DAMAGE as exc:
             raise CacheCorrupt(f"{self.path}: field '{field_name}' cannot be read for rows {uniq[:5].tolist()}... "
                                f"({exc}); the file is damaged: `python -m reid verify {self.path}` lists the rows"
                                ) from exc
+        for j, row in enumerate(uniq):
+            self._check_row(field_name, int(row), data[j])
         return data[inverse]
 
     def verify(self, block: int = 256) -> list[tuple[int, str, str]]:
-        """Read every row of every field; returns (row, image path, error) for each unreadable row."""
-        bad: list[tuple[int, str, str]] = []
-        f = self._h5()
-        for start in range(0, len(self), block):
-            stop = min(start + block, len(self))
-            try:
-                for k in self.meta.fields:
-                    f[k][start:stop]
-            except OSError:
-                for i in range(start, stop):  # find the rows of the damaged block
-                    try:
-                        for k in self.meta.fields:
-                            f[k][i]
-                    except OSError as exc:
-                        bad.append((i, self.paths[i], str(exc).splitlines()[0]))
-        return bad
+        """Read every row of every field and check it against its digest; (row, image path, why) per bad row."""
+        return _verify_rows(self._h5(), self.meta, self._digests, np.arange(len(self)), block)
 
 
 LABEL_HINTS = ("label",)

@@ -1,7 +1,9 @@
-"""`python -m reid verify CACHE...`: read every row of every field of a cache and list the unreadable ones.
+"""`python -m reid verify CACHE...`: read every row of every field of a cache, check it against the row's
+checksum, and list the damaged ones.
 
 HDF5 compresses each row as its own chunk, so a damaged file often opens and fails only on the rows whose
-bytes were hit; this reads them all, up front, instead of letting a training job fail hours in.
+bytes were hit, or (a broken chunk index) reads back the fill value without any error; the per-row digests
+(reid/cache/h5.py) catch both. This reads every row up front instead of letting a training job fail hours in.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ def main(args: argparse.Namespace) -> int:
             continue
         if bad:
             failures += 1
-            print(f"FAIL {path}: {len(bad)} of {len(reader)} rows unreadable")
+            print(f"FAIL {path}: {len(bad)} of {len(reader)} rows damaged (unreadable or not matching their checksum)")
             for row, image, error in bad[:50]:
                 print(f"  row {row} ({image}): {error}")
             if len(bad) > 50:
                 print(f"  ... and {len(bad) - 50} more")
         else:
-            print(f"OK   {path}: all {len(reader)} rows of {len(reader.meta.fields)} fields read")
+            print(f"OK   {path}: all {len(reader)} rows of {len(reader.meta.fields)} fields read and match their checksums")
     return 1 if failures else 0

@@ -45,16 +45,16 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path} (train it first: `python -m reid train`)")
-    ckpt = load_file(path, "model")
+    ckpt = load_file(path, "model", require_digest=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         hint = (" (written by an older version of this project that pickled Python objects; train it again)"
-                if found == "reid-model/1" else "")
+                if found in ("reid-model/1", "reid-model/2") else "")
         raise ValueError(f"{path}: not a {MODEL_FORMAT} file (format={found!r}){hint}")
     params = {**ckpt["method_params"], **(overrides or {})}
     try:
         method = method_from_record(ckpt["method"], params, ckpt.get("method_module"), str(path))
-    except TypeError as e:
+    except ValueError as e:
         if not overrides:
             raise
         raise ValueError(f"{path}: cannot apply overrides {dict(overrides)} to {ckpt['method']}: {e}") from e

@@ -48,7 +48,7 @@ def _read_labels(path: Path, index: Path, positions: np.ndarray) -> tuple[np.nda
     if path.suffix == ".npy":
         return np.load(path)[positions], None
     if path.suffix == ".pt":
-        ckpt = load_file(path, "model")
+        ckpt = load_file(path, "model", require_digest=True)
         state = ckpt.get("method_state", {})
         if state.get("labels") is None:
             raise SystemExit(f"{path}: no pseudo labels in method_state (not an ISP model trained with clustering)")

@@ -36,6 +36,8 @@ from tqdm import tqdm
 from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import read_index, select
 from reid.data.workers import worker_init
+from reid.locking import exclusive_lock
+from reid.serialization import save_file
 from reid.device import resolve_device
 from reid.engine.trainer import progress_interval
 
@@ -187,6 +189,12 @@ def lr_at(step: int, steps: int, warmup: int, base: float) -> float:
 def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
              cfg: PretrainConfig | Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Train `arch` as a classifier on the index's train split; write `out` (state dict) and `out`.json."""
+    with exclusive_lock(out, "pretrain"):
+        return _pretrain(arch, index, root, out, cfg, progress)
+
+
+def _pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
+              cfg: PretrainConfig | Mapping[str, Any] | None, progress: bool) -> dict[str, Any]:
     if arch not in ARCHS:
         raise ValueError(f"unknown pretrain arch {arch!r}; choose one of {sorted(ARCHS)}")
     cfg = cfg if isinstance(cfg, PretrainConfig) else PretrainConfig.from_dict(cfg or {})
@@ -243,13 +251,11 @@ def pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
                  correct / seen)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(official_state(model), tmp)
     summary = {"arch": arch, "stands_in_for": official, "classes": classes, "labels": cfg.labels,
                "device": str(device), "train_images": len(data), "index": str(index), "config": asdict(cfg),
                "history": history}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
-    tmp.replace(out)  # last: the weights file exists only when complete
+    save_file(official_state(model), out, "weights")  # last, atomically: the weights file exists only when complete
     return summary
 
 

@@ -33,11 +33,12 @@ from reid.data.samplers import PKBatchSampler
 from reid.data.workers import worker_init
 from reid.device import autocast_dtype, resolve_device
 from reid.methods.base import Method, build_method
-from reid.serialization import CorruptFileError, UnsafeFileError, load_file
+from reid.locking import exclusive_lock
+from reid.serialization import CorruptFileError, UnsafeFileError, load_file, save_file
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "reid-model/2"  # 2: loadable weights-only (RNG states and method state as tensors)
+MODEL_FORMAT = "reid-model/3"  # 2: loadable weights-only (RNG states and method state as tensors); 3: checksummed
 
 
 @dataclass
@@ -135,9 +136,7 @@ def filter_positions(method: Method, positions: list[int], caches: Mapping[str, 
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_file(obj, path, path.name)
 
 
 def _collect_rng() -> dict[str, Any]:
@@ -305,7 +304,7 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return False
         try:
-            ckpt = load_file(self.checkpoint_path, "checkpoint")
+            ckpt = load_file(self.checkpoint_path, "checkpoint", require_digest=True)
             if not isinstance(ckpt, dict) or "epoch" not in ckpt:
                 raise CorruptFileError(f"{self.checkpoint_path}: not a training checkpoint of this project")
         except (UnsafeFileError, CorruptFileError) as exc:
@@ -516,4 +515,7 @@ def train(
     log.info("training %s on %d images of %d ids, %d steps/epoch, device %s, autocast %s", method,
              len(trainer.train_rows), trainer.num_classes, len(trainer.sampler), trainer.device,
              str(trainer.autocast_dtype or "off").removeprefix("torch."))
-    return trainer.fit()
+    if trainer.rank != 0:
+        return trainer.fit()
+    with exclusive_lock(Path(out_dir) / "model.pt", "training"):  # one training per run folder
+        return trainer.fit()

@@ -157,11 +157,25 @@ def build_method(name: str, **params: Any) -> Method:
     return get_method_class(name)(**params)
 
 
-def method_from_record(name: str, params: Mapping[str, Any], module: str | None = None, where: str = "") -> Method:
-    """Rebuild the method a saved record names (model.pt, model.json, an embeddings file): import its plugin
-    module first when it lives outside the package, so a plugin method loads wherever the record goes."""
-    if module:
-        from reid.registry import import_plugin
+def method_from_record(name: Any, params: Any, recorded_module: Any = None, where: str = "") -> Method:
+    """Rebuild the method a saved record names (model.pt, model.json, an embeddings file).
 
-        import_plugin(str(module), f"{where} method_module".strip())
-    return build_method(name, **{**get_method_class(name).record_defaults, **params})
+    A file never chooses code: only methods already registered (the built-in ones, and plugins imported from the
+    user's own params.yaml or `reid --plugin MODULE`) can be named. The module a record notes is shown in the
+    error, never imported (importing it would run whatever a `<module>.py` beside the file holds)."""
+    import reid.methods  # noqa: F401  (registration side effect)
+
+    if not isinstance(name, str) or not isinstance(params, Mapping):
+        raise ValueError(f"{where or 'record'}: malformed method record (method={name!r}, method_params of type "
+                         f"{type(params).__name__})")
+    if name not in METHODS:
+        hint = (f"; it was made by the plugin module {recorded_module!r}: if you trust it, name it in your "
+                f"params.yaml (methods.{name}.module) and pass --params, or pass `reid --plugin {recorded_module}`"
+                if isinstance(recorded_module, str) and recorded_module and not recorded_module.startswith("reid.")
+                else "")
+        raise ValueError(f"{where or 'record'}: names method {name!r}, which is not registered (known: "
+                         f"{', '.join(METHODS.names())}){hint}")
+    try:
+        return build_method(name, **{**get_method_class(name).record_defaults, **params})
+    except TypeError as exc:
+        raise ValueError(f"{where or 'record'}: its parameters do not fit method {name!r} ({exc})") from None

@@ -356,6 +356,10 @@ def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple
     overrides = eval_overrides(run_name)
     if overrides:  # only evaluation-only rows carry the key, so other runs' resolved params stay as they were
         out["method_overrides"] = overrides
+    module = _get(cfg, f"methods.{parse_run(run_name).method}.{PLUGIN_KEY}")
+    if module:  # a plugin method: the stage imports the module params.yaml names (model.pt never chooses it)
+        out["method_module"] = str(module)
+        keys.append(f"methods.{parse_run(run_name).method}.{PLUGIN_KEY}")
     return out, keys
 
 

@@ -137,6 +137,7 @@ def main(args: argparse.Namespace) -> int:
 
         kw = _resolve(args, C.stage_evaluate, args.run)
         pin_threads("teacher-outputs", kw)
+        _import_plugin(kw, "method_module")
         teacher_outputs(args.model, args.index, _root(args), args.out, caches,
                         batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                         device=str(kw.get("device", "auto")))
@@ -145,6 +146,7 @@ def main(args: argparse.Namespace) -> int:
 
         kw = _resolve(args, C.stage_evaluate, args.run)
         pin_threads("evaluate", kw)
+        _import_plugin(kw, "method_module")
         metrics = evaluate_model(args.model, args.index, _root(args), kw["dataset"], args.out, caches,
                                  batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                                  device=str(kw.get("device", "auto")), overrides=kw.get("method_overrides"),

@@ -121,7 +121,7 @@ TEACHERS: Registry[type[Teacher]] = Registry("teacher")
 
 def get_teacher_class(name: str) -> type[Teacher]:
     """Look a teacher up, importing ``reid.teachers.<name>`` on demand so only the one needed is loaded."""
-    if name not in TEACHERS:
+    if name not in TEACHERS and isinstance(name, str) and name.isidentifier():
         try:
             importlib.import_module(f"reid.teachers.{name}")
         except ModuleNotFoundError as exc:
