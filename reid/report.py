@@ -148,5 +148,29 @@ def main_show_metrics(args: argparse.Namespace) -> int:
     from reid.engine.commands import format_metrics
 
     for f in sorted(args.metrics):
-        print(format_metrics(json.loads(Path(f).read_text())))
+        print(format_metrics(read_metrics(f)))
     return 0
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A metrics.json written by `evaluate`; anything else (not JSON, `{}`, no setting with mAP) is a ValueError
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: not a metrics file (a JSON object is expected)")
+    missing = [k for k in ("dataset", "method", "protocol") if not isinstance(metrics.get(k), str)]
+    settings = [k for k, v in metrics.items() if isinstance(v, dict) and "mAP" in v]
+    if missing or not settings:
+        raise ValueError(f"{path}: not a metrics file written by `reid evaluate` (missing {missing or 'a setting'} "
+                         "with R1/mAP)")
+    for key in settings:
+        bad = [m for m in ("R1", "R5", "mAP", "mINP") if not isinstance(metrics[key].get(m), (int, float))]
+        if bad:
+            raise ValueError(f"{path}: setting {key!r} has no numeric {', '.join(bad)}")
+    return metrics

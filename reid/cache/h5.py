@@ -150,6 +150,9 @@ def check_field(name: str, spec: Any) -> Field:
     if any(s <= 0 for s in shape_t):
         raise ValueError(f"field '{name}' has a non-positive dimension in shape {shape_t}")
     dt = np.dtype(dtype)
+    if dt.kind not in "biuf":
+        raise ValueError(f"field '{name}' has dtype {dt}: cache fields are fixed-size numbers (bool, int, uint, "
+                         "float)")
     if kind not in FIELD_KINDS:
         raise ValueError(f"field '{name}' has kind {kind!r}; known kinds: {FIELD_KINDS}")
     wrong = {
@@ -227,7 +230,10 @@ class CacheMeta:
         if int(a["schema_version"]) != SCHEMA_VERSION:
             raise CacheError(f"{f.filename}: schema_version {int(a['schema_version'])}, this code reads "
                              f"{SCHEMA_VERSION}; rebuild the cache")
-        fields = {k: Field(tuple(s), d, kind) for k, (s, d, kind) in json.loads(_str(a["fields"])).items()}
+        try:
+            fields = {k: check_field(k, spec) for k, spec in json.loads(_str(a["fields"])).items()}
+        except (ValueError, TypeError) as exc:
+            raise CacheCorrupt(f"{f.filename}: its field declarations are invalid ({exc})") from exc
         paths = tuple(p.decode("utf-8") for p in f["path"][()])
         return cls(_str(a["teacher"]), _str(a["backend"]), _str(a["model_sha256"]), json.loads(_str(a["params"])),
                    _str(a["index_sha256"]), fields, paths, _str(a.get("shard", "")))

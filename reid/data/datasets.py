@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from reid.data.index import SPLITS, IndexRow, sort_rows, write_index
+from reid.data.images import too_large
 from reid.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,18 @@ def image_problem(path: Path) -> str | None:
         data = path.read_bytes()
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
+    if not data:
+        return "empty file (0 bytes)"
     if data[:2] == b"\xff\xd8" and not data[-1024:].rstrip(b"\x00").endswith(b"\xff\xd9"):
         return "truncated JPEG (no end-of-image marker)"
-    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+    big = too_large(data)
+    if big:
+        return big
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        return f"cannot be decoded by cv2 ({str(exc).strip().splitlines()[-1]})"
+    if decoded is None:
         return "cannot be decoded by cv2"
     return None
 

@@ -58,7 +58,39 @@ def read_index(path: str | Path) -> list[IndexRow]:
         header = next(reader, None)
         if header is None or tuple(header[: len(COLUMNS)]) != COLUMNS:
             raise ValueError(f"{path}: expected header {','.join(COLUMNS)}, found {header}")
-        return [IndexRow(p, int(pid), int(cam), clothes, split) for p, pid, cam, clothes, split, *_ in reader]
+        rows = []
+        try:
+            for fields in reader:
+                rows.append(_parse_row(fields, path, reader.line_num))
+        except csv.Error as exc:
+            raise ValueError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from None
+        return rows
+
+
+def _parse_row(fields: list[str], path: Path, line: int) -> IndexRow:
+    """One CSV row -> IndexRow; every problem names the file and line."""
+    where = f"{path}, line {line}"
+    if len(fields) < len(COLUMNS):
+        raise ValueError(f"{where}: {len(fields)} fields, expected {len(COLUMNS)} ({','.join(COLUMNS)})")
+    p, pid, cam, clothes, split = fields[: len(COLUMNS)]
+    try:
+        pid_i, cam_i = int(pid), int(cam)
+    except ValueError:
+        raise ValueError(f"{where}: pid {pid!r} and camid {cam!r} must be integers") from None
+    check_relative(p, where)
+    try:
+        return IndexRow(p, pid_i, cam_i, clothes, split)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def check_relative(p: str, where: str) -> None:
+    """An index path stays inside the dataset root: relative, no `..` component, no NUL (a row must not make a
+    teacher or trainer read a file elsewhere, e.g. `../../secret.jpg`)."""
+    parts = p.replace("\\", "/").split("/")
+    if not p or "\0" in p or p.startswith(("/", "\\")) or (len(p) > 1 and p[1] == ":") or ".." in parts:
+        raise ValueError(f"{where}: path {p!r} leaves the dataset root (index paths are relative to it, without "
+                         "'..')")
 
 
 def index_sha256(path: str | Path) -> str:

@@ -27,10 +27,27 @@ def load_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
 
     reader = CacheReader(path)
     params = reader.meta.params
-    if "method" not in params:
+    if not isinstance(params.get("method"), str) or not isinstance(params.get("method_params"), dict):
         raise ValueError(f"{path} is not an embeddings file (made by `python -m reid embed`)")
     feats = {k: torch.from_numpy(reader.read(k, np.arange(len(reader)))) for k in reader.meta.fields}
+    for name, value in feats.items():
+        if name in ("pid", "camid"):
+            continue
+        if not value.is_floating_point():
+            raise ValueError(f"{path}: embedding field '{name}' is {value.dtype}, expected floating point")
+        bad = (~torch.isfinite(value)).reshape(len(value), -1).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"{path}: {len(bad)} rows have NaN or infinite '{name}' (first: row {bad[0]}, "
+                             f"{reader.paths[bad[0]]}); they cannot be ranked: re-embed the images")
     return feats, list(reader.paths), params
+
+
+def check_compatible(q: dict[str, torch.Tensor], g: dict[str, torch.Tensor], q_name: str, g_name: str) -> None:
+    """Query and gallery must carry the same embedding fields with the same per-row shapes (the same model)."""
+    shapes = lambda d: {k: tuple(v.shape[1:]) for k, v in d.items() if k not in ("pid", "camid")}  # noqa: E731
+    if shapes(q) != shapes(g):
+        raise ValueError(f"{q_name} and {g_name} were embedded differently: fields {shapes(q)} vs {shapes(g)}; "
+                         "embed both with the same model")
 
 
 def method_of(params: dict[str, Any]) -> Method:
@@ -53,11 +70,21 @@ def rank(method: Method, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor],
     return np.concatenate(idx), np.concatenate(dist)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gallery", required=True, help="embeddings file of the gallery (`python -m reid embed`)")
     p.add_argument("--query", required=True, nargs="+", help="an embeddings file, or image files (needs --model)")
     p.add_argument("--model", help="model.pt / model.onnx to embed query images with")
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--top-k", type=_positive_int, default=10, help="gallery items listed per query (default 10)")
     p.add_argument("--out", help="also write the rankings as JSON here")
     p.add_argument("--sheet", help="draw the rankings (query + top-k, nearest first) into this PNG")
     p.add_argument("--sheet-queries", type=int, default=20, help="queries drawn on the sheet (the first N)")
@@ -82,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
             out = Path(tmp) / "query.h5"
             embed_images(args.model, rows, q_root, out, workers=0, progress=False)
             q, q_paths, _ = load_embeddings(out)
+        check_compatible(q, g, str(args.query[0]) if len(args.query) == 1 else "the query images", args.gallery)
         idx, dist = rank(method, q, g, args.top_k)
     result = [{"query": q_paths[i], "ranked": [{"path": g_paths[j], "distance": round(float(d), 6)}
                                                 for j, d in zip(idx[i], dist[i])]} for i in range(len(q_paths))]

@@ -30,10 +30,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reid.engine.trainer import train
+    from reid.engine.trainer import TrainConfig, train
+    from reid.methods.base import method_param_hints
+    from reid.settings import ParamsError, check_section, parse_json_option
 
-    path = train(args.method, json.loads(args.method_params), args.index, args.root, args.out,
-                 caches=parse_caches(args.cache), train_cfg=json.loads(args.train_cfg))
+    method_params = parse_json_option(args.method_params, "--method-params")
+    hints = method_param_hints(args.method)
+    if hints is None:
+        raise ParamsError(f"--method: no method named {args.method!r}")
+    problems = check_section("--method-params", method_params, hints, f"method {args.method}")
+    if problems:
+        raise ParamsError("\n  ".join(problems))
+    train_cfg = parse_json_option(args.train_cfg, "--train-cfg")
+    TrainConfig.from_dict(train_cfg, "--train-cfg")  # keys, types and ranges named before any work
+    path = train(args.method, method_params, args.index, args.root, args.out, caches=parse_caches(args.cache),
+                 train_cfg=train_cfg)
     print(f"model written to {path}")
     return 0
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -166,12 +166,17 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda[:i]
 
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "epochs": (1, None), "batch_size": (2, None), "lr": (0, None), "momentum": (0, 1), "weight_decay": (0, None),
+        "warmup_epochs": (0, None), "label_smooth": (0, 0.999), "input_size": (8, 4096), "pad": (0, None),
+        "erasing_p": (0, 1), "workers": (0, 256), "seed": (0, None)}
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PretrainConfig:
+        from reid.settings import check_config
+
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"dataset"})
-        if unknown:
-            raise ValueError(f"pretrain: unknown keys {unknown}; known: {sorted(known)}")
+        check_config(cls, {k: v for k, v in d.items() if k != "dataset"}, "pretrain")
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         cfg.input_size = (int(cfg.input_size[0]), int(cfg.input_size[1]))
         if cfg.labels not in ("clothes", "pid"):
@@ -269,7 +274,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = pretrain(args.arch, args.index, args.root, args.out, json.loads(args.config))
+    from reid.settings import parse_json_option
+
+    summary = pretrain(args.arch, args.index, args.root, args.out, parse_json_option(args.config, "--config"))
     last = summary["history"][-1]
     print(f"{args.arch}: {summary['classes']} classes, {summary['train_images']} images, final train accuracy "
           f"{last['train_acc']:.3f} -> {args.out}")

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -72,12 +72,19 @@ class TrainConfig:
     gpus: int = 1  # processes of one training job: > 1 makes Snakemake launch it with torchrun (DDP)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # Values that make sense (checked by reid.pipeline.check wherever a TrainConfig is built): (min, max), None open.
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "epochs": (1, None), "batch_p": (1, None), "batch_k": (1, None), "input_size": (8, 4096), "lr": (0, None),
+        "weight_decay": (0, None), "momentum": (0, 1), "milestones": (0, None), "gamma": (0, None),
+        "min_lr_factor": (0, 1), "warmup_epochs": (0, None), "warmup_factor": (0, 1), "flip_p": (0, 1),
+        "pad": (0, None), "erasing_p": (0, 1), "workers": (0, 256), "seed": (0, None), "grad_clip": (0, None),
+        "gpus": (1, 1024)}
+
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise KeyError(f"unknown train settings {unknown}; known: {sorted(known)}")
+    def from_dict(cls, d: Mapping[str, Any], where: str = "train") -> "TrainConfig":
+        from reid.settings import check_config
+
+        check_config(cls, d, where)
         kw = dict(d)
         for key in ("input_size", "milestones"):
             if key in kw:

@@ -7,6 +7,8 @@ returned weighted terms; at test time it calls `embed(model, batch)` then `dista
 
 from __future__ import annotations
 
+import inspect
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -155,6 +157,20 @@ def get_method_class(name: str) -> type[Method]:
 def build_method(name: str, **params: Any) -> Method:
     """Instantiate a registered method by name."""
     return get_method_class(name)(**params)
+
+
+def method_param_hints(name: str) -> dict[str, Any] | None:
+    """Parameter name -> type annotation of a registered method's constructor (None: no such method); what
+    params.yaml's `methods.<m>` and a verb's `--method-params` are checked against."""
+    import reid.methods  # noqa: F401  (registers the built-in methods)
+
+    if name not in METHODS.names():
+        return None
+    init = METHODS.get(name).__init__
+    sig = inspect.signature(init)
+    hints = typing.get_type_hints(init)
+    out = {p: hints.get(p, Any) for p in sig.parameters if p not in ("self", "args", "kwargs")}
+    return {**out, "module": str}  # where a method outside the package lives (reid.pipeline.params.PLUGIN_KEY)
 
 
 def method_from_record(name: Any, params: Any, recorded_module: Any = None, where: str = "") -> Method:

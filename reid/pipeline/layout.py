@@ -205,5 +205,5 @@ NON_CACHE_DEPS = frozenset({"index", "root", "model", "weights"})
 
 def cache_args(deps: Mapping[str, str]) -> str:
     """`--cache name=path` for every cache among a stage's deps."""
-    return " ".join(f"--cache {k}={shlex.quote(v)}" for k, v in sorted(deps.items())
+    return " ".join(f"--cache {shlex.quote(f'{k}={v}')}" for k, v in sorted(deps.items())
                     if k not in NON_CACHE_DEPS and not is_weights_key(k))

@@ -44,14 +44,72 @@ class ConfigError(ValueError):
     """A params.yaml problem, with the key at fault in the message."""
 
 
+# Dataset, teacher and run names become file names and command-line words: letters, digits, _ . + - only.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+MAX_CONFIG_NODES = 100_000  # params.yaml has ~2,000; a YAML alias bomb expands to billions
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read and validate params.yaml (every entry point: Snakemake's parse, DVC's stage command, the verbs)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file not found: {path}")
-    with open(path) as fh:
-        cfg = yaml.safe_load(fh) or {}
-    prepare(cfg)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cfg = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    validate(cfg, str(path))
     return cfg
+
+
+def check_size(cfg: Any, where: str = "params.yaml", limit: int = MAX_CONFIG_NODES) -> None:
+    """Refuse a config whose aliases expand beyond `limit` values (a YAML alias bomb), before anything walks it."""
+    count, stack = 0, [cfg]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(f"{where}: more than {limit:,} values once YAML aliases are expanded (an alias bomb?); "
+                              "refused before reading further")
+        if isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def check_schema(cfg: Mapping[str, Any], where: str = "params.yaml") -> None:
+    """params.yaml against workflow/schemas/params.schema.yaml, one short line per problem (never the config)."""
+    if not SCHEMA.is_file():  # an installed package without the workflow folder: the typed checks still run
+        return
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text()))
+    problems = []
+    for error in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
+        problems.append(f"{key}: {message}")
+    if problems:
+        raise ConfigError(f"{where}: {len(problems)} problem(s):\n  " + "\n  ".join(problems[:20]))
+
+
+def check_names(cfg: Mapping[str, Any], where: str = "params.yaml") -> None:
+    """Dataset, teacher and method names are safe as file names and command-line words."""
+    bad = [f"{section}.{name!r}" for section in ("datasets", "teachers", "methods")
+           for name in (_get(cfg, section, {}) or {}) if not re.fullmatch(NAME_PATTERN, str(name))]
+    if bad:
+        raise ConfigError(f"{where}: names may hold only letters, digits and _ . + - (they become file names and "
+                          f"command-line words): {', '.join(bad)}")
+
+
+def validate(cfg: Mapping[str, Any], where: str = "params.yaml") -> None:
+    """Every check, in the order that keeps each one cheap: size, schema, names, then plugins and typed sections."""
+    check_size(cfg, where)
+    check_schema(cfg, where)
+    check_names(cfg, where)
+    prepare(cfg)
 
 
 def prepare(cfg: Mapping[str, Any]) -> None:

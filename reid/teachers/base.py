@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import typing
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -134,6 +135,48 @@ def get_teacher_class(name: str) -> type[Teacher]:
     return TEACHERS.get(name)
 
 
+# Keys every teacher section may hold besides the teacher's own parameters (read by params.stage_teacher / runner).
+TEACHER_RUN_KEYS: dict[str, Any] = {"backend": str, "model": str | None, "batch_size": int, "workers": int,
+                                    "device": str, "needs": list[str], "module": str, "shards": int}
+
+
+def _type_of_default(value: Any) -> Any:
+    if value is None:
+        return Any
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, float):
+        return float
+    if isinstance(value, int):
+        return int
+    if isinstance(value, str):
+        return str
+    if isinstance(value, (list, tuple)):
+        return list | None
+    return Any
+
+
+def teacher_param_hints(name: str) -> dict[str, Any] | None:
+    """Key -> type of everything a teacher section may hold: the runner's keys, the constructor's parameters and
+    the class's `defaults` (None: no such teacher); what params.yaml and `teach --params-json` are checked against."""
+    try:
+        cls = get_teacher_class(name)
+    except KeyError:
+        return None
+    hints = dict(TEACHER_RUN_KEYS)
+    init = cls.__init__
+    sig = inspect.signature(init)
+    annotations = typing.get_type_hints(init)
+    for p in sig.parameters.values():
+        if p.name in ("self", "backend", "model_path", "device") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        if p.name.endswith("_cache"):  # filled from `needs`, never set by hand
+            continue
+        hints[p.name] = annotations.get(p.name, Any)
+    hints.update({k: _type_of_default(v) for k, v in cls.defaults.items()})
+    return hints
+
+
 def build_teacher(name: str, backend: str, model_path: str | Path | None, device: str = "auto",
                   caches: Mapping[str, str] | None = None, **params: Any) -> Teacher:
     """Instantiate a registered teacher from CLI / params.yaml values.
@@ -141,6 +184,13 @@ def build_teacher(name: str, backend: str, model_path: str | Path | None, device
     ``needs: [other, ...]`` in the params names caches the teacher aligns on (restored_faces reads the faces
     cache); each must be among ``caches`` (name -> path) and reaches the teacher as the ``<other>_cache`` param.
     """
+    from reid.settings import ParamsError, check_section
+
+    problems = check_section(f"teacher {name} parameters", {k: v for k, v in params.items()
+                                                             if not k.endswith("_cache")},
+                             teacher_param_hints(name) or {}, f"teacher {name}")
+    if problems:
+        raise ParamsError("\n  ".join(problems))
     params = dict(params)
     given = dict(caches or {})
     for other in params.pop("needs", None) or []:

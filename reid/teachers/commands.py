@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path, help="dataset root the index paths are relative to")
     parser.add_argument("--out", required=True, type=Path, help="cache file to write (.h5)")
     parser.add_argument("--model", default=None, help="model/weights file (not needed for oracle)")
-    parser.add_argument("--params-json", default="{}", help="teacher parameters as a JSON object")
+    parser.add_argument("--params-json", default="{}",
+                        help="teacher parameters as a JSON object, checked like params.yaml's teachers.<t> (default {})")
     parser.add_argument("--cache", action="append", metavar="NAME=PATH",
                         help="a cache the teacher aligns on (its params' `needs`), repeatable")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -42,12 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """`python -m reid teach`: run one teacher over an index into an HDF5 cache."""
-    try:
-        params = json.loads(args.params_json)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"--params-json is not valid JSON ({exc}): {args.params_json!r}")
-    if not isinstance(params, dict):
-        raise SystemExit(f"--params-json must be a JSON object, got {args.params_json!r}")
+    from reid.settings import parse_json_option
+
+    params = parse_json_option(args.params_json, "--params-json")
     try:
         teacher = build_teacher(args.teacher, args.backend, args.model, args.device, parse_caches(args.cache),
                                 **params)

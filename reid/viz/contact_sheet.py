@@ -223,6 +223,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """`python -m reid inspect`: provenance + statistics, and optionally an overlay contact sheet."""
     d = describe(args.cache, max_rows=args.stats_rows or None)
+    if args.index is not None:  # the help promises it: a cache of another index is an error, not a statistic
+        from reid.cache.h5 import CacheIndexMismatch
+        from reid.data.index import index_sha256
+
+        expected, found = d["provenance"]["index_sha256"], index_sha256(args.index)
+        if expected != found:
+            raise CacheIndexMismatch(f"{args.cache} was built for an index with sha256 {expected}, but {args.index} "
+                                     f"has sha256 {found}: rebuild the cache or pass its own index")
     print(json.dumps(d, indent=1, sort_keys=True) if args.json else format_description(d))
     if args.sheet is not None:
         if args.root is None:

@@ -5,17 +5,18 @@ import sys
 
 sys.path.insert(0, workflow.basedir)  # import the project's `reid` even when it is not pip-installed
 
-from snakemake.utils import validate
-
 from reid.pipeline import params as C
 from reid.pipeline import layout as D
 
-validate(config, "../schemas/params.schema.yaml")
-C.prepare(config)  # plugin modules imported; nested sections typed from the code that reads them
+# The same check as every other entry point (DVC's stage command, each verb): a size limit against YAML alias bombs,
+# the JSON schema (workflow/schemas/params.schema.yaml) with one line per problem, then the plugin modules imported
+# and the nested sections typed, with ranges, from the code that reads them. Snakemake's own `validate` is not used:
+# on a failure it prints the whole config, which an alias bomb makes endless.
+C.validate(config, "params.yaml")
 
 wildcard_constraints:
-    dataset="[^/]+",
-    run="[^/]+",
+    dataset=C.NAME_PATTERN,  # letters, digits, _ . + - (checked in params.yaml too): no shell or path syntax
+    run=C.NAME_PATTERN,
     teacher="|".join(C.teacher_names(config)),  # the keys of `teachers:` in params.yaml
     i="[0-9]+",
     n="[0-9]+",
@@ -57,7 +58,8 @@ def teach_command(wildcards, input, output):
         return f"python -m reid merge-shards --out {shlex.quote(output[0])} {parts}"
     resolved_json = shlex.quote(C.to_json(C.stage_teacher(config, ds, teacher)[0]))
     caches = D.cache_args(D.teacher_deps(config, ds, teacher))
-    return (f"python -m reid pipeline teach --dataset {ds} --teacher {teacher} --resolved {resolved_json} "
+    return (f"python -m reid pipeline teach --dataset {shlex.quote(ds)} --teacher {shlex.quote(teacher)} "
+            f"--resolved {resolved_json} "
             f"--index {shlex.quote(input.index)} --root {shlex.quote(C.dataset_root(config, ds))} {caches} "
             f"--out {shlex.quote(output[0])}")
 

@@ -14,7 +14,7 @@ rule synth:
         "../../envs/train.yaml"
     threads: C.STAGE_THREADS["synth"]
     shell:
-        "python -m reid pipeline synth --dataset {wildcards.dataset} --resolved {params.resolved} "
+        "python -m reid pipeline synth --dataset {wildcards.dataset:q} --resolved {params.resolved} "
         "--out {output:q} > {log:q} 2>&1"
 
 
@@ -34,5 +34,5 @@ rule index:
         "../../envs/train.yaml"
     threads: C.STAGE_THREADS["index"]
     shell:
-        "python -m reid pipeline index --dataset {wildcards.dataset} --resolved {params.resolved} "
+        "python -m reid pipeline index --dataset {wildcards.dataset:q} --resolved {params.resolved} "
         "--root {params.root:q} --out {output:q} > {log:q} 2>&1"

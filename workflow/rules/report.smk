@@ -16,7 +16,7 @@ rule ablation_table:
         "../../envs/train.yaml"
     threads: 1
     shell:
-        "python -m reid ablation-table --method {wildcards.method} --dataset {wildcards.dataset} "
+        "python -m reid ablation-table --method {wildcards.method:q} --dataset {wildcards.dataset:q} "
         "--out-md {output.md:q} --out-json {output.json:q} --out-png {output.png:q} {input:q} > {log:q} 2>&1"
 
 
@@ -27,16 +27,16 @@ rule claims:
         md="results/{dataset}/claims.md",
         json="results/{dataset}/claims.json",
     params:
-        methods=lambda wc: " ".join(config["ablation"]["claims"][wc.dataset]),
-        seeds=lambda wc: " ".join(str(s) for s in config["ablation"].get("seeds", [0, 1, 2])),
-        init=lambda wc: " ".join(config["ablation"].get("init", ["scratch"])),
+        methods=lambda wc: " ".join(shlex.quote(m) for m in config["ablation"]["claims"][wc.dataset]),
+        seeds=lambda wc: " ".join(shlex.quote(str(s)) for s in config["ablation"].get("seeds", [0, 1, 2])),
+        init=lambda wc: " ".join(shlex.quote(i) for i in config["ablation"].get("init", ["scratch"])),
     log:
         "logs/{dataset}/claims.log",
     conda:
         "../../envs/train.yaml"
     threads: 1
     shell:
-        "python -m reid claims --dataset {wildcards.dataset} --methods {params.methods} --seeds {params.seeds} "
+        "python -m reid claims --dataset {wildcards.dataset:q} --methods {params.methods} --seeds {params.seeds} "
         "--init {params.init} "
         "--out-md {output.md:q} --out-json {output.json:q} > {log:q} 2>&1"
 

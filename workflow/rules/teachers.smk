@@ -40,9 +40,9 @@ rule teach_shard:
     resources:
         gpu=teacher_gpu,
     shell:
-        "python -m reid pipeline teach --dataset {wildcards.dataset} --teacher {wildcards.teacher} "
+        "python -m reid pipeline teach --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
         "--resolved {params.resolved} --index {input.index:q} --root {params.root:q} {params.caches} "
-        "--shard {wildcards.i}/{wildcards.n} --out {output:q} > {log:q} 2>&1"
+        "--shard {wildcards.i:q}/{wildcards.n:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule teacher_outputs:
@@ -67,6 +67,6 @@ rule teacher_outputs:
     resources:
         gpu=1,
     shell:
-        "python -m reid pipeline teacher-outputs --dataset {wildcards.dataset} --run {params.run} "
+        "python -m reid pipeline teacher-outputs --dataset {wildcards.dataset:q} --run {params.run:q} "
         "--resolved {params.resolved} --model {input.model:q} --index {input.index:q} --root {params.root:q} "
         "{params.caches} --out {output:q} > {log:q} 2>&1"

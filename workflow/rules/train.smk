@@ -19,7 +19,7 @@ rule pretrain:
         "../../envs/train.yaml"
     threads: lambda wc: C.stage_threads("pretrain", C.stage_pretrain(config, wc.arch)[0])
     shell:
-        "python -m reid pipeline pretrain --dataset {params.dataset} --arch {wildcards.arch} "
+        "python -m reid pipeline pretrain --dataset {params.dataset:q} --arch {wildcards.arch:q} "
         "--resolved {params.resolved} --index {input.index:q} --root {params.root:q} --out {output.weights:q} "
         "> {log:q} 2>&1"
 
@@ -46,7 +46,7 @@ rule train:
     resources:
         gpu=train_gpus,
     shell:
-        "{params.launcher} -m reid pipeline train --dataset {wildcards.dataset} --run {wildcards.run} "
+        "{params.launcher} -m reid pipeline train --dataset {wildcards.dataset:q} --run {wildcards.run:q} "
         "--resolved {params.resolved} --index {input.index:q} --root {params.root:q} {params.caches} "
         "--out {params.out_dir:q} > {log:q} 2>&1"
 
@@ -72,7 +72,7 @@ rule evaluate:
         "../../envs/train.yaml"
     threads: C.STAGE_THREADS["evaluate"]
     shell:
-        "python -m reid pipeline evaluate --dataset {wildcards.dataset} --run {wildcards.run} "
+        "python -m reid pipeline evaluate --dataset {wildcards.dataset:q} --run {wildcards.run:q} "
         "--resolved {params.resolved} --model {input.model:q} --index {input.index:q} --root {params.root:q} "
         "{params.caches} --out {output.metrics:q} > {log:q} 2>&1"
 
