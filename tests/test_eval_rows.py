@@ -125,9 +125,9 @@ def test_probe_cli_prints_the_group_map_support(pgfl_model_file: Path, tiny_worl
     assert "group_map_top_mass" in printed and "feb_attention_effective_cells" in printed
     report = json.loads(out.read_text())
     assert report["images"] == 8 and 0 < report["stats"]["group_map_top_mass"]["mean"] <= 1
-    with pytest.raises(KeyError, match="keypoints"):
-        main(["probe", "--model", str(pgfl_model_file), "--index", str(tiny_world.index), "--root",
-              str(tiny_world.root)])
+    assert main(["probe", "--model", str(pgfl_model_file), "--index", str(tiny_world.index), "--root",
+                 str(tiny_world.root)]) == 1  # a user error: one line naming the missing cache, no traceback
+    assert "keypoints" in capsys.readouterr().err
 
 
 def test_probe_groundtruth_masks_are_the_worlds_resized_and_an_old_world_is_a_clear_error(tiny_world,

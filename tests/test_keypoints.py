@@ -229,7 +229,8 @@ def test_errors(tmp_path, pose_onnx):
         build_teacher("keypoints", "onnx", scrfd, device="cpu").setup()
     with pytest.raises(ModelSignatureError, match="input_size"):
         build_teacher("keypoints", "onnx", pose_onnx, device="cpu", input_size=[384, 288]).setup()
-    with pytest.raises(ValueError, match="unknown params"):
+    with pytest.raises(ValueError, match=r"keypoints parameters.flip: unknown parameter of teacher keypoints "
+                                         r"\(did you mean flip_test\?\)"):
         build_teacher("keypoints", "oracle", None, device="cpu", flip=True)
 
 

@@ -119,7 +119,7 @@ def test_lr_factor_unknown_scheduler() -> None:
 
 
 def test_train_config_rejects_unknown_keys() -> None:
-    with pytest.raises(KeyError, match=r"unknown train settings \['epoch'\]"):
+    with pytest.raises(ValueError, match=r"train.epoch: unknown parameter of TrainConfig \(did you mean epochs"):
         TrainConfig.from_dict({"epoch": 3})
     cfg = TrainConfig.from_dict({"input_size": [64, 32], "milestones": [1]})
     assert cfg.input_size == (64, 32) and cfg.milestones == (1,)

@@ -186,9 +186,12 @@ def build_teacher(name: str, backend: str, model_path: str | Path | None, device
     """
     from reid.settings import ParamsError, check_section
 
-    problems = check_section(f"teacher {name} parameters", {k: v for k, v in params.items()
-                                                             if not k.endswith("_cache")},
-                             teacher_param_hints(name) or {}, f"teacher {name}")
+    cls = get_teacher_class(name)
+    open_ended = not cls.defaults and any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                          for p in inspect.signature(cls.__init__).parameters.values())
+    given_params = {k: v for k, v in params.items() if not k.endswith("_cache")}
+    problems = [] if open_ended else check_section(f"teacher {name} parameters", given_params,
+                                                   teacher_param_hints(name) or {}, f"teacher {name}")
     if problems:
         raise ParamsError("\n  ".join(problems))
     params = dict(params)
@@ -197,7 +200,6 @@ def build_teacher(name: str, backend: str, model_path: str | Path | None, device
         if other not in given:
             raise ValueError(f"teacher {name} needs the {other} cache: pass --cache {other}=PATH")
         params[f"{other}_cache"] = given[other]
-    cls = get_teacher_class(name)
     return cls(backend=backend, model_path=model_path, device=device, **params)
 
 

@@ -46,11 +46,7 @@ def main(args: argparse.Namespace) -> int:
     from reid.settings import parse_json_option
 
     params = parse_json_option(args.params_json, "--params-json")
-    try:
-        teacher = build_teacher(args.teacher, args.backend, args.model, args.device, parse_caches(args.cache),
-                                **params)
-    except ValueError as exc:
-        raise SystemExit(str(exc))
+    teacher = build_teacher(args.teacher, args.backend, args.model, args.device, parse_caches(args.cache), **params)
     summary = teacher.build_cache(args.index, args.root, args.out, batch_size=args.batch_size,
                                   workers=args.workers, shard=parse_shard(args.shard), progress=not args.no_progress,
                                   flush_every_s=args.flush_every)
