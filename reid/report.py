@@ -81,7 +81,7 @@ def assemble(files: list[str | Path]) -> dict[str, Any]:
         run = Path(f).parent.name
         parsed = C.parse_run(run)
         row = parsed.ablation or "default"
-        metrics = json.loads(Path(f).read_text())
+        metrics = read_metrics(f)
         for setting, vals in settings_of(metrics).items():
             for key in METRIC_KEYS:
                 rows.setdefault(row, {}).setdefault(setting, {}).setdefault(key, []).append(float(vals[key]))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import struct
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 __all__ = ["UnsafeFileError", "CorruptFileError", "DIGEST_KEY", "content_sha256", "load_file", "save_file",
-           "atomic_write"]
+           "atomic_write", "read_json_file", "write_json_file"]
 
 DIGEST_KEY = "content_sha256"
 
@@ -102,6 +103,37 @@ def save_file(obj: dict[str, Any], path: str | Path, what: str = "model") -> Pat
         raise ValueError(f"save_file: expected a dict without a {DIGEST_KEY!r} key")
     record = {**obj, DIGEST_KEY: content_sha256(obj)}
     return atomic_write(path, lambda tmp: torch.save(record, tmp), what)
+
+
+def json_sha256(obj: Any) -> str:
+    """SHA-256 of a JSON document's canonical form (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def write_json_file(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write a JSON document with its `content_sha256` (over the rest), atomically."""
+    record = {**obj, DIGEST_KEY: json_sha256(obj)}
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n",
+                                                                encoding="utf-8"), "JSON file")
+
+
+def read_json_file(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """A JSON document written by `write_json_file`: a parse error, a missing or a wrong checksum is a
+    CorruptFileError naming the file; the checksum key is removed from what is returned."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path}: damaged {what} (not valid JSON: {exc})") from None
+    if not isinstance(obj, dict) or DIGEST_KEY not in obj:
+        raise CorruptFileError(f"{path}: no content checksum: damaged, or written by an older version of this "
+                               f"project (write it again)")
+    stored = obj.pop(DIGEST_KEY)
+    if stored != json_sha256(obj):
+        raise CorruptFileError(f"{path}: damaged {what} (its content does not match its checksum)")
+    return obj
 
 
 def _check_zip(path: Path, what: str) -> None:

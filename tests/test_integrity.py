@@ -204,3 +204,23 @@ def test_low_free_space_stops_before_writing_and_the_work_file_resumes(tmp_path:
     w.write_rows(range(3, N), values(range(3, N)))
     w.finalize()
     assert _read_cache(tmp_path / "c.h5")["paths"][9] == "train/009.png"
+
+
+def test_a_changed_model_json_or_a_replaced_onnx_file_is_refused(tmp_path: Path) -> None:
+    from reid.deploy.embed import OnnxEmbedder
+    from reid.hashing import file_sha256
+    from reid.serialization import read_json_file, write_json_file
+
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"graph bytes")
+    info = {"method": "baseline", "method_params": {"depth": 18}, "input_size": [64, 32], "outputs": [],
+            "onnx_sha256": file_sha256(onnx)}
+    path = write_json_file(info, tmp_path / "model.json")
+    assert read_json_file(path) == info
+    path.write_text(path.read_text().replace("64", "65"))  # an edited input size: refused, never used
+    with pytest.raises(CorruptFileError, match=r"model.json: damaged model.json \(its content does not match"):
+        OnnxEmbedder(onnx, prefer_gpu=False)
+    write_json_file(info, path)
+    onnx.write_bytes(b"another graph")
+    with pytest.raises(CorruptFileError, match=r"model.onnx: does not match the model.json beside it"):
+        OnnxEmbedder(onnx, prefer_gpu=False)

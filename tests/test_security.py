@@ -67,10 +67,14 @@ def test_model_json_and_embeddings_never_import_the_module_they_name(marker: Pat
     from reid.deploy.embed import OnnxEmbedder
     from reid.deploy.search import load_embeddings, method_of
 
-    (tmp_path / "model.json").write_text(json.dumps({"method": "marker_method", "method_module": MARKER_MODULE,
-                                                     "method_params": {}, "input_size": [64, 32], "outputs": []}))
+    from reid.hashing import file_sha256
+    from reid.serialization import write_json_file
+
     (tmp_path / "model.onnx").write_bytes(b"not read")
-    with pytest.raises(ValueError, match="model.json"):
+    write_json_file({"method": "marker_method", "method_module": MARKER_MODULE, "method_params": {},
+                     "input_size": [64, 32], "outputs": [], "onnx_sha256": file_sha256(tmp_path / "model.onnx")},
+                    tmp_path / "model.json")
+    with pytest.raises(ValueError, match="model.json: names method 'marker_method', which is not registered"):
         OnnxEmbedder(tmp_path / "model.onnx", prefer_gpu=False)
     with CacheWriter(tmp_path / "g.h5", teacher="embed:x", backend="torch", model_sha256="", index_sha256="x",
                      params={"method": "marker_method", "method_module": MARKER_MODULE, "method_params": {},

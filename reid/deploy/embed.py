@@ -27,6 +27,8 @@ import torch
 
 from reid.data.index import IndexRow, read_index, write_index
 from reid.methods.base import Method, method_from_record
+from reid.hashing import file_sha256
+from reid.serialization import CorruptFileError, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,12 @@ class OnnxEmbedder:
         info_path = self.path.with_name("model.json")
         if not info_path.is_file():
             raise FileNotFoundError(f"{info_path} not found: `python -m reid export` writes it beside {self.path}")
-        self.info = json.loads(info_path.read_text())
+        self.info = read_json_file(info_path, "model.json")
+        found = file_sha256(self.path)
+        if self.info.get("onnx_sha256") != found:
+            raise CorruptFileError(f"{self.path}: does not match the model.json beside it (sha256 {found[:16]}..., "
+                                   f"model.json says {str(self.info.get('onnx_sha256'))[:16]}...): damaged or "
+                                   "replaced; export again")
         self.method = method_from_record(self.info["method"], self.info["method_params"],
                                          self.info.get("method_module"), str(info_path))
         self.input_size = tuple(self.info["input_size"])

@@ -10,7 +10,6 @@ torch.export one needs onnxscript, which this project does not install).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import nn
 
 from reid.data.transforms import resize_images
 from reid.hashing import file_sha256
+from reid.serialization import read_json_file, write_json_file
 from reid.methods.base import Method
 from reid.vocab import IMAGENET_MEAN, IMAGENET_STD
 
@@ -121,9 +121,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, opset: int = OPSET
     model_path, out_dir = Path(model_path), Path(out_dir)
     method, model, ckpt = load_model(model_path, "cpu")
     onnx_path, outputs = export_graph(method, model, tuple(ckpt["input_size"]), out_dir / "model.onnx", opset)
-    info = describe(method, ckpt, model_path, outputs, opset)
-    json_path = out_dir / "model.json"
-    json_path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    info = describe(method, ckpt, model_path, outputs, opset) | {"onnx_sha256": file_sha256(onnx_path)}
+    json_path = write_json_file(info, out_dir / "model.json")  # checksummed: embed refuses a damaged pair
     log.info("exported %s (%s) -> %s: inputs %s, outputs %s", model_path, method.name, onnx_path,
              [i["name"] for i in info["inputs"]], list(outputs))
     return onnx_path, json_path
@@ -142,7 +141,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     onnx_path, json_path = export_model(args.model, args.out, args.opset)
-    info = json.loads(json_path.read_text())
+    info = read_json_file(json_path, "model.json")
     print(f"wrote {onnx_path} and {json_path}: {info['method']}, inputs "
           + ", ".join(f"{i['name']}{i['shape']}" for i in info["inputs"]) + "; outputs "
           + ", ".join(f"{o['name']}{o['shape']}" for o in info["outputs"]))

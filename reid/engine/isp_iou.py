@@ -46,7 +46,7 @@ def _read_labels(path: Path, index: Path, positions: np.ndarray) -> tuple[np.nda
     """Pseudo labels (N, h, w) of index rows `positions` from a cache, a per-round .npy, or a model.pt's last round,
     with the K recorded beside them (model.pt method params, cache provenance; None for a .npy)."""
     if path.suffix == ".npy":
-        return np.load(path)[positions], None
+        return np.load(path, allow_pickle=False)[positions], None
     if path.suffix == ".pt":
         ckpt = load_file(path, "model", require_digest=True)
         state = ckpt.get("method_state", {})
