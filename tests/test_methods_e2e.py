@@ -85,7 +85,9 @@ def real_datasets(p: dict[str, Any], prcc_root: Path, duke_root: Path, onnx: dic
             "restored_faces": {"backend": "onnx", "model": str(onnx["restored_faces"]), **TINY_TEACHER},
         },
         "train": dict(TINY_TRAIN),
-        "presets": {"deskpro": {"face_size": 32, "width": "x0_25"}, "deskpro_face_teacher": {"width": "x0_25"}},
+        # a real dataset trains from random weights only by choice (`random`): the pre-flight refuses null
+        "presets": {"deskpro": {"face_size": 32, "width": "x0_25", "weights": "random"},
+                    "deskpro_face_teacher": {"width": "x0_25", "weights": "random"}},
         "train_presets": {"deskpro_face_teacher": {"input_size": [32, 32], "pad": 2}},
     }
     adam = {"optimizer": "adam", "lr": 3.5e-4, "scheduler": "multistep"}
@@ -93,12 +95,14 @@ def real_datasets(p: dict[str, Any], prcc_root: Path, duke_root: Path, onnx: dic
         "loader": "occluded_duke", "root": str(duke_root),
         "teachers": {
             "keypoints": {"backend": "onnx", "model": str(onnx["keypoints"]), **TINY_TEACHER},
-            "isp_labels": {"backbone": "hrnet_tiny", "input_size": [64, 32], **TINY_TEACHER},
+            "isp_labels": {"backbone": "hrnet_tiny", "input_size": [64, 32], "model": "random", **TINY_TEACHER},
         },
         "train": dict(TINY_TRAIN),
-        "presets": {"pgfl_kd": {"backbone": "resnet18"}, "isp": {"backbone": "hrnet_tiny"},
-                    "sureid_teacher": {"arch": "deit_small", "img_size": [64, 32]},
-                    "sureid": {"img_size": [64, 32], "teacher_dim": 384, "occluder_dir": str(occluders)}},
+        "presets": {"pgfl_kd": {"backbone": "resnet18", "weights": "random"},
+                    "isp": {"backbone": "hrnet_tiny", "weights": "random"},
+                    "sureid_teacher": {"arch": "deit_small", "img_size": [64, 32], "deit_small_weights": "random"},
+                    "sureid": {"img_size": [64, 32], "teacher_dim": 384, "occluder_dir": str(occluders),
+                               "deit_small_weights": "random"}},
         "train_presets": {"sureid": adam, "sureid_teacher": adam},
     }
 

@@ -29,6 +29,7 @@ from reid.engine.trainer import (
 )
 from reid.device import autocast_dtype, resolve_device
 from reid.methods.base import Method, method_from_record
+from reid.models.zoo import RANDOM
 from reid.serialization import load_file
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,11 @@ def load_model(
         if not overrides:
             raise
         raise ValueError(f"{path}: cannot apply overrides {dict(overrides)} to {ckpt['method']}: {e}") from e
-    model = method.build_model(ckpt["num_classes"])
+    # the network is built without loading its ImageNet file (the trained weights replace it at once): no file is
+    # read that the model does not need, and no "random initialisation" warning for a trained model
+    untouched = {k: RANDOM for k in method.backbone_weights()}
+    builder = method_from_record(ckpt["method"], {**params, **untouched}, None, str(path)) if untouched else method
+    model = builder.build_model(ckpt["num_classes"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

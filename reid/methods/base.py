@@ -135,6 +135,12 @@ class Method:
         return self.embed(model, batch)
 
     # --- diagnostics -----------------------------------------------------------------------------------
+    def backbone_weights(self) -> dict[str, str]:
+        """The ImageNet files this configuration loads: parameter name -> backbone arch (reid.models.zoo). The
+        pre-flight check refuses a real-dataset run whose parameter is null: a file, or `random` by choice.
+        Default: every `weights` / `*_weights` parameter, arch unknown."""
+        return {k: "" for k in self.params if k == "weights" or k.endswith("_weights")}
+
     def probe(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-image statistics of the method's mechanism (B,) by name, read by `python -m reid probe`; the
         batch carries the `probe_caches` fields and, on a synthetic world, `groundtruth.<key>` for each key of

@@ -52,6 +52,9 @@ class Baseline(Method):
     def build_model(self, num_classes: int) -> nn.Module:
         return BaselineNet(num_classes, self.last_stride, self.weights, self.depth)
 
+    def backbone_weights(self) -> dict[str, str]:
+        return {"weights": f"resnet{self.depth}"}
+
     def training_losses(self, model: nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         feat, logits = model(batch["image"])
         return {

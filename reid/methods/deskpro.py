@@ -250,6 +250,9 @@ class DeskProFaceTeacher(Method):
         self.weights, self.width, self.drop_ratio = weights, width, drop_ratio
         self.label_smooth, self.triplet_margin, self.logits_dtype = label_smooth, triplet_margin, logits_dtype
 
+    def backbone_weights(self) -> dict[str, str]:
+        return {"weights": f"osnet_{self.width}"}
+
     def build_model(self, num_classes: int) -> nn.Module:
         return LightMBN(num_classes, self.weights, drop_ratio=self.drop_ratio, width=self.width)
 
@@ -426,6 +429,9 @@ class DeskPro(Method):
         return train, test
 
     # --- model -----------------------------------------------------------------------------------------
+    def backbone_weights(self) -> dict[str, str]:
+        return {"weights": f"osnet_{self.width}"}
+
     def build_model(self, num_classes: int) -> nn.Module:
         return DeskProNet(
             num_classes, use_body=self.use_body, use_csa=self.use_csa, use_face=self.face_stream != "none",

@@ -492,6 +492,9 @@ class ISP(Method):
         self.labels_epoch: int | None = None
         self._applied_to: Any = None
 
+    def backbone_weights(self) -> dict[str, str]:
+        return {"weights": self.backbone}
+
     def build_model(self, num_classes: int) -> nn.Module:
         return ISPNet(num_classes, self.num_parts, self.backbone, self.weights, self.reduce_dim,
                       self.spatial_attention, self.incre_modules, self.align_corners)

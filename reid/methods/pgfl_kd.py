@@ -461,6 +461,9 @@ class PGFLKD(Method):
         self.test_caches = {} if test_feature == "G" else {"keypoints": ["heatmaps"]}
         self.probe_caches = {"keypoints": ["heatmaps"]} if (sab or feb) else {}
 
+    def backbone_weights(self) -> dict[str, str]:
+        return {"weights": str(self.params["backbone"])}
+
     def build_model(self, num_classes: int) -> nn.Module:
         return PGFLNet(num_classes, **self.net_kwargs)
 

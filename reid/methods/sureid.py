@@ -181,6 +181,9 @@ class _ViTMethod(Method):
     def _weights_for(self, arch: str) -> str | None:
         return {"deit_small": self.deit_small_weights, "vit_base": self.vit_base_weights}.get(arch)
 
+    def backbone_weights(self) -> dict[str, str]:
+        return {f"{self.arch}_weights": self.arch} if self.arch in ("deit_small", "vit_base") else {}
+
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Post-BN class feature; flip TTA (sum) only when `flip_test` (the paper does not use it)."""
         if self.flip_test:

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from reid.models.hrnet import HRNET_TINY, HRNET_W18_SMALL, HRNetFeatureMap
 from reid.models.resnet import ResNet50Backbone, load_pretrained, load_state_dict_file
+from reid.models.zoo import is_random
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,13 @@ def build_feature_backbone(name: str, weights: str | None = None, incre_modules:
         topology, what = _HRNET_BACKBONES[name]
         net = HRNetFeatureMap(**topology, incre_modules=incre_modules, align_corners=align_corners)
         load_pretrained(net.body, weights, what, ignore_prefixes=_HRNET_HEAD_KEYS)
-        if weights and incre_modules:
+        if weights and not is_random(weights) and incre_modules:
             n = net.load_incre_modules(load_state_dict_file(weights), str(weights))
             log.info("%s: %d incre_modules tensors loaded from %s", what, n, weights)
         return net
     if name == "hrnet_tiny":
         net = HRNetFeatureMap(**HRNET_TINY, incre_modules=incre_modules, align_corners=align_corners)
-        if weights:
+        if weights and not is_random(weights):
             load_pretrained(net.body, weights, "tiny HRNet", ignore_prefixes=("incre_modules",))
             if incre_modules:
                 net.load_incre_modules(load_state_dict_file(weights), str(weights))

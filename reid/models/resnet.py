@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 
+from reid.models.zoo import RANDOM, is_random
 from reid.serialization import load_file
 
 RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
@@ -40,7 +41,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(module: nn.Module, path: str | Path | None, what: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load weights non-strictly, logging missing/unexpected keys; warn loudly when no file is named."""
+    """Load weights non-strictly, logging missing/unexpected keys; warn loudly when no file is named (`random`, the
+    explicit choice of random initialisation, is only logged)."""
+    if is_random(path):
+        log.info("%s: random initialisation (weights: %s in params.yaml)", what, RANDOM)
+        return
     if not path:
         warnings.warn(
             f"{what}: no pretrained weights named in params.yaml; starting from random initialisation "

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from reid.models.resnet import load_pretrained, load_state_dict_file
+from reid.models.zoo import is_random
 
 log = logging.getLogger(__name__)
 
@@ -479,8 +480,8 @@ def build_vit(
         raise KeyError(f"unknown ViT arch {arch!r}; choose one of {sorted(ARCHS)}")
     model = VisionTransformer(img_size=tuple(img_size), patch_size=16, stride=stride, keep_ratio=keep_ratio,
                               drop_path_rate=drop_path_rate, **ARCHS[arch], **kwargs)
-    if weights:
+    if weights and not is_random(weights):
         load_vit_weights(model, weights, what=arch)
     else:
-        load_pretrained(model, None, arch)  # the shared loud warning about random initialisation
+        load_pretrained(model, weights, arch)  # random by choice (logged) or not chosen (the loud warning)
     return model

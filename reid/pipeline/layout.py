@@ -18,6 +18,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Mapping
 
+from reid.models.zoo import is_random
 from reid.pipeline import params as C
 
 
@@ -128,7 +129,7 @@ def teacher_deps(cfg: Mapping[str, Any], ds: str, teacher: str) -> dict[str, str
     kw, _ = C.stage_teacher(cfg, ds, teacher)
     deps = {"index": index_path(ds), **index_deps(cfg, ds)}
     deps.update(_cache_inputs(cfg, ds, list(kw["params"].get("needs", []))))
-    if kw.get("backend", "onnx") != "oracle" and kw.get("model"):
+    if kw.get("backend", "onnx") != "oracle" and kw.get("model") and not is_random(kw["model"]):
         deps["weights"] = str(kw["model"])
     return deps
 
@@ -164,7 +165,7 @@ def train_deps(cfg: Mapping[str, Any], ds: str, run: str) -> dict[str, str]:
     method = C.resolved_method(resolved)
     deps.update(_cache_inputs(cfg, ds, C.cache_names(method, train=True), _teacher_pretrained(method, run)))
     params = resolved["method_params"]
-    deps.update({k: str(v) for k, v in sorted(params.items()) if is_weights_key(k) and v})
+    deps.update({k: str(v) for k, v in sorted(params.items()) if is_weights_key(k) and v and not is_random(v)})
     return deps
 
 

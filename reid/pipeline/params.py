@@ -194,6 +194,11 @@ def _has(cfg: Mapping[str, Any], dotted: str) -> bool:
     return _get(cfg, dotted, _MISSING) is not _MISSING
 
 
+def has_key(cfg: Mapping[str, Any], dotted: str) -> bool:
+    """Whether params.yaml sets the dotted key (to any value, null included)."""
+    return _has(cfg, dotted)
+
+
 _MISSING = object()
 
 

@@ -55,6 +55,23 @@ def _load_params(path: str) -> dict[str, Any]:
     return C.load_params(path)
 
 
+def _stage_target(args: argparse.Namespace) -> str:
+    """The layout path of what this stage makes (whatever --out says), for the pre-flight walk."""
+    from reid.pipeline import layout as D
+
+    if args.stage == "index":
+        return D.index_path(args.dataset)
+    if args.stage == "teach":
+        return D.cache_path(args.dataset, args.teacher)
+    if args.stage == "pretrain":
+        return D.pretrain_path(args.arch)
+    if args.stage == "train":
+        return D.model_path(args.dataset, args.run)
+    if args.stage == "evaluate":
+        return D.metrics_path(args.dataset, args.run)
+    return args.out  # teacher-outputs: its --out is the derived cache's layout path
+
+
 def _root(args: argparse.Namespace) -> str:
     if args.root:
         return args.root
@@ -86,6 +103,11 @@ def main(args: argparse.Namespace) -> int:
     from reid.engine.commands import format_metrics
 
     caches = parse_caches(args.cache)
+    if args.params is not None and args.stage != "synth":
+        # the DVC route (Snakemake checked at DAG time): every missing input of this stage's output, before any work
+        from reid.pipeline.preflight import raise_if_missing
+
+        raise_if_missing(_params(args), [_stage_target(args)])
     if args.stage == "synth":
         from reid.data.synthetic import DEFAULT_TEST_IDS, generate_world
 

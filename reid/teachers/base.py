@@ -49,6 +49,9 @@ class Teacher:
     backends: ClassVar[tuple[str, ...]] = ()
     # Parameters read from `**params` with their defaults (params.yaml `teachers.<name>` is typed by them).
     defaults: ClassVar[dict[str, Any]] = {}
+    # Backend -> where its weights file (`teachers.<name>.model`) comes from; a backend not listed reads no file
+    # (oracle, cv2). The pre-flight check (reid/pipeline/preflight.py) names it for every missing file.
+    weights_source: ClassVar[dict[str, str]] = {}
     needs_image: bool = True  # may be set per instance (e.g. False for an oracle backend)
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu", **params: Any):

@@ -263,6 +263,7 @@ class FacesTeacher(Teacher):
     name = "faces"
     backends = ("onnx", "oracle")
     defaults = DEFAULTS
+    weights_source = {"onnx": WEIGHTS_HELP}
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu", **params: Any):
         super().__init__(backend, model_path, device, **_merge_params(params))

@@ -38,6 +38,7 @@ import torch
 from reid.cache.h5 import CacheWriter, Field
 from reid.data.index import IndexRow, index_sha256, read_index
 from reid.data.transforms import Geometry, normalize_rgb, warp
+from reid.models.zoo import RANDOM, is_random
 from reid.teachers.base import TEACHERS, Teacher, require_weights
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,15 @@ class ISPLabelsTeacher(Teacher):
     name = "isp_labels"
     backends = ("torch",)
     defaults = DEFAULTS
+    # the ImageNet backbone whose features are clustered (`random`: the explicit choice of random initialisation)
+    weights_source = {"torch": "HRNet-W32-C ImageNet: hrnetv2_w32_imagenet_pretrained.pth (HRNet-Image-Classification "
+                               "model zoo); ResNet-50: torchvision resnet50-0676ba61.pth; or `random`"}
 
     def __init__(self, backend: str = "torch", model_path: str | Path | None = None, device: str = "auto",
                  **params: Any) -> None:
         weights = params.pop("weights", None) or (str(model_path) if model_path else None)
-        super().__init__(backend, weights, device, **params)
+        self.random_init = is_random(weights)  # `random`: the explicit choice, no warning
+        super().__init__(backend, None if self.random_init else weights, device, **params)
         unknown = sorted(set(params) - set(DEFAULTS) - {"weights"})
         if unknown:
             raise ValueError(f"isp_labels teacher: unknown params {unknown}; known: {sorted(DEFAULTS)}")
@@ -116,7 +121,7 @@ class ISPLabelsTeacher(Teacher):
 
     def provenance(self) -> dict[str, Any]:
         out = super().provenance()
-        out["weights"] = str(self.model_path) if self.model_path else "random initialisation"
+        out["weights"] = str(self.model_path) if self.model_path else RANDOM
         return out
 
     def load(self, image_bgr: np.ndarray | None, row: IndexRow, root: Path, index: int | None = None) -> torch.Tensor:
@@ -132,7 +137,7 @@ class ISPLabelsTeacher(Teacher):
             return
         from reid.models.isp_backbones import build_feature_backbone
 
-        if self.model_path is None:
+        if self.model_path is None and not self.random_init:
             warnings.warn(f"isp_labels: no `weights` for {self.backbone_name}: clustering the features of a RANDOMLY "
                           "initialised backbone (the paper starts from ImageNet weights)", stacklevel=2)
             torch.manual_seed(self.seed)

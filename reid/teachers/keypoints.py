@@ -221,6 +221,7 @@ class KeypointsTeacher(Teacher):
     name = "keypoints"
     backends = ("onnx", "torch", "oracle")
     defaults = DEFAULTS
+    weights_source = WEIGHTS_HELP
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu", **params: Any):
         super().__init__(backend, model_path, device, **_merge_params(params))

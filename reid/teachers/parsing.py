@@ -248,6 +248,7 @@ class ParsingTeacher(Teacher):
 
     name = "parsing"
     backends = ("onnx", "torch", "oracle")
+    weights_source = {"onnx": SCHP_WEIGHTS_HELP, "torch": SCHP_WEIGHTS_HELP}
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu",
                  label_set: str = "lip", input_size: int | None = None,

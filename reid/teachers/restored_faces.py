@@ -209,6 +209,7 @@ class RestoredFacesTeacher(Teacher):
 
     name = "restored_faces"
     backends = ("onnx", "oracle")
+    weights_source = {"onnx": GPEN_WEIGHTS_HELP}
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu",
                  faces_cache: str | Path | None = None, model_size: int | None = None,

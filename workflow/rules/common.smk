@@ -112,3 +112,26 @@ def ablation_inputs(wildcards):
     from reid.report import ablation_runs
 
     return [D.metrics_path(wildcards.dataset, run) for run in ablation_runs(config, wildcards.method)]
+
+
+
+_PREFLIGHT_DONE: list[bool] = []
+
+
+def preflighted(fn):
+    """An input function that first checks, once per invocation, every input of this invocation's targets
+    (reid/pipeline/preflight.py): a real dataset's root and layout, each teacher's weights file, each method's
+    ImageNet backbone file, all listed in one error before any job. It runs in the first input function Snakemake
+    evaluates, as the targets are known only once the DAG is being built."""
+
+    def wrapped(wildcards):
+        if not _PREFLIGHT_DONE:
+            from reid.pipeline.preflight import raise_if_missing
+
+            _PREFLIGHT_DONE.append(True)
+            settings = workflow.dag_settings
+            targets = [str(t) for t in (settings.targets if settings else ())] or all_targets()
+            raise_if_missing(config, targets)
+        return fn(wildcards)
+
+    return wrapped

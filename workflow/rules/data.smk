@@ -20,7 +20,7 @@ rule synth:
 
 rule index:
     input:
-        unpack(lambda wc: D.index_deps(config, wc.dataset)),
+        unpack(preflighted(lambda wc: D.index_deps(config, wc.dataset))),
     output:
         "cache/{dataset}/index.csv",
     params:

@@ -3,7 +3,7 @@
 
 rule ablation_table:
     input:
-        ablation_inputs,
+        preflighted(ablation_inputs),
     output:
         md="results/{dataset}/ablation_{method}.md",
         json="results/{dataset}/ablation_{method}.json",
@@ -22,7 +22,7 @@ rule ablation_table:
 
 rule claims:
     input:
-        claims_inputs,
+        preflighted(claims_inputs),
     output:
         md="results/{dataset}/claims.md",
         json="results/{dataset}/claims.json",
@@ -43,7 +43,7 @@ rule claims:
 
 rule probe:
     input:
-        unpack(lambda wc: D.probe_deps(config, wc.dataset, wc.run)),
+        unpack(preflighted(lambda wc: D.probe_deps(config, wc.dataset, wc.run))),
     output:
         "results/{dataset}/{run}/probe.json",
     params:

@@ -4,7 +4,7 @@
 rule teach:
     # One job, or (teachers.<t>.shards: N > 1) the merge of N shard jobs (rule teach_shard) into the same bytes.
     input:
-        unpack(teach_inputs),
+        unpack(preflighted(teach_inputs)),
     output:
         "cache/{dataset}/{teacher}.h5",
     params:
@@ -25,7 +25,7 @@ rule teach:
 
 rule teach_shard:
     input:
-        unpack(lambda wc: D.teacher_deps(config, wc.dataset, wc.teacher)),
+        unpack(preflighted(lambda wc: D.teacher_deps(config, wc.dataset, wc.teacher))),
     output:
         "cache/{dataset}/{teacher}.shards/{i}-of-{n}.h5",
     params:
@@ -47,7 +47,7 @@ rule teach_shard:
 
 rule teacher_outputs:
     input:
-        unpack(lambda wc: D.derived_deps(config, wc.dataset, wc.derived)),
+        unpack(preflighted(lambda wc: D.derived_deps(config, wc.dataset, wc.derived))),
     output:
         "cache/{dataset}/{derived}.h5",
     params:

@@ -3,7 +3,7 @@
 
 rule pretrain:
     input:
-        unpack(lambda wc: D.pretrain_deps(config)),
+        unpack(preflighted(lambda wc: D.pretrain_deps(config))),
     output:
         weights="models/pretrain/{arch}.pth",
         summary="models/pretrain/{arch}.json",
@@ -26,7 +26,7 @@ rule pretrain:
 
 rule train:
     input:
-        unpack(lambda wc: D.train_deps(config, wc.dataset, wc.run)),
+        unpack(preflighted(lambda wc: D.train_deps(config, wc.dataset, wc.run))),
     output:
         model="models/{dataset}/{run}/model.pt",
         log_csv="models/{dataset}/{run}/train_log.csv",
@@ -53,7 +53,7 @@ rule train:
 
 rule evaluate:
     input:
-        unpack(lambda wc: D.evaluate_deps(config, wc.dataset, wc.run)),
+        unpack(preflighted(lambda wc: D.evaluate_deps(config, wc.dataset, wc.run))),
     output:
         metrics="results/{dataset}/{run}/metrics.json",
         cmc="results/{dataset}/{run}/cmc.csv",
