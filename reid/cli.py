@@ -48,6 +48,17 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
 }
 
 
+# Help of the options many verbs share, filled in where a verb does not word its own.
+COMMON_HELP: dict[str, str] = {
+    "--index": "dataset index CSV (`python -m reid index` writes it)",
+    "--root": "the dataset root the index paths are relative to",
+    "--batch-size": "images per batch",
+    "--workers": "data loader worker processes (0: in the main process)",
+    "--device": "auto (CUDA when available) | cpu | cuda[:i]",
+    "--opset": "ONNX opset version",
+}
+
+
 def parse_caches(items: list[str] | None) -> dict[str, str]:
     """`--cache name=path` pairs -> dict; a malformed item is an error naming it."""
     out: dict[str, str] = {}
@@ -79,12 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         from reid.registry import import_plugin
 
         import_plugin(plugin, "--plugin")
-    module_name, help_text = VERBS[head.verb]
-    module = importlib.import_module(module_name)
-    verb_parser = argparse.ArgumentParser(prog=f"reid {head.verb}", description=help_text)
-    add_name, main_name = FUNCTIONS.get(head.verb, ("add_arguments", "main"))
-    add, run = getattr(module, add_name), getattr(module, main_name)
-    add(verb_parser)
+    module = importlib.import_module(VERBS[head.verb][0])
+    verb_parser = verb_parser_of(head.verb)
+    run = getattr(module, FUNCTIONS.get(head.verb, ("add_arguments", "main"))[1])
     args = verb_parser.parse_args(rest)
     logging.basicConfig(
         level=logging.DEBUG if head.verbose else logging.INFO,
@@ -99,6 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"reid {head.verb}: error: {message}", file=sys.stderr)
         return 1
+
+
+def verb_parser_of(verb: str) -> argparse.ArgumentParser:
+    """A verb's argument parser: its module's options, the shared help where it has none, defaults shown."""
+    module_name, help_text = VERBS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"reid {verb}", description=help_text,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    getattr(module, FUNCTIONS.get(verb, ("add_arguments", "main"))[0])(parser)
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public iterator over its actions
+        if action.help is None and action.option_strings:
+            action.help = COMMON_HELP.get(action.option_strings[-1])
+    return parser
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -22,3 +22,18 @@ def test_every_verb_prints_its_help(verb: str, capsys: pytest.CaptureFixture[str
         main([verb, "--help"])
     assert e.value.code == 0
     assert f"usage: reid {verb}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_option_has_help_and_shows_its_default(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from reid.cli import verb_parser_of
+
+    parser = verb_parser_of(verb)
+    bare = [a.option_strings[-1] if a.option_strings else a.dest for a in parser._actions if not a.help]
+    assert not bare, f"reid {verb}: options without help: {bare}"
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, "==SUPPRESS==") and not action.required:
+            assert f"(default: {action.default})" in out, (verb, action.option_strings)

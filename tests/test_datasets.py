@@ -337,3 +337,18 @@ def test_a_truncated_jpeg_is_an_error_naming_it(tmp_path: Path) -> None:
     assert [Path(p).name for p in exc.value.paths] == ["150_1_c4_000001.jpg"]
     path.write_bytes(data + b"\x00" * 16)  # zero padding after the end-of-image marker is fine
     assert len(build_index("ltcc", tmp_path)) == 6
+
+
+def test_the_docs_state_every_loaders_layout_and_naming_rule() -> None:
+    """docs/pipeline.md 'Datasets' names every registered dataset and quotes each file-name regex of the code."""
+    from pathlib import Path
+
+    from reid.data import datasets as L
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "pipeline.md").read_text()
+    section = doc[doc.index("## Datasets: the layout under `root`"):]
+    section = section[: section.index("\n## ", 3)]
+    for name in L.DATASETS.names():
+        assert f"`{name}`" in section, name
+    for pattern in (L.MARKET_RE, L.PRCC_TRAIN_RE, L.LTCC_RE, L.CELEB_RE, L.OCC_PARTIAL_RE, L.ILIDS_RE):
+        assert f"`{pattern.pattern}`" in section.replace("\\|", "|"), pattern.pattern

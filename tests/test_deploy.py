@@ -113,6 +113,8 @@ def test_export_embed_search_reproduce_the_evaluated_rank1(tmp_path: Path, capsy
         assert cli(["search", "--gallery", str(tmp_path / f"g.{tag}.h5"), "--query", str(tmp_path / f"q.{tag}.h5"),
                     "--top-k", "1000", "--out", str(tmp_path / f"ranks.{tag}.json"),
                     "--sheet", str(tmp_path / f"sheet.{tag}.png")]) == 0
+        printed = capsys.readouterr().out.splitlines()  # a summary, the full ranking is in the file
+        assert len(printed) <= 3 * 6 + 2 and printed[-2].startswith("ranked ") and f"ranks.{tag}.json" in printed[-2]
         assert _rank1(tmp_path / f"ranks.{tag}.json") == (metrics["standard"]["num_valid_query"],
                                                          pytest.approx(metrics["standard"]["R1"], abs=1e-6)), tag
 

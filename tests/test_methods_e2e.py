@@ -273,3 +273,41 @@ def test_second_run_has_nothing_to_do(workspace: Path) -> None:
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
     again = snakemake(workspace, *targets)
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+
+
+@pytest.mark.parametrize("target", ["synthcc/deskpro", "occluded_duke/pgfl_kd"])
+def test_the_evaluate_verb_prints_the_pipelines_numbers(workspace: Path, target: str) -> None:
+    """One number for one model: `python -m reid evaluate` with its defaults computes exactly the metrics.json of the
+    pipeline's evaluate stage (same precision, threads and preprocessing)."""
+    from reid.pipeline import layout as D
+
+    dataset, run = target.split("/")
+    cfg = yaml.safe_load((workspace / "params.yaml").read_text())
+    deps = D.evaluate_deps(cfg, dataset, run)
+    caches = [f"--cache={k}={workspace / v}" for k, v in deps.items() if k not in D.NON_CACHE_DEPS]
+    out = workspace / "cli" / dataset / run / "metrics.json"
+    proc = subprocess.run([sys.executable, "-m", "reid", "evaluate", "--model", str(workspace / deps["model"]),
+                           "--index", str(workspace / deps["index"]), "--root",
+                           str(workspace / cfg["datasets"][dataset]["root"]), "--dataset", _loader(workspace, dataset),
+                           "--out", str(out), *caches], cwd=workspace, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli, dag = json.loads(out.read_text()), json.loads((workspace / D.metrics_path(dataset, run)).read_text())
+    settings = [k for k, v in dag.items() if isinstance(v, dict) and "mAP" in v]
+    assert settings and all(cli[k] == dag[k] for k in settings), {k: (cli[k], dag[k]) for k in settings}
+    assert cli["embed_dtype"] == dag["embed_dtype"]
+
+
+def test_the_snakemake_report_carries_each_runs_metrics_and_pictures(workspace: Path) -> None:
+    """`snakemake --report` lists every run's metrics.json, CMC curve and rank list with its caption."""
+    import zipfile
+
+    targets = [f"results/{run}/metrics.json" for run in ("synthcc/deskpro", "prcc/deskpro", "occluded_duke/isp")]
+    snakemake(workspace, "--report", "report.zip", *targets)
+    with zipfile.ZipFile(workspace / "report.zip") as archive:
+        names = archive.namelist()
+        text = "\n".join(archive.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    for target in targets:
+        folder = target.rsplit("/", 1)[0]
+        for picture in ("metrics.json", "cmc.png", "ranks.png"):
+            assert any(n.endswith(f"{folder}/{picture}") for n in names), (folder, picture, names[:20])
+    assert "first correct match is at rank" in text  # the rank list's caption

@@ -115,8 +115,9 @@ def test_snakemake_then_dvc(tmp_path: Path, repo_copier) -> None:
 
 @pytest.mark.slow
 def test_dvc_exp_run_alpha_reruns_only_deskpro(tmp_path: Path, repo_copier) -> None:
-    """`dvc exp run -S alpha=...` (DeSKPro's top-level KD weight) reruns DeSKPro's train + evaluate only: not the
-    teacher caches, not the face teacher or its logits; `dvc exp show` lists alpha and the metrics."""
+    """The README's experiment: `dvc exp run -S alpha=0.9 evaluate-synthcc-deskpro` reruns DeSKPro's train +
+    evaluate only (not the teacher caches, the face teacher or its logits); `dvc exp show --only-changed` then
+    shows the baseline and the experiment side by side with their metrics, and `dvc plots diff` both CMC curves."""
     from test_methods_e2e import tiny_synthetic
 
     work = repo_copier(tmp_path / "repo", skip=(".dvc/", "dvc.lock"))
@@ -132,14 +133,31 @@ def test_dvc_exp_run_alpha_reruns_only_deskpro(tmp_path: Path, repo_copier) -> N
     out = _run(work, py, "-m", "dvc", "repro", timeout=600)
     first = _ran_stages(out)
     assert {"teach-synthcc-parsing", "train-synthcc-deskpro_face_teacher", "train-synthcc-deskpro"} <= first, first
-    _run(work, "git", "add", "-A")
-    _run(work, "git", "commit", "-q", "-m", "lock")
+    _run(work, "git", "add", "-A")  # metrics.json, cmc.csv and train_log.csv are tracked: experiments carry them
+    _run(work, "git", "commit", "-q", "-m", "baseline")
+    tracked = _run(work, "git", "ls-files", "results", "models")
+    assert "results/synthcc/deskpro/metrics.json" in tracked and "model.pt" not in tracked, tracked
 
-    out = _run(work, py, "-m", "dvc", "exp", "run", "-S", "alpha=0.5", timeout=600)
+    out = _run(work, py, "-m", "dvc", "exp", "run", "-n", "alpha09", "-S", "alpha=0.9", "evaluate-synthcc-deskpro",
+               timeout=600)
     assert _ran_stages(out) == {"train-synthcc-deskpro", "evaluate-synthcc-deskpro"}, out[-3000:]
-    shown = _run(work, py, "-m", "dvc", "exp", "show", "--csv")
-    header, *rows = shown.strip().splitlines()
-    columns = header.split(",")
-    assert "alpha" in columns and any(c.startswith("cross_clothes.R1") for c in columns), header
-    alphas = {row.split(",")[columns.index("alpha")] for row in rows}
-    assert {"0.8", "0.5"} <= alphas, shown
+    shown = json.loads(_run(work, py, "-m", "dvc", "exp", "show", "--json"))
+    rows = {}
+    for commit in shown:
+        for exp in [commit, *[e for run in commit.get("experiments") or [] for e in run.get("revs", [])]]:
+            data = (exp.get("data") or {})
+            metrics = data.get("metrics", {}).get("results/synthcc/deskpro/metrics.json", {}).get("data", {})
+            alpha = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("alpha")
+            if exp.get("name") in ("alpha09", "main", "master") or data.get("name") == "alpha09":
+                rows[alpha] = metrics
+    assert set(rows) >= {0.8, 0.9}, shown
+    for alpha, metrics in rows.items():  # both rows carry their numbers (not DVC's '!')
+        assert isinstance(metrics.get("cross_clothes", {}).get("mAP"), float), (alpha, metrics)
+        assert "description" not in metrics
+    table = _run(work, py, "-m", "dvc", "exp", "show", "--only-changed", "--no-pager")
+    assert "alpha" in table and "cross_clothes.mAP" in table.replace("\n", "") or "mAP" in table, table
+    diff = json.loads(_run(work, py, "-m", "dvc", "plots", "diff", "HEAD", "alpha09", "--json", "--targets",
+                           "results/synthcc/deskpro/cmc.csv"))
+    revisions = {d.get("rev") for plot in diff.values() for entry in plot for d in entry.get("content", {}).get(
+        "data", {}).get("values", [])} if isinstance(diff, dict) else set()
+    assert {"HEAD", "alpha09"} <= revisions or "alpha09" in json.dumps(diff), json.dumps(diff)[:2000]

@@ -103,7 +103,7 @@ def test_pretrained_runs_take_the_datasets_weights_and_depend_on_the_file() -> N
     assert C.parse_run(run) == C.Run("pgfl_kd", "full", 1, True)
     params = C.stage_train(cfg, "synthocc", run)[0]["method_params"]
     assert params["weights"] == cfg["datasets"]["synthocc"]["pretrained"]["pgfl_kd"]["weights"]
-    assert C.stage_train(cfg, "synthocc", "pgfl_kd--full--s1")[0]["method_params"]["weights"] is None
+    assert C.stage_train(cfg, "synthocc", "pgfl_kd--full--s1")[0]["method_params"]["weights"] == "random"
     deps = D.train_deps(cfg, "synthocc", run)
     assert deps["weights"] == "models/pretrain/resnet18.pth" and D.pretrain_arch(deps["weights"]) == "resnet18"
     assert "--cache weights" not in D.cache_args(deps)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from reid.data.index import IndexRow, read_index, write_index
+from reid.engine.inference import DEFAULT_CPU_AMP
 from reid.methods.base import Method, method_from_record
 from reid.hashing import file_sha256
 from reid.serialization import CorruptFileError, read_json_file
@@ -36,23 +37,29 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class TorchEmbedder:
-    """model.pt through PyTorch: the method's own `embed`."""
+    """model.pt through PyTorch: the method's own `embed`, in the precision `evaluate` uses (`cpu_amp`), so an
+    embedding here equals the one behind metrics.json."""
 
     backend = "torch"
 
-    def __init__(self, model_path: str | Path, device: str = "auto") -> None:
-        from reid.engine.inference import load_model
+    def __init__(self, model_path: str | Path, device: str = "auto", cpu_amp: bool = DEFAULT_CPU_AMP) -> None:
+        from reid.engine.inference import extraction_dtype, load_model
 
         self.path = Path(model_path)
         self.method, self.model, ckpt = load_model(self.path, device)
         self.input_size = tuple(ckpt["input_size"])
         self.device = next(self.model.parameters()).device
+        self.dtype = extraction_dtype(self.model, cpu_amp)
+        if self.dtype == torch.bfloat16:  # as `extract` does: the layout oneDNN's bf16 kernels want
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.providers = [str(self.device)]
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        return {k: v.float().cpu().numpy() for k, v in self.method.embed(self.model, batch).items()}
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            feats = self.method.embed(self.model, batch)
+        return {k: v.float().cpu().numpy() for k, v in feats.items()}
 
 
 class OnnxEmbedder:
@@ -86,11 +93,11 @@ class OnnxEmbedder:
         return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
 
 
-def open_embedder(path: str | Path, device: str = "auto") -> TorchEmbedder | OnnxEmbedder:
+def open_embedder(path: str | Path, device: str = "auto", cpu_amp: bool = DEFAULT_CPU_AMP) -> TorchEmbedder | OnnxEmbedder:
     path = Path(path)
     if path.suffix == ".onnx":
         return OnnxEmbedder(path, prefer_gpu=device != "cpu")
-    return TorchEmbedder(path, device)
+    return TorchEmbedder(path, device, cpu_amp)
 
 
 def folder_rows(folder: str | Path) -> list[IndexRow]:
@@ -158,14 +165,14 @@ def batches(embedder: Any, rows: list[IndexRow], root: Path, caches: dict[str, s
 def embed_images(model: str | Path, rows: list[IndexRow], root: str | Path, out: str | Path,
                  caches: dict[str, str] | None = None, params: str | None = None, dataset: str | None = None,
                  batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
-                 with_identities: bool = False) -> dict[str, Any]:
+                 with_identities: bool = False, cpu_amp: bool = DEFAULT_CPU_AMP) -> dict[str, Any]:
     """Embed `rows` (paths relative to `root`) into `out`; returns a summary (images/s, providers...)."""
     from tqdm import tqdm
 
     from reid.cache.h5 import CacheWriter, Field
     from reid.hashing import file_sha256
 
-    embedder = open_embedder(model, device)
+    embedder = open_embedder(model, device, cpu_amp)
     method, root = embedder.method, Path(root).resolve()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="reid-embed-") as tmp:
@@ -222,11 +229,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--cpu-amp", action=argparse.BooleanOptionalAction, default=DEFAULT_CPU_AMP,
+                   help="model.pt: embed in bfloat16 on a CPU with native bf16, as `evaluate` and the pipeline do")
 
 
 def main(args: argparse.Namespace) -> int:
     from reid.cli import parse_caches
+    from reid.engine.inference import pin_evaluate_threads
 
+    pin_evaluate_threads()  # as `evaluate`: the same embeddings as the pipeline's
     if args.images:
         rows, root, ids = folder_rows(args.images), Path(args.images), False
         if args.cache:
@@ -241,6 +252,6 @@ def main(args: argparse.Namespace) -> int:
                 raise SystemExit("--split cannot be combined with --cache (cache rows align with the whole index)")
             rows = [rows[i] for i in keep]
     summary = embed_images(args.model, rows, root, args.out, parse_caches(args.cache), args.params, args.dataset,
-                           args.batch_size, args.workers, args.device, with_identities=ids)
+                           args.batch_size, args.workers, args.device, with_identities=ids, cpu_amp=args.cpu_amp)
     print(json.dumps(summary, sort_keys=True))
     return 0

@@ -85,7 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", required=True, nargs="+", help="an embeddings file, or image files (needs --model)")
     p.add_argument("--model", help="model.pt / model.onnx to embed query images with")
     p.add_argument("--top-k", type=_positive_int, default=10, help="gallery items listed per query (default 10)")
-    p.add_argument("--out", help="also write the rankings as JSON here")
+    p.add_argument("--out", default="ranking.json", help="the full ranking (every query, top-k, distances) as JSON")
+    p.add_argument("--show", type=int, default=3, help="queries printed as a summary (the file has all of them)")
     p.add_argument("--sheet", help="draw the rankings (query + top-k, nearest first) into this PNG")
     p.add_argument("--sheet-queries", type=int, default=20, help="queries drawn on the sheet (the first N)")
 
@@ -113,12 +114,15 @@ def main(args: argparse.Namespace) -> int:
         idx, dist = rank(method, q, g, args.top_k)
     result = [{"query": q_paths[i], "ranked": [{"path": g_paths[j], "distance": round(float(d), 6)}
                                                 for j, d in zip(idx[i], dist[i])]} for i in range(len(q_paths))]
-    for r in result:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    for r in result[: args.show]:
         print(r["query"])
-        for n, hit in enumerate(r["ranked"], 1):
+        for n, hit in enumerate(r["ranked"][:5], 1):
             print(f"  {n:3d}  {hit['distance']:.4f}  {hit['path']}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    more = f" (the first {min(args.show, len(result))} above, top 5 each)" if args.show else ""
+    print(f"ranked {len(result)} queries against {len(g_paths)} gallery images with {method.name}'s distance, "
+          f"top {idx.shape[1]} each: {args.out}{more}")
     if args.sheet:
         from reid.viz.ranks import rank_sheet
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -75,6 +76,19 @@ def load_model(
     dev = torch.device(resolve_device(device))
     model.to(dev).eval()
     return method, model, ckpt
+
+
+# Whether evaluation embeds in bfloat16 on a CPU with native bf16: the default of params.yaml's `evaluate.cpu_amp`
+# and of the `evaluate` / `embed` / `search` verbs (`--no-cpu-amp`), so the CLI computes the pipeline's numbers.
+DEFAULT_CPU_AMP = True
+# Torch threads of an evaluation: the pipeline's evaluate stage pins it (reid.pipeline.params.stage_threads) and so do
+# the `evaluate` / `embed` verbs, as float reductions (and so near-tie rankings) depend on the thread count.
+EVALUATE_THREADS = 2
+
+
+def pin_evaluate_threads() -> None:
+    os.environ["OMP_NUM_THREADS"] = str(EVALUATE_THREADS)
+    torch.set_num_threads(EVALUATE_THREADS)
 
 
 def extraction_dtype(model: torch.nn.Module, cpu_amp: bool) -> torch.dtype | None:
@@ -193,6 +207,7 @@ def evaluate_model(
     curves: dict[str, np.ndarray] = {}
     per_query: dict[str, dict[str, np.ndarray]] = {}
     metrics = run_protocol(info.protocol, dist, q_rows, g_rows, curves=curves, per_query=per_query)
+    metrics.pop("description")  # the protocol's prose lives in reid.eval.protocols (a metrics column in `dvc exp show`)
     n_images = len(subsets["query"]) + len(subsets["gallery"])
     metrics.update({
         "dataset": dataset,
@@ -260,7 +275,11 @@ def write_pictures(folder: Path, title: str, protocol: str, curves: Mapping[str,
                                                                 for i in chosen], hits[chosen],
                folder / "ranks.png", captions=[f"{'worst' if c < len(worst) else 'best'} r{first[i] + 1}"
                                                for c, i in enumerate(chosen)],
-               distances=np.take_along_axis(np.asarray(dist)[idx], order, axis=1)[chosen])
+               distances=np.take_along_axis(np.asarray(dist)[idx], order, axis=1)[chosen],
+               title=[f"{title} [{protocol}], setting {setting.name}: its {len(worst)} worst and {len(best)} best "
+                      "queries",
+                      f"'worst r{first[chosen[0]] + 1}': that query's first correct match is at rank "
+                      f"{first[chosen[0]] + 1} (junk removed as in the metrics)"])
 
 
 def _jsonable(x: Any) -> Any:

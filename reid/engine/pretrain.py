@@ -265,7 +265,7 @@ def _pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", required=True, choices=sorted(ARCHS))
+    p.add_argument("--arch", required=True, choices=sorted(ARCHS), help="the backbone to pretrain")
     p.add_argument("--index", required=True, help="index CSV of the pretraining world (its train split is used)")
     p.add_argument("--root", required=True, help="the world's root folder")
     p.add_argument("--out", required=True, help="weights file to write (e.g. models/pretrain/resnet18.pth)")

@@ -88,7 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True)
     p.add_argument("--root", required=True)
     p.add_argument("--cache", action="append", metavar="NAME=PATH", help="a cache the probe reads (repeatable)")
-    p.add_argument("--split", default="query")
+    p.add_argument("--split", default="query", choices=("train", "query", "gallery"),
+                   help="the index rows to probe")
     p.add_argument("--limit", type=int, default=256, help="images probed (the first of the split)")
     p.add_argument("--out", help="also write the statistics as JSON")
 

@@ -210,12 +210,12 @@ def to_markdown(assessed: list[dict[str, Any]], dataset: str, effects: Sequence[
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="the world (or dataset) the runs were evaluated on")
     p.add_argument("--methods", nargs="+", required=True, help="methods whose declared claims to assess")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="the seeds each row was run with")
     p.add_argument("--init", nargs="+", choices=INITS, default=["scratch"],
                    help="initialisations to assess every claim under (params.yaml ablation.init)")
     p.add_argument("--results", default="results", help="the results/ folder")
-    p.add_argument("--out-md", required=True)
-    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True, help="the verdicts as Markdown")
+    p.add_argument("--out-json", required=True, help="the verdicts as JSON")
     p.add_argument("--only", nargs="+", default=None,
                    help="assess only the claims whose name contains one of these strings (a partial run)")
 

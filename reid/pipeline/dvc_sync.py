@@ -123,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("outputs", nargs="*", help="only stages all of whose outputs are among these paths "
                    "(default: every stage whose outputs exist)")
     p.add_argument("--root", default=".", help="the repository root (holds .dvc and dvc.yaml)")
-    p.add_argument("--dvc-yaml", default="dvc.yaml")
+    p.add_argument("--dvc-yaml", default="dvc.yaml", help="the stages to record")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -281,8 +281,8 @@ def render(cfg: Mapping[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--out", default="dvc.yaml")
+    p.add_argument("--params", default="params.yaml", help="the configuration dvc.yaml is written from")
+    p.add_argument("--out", default="dvc.yaml", help="the dvc.yaml to write (or check with --check)")
     p.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
 
 

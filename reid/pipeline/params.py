@@ -466,7 +466,7 @@ def to_json(obj: Any) -> str:
 # Threads per job, one formula for both orchestrators: Snakemake's `threads:` and the stage command itself
 # (`reid pipeline` pins torch to it), so a run made by `dvc repro` computes with the same thread count as one
 # made by Snakemake, and gives the same bytes (CPU float reductions depend on the thread count).
-STAGE_THREADS = {"synth": 1, "index": 2, "evaluate": 2, "teacher-outputs": 2, "export": 1}  # export: a
+STAGE_THREADS = {"synth": 1, "index": 2, "teacher-outputs": 2, "export": 1}  # export: a
 # plain `python -m reid export` (nothing in params.yaml changes it)
 
 
@@ -484,4 +484,8 @@ def stage_threads(stage: str, resolved: Mapping[str, Any]) -> int:
         return max(1, int(resolved["config"].get("workers", 2)))
     if stage == "teach":
         return max(1, int(resolved.get("workers", 2)))
+    if stage == "evaluate":  # the `evaluate` / `embed` verbs pin the same count (one number for one model)
+        from reid.engine.inference import EVALUATE_THREADS
+
+        return EVALUATE_THREADS
     return STAGE_THREADS.get(stage, 1)

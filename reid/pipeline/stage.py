@@ -22,7 +22,7 @@ STAGES = ("synth", "index", "teach", "pretrain", "train", "teacher-outputs", "ev
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=STAGES, help="the DAG stage to run")
     p.add_argument("--dataset", required=True, help="dataset name under `datasets:` in params.yaml")
     p.add_argument("--teacher", help="teach: teacher name")
     p.add_argument("--arch", help="pretrain: backbone name (reid.engine.pretrain.ARCHS)")

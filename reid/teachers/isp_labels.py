@@ -137,9 +137,10 @@ class ISPLabelsTeacher(Teacher):
             return
         from reid.models.isp_backbones import build_feature_backbone
 
-        if self.model_path is None and not self.random_init:
-            warnings.warn(f"isp_labels: no `weights` for {self.backbone_name}: clustering the features of a RANDOMLY "
-                          "initialised backbone (the paper starts from ImageNet weights)", stacklevel=2)
+        if self.model_path is None:
+            if not self.random_init:  # `random` is the explicit choice: no warning
+                warnings.warn(f"isp_labels: no `weights` for {self.backbone_name}: clustering the features of a "
+                              "RANDOMLY initialised backbone (the paper starts from ImageNet weights)", stacklevel=2)
             torch.manual_seed(self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the warning above already said it

@@ -377,10 +377,12 @@ def export_schp_onnx(model: nn.Module, out: str | Path, size: int, opset: int = 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`export-schp`: official SCHP checkpoint -> ONNX with the common signature."""
     parser.add_argument("--checkpoint", required=True, help="official exp-schp-*.pth (or a plain state dict)")
-    parser.add_argument("--label-set", default="lip", choices=("lip", "atr", "pascal"))
+    parser.add_argument("--label-set", default="lip", choices=("lip", "atr", "pascal"),
+                        help="the label set the checkpoint was trained on (LIP 20, ATR 18, Pascal-Person-Part 7)")
     parser.add_argument("--out", required=True, help="output .onnx path")
     parser.add_argument("--size", type=int, default=None, help="input size (default 473 LIP, 512 ATR/Pascal)")
-    parser.add_argument("--variant", default="resnet101", choices=("resnet101", "tiny"))
+    parser.add_argument("--variant", default="resnet101", choices=("resnet101", "tiny"),
+                        help="the network: the official ResNet-101 SCHP, or the tiny one of the tests")
     parser.add_argument("--opset", type=int, default=17)
 
 

@@ -24,11 +24,20 @@ def _tile(path: Path, colour: tuple[int, int, int], caption: str = "") -> np.nda
     return np.vstack([img, bar])
 
 
+def _header(width: int, lines: Sequence[str]) -> np.ndarray:
+    """White band with one line of text per entry (the sheet's title and how to read it)."""
+    band = np.full((8 + 16 * len(lines), width, 3), 255, np.uint8)
+    for i, text in enumerate(lines):
+        cv2.putText(band, text, (4, 17 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    return band
+
+
 def rank_sheet(queries: Sequence[Path], ranked: Sequence[Sequence[Path]], correct: np.ndarray | None,
                out: str | Path, captions: Sequence[str] | None = None,
-               distances: np.ndarray | None = None) -> Path:
+               distances: np.ndarray | None = None, title: Sequence[str] = ()) -> Path:
     """One row per query: the query (blue border), a gap, its ranked gallery images nearest first, each with a
-    green border when it shows the query's identity, red when not (grey when identities are unknown)."""
+    green border when it shows the query's identity, red when not (grey when identities are unknown); `title`
+    lines go above, followed by a legend of the borders and captions."""
     rows = []
     for i, (q, hits) in enumerate(zip(queries, ranked)):
         gap = np.full((TILE_H + 14, 8, 3), 255, np.uint8)
@@ -40,6 +49,11 @@ def rank_sheet(queries: Sequence[Path], ranked: Sequence[Sequence[Path]], correc
         rows.append(np.hstack(tiles))
     width = max(r.shape[1] for r in rows)
     sheet = np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+    legend = ["blue: the query; then its gallery, nearest first: " + (
+        "grey (identities unknown)" if correct is None else "green = same identity, red = another") + "; "
+        "under each: rank" + (" and distance" if distances is not None else "")]
+    if title or captions:
+        sheet = np.vstack([_header(width, [*title, *legend]), sheet])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), sheet)

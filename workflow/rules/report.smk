@@ -7,7 +7,8 @@ rule ablation_table:
     output:
         md="results/{dataset}/ablation_{method}.md",
         json="results/{dataset}/ablation_{method}.json",
-        png="results/{dataset}/ablation_{method}.png",
+        png=report("results/{dataset}/ablation_{method}.png", caption="../report/ablation.rst",
+                   category="{dataset}", subcategory="ablations", labels={"table": "{method}"}),
     log:
         "logs/{dataset}/ablation_{method}.log",
     benchmark:
@@ -24,7 +25,8 @@ rule claims:
     input:
         preflighted(claims_inputs),
     output:
-        md="results/{dataset}/claims.md",
+        md=report("results/{dataset}/claims.md", caption="../report/claims.rst", category="{dataset}",
+                  subcategory="claims", labels={"table": "claims"}),
         json="results/{dataset}/claims.json",
     params:
         methods=lambda wc: " ".join(shlex.quote(m) for m in config["ablation"]["claims"][wc.dataset]),

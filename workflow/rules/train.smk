@@ -55,10 +55,15 @@ rule evaluate:
     input:
         unpack(preflighted(lambda wc: D.evaluate_deps(config, wc.dataset, wc.run))),
     output:
-        metrics="results/{dataset}/{run}/metrics.json",
+        # `snakemake --report report.html` shows these per run (Results: one category per dataset, one subcategory
+        # per run); the caption says what each picture is
+        metrics=report("results/{dataset}/{run}/metrics.json", caption="../report/metrics.rst",
+                       category="{dataset}", subcategory="{run}", labels={"run": "{run}", "figure": "metrics"}),
         cmc="results/{dataset}/{run}/cmc.csv",
-        cmc_png="results/{dataset}/{run}/cmc.png",
-        ranks="results/{dataset}/{run}/ranks.png",
+        cmc_png=report("results/{dataset}/{run}/cmc.png", caption="../report/cmc.rst",
+                       category="{dataset}", subcategory="{run}", labels={"run": "{run}", "figure": "CMC"}),
+        ranks=report("results/{dataset}/{run}/ranks.png", caption="../report/ranks.rst",
+                     category="{dataset}", subcategory="{run}", labels={"run": "{run}", "figure": "rank list"}),
         per_query="results/{dataset}/{run}/per_query.csv",
     params:
         resolved=resolved(C.stage_evaluate, "dataset", "run"),
@@ -70,7 +75,7 @@ rule evaluate:
         "logs/{dataset}/evaluate_{run}.benchmark.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: C.STAGE_THREADS["evaluate"]
+    threads: C.stage_threads("evaluate", {})
     shell:
         "python -m reid pipeline evaluate --dataset {wildcards.dataset:q} --run {wildcards.run:q} "
         "--resolved {params.resolved} --model {input.model:q} --index {input.index:q} --root {params.root:q} "
