@@ -34,14 +34,13 @@ How the guarantees are met:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -542,7 +541,7 @@ class CacheWriter:
                              f"needed for the next rows; free space and rerun: the {self.num_done} rows written so "
                              "far resume")
 
-    @contextlib.contextmanager
+    @contextmanager
     def _guard(self) -> Iterator[None]:
         """A failed HDF5 write (disk full, file size limit, I/O error) leaves the library unable to close the file
         without crashing the process: detach the file from its descriptor, close it, remove the work file (its
