@@ -114,7 +114,6 @@ def ablation_inputs(wildcards):
     return [D.metrics_path(wildcards.dataset, run) for run in ablation_runs(config, wildcards.method)]
 
 
-
 _PREFLIGHT_DONE: list[bool] = []
 
 
