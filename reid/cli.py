@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("reid.deploy.export", "export a trained model.pt to ONNX (the deployed embedding) + model.json"),
     "embed": ("reid.deploy.embed", "embed a folder of crops or an index into an HDF5 file (model.pt or model.onnx)"),
     "search": ("reid.deploy.search", "rank a gallery of embeddings for queries with the method's distance"),
+    "weights": ("reid.weights_fetch", "download the official weight files (resume, checksums) into weights/"),
     "check": ("reid.pipeline.preflight", "list every missing input of targets (dataset, teacher and backbone files)"),
     "pipeline": ("reid.pipeline.stage", "run one pipeline stage resolved from params.yaml (used by Snakemake and DVC)"),
     "dvc-yaml": ("reid.pipeline.dvc_yaml", "write dvc.yaml from params.yaml (the DVC twin of the Snakefile)"),

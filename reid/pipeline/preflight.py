@@ -43,7 +43,8 @@ class PreflightError(ValueError):
         self.problems = problems
         shown = ", ".join(targets) or "(default targets)"
         super().__init__(f"{len(problems)} missing input(s) for {shown}; nothing was run:\n"
-                         + "\n".join(p.text() for p in problems))
+                         + "\n".join(p.text() for p in problems)
+                         + "\n(`python -m reid weights fetch <method>` downloads the files served at a direct URL)")
 
 
 _DATASET_DOC = "docs/pipeline.md 'Datasets' (the layout under root, file naming per dataset)"
