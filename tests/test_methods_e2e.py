@@ -311,3 +311,44 @@ def test_the_snakemake_report_carries_each_runs_metrics_and_pictures(workspace: 
     for target in targets:
         assert target.rsplit("/", 1)[0] in text, target  # each run is listed under its dataset
     assert "first correct match is at rank" in text and "rank list" in text  # captions and labels
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_deskpro_embeds_new_images_with_the_detector_it_trained_with(workspace: Path, tmp_path: Path) -> None:
+    """The deployed DeSKPro needs face crops: on new images `embed` runs the detector model.pt / model.json recorded
+    (the training caches' file, sha256-checked) and gives the embeddings of the cached path, with model.pt and ONNX."""
+    import torch
+
+    from reid.cache.h5 import CacheReader
+    from reid.cli import main as cli
+    from reid.pipeline import layout as D
+
+    model = workspace / D.model_path("prcc", "deskpro")
+    record = torch.load(model, map_location="cpu", weights_only=True)["test_teachers"]
+    assert record["faces"]["backend"] == "onnx" and record["faces"]["params"]["crop_size"] == 32
+    cfg = yaml.safe_load((workspace / "params.yaml").read_text())
+    root = Path(cfg["datasets"]["prcc"]["root"])
+    detector = workspace / "weights" / "det_10g.onnx"
+    assert cli(["export", "--model", str(model), "--out", str(tmp_path / "onnx")]) == 0
+    assert json.loads((tmp_path / "onnx" / "model.json").read_text())["test_teachers"] == record
+    assert cli(["embed", "--model", str(model), "--index", str(workspace / D.index_path("prcc")), "--root", str(root),
+                "--cache", f"faces={workspace / D.cache_path('prcc', 'faces')}", "--out", str(tmp_path / "cached.h5"),
+                "--workers", "0"]) == 0
+    cached = CacheReader(tmp_path / "cached.h5")
+    by_path = {p: i for i, p in enumerate(cached.paths)}
+    folder = root / "rgb" / "test" / "C"
+    for tag, path in (("pt", model), ("onnx", tmp_path / "onnx" / "model.onnx")):
+        out = tmp_path / f"new.{tag}.h5"
+        assert cli(["embed", "--model", str(path), "--images", str(folder), "--teacher-model", f"faces={detector}",
+                    "--out", str(out), "--workers", "0"]) == 0
+        new = CacheReader(out)
+        rows = [by_path[f"rgb/test/C/{p}"] for p in new.paths]
+        assert new.read("has_face", range(len(new))).tolist() == cached.read("has_face", rows).tolist()
+        assert new.read("has_face", range(len(new))).any(), "the stand-in detector found no face"
+        for field in ("body", "face"):
+            np.testing.assert_allclose(new.read(field, range(len(new))), cached.read(field, rows), atol=1e-4,
+                                       err_msg=f"{tag} {field}")
+    with pytest.raises(SystemExit, match=r"is not the faces model the training caches came from"):
+        cli(["embed", "--model", str(model), "--images", str(folder), "--teacher-model",
+             f"faces={workspace / 'weights' / 'GPEN-BFR-64.onnx'}", "--out", str(tmp_path / "x.h5")])

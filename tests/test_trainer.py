@@ -160,7 +160,7 @@ def trained(tiny_world, tiny_parsing_cache, tmp_path_factory) -> Path:
 def test_model_file_holds_the_student_only(trained: Path) -> None:
     ckpt = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
     assert set(ckpt) == {"format", "method", "method_module", "method_params", "num_classes", "input_size", "state_dict",
-                         "method_state", "index_sha256", "content_sha256"}
+                         "method_state", "index_sha256", "content_sha256", "test_teachers"}
     assert ckpt["format"] == MODEL_FORMAT and ckpt["method"] == "tiny_test_method"
     assert ckpt["num_classes"] == 4 and ckpt["input_size"] == [32, 16]
     assert set(ckpt["state_dict"]) == set(TinyNet(4).state_dict())  # no optimiser, no teacher weights

@@ -48,6 +48,7 @@ class TorchEmbedder:
         self.path = Path(model_path)
         self.method, self.model, ckpt = load_model(self.path, device)
         self.input_size = tuple(ckpt["input_size"])
+        self.test_teachers = dict(ckpt.get("test_teachers") or {})
         self.device = next(self.model.parameters()).device
         self.dtype = extraction_dtype(self.model, cpu_amp)
         if self.dtype == torch.bfloat16:  # as `extract` does: the layout oneDNN's bf16 kernels want
@@ -83,6 +84,7 @@ class OnnxEmbedder:
         self.method = method_from_record(self.info["method"], self.info["method_params"],
                                          self.info.get("method_module"), str(info_path))
         self.input_size = tuple(self.info["input_size"])
+        self.test_teachers = dict(self.info.get("test_teachers") or {})
         self.session, self.providers = create_session(self.path, prefer_gpu=prefer_gpu)
         self.outputs = [o["name"] for o in self.info["outputs"]]
 
@@ -111,24 +113,50 @@ def folder_rows(folder: str | Path) -> list[IndexRow]:
     return [IndexRow(p.relative_to(folder).as_posix(), -1, -1, "", "query") for p in paths]
 
 
+def _recorded_teacher(name: str, record: dict[str, Any], model_file: str | None) -> dict[str, Any]:
+    """The teacher a model recorded (`test_teachers`), as `stage_teacher` would resolve it, with the user's file for
+    it: the same file the training caches came from (its sha256 is checked), never another one."""
+    from reid.hashing import file_sha256
+
+    if record["backend"] == "oracle":
+        raise SystemExit(f"the model's {name} cache came from the oracle backend (a synthetic world's ground truth), "
+                         f"which new images do not have: pass --cache {name}=PATH for index rows, or --params/--dataset "
+                         "to run a configured detector instead")
+    if record["model_sha256"]:
+        if not model_file:
+            raise SystemExit(f"the model runs the {name} teacher ({record['backend']}) on new images: pass "
+                             f"--teacher-model {name}=FILE, the file its training caches came from (sha256 "
+                             f"{record['model_sha256'][:16]}...)")
+        found = file_sha256(model_file)
+        if found != record["model_sha256"]:
+            raise SystemExit(f"{model_file}: sha256 {found[:16]}... is not the {name} model the training caches came "
+                             f"from ({record['model_sha256'][:16]}...): embeddings would not match the model's")
+    return {"backend": record["backend"], "model": model_file, "params": dict(record["params"])}
+
+
 def _test_caches(method: Method, rows: list[IndexRow], root: Path, index: Path, given: dict[str, str],
-                 params: str | None, dataset: str | None, work: Path) -> dict[str, str]:
-    """The caches the method reads at test time: given paths, or made now by the configured teachers."""
+                 params: str | None, dataset: str | None, work: Path,
+                 recorded: dict[str, dict[str, Any]] | None = None,
+                 teacher_models: dict[str, str] | None = None) -> dict[str, str]:
+    """The caches the method reads at test time: given paths, made now by the teacher(s) params.yaml configures
+    (`params` + `dataset`), or made now by the teacher(s) the model recorded (`recorded`: model.pt / model.json
+    `test_teachers`, e.g. DeSKPro's face detector, with the files in `teacher_models`)."""
     needed = sorted(set(method.test_caches) | ({method.image_field.split(".")[0]} if method.image_field else set()))
     caches = {k: given[k] for k in needed if k in given}
     missing = [k for k in needed if k not in caches]
     if not missing:
         return caches
-    if not params or not dataset:
+    if (not params or not dataset) and not all(k in (recorded or {}) for k in missing):
         raise SystemExit(f"{method.name} reads the {', '.join(missing)} cache(s) at test time: pass --cache "
                          f"NAME=PATH for index rows, or --params params.yaml --dataset DS to run the teacher(s) "
                          f"params.yaml configures on these images")
     from reid.pipeline import params as C
     from reid.teachers.base import build_teacher
 
-    cfg = C.load_params(params)
+    cfg = C.load_params(params) if params and dataset else None
     for name in missing:
-        kw = C.stage_teacher(cfg, dataset, name)[0]
+        kw = C.stage_teacher(cfg, dataset, name)[0] if cfg is not None else _recorded_teacher(
+            name, (recorded or {})[name], (teacher_models or {}).get(name))
         for other in kw["params"].get("needs", []):
             if other not in caches:
                 raise SystemExit(f"teacher {name} needs the {other} cache first: pass --cache {other}=PATH")
@@ -165,7 +193,8 @@ def batches(embedder: Any, rows: list[IndexRow], root: Path, caches: dict[str, s
 def embed_images(model: str | Path, rows: list[IndexRow], root: str | Path, out: str | Path,
                  caches: dict[str, str] | None = None, params: str | None = None, dataset: str | None = None,
                  batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
-                 with_identities: bool = False, cpu_amp: bool = DEFAULT_CPU_AMP) -> dict[str, Any]:
+                 with_identities: bool = False, cpu_amp: bool = DEFAULT_CPU_AMP,
+                 teacher_models: dict[str, str] | None = None) -> dict[str, Any]:
     """Embed `rows` (paths relative to `root`) into `out`; returns a summary (images/s, providers...)."""
     from tqdm import tqdm
 
@@ -177,7 +206,8 @@ def embed_images(model: str | Path, rows: list[IndexRow], root: str | Path, out:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="reid-embed-") as tmp:
         index = write_index(rows, Path(tmp) / "index.csv")
-        caches = _test_caches(method, rows, root, index, dict(caches or {}), params, dataset, Path(tmp))
+        caches = _test_caches(method, rows, root, index, dict(caches or {}), params, dataset, Path(tmp),
+                              embedder.test_teachers, teacher_models)
         stream = batches(embedder, rows, root, caches, index, batch_size, workers)
         first_rows, first = next(stream)
         fields = {k: Field(v.shape[1:], "float32", "vector") for k, v in first.items()}
@@ -224,6 +254,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("train", "query", "gallery"), help="only these index rows")
     p.add_argument("--cache", action="append", metavar="NAME=PATH", help="a test-time cache aligned with --index")
     p.add_argument("--params", help="params.yaml: run the teachers it configures for test-time caches")
+    p.add_argument("--teacher-model", action="append", metavar="NAME=FILE",
+                   help="the file of a teacher the model still runs at test time (DeSKPro: faces=det_10g.onnx), "
+                        "checked against the sha256 the model recorded; repeatable")
     p.add_argument("--dataset", help="the params.yaml dataset whose teacher settings apply")
     p.add_argument("--out", required=True, help="output HDF5 file of embeddings")
     p.add_argument("--batch-size", type=int, default=64)
@@ -252,6 +285,7 @@ def main(args: argparse.Namespace) -> int:
                 raise SystemExit("--split cannot be combined with --cache (cache rows align with the whole index)")
             rows = [rows[i] for i in keep]
     summary = embed_images(args.model, rows, root, args.out, parse_caches(args.cache), args.params, args.dataset,
-                           args.batch_size, args.workers, args.device, with_identities=ids, cpu_amp=args.cpu_amp)
+                           args.batch_size, args.workers, args.device, with_identities=ids, cpu_amp=args.cpu_amp,
+                           teacher_models=parse_caches(args.teacher_model))
     print(json.dumps(summary, sort_keys=True))
     return 0

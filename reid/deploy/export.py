@@ -88,6 +88,7 @@ def describe(method: Method, ckpt: dict[str, Any], model_path: Path, outputs: di
         "distance": {"method": method.name, "function": f"{type(method).__name__}.distance",
                      "doc": ((type(method).distance.__doc__ or "").strip().splitlines() or [""])[0]},
         "opset": opset,
+        "test_teachers": ckpt.get("test_teachers", {}),  # what still runs at test time (DeSKPro: the face detector)
         "source_model": str(model_path),
         "source_model_sha256": file_sha256(model_path),
     }

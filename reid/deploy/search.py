@@ -84,6 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gallery", required=True, help="embeddings file of the gallery (`python -m reid embed`)")
     p.add_argument("--query", required=True, nargs="+", help="an embeddings file, or image files (needs --model)")
     p.add_argument("--model", help="model.pt / model.onnx to embed query images with")
+    p.add_argument("--teacher-model", action="append", metavar="NAME=FILE",
+                   help="query images: the file of a teacher the model runs at test time (DeSKPro: "
+                        "faces=det_10g.onnx), checked against the sha256 the model recorded")
     p.add_argument("--top-k", type=_positive_int, default=10, help="gallery items listed per query (default 10)")
     p.add_argument("--out", default="ranking.json", help="the full ranking (every query, top-k, distances) as JSON")
     p.add_argument("--show", type=int, default=3, help="queries printed as a summary (the file has all of them)")
@@ -108,7 +111,10 @@ def main(args: argparse.Namespace) -> int:
             q_root = os.path.commonpath([str(p.parent) for p in images])
             rows = [IndexRow(str(p.relative_to(q_root)), -1, -1, "", "query") for p in images]
             out = Path(tmp) / "query.h5"
-            embed_images(args.model, rows, q_root, out, workers=0, progress=False)
+            from reid.cli import parse_caches
+
+            embed_images(args.model, rows, q_root, out, workers=0, progress=False,
+                         teacher_models=parse_caches(args.teacher_model))
             q, q_paths, _ = load_embeddings(out)
         check_compatible(q, g, str(args.query[0]) if len(args.query) == 1 else "the query images", args.gallery)
         idx, dist = rank(method, q, g, args.top_k)

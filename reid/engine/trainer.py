@@ -452,6 +452,20 @@ class Trainer:
             self.checkpoint_path.unlink(missing_ok=True)
         return path
 
+    def test_teachers(self) -> dict[str, dict[str, Any]]:
+        """The auxiliary models the deployed model still needs at test time (DeSKPro's face detector), as they made
+        the caches it trained on: teacher, backend, model file sha256 and parameters. `embed` / `search` rebuild
+        them to run on new images, and refuse a different file."""
+        names = set(self.method.test_caches) | {f.split(".")[0] for f in (self.method.image_field,
+                                                                       self.method.require_field) if f}
+        out: dict[str, dict[str, Any]] = {}
+        for name in sorted(names):
+            meta = getattr(self.caches.get(name), "meta", None)
+            if meta is not None:
+                out[name] = {"teacher": meta.teacher, "backend": meta.backend, "model_sha256": meta.model_sha256,
+                             "params": dict(meta.params)}
+        return out
+
     def export(self) -> Path:
         """Write `model.pt`: the student's weights and what inference needs to rebuild it (no teachers)."""
         path = self.out_dir / "model.pt"
@@ -461,7 +475,7 @@ class Trainer:
                  "method_params": self.method.params,
                  "num_classes": self.num_classes, "input_size": list(self.cfg.input_size),
                  "state_dict": self.model.state_dict(), "method_state": self.method.extra_state(),
-                 "index_sha256": self.index_hash},
+                 "index_sha256": self.index_hash, "test_teachers": self.test_teachers()},
                 path,
             )
         return path
