@@ -129,7 +129,8 @@ def preflighted(fn):
 
             _PREFLIGHT_DONE.append(True)
             settings = workflow.dag_settings
-            targets = [str(t) for t in (settings.targets if settings else ())] or all_targets()
+            targets = [str(t) for t in (settings.targets if settings else ())] or ["all"]
+            targets = [x for t in targets for x in (all_targets() if t == "all" else [t])]  # the default rule
             raise_if_missing(config, targets)
         return fn(wildcards)
 
