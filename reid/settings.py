@@ -12,7 +12,8 @@ import types
 import typing
 from typing import Any, Mapping
 
-__all__ = ["ParamsError", "check_config", "check_range", "check_section", "check_value", "parse_json_option"]
+__all__ = ["ParamsError", "check_config", "check_range", "check_section", "check_value", "config_problems",
+           "parse_json_option"]
 
 
 class ParamsError(ValueError):
@@ -95,16 +96,26 @@ def check_section(key: str, section: Any, hints: Mapping[str, Any], owner: str) 
     return problems
 
 
-def check_config(cls: type, values: Mapping[str, Any], where: str) -> None:
-    """A settings dataclass's keys, types and ranges (`cls.RANGES`), every problem named `<where>.<key>`; used by
-    every entry point that builds one (params.yaml sections, `--train-cfg`, `--config` JSON)."""
+def config_problems(cls: type, values: Any, where: str, owner: str | None = None) -> list[str]:
+    """Problems of a settings dataclass's section (None: not set, no problem): unknown keys and wrong types (its
+    annotations), values out of `cls.RANGES`, each named `<where>.<key>`."""
+    if values is None:
+        return []
     if not isinstance(values, Mapping):
-        raise ParamsError(f"{where}: expected a mapping, got {_describe(values)}")
+        return [f"{where}: expected a mapping, got {_describe(values)}"]
     hints = typing.get_type_hints(cls)
     known = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "extra"}
-    problems = check_section(where, values, known, cls.__name__)
+    problems = check_section(where, values, known, owner or cls.__name__)
     ranges = getattr(cls, "RANGES", {})
-    problems += [p for k, v in values.items() if k in ranges for p in check_range(f"{where}.{k}", v, ranges[k])]
+    return problems + [p for k, v in values.items() if k in ranges for p in check_range(f"{where}.{k}", v, ranges[k])]
+
+
+def check_config(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """`config_problems` as one ParamsError; used by every entry point that builds a settings dataclass
+    (TrainConfig / PretrainConfig from params.yaml, `--train-cfg`, `--config` JSON)."""
+    if not isinstance(values, Mapping):
+        raise ParamsError(f"{where}: expected a mapping, got {_describe(values)}")
+    problems = config_problems(cls, values, where)
     if problems:
         raise ParamsError(("\n  ".join([f"{len(problems)} problem(s):"] + problems)) if len(problems) > 1
                           else problems[0])

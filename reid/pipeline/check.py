@@ -13,33 +13,18 @@ Every problem names its full key, e.g. `datasets.synthocc.train.epochs: expected
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import types
-import typing
 from typing import Any, Mapping
 
-from reid.settings import ParamsError, check_config, check_range, check_section, check_value
+from reid.settings import ParamsError, check_config, check_range, check_section, check_value, config_problems
 
 __all__ = ["ParamsError", "check_config", "check_params", "check_range", "check_value"]
 
 
-def _train_hints() -> dict[str, Any]:
-    from reid.engine.trainer import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
-
-
 def _train_problems(key: str, section: Any) -> list[str]:
-    """A trainer section: keys and types (TrainConfig's annotations), then ranges (TrainConfig.RANGES)."""
+    """A trainer section, checked as every TrainConfig is (keys, types, TrainConfig.RANGES)."""
     from reid.engine.trainer import TrainConfig
 
-    problems = check_section(key, section, _train_hints(), "the trainer (TrainConfig)")
-    if isinstance(section, Mapping) and not problems:
-        problems += [p for k, v in section.items() if k in TrainConfig.RANGES
-                     for p in check_range(f"{key}.{k}", v, TrainConfig.RANGES[k])]
-    return problems
+    return config_problems(TrainConfig, section, key, "the trainer (TrainConfig)")
 
 
 def _check_backend(key: str, teacher: str, section: Any) -> list[str]:
@@ -90,10 +75,8 @@ def check_params(cfg: Mapping[str, Any]) -> None:
     if isinstance(cfg.get("pretrain"), Mapping):
         from reid.engine.pretrain import PretrainConfig
 
-        try:
-            check_config(PretrainConfig, {k: v for k, v in cfg["pretrain"].items() if k != "dataset"}, "pretrain")
-        except ParamsError as exc:
-            problems += str(exc).removeprefix("1 problem(s):").split("\n  ")
+        problems += config_problems(PretrainConfig, {k: v for k, v in cfg["pretrain"].items() if k != "dataset"},
+                                    "pretrain")
 
     def named_section(key: str, kind: str, name: str, section: Any) -> None:
         """A method's or a teacher's section, typed by that registered class (an unknown name is a problem)."""
