@@ -155,13 +155,10 @@ def main_show_metrics(args: argparse.Namespace) -> int:
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """A metrics.json written by `evaluate`; anything else (not JSON, `{}`, no setting with mAP) is a ValueError
     naming the file."""
+    from reid.serialization import read_json
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"metrics file not found: {path}")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    metrics = read_json(path, "metrics file")
     if not isinstance(metrics, dict):
         raise ValueError(f"{path}: not a metrics file (a JSON object is expected)")
     settings = [k for k, v in metrics.items() if isinstance(v, dict) and "mAP" in v]

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 __all__ = ["UnsafeFileError", "CorruptFileError", "DIGEST_KEY", "content_sha256", "load_file", "save_file",
-           "atomic_write", "read_json_file", "write_json_file"]
+           "atomic_write", "read_json", "read_json_file", "write_json_file"]
 
 DIGEST_KEY = "content_sha256"
 
@@ -117,16 +117,22 @@ def write_json_file(obj: dict[str, Any], path: str | Path) -> Path:
                                                                 encoding="utf-8"), "JSON file")
 
 
-def read_json_file(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
-    """A JSON document written by `write_json_file`: a parse error, a missing or a wrong checksum is a
-    CorruptFileError naming the file; the checksum key is removed from what is returned."""
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """A JSON file's content; a missing file is a FileNotFoundError, one that does not parse a CorruptFileError,
+    each naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{path}: damaged {what} (not valid JSON: {exc})") from None
+
+
+def read_json_file(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """A JSON document written by `write_json_file`: a parse error, a missing or a wrong checksum is a
+    CorruptFileError naming the file; the checksum key is removed from what is returned."""
+    obj = read_json(path, what)
     if not isinstance(obj, dict) or DIGEST_KEY not in obj:
         raise CorruptFileError(f"{path}: no content checksum: damaged, or written by an older version of this "
                                f"project (write it again)")
