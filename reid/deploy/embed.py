@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from reid.data.index import IndexRow, read_index, write_index
 from reid.engine.inference import DEFAULT_CPU_AMP
@@ -43,24 +42,19 @@ class TorchEmbedder:
     backend = "torch"
 
     def __init__(self, model_path: str | Path, device: str = "auto", cpu_amp: bool = DEFAULT_CPU_AMP) -> None:
-        from reid.engine.inference import extraction_dtype, load_model
+        from reid.engine.inference import for_extraction, load_model
 
         self.path = Path(model_path)
-        self.method, self.model, ckpt = load_model(self.path, device)
+        self.method, model, ckpt = load_model(self.path, device)
+        self.model, self.dtype = for_extraction(model, cpu_amp)  # as `extract` runs it
         self.input_size = tuple(ckpt["input_size"])
         self.test_teachers = dict(ckpt.get("test_teachers") or {})
-        self.device = next(self.model.parameters()).device
-        self.dtype = extraction_dtype(self.model, cpu_amp)
-        if self.dtype == torch.bfloat16:  # as `extract` does: the layout oneDNN's bf16 kernels want
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.providers = [str(self.device)]
+        self.providers = [str(next(self.model.parameters()).device)]
 
-    @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            feats = self.method.embed(self.model, batch)
-        return {k: v.float().cpu().numpy() for k, v in feats.items()}
+        from reid.engine.inference import embed_batch
+
+        return {k: v.float().cpu().numpy() for k, v in embed_batch(self.method, self.model, batch, self.dtype).items()}
 
 
 class OnnxEmbedder:
@@ -116,8 +110,6 @@ def folder_rows(folder: str | Path) -> list[IndexRow]:
 def _recorded_teacher(name: str, record: dict[str, Any], model_file: str | None) -> dict[str, Any]:
     """The teacher a model recorded (`test_teachers`), as `stage_teacher` would resolve it, with the user's file for
     it: the same file the training caches came from (its sha256 is checked), never another one."""
-    from reid.hashing import file_sha256
-
     if record["backend"] == "oracle":
         raise SystemExit(f"the model's {name} cache came from the oracle backend (a synthetic world's ground truth), "
                          f"which new images do not have: pass --cache {name}=PATH for index rows, or --params/--dataset "
@@ -199,7 +191,6 @@ def embed_images(model: str | Path, rows: list[IndexRow], root: str | Path, out:
     from tqdm import tqdm
 
     from reid.cache.h5 import CacheWriter, Field
-    from reid.hashing import file_sha256
 
     embedder = open_embedder(model, device, cpu_amp)
     method, root = embedder.method, Path(root).resolve()

@@ -96,6 +96,24 @@ def extraction_dtype(model: torch.nn.Module, cpu_amp: bool) -> torch.dtype | Non
     return autocast_dtype(next(model.parameters()).device.type, True, cpu_amp)
 
 
+def for_extraction(model: torch.nn.Module, cpu_amp: bool) -> tuple[torch.nn.Module, torch.dtype | None]:
+    """The model as `extract` runs it and the autocast dtype (None: float32). Under bfloat16 the model's 4-D weights
+    are switched to channels_last in place (`Module.to` mutates; the values and every later output are unchanged,
+    only the memory layout differs), the layout oneDNN's bf16 kernels want."""
+    dtype = extraction_dtype(model, cpu_amp)
+    return (model.to(memory_format=torch.channels_last) if dtype == torch.bfloat16 else model), dtype
+
+
+@torch.no_grad()
+def embed_batch(method: Method, model: torch.nn.Module, batch: Mapping[str, Any],
+                dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """`method.embed` of one batch (moved to the model's device) under the extraction autocast."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return method.embed(model, batch)
+
+
 @torch.no_grad()
 def extract(
     method: Method, model: torch.nn.Module, dataset: ReIDDataset, batch_size: int = 64, workers: int = 2,
@@ -103,19 +121,12 @@ def extract(
 ) -> dict[str, torch.Tensor]:
     """Run `method.embed` over a dataset; returns each feature key concatenated over rows (on CPU).
 
-    Autocast: float16 on CUDA; bfloat16 on a CPU with native bf16 when `cpu_amp` (features come back as float32).
-    Under bfloat16 the model's 4-D weights are switched to channels_last in place (`Module.to` mutates; the values
-    and every later output are unchanged, only the memory layout differs), the layout oneDNN's bf16 kernels want."""
-    device = next(model.parameters()).device
-    dtype = extraction_dtype(model, cpu_amp)
-    if dtype == torch.bfloat16:
-        model = model.to(memory_format=torch.channels_last)
+    Autocast: float16 on CUDA; bfloat16 on a CPU with native bf16 when `cpu_amp` (features come back as float32)."""
+    model, dtype = for_extraction(model, cpu_amp)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=worker_init)
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=progress_interval()):
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            feats = method.embed(model, batch)
+        feats = embed_batch(method, model, batch, dtype)
         for k, v in feats.items():
             parts.setdefault(k, []).append(v.float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
