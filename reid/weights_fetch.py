@@ -13,7 +13,6 @@ command a user runs before a real run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import urllib.error
@@ -25,6 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from reid.hashing import file_sha256
 from reid.models.zoo import BACKBONES
 
 __all__ = ["Source", "SOURCES", "FetchError", "download", "fetch"]
@@ -81,14 +81,6 @@ NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(url: str, dest: Path, progress: bool = True, timeout: float = 60.0) -> Path:
     """Download `url` to `dest` through `<dest>.part`, resuming a part left by a cut (HTTP Range); redirects are
     followed; an HTTP error names the URL and the status."""
@@ -133,7 +125,7 @@ def download(url: str, dest: Path, progress: bool = True, timeout: float = 60.0)
 
 def _check(path: Path, source: Source, name: str, lock: dict[str, str]) -> str:
     """The file's sha256, checked against the publisher's prefix or the lock; a mismatch removes the file."""
-    found = _sha256(path)
+    found = file_sha256(path)
     expected = source.sha256_prefix or lock.get(name)
     if expected and not found.startswith(expected):
         path.unlink()

@@ -6,7 +6,6 @@ The pipeline (reid/pipeline/stage.py) resolves params.yaml and calls the same fu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping
