@@ -99,11 +99,11 @@ class _Walk:
                 self.dataset(ds)
             elif key == "root":
                 continue  # a generated world's folder: the synth rule makes it
-            elif key == "model" or key in D.NON_CACHE_DEPS or D.is_weights_key(key):
-                if D.pretrain_arch(path) or key == "model":
-                    self.target(path)
-            else:
-                self.target(path)
+            elif key == "model" or D.pretrain_arch(path):
+                self.target(path)  # made by a train or pretrain job: walk on
+            elif not D.is_weights_key(key):
+                self.target(path)  # a cache
+            # a weights file the user places: `train` / `teacher` check it with its key and source
 
     # --- leaves -------------------------------------------------------------------------------------------
     def dataset(self, ds: str) -> None:
@@ -138,7 +138,7 @@ class _Walk:
         model = kw.get("model")
         key = _key_of(keys, f"teachers.{teacher}", "model", self.cfg, ds)
         if source is not None:
-            random_ok = teacher == "isp_labels"  # its file is an ImageNet backbone: `random` is a choice
+            random_ok = cls.weights_may_be_random
             if model is None and not (random_ok and D.is_generated(self.cfg, ds)):
                 self.add(Problem(f"teacher {teacher} ({backend} backend)", "no file named (null)", key,
                                  _teacher_format(teacher, backend), source))

@@ -52,6 +52,8 @@ class Teacher:
     # Backend -> where its weights file (`teachers.<name>.model`) comes from; a backend not listed reads no file
     # (oracle, cv2). The pre-flight check (reid/pipeline/preflight.py) names it for every missing file.
     weights_source: ClassVar[dict[str, str]] = {}
+    # True where the file is an ImageNet backbone (isp_labels): `random` is then a choice, as for a method's weights
+    weights_may_be_random: ClassVar[bool] = False
     needs_image: bool = True  # may be set per instance (e.g. False for an oracle backend)
 
     def __init__(self, backend: str, model_path: str | Path | None = None, device: str = "cpu", **params: Any):

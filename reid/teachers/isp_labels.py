@@ -72,7 +72,7 @@ class ISPLabelsTeacher(Teacher):
     name = "isp_labels"
     backends = ("torch",)
     defaults = DEFAULTS
-    # the ImageNet backbone whose features are clustered (`random`: the explicit choice of random initialisation)
+    weights_may_be_random = True  # the file is the ImageNet backbone whose features are clustered
     weights_source = {"torch": "HRNet-W32-C ImageNet: hrnetv2_w32_imagenet_pretrained.pth (HRNet-Image-Classification "
                                "model zoo); ResNet-50: torchvision resnet50-0676ba61.pth; or `random`"}
 
