@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import read_index, select
+from reid.data.transforms import FieldAugment
 from reid.cli import parse_caches
 from reid.engine.inference import load_model
 from reid.engine.trainer import filter_positions, open_caches
@@ -47,7 +48,8 @@ def kd_gap(student_path: str, teacher_path: str, index: str, root: str, caches: 
     positions = filter_positions(method, select(rows, "train"), opened)
     pids, clothes = label_maps(rows, positions)
     ds = ReIDDataset(rows, root, positions, tuple(ckpt["input_size"]), train=True, caches=opened, fields=FIELDS,
-                     pid_labels=pids, clothes_labels=clothes, rgb_augment=augment)
+                     pid_labels=pids, clothes_labels=clothes,
+                     rgb_augment=(method.rgb_field_augment or FieldAugment()) if augment else None)
     torch.manual_seed(seed)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
     teacher_size = int(teacher_ckpt["input_size"][0])

@@ -15,7 +15,7 @@ from reid.cache.h5 import CacheReader
 from reid.data.dataset import ReIDDataset, label_maps
 from reid.data.index import IndexRow, select
 from reid.data.synthetic import load_groundtruth
-from reid.data.transforms import normalize_rgb
+from reid.data.transforms import FieldAugment, erase, normalize_rgb, random_translation
 
 
 def _train_set(world, cache: Path, train: bool = True, **kw) -> ReIDDataset:
@@ -164,18 +164,39 @@ def test_face_fields_are_translated_and_erased_jointly_in_training(tiny_world) -
     caches = {"faces": raw, "restored_faces": restored}
     fields = ["faces.crop", "restored_faces.restored"]
     ds = ReIDDataset(tiny_world.rows, tiny_world.root, list(range(8)), (64, 32), train=True, caches=caches,
-                     fields=fields, flip_p=0.0, pad=0, erasing_p=1.0, rgb_augment=True)
+                     fields=fields, flip_p=0.0, pad=0, erasing_p=1.0, rgb_augment=FieldAugment())
     torch.manual_seed(0)
     changed = 0
+    fill = torch.tensor([0.4914, 0.4822, 0.4465])[:, None]  # the official RandomErasing's constants, per channel
     for i in range(8):
         sample = ds[i]
         assert torch.equal(sample["faces.crop"], sample["restored_faces.restored"])  # the same moves on both
         changed += int(not torch.equal(sample["faces.crop"], normalize_rgb(raw.img)))
-        assert (sample["faces.crop"] == 0).all(dim=0).any()  # erasing_p = 1: a rectangle at the mean colour
+        crop = sample["faces.crop"].flatten(1)
+        assert (crop == fill).all(dim=0).any()  # erasing_p = 1: a rectangle holding the constants, channel by channel
     assert changed == 8
     plain = ReIDDataset(tiny_world.rows, tiny_world.root, [0], (64, 32), train=True, caches=caches, fields=fields,
                         flip_p=0.0, pad=0, erasing_p=1.0)
     assert torch.equal(plain[0]["faces.crop"], normalize_rgb(raw.img))  # without rgb_augment: untouched
+
+
+def test_random_translation_enlarges_by_the_official_factor() -> None:
+    """DeSKPro's official Random2DTranslation enlarges by 1.05 (torchreid's 1.125 is commented out there): a 64x32
+    face becomes 67x34 (round(67.2), round(33.6)); 1.125 would give 72x36."""
+    gen = torch.Generator().manual_seed(0)
+    moves = [random_translation((64, 32), p=1.0, gen=gen) for _ in range(50)]
+    assert {m[:2] for m in moves} == {(67, 34)}
+    assert max(m[2] for m in moves) <= 3 and max(m[3] for m in moves) <= 2  # offsets stay inside the enlargement
+    assert random_translation((64, 32), p=1.0, scale=1.125, gen=gen)[:2] == (72, 36)
+
+
+def test_erase_writes_one_value_per_channel() -> None:
+    img = torch.zeros(3, 4, 5)
+    out = erase(img, (1, 2, 2, 3), (0.5, -1.0, 2.0))
+    assert out[0, 1, 2] == 0.5 and out[1, 2, 4] == -1.0 and out[2, 1, 3] == 2.0
+    assert out[:, 0].abs().sum() == 0 and out[:, :, :2].abs().sum() == 0  # outside the box: untouched
+    with pytest.raises(ValueError, match="3-channel"):
+        erase(img, (0, 0, 1, 1), (0.0,))
 
 
 def test_rgb_moves_scale_to_a_field_of_another_size() -> None:

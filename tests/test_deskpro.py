@@ -54,14 +54,17 @@ def test_eq1_eq2_csa_multiplies_a_sigmoid_map():
 
 
 def test_eq5_kd_over_two_logit_pairs_with_tau_squared():
-    tau = 2.0
-    # pair 1: teacher/tau = [ln3, 0] -> p_t = [3/4, 1/4]; student/tau = [0, 0] -> p_s = [1/2, 1/2]
-    #   KL = 0.75 ln(1.5) + 0.25 ln(0.5) = 0.304099 - 0.173287 = 0.130812
-    # pair 2: teacher uniform, student/tau = [ln3, 0]: KL = 0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25) = 0.143841
-    # L_fkp = tau^2 * (0.130812 + 0.143841) = 4 * 0.274653 = 1.098612 (= ln 3)
-    teacher = [torch.tensor([[2 * math.log(3.0), 0.0]]), torch.tensor([[0.0, 0.0]])]
-    student = [torch.tensor([[0.0, 0.0]]), torch.tensor([[2 * math.log(3.0), 0.0]])]
-    assert facial_knowledge_propagation(student, teacher, tau).item() == pytest.approx(1.098612, abs=1e-5)
+    """Two pairs, neither the mirror of the other (mirrored pairs give the same sum in either KL direction).
+    tau = 2; the student is uniform in both pairs, p_s = [1/2, 1/2].
+    pair 1: teacher/tau = [ln 3, 0] -> p_t = [3/4, 1/4]: KL(t||s) = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812
+    pair 2: teacher/tau = [0, ln 4] -> p_t = [1/5, 4/5]: KL(t||s) = 0.2 ln 0.4 + 0.8 ln 1.6 = 0.192745
+    L_fkp = tau^2 * (0.130812 + 0.192745) = 1.294227; the reversed KL would give 4 * (0.143841 + 0.223144) = 1.467938.
+    """
+    teacher = [torch.tensor([[2 * math.log(3.0), 0.0]]), torch.tensor([[0.0, 2 * math.log(4.0)]])]
+    student = [torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]])]
+    loss = facial_knowledge_propagation(student, teacher, 2.0).item()
+    assert loss == pytest.approx(1.294227, abs=1e-5)
+    assert loss != pytest.approx(1.467938, abs=1e-3)
 
 
 def test_eq5_direction_with_an_asymmetric_pair():
@@ -388,6 +391,20 @@ def test_flip_only_rows_train_on_unmoved_faces(row: str) -> None:
 
     mirrored = row.replace("_flip", "")
     assert C.ablation_overrides("deskpro", row) == {**ABLATIONS[mirrored], "face_augment": False}
-    assert DeskPro(**{**C.ablation_overrides("deskpro", row), **TINY}).rgb_field_augment is False
-    assert DeskPro(**{**ABLATIONS[mirrored], **TINY}).rgb_field_augment is True
+    assert DeskPro(**{**C.ablation_overrides("deskpro", row), **TINY}).rgb_field_augment is None
+    assert DeskPro(**{**ABLATIONS[mirrored], **TINY}).rgb_field_augment is not None
     assert set(FACE_FLIP_ONLY) == {"model4_student_flip", "model5_student_kd_flip"}
+
+
+def test_face_augmentation_defaults_are_the_official_transforms() -> None:
+    """The official data/transforms.py enlarges by 1.05 and erases with (0.4914, 0.4822, 0.4465) written into the
+    normalised tensor; a model.pt saved before the parameters existed was trained with 1.125 and a zero fill."""
+    from reid.data.transforms import FieldAugment
+    from reid.methods.base import method_from_record
+
+    assert DeskPro(**TINY).rgb_field_augment == FieldAugment(1.05, (0.4914, 0.4822, 0.4465))
+    assert DeskPro(**TINY, face_erase_fill="zero").rgb_field_augment.erase_fill == (0.0, 0.0, 0.0)
+    old = method_from_record("deskpro", TINY)
+    assert old.rgb_field_augment == FieldAugment(1.125, (0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="face_erase_fill"):
+        DeskPro(**TINY, face_erase_fill="grey")

@@ -456,27 +456,70 @@ def test_spatial_attention_multiplies_the_feature_map() -> None:
     assert plain.attention is None
 
 
-def test_incre_modules_follow_the_official_layout_and_load_from_the_imagenet_checkpoint(tmp_path: Path) -> None:
+def _official_incre_modules(branch_channels: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The `incre_modules.*` keys and shapes of an HRNet-Image-Classification checkpoint, written from its
+    cls_hrnet.py (`_make_head`: head channels 32/64/128/256; `_make_layer(Bottleneck, C, head, 1)`: one Bottleneck
+    with a 1x1 conv + BN downsample to 4 x head), not from this project's module."""
+    keys: dict[str, tuple[int, ...]] = {}
+    for i, (c, h) in enumerate(zip(branch_channels, (32, 64, 128, 256))):
+        p = f"incre_modules.{i}.0."
+        keys[p + "conv1.weight"] = (h, c, 1, 1)
+        keys[p + "conv2.weight"] = (h, h, 3, 3)
+        keys[p + "conv3.weight"] = (4 * h, h, 1, 1)
+        keys[p + "downsample.0.weight"] = (4 * h, c, 1, 1)
+        for bn, n in (("bn1", h), ("bn2", h), ("bn3", 4 * h), ("downsample.1", 4 * h)):
+            for t in ("weight", "bias", "running_mean", "running_var"):
+                keys[f"{p}{bn}.{t}"] = (n,)
+    return keys
+
+
+def test_incre_modules_have_the_official_keys_and_shapes_for_hrnet_w32() -> None:
+    from reid.models.hrnet import HRNetFeatureMap
+
+    net = HRNetFeatureMap(width=32, incre_modules=True)
+    own = {f"incre_modules.{k}": tuple(v.shape) for k, v in net.incre_modules.state_dict().items()
+           if not k.endswith("num_batches_tracked")}
+    assert own == _official_incre_modules((32, 64, 128, 256))
+    assert net.out_channels == 1920  # 128 + 256 + 512 + 1024, the official cls_head's input
+
+
+def test_incre_modules_load_from_an_official_layout_checkpoint(tmp_path: Path) -> None:
+    """The incre_modules tensors of a checkpoint in the official key layout (built from the key list above, with
+    no `num_batches_tracked`, which checkpoints saved by older PyTorch lack) load into the same places."""
     from reid.models.isp_backbones import build_feature_backbone
     from reid.models.hrnet import HRNetFeatureMap, HRNET_TINY
 
     torch.manual_seed(0)
-    source = HRNetFeatureMap(**HRNET_TINY, incre_modules=True)
-    assert source.out_channels == 128 + 256 + 512 + 1024  # 1920, as the official cls_head's input
-    # an ImageNet-classification-style checkpoint: the trunk at top level, then incre_modules.<i>.0.*
-    incre = {f"incre_modules.{k}": v for k, v in source.incre_modules.state_dict().items()}
-    state = {**source.body.state_dict(), **incre}
-    assert "incre_modules.0.0.conv1.weight" in state and "incre_modules.0.0.downsample.0.weight" in state
+    trunk = HRNetFeatureMap(**HRNET_TINY).body.state_dict()
+    official = {k: torch.randn(shape) for k, shape in _official_incre_modules((8, 16, 32, 64)).items()}
+    for k in official:
+        if k.endswith("running_var"):
+            official[k] = official[k].abs() + 0.5
     ckpt = tmp_path / "hrnet_imagenet.pth"
-    torch.save(state, ckpt)
+    torch.save({**trunk, **official}, ckpt)
     loaded = build_feature_backbone("hrnet_tiny", str(ckpt), incre_modules=True)
-    for (name, a), b in zip(source.incre_modules.state_dict().items(), loaded.incre_modules.state_dict().values()):
-        assert torch.equal(a, b), name
+    state = loaded.incre_modules.state_dict()
+    for key, value in official.items():
+        assert torch.equal(state[key.removeprefix("incre_modules.")], value), key
     x = torch.randn(1, 3, 64, 32)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(x), source.eval()(x))
-        assert loaded(x).shape == (1, 1920, 16, 8)
-    assert build_feature_backbone("hrnet_tiny", str(ckpt)).out_channels == sum(source.body.channels)
+        assert loaded.eval()(x).shape == (1, 1920, 16, 8)
+    assert build_feature_backbone("hrnet_tiny", str(ckpt)).out_channels == sum(loaded.body.channels)
+    broken = {**trunk, **{k: v for k, v in official.items() if "conv3" not in k}}
+    torch.save(broken, ckpt)
+    with pytest.raises(ValueError, match="incre_modules do not match"):
+        build_feature_backbone("hrnet_tiny", str(ckpt), incre_modules=True)
+
+
+@pytest.mark.parametrize("dataset", ["synthocc", "occluded_duke", "market1501"])
+def test_the_first_round_clusters_the_initialised_network_by_default(dataset: str) -> None:
+    """Paper and reference: the first pseudo labels come from the initialised network at epoch 0 (`initial:
+    model`), not from the isp_labels cache; the class default and every dataset's resolved params say so."""
+    from reid.pipeline import params as C
+
+    assert ISP().initial == "model"
+    method = C.run_method(C.load_params(Path(__file__).resolve().parents[1] / "params.yaml"), dataset, "isp")
+    assert method.initial == "model" and "isp_labels" not in C.cache_names(method)
 
 
 def test_a_model_saved_before_align_corners_existed_is_rebuilt_as_it_was_trained() -> None:

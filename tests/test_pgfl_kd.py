@@ -317,12 +317,33 @@ def test_bad_params_are_refused() -> None:
         PGFLNet(2, backbone="vgg")
 
 
-def test_cl_target_f_variant() -> None:
+@pytest.mark.parametrize("overrides, target, literal", [
+    (ABLATIONS["full"], "E", False),
+    (ABLATIONS["full_literal_cl"], "E", True),
+    ({**ABLATIONS["full"], "cl_target": "F"}, "F", False),
+])
+def test_cl_term_is_eq4_on_the_rows_features(overrides: dict, target: str, literal: bool) -> None:
+    """The `cl` term each row trains with, recomputed from the model's own features: the literal row is
+    lambda_cl * mean ||f_G - f_E||^2 on raw features (= ||f_F||^2 when f_E = f_F + f_G), the default the same on
+    L2-normalised ones, and `cl_target: F` aims at f_F. A row that silently fell back to another form or target
+    gives another number (the three differ by far more than the tolerance)."""
     torch.manual_seed(0)
-    method = PGFLKD(backbone="resnet18", cl_target="F")
-    model = method.build_model(num_classes=4)
-    losses = method.training_losses(model, _batch(b=4, h=64, w=32), epoch=0)
-    assert torch.isfinite(losses["cl"])
+    method = PGFLKD(backbone="resnet18", **overrides)
+    model = method.build_model(num_classes=2)
+    batch = _batch(b=4, h=64, w=32)
+    cl = method.training_losses(model, batch, epoch=0)["cl"].detach()
+    out = model(batch["image"], batch["keypoints.heatmaps"].float())
+    g, t = out["G"].detach().float(), out[target].detach().float()
+    if not literal:
+        g, t = torch.nn.functional.normalize(g, dim=1), torch.nn.functional.normalize(t, dim=1)
+    expected = method.lambda_cl * (g - t).pow(2).sum(dim=1).mean()
+    assert float(cl) == pytest.approx(float(expected), rel=1e-4)
+    other = "F" if target == "E" else "E"
+    wrong = method.lambda_cl * (g - out[other].detach().float()).pow(2).sum(dim=1).mean()
+    assert abs(float(cl) - float(wrong)) > 1e-3 * max(float(cl), 1e-6)
+    if literal:  # f_E = f_F + f_G, so the printed Eq. 4 is ||f_F||^2
+        f_f = out["F"].detach().float()
+        assert float(cl) == pytest.approx(float(method.lambda_cl * f_f.pow(2).sum(dim=1).mean()), rel=1e-3)
 
 
 def test_flops_deployed_vs_pose_path() -> None:

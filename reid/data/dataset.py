@@ -18,8 +18,10 @@ from reid.cache.h5 import check_field
 from reid.data.images import read_rgb
 from reid.data.index import IndexRow
 from reid.data.transforms import (
+    FieldAugment,
     Geometry,
     apply_translation,
+    erase,
     erase_heatmaps,
     erasing_box,
     normalize_rgb,
@@ -45,7 +47,8 @@ class ReIDDataset(Dataset):
         image_field: take the image from this cached RGB field instead of the image file.
         pid_labels / clothes_labels: raw pid / clothes key -> contiguous label (train); identity if None.
         rgb_augment: in training, also translate (Random2DTranslation) and erase the cached `image` fields (face
-            crops), drawn once per sample so that every such field (raw and restored face) moves alike.
+            crops) as this FieldAugment says, drawn once per sample so that every such field (raw and restored
+            face) moves alike; None leaves them flipped only.
     """
 
     def __init__(
@@ -63,7 +66,7 @@ class ReIDDataset(Dataset):
         flip_p: float = 0.5,
         pad: int = 10,
         erasing_p: float = 0.5,
-        rgb_augment: bool = False,
+        rgb_augment: FieldAugment | None = None,
     ) -> None:
         self.rows, self.root = rows, Path(root)
         self.positions = list(positions)
@@ -143,19 +146,17 @@ class ReIDDataset(Dataset):
                 sample[name] = torch.from_numpy(maps)
             elif kind == "image":
                 face = np.ascontiguousarray(value[:, ::-1] if geom.flip else value)
-                if self.train and self.rgb_augment:
+                if self.train and self.rgb_augment is not None:
                     size = face.shape[:2]
                     if not rgb_moves:  # drawn once per sample, on the first RGB field's grid
-                        rgb_moves[size] = (random_translation(size), erasing_box(size, self.erasing_p))
+                        rgb_moves[size] = (random_translation(size, scale=self.rgb_augment.scale),
+                                           erasing_box(size, self.erasing_p))
                     if size not in rgb_moves:
                         rgb_moves[size] = _rescale_moves(next(iter(rgb_moves.items())), size)
                     move, box = rgb_moves[size]
                     face = apply_translation(face, move) if move is not None else face
                     tensor = normalize_rgb(face)
-                    if box is not None:
-                        y, x, eh, ew = box
-                        tensor[:, y : y + eh, x : x + ew] = 0.0
-                    sample[name] = tensor
+                    sample[name] = erase(tensor, box, self.rgb_augment.erase_fill) if box is not None else tensor
                 else:
                     sample[name] = normalize_rgb(face)
             else:

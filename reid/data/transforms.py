@@ -162,14 +162,19 @@ def random_erasing(
     area: tuple[float, float] = (0.02, 0.4),
     ratio: float = 0.3,
     gen: torch.Generator | None = None,
+    fill: tuple[float, ...] = (0.0, 0.0, 0.0),
 ) -> torch.Tensor:
-    """Zhong et al. random erasing on a normalised CxHxW tensor (erased to 0 = the mean colour)."""
+    """Zhong et al. random erasing on a normalised CxHxW tensor (default fill 0 = the mean colour)."""
     box = erasing_box(tuple(img.shape[-2:]), p, area, ratio, gen)
-    if box is None:
-        return img
+    return img if box is None else erase(img.clone(), box, fill)
+
+
+def erase(img: torch.Tensor, box: tuple[int, int, int, int], fill: tuple[float, ...] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+    """Write `fill[c]` into channel c of the rectangle `box` (y, x, h, w) of a CxHxW tensor, in place."""
+    if len(fill) != img.shape[0]:
+        raise ValueError(f"erase: {len(fill)} fill values for a {img.shape[0]}-channel image")
     y, x, eh, ew = box
-    img = img.clone()
-    img[:, y : y + eh, x : x + ew] = 0.0
+    img[:, y : y + eh, x : x + ew] = torch.tensor(fill, dtype=img.dtype)[:, None, None]
     return img
 
 
@@ -191,7 +196,23 @@ def erase_heatmaps(heatmaps: np.ndarray, box: tuple[int, int, int, int], image_h
     return out
 
 
-def random_translation(hw: tuple[int, int], p: float = 0.5, scale: float = 1.125,
+# DeSKPro's official transforms (data/transforms.py): Random2DTranslation enlarges by 1.05 (torchreid's 1.125 is
+# commented out there), and RandomErasing writes these per-channel constants into the *normalised* tensor.
+REFERENCE_TRANSLATE_SCALE = 1.05
+REFERENCE_ERASE_FILL = (0.4914, 0.4822, 0.4465)
+
+
+@dataclass(frozen=True)
+class FieldAugment:
+    """How training augments cached RGB fields (face crops), drawn once per sample for every such field:
+    Random2DTranslation enlarging by `scale`, then random erasing that writes `erase_fill` (one value per channel,
+    in normalised units: 0 is the ImageNet mean colour) into the box."""
+
+    scale: float = REFERENCE_TRANSLATE_SCALE
+    erase_fill: tuple[float, float, float] = REFERENCE_ERASE_FILL
+
+
+def random_translation(hw: tuple[int, int], p: float = 0.5, scale: float = REFERENCE_TRANSLATE_SCALE,
                        gen: torch.Generator | None = None) -> tuple[int, int, int, int] | None:
     """Random2DTranslation (torchreid, used by DeSKPro's reference for faces): with probability p, enlarge an
     (h, w) image to (round(h * scale), round(w * scale)) and crop (y, x, h, w) back at a random offset; None

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from reid.data.transforms import FieldAugment
 from reid.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -60,7 +61,7 @@ class Method:
     probe_groundtruth: tuple[str, ...] = ()  # synthetic ground-truth masks the probe adds where the world has them
     image_field: str | None = None  # take the input image from this cached `image` field, not the image file
     require_field: str | None = None  # only rows where this cached flag is nonzero (e.g. faces.has_face)
-    rgb_field_augment: bool = False  # training also translates and erases cached `image` fields, jointly
+    rgb_field_augment: FieldAugment | None = None  # training also translates and erases cached `image` fields
 
     # --- tables read through the METHODS registry (reid.pipeline.params, reid.report) -------------------------
     ablations: ClassVar[dict[str, Row]] = {}  # the paper's table rows: row -> parameter overrides

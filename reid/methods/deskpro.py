@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from reid.cache.h5 import Field
-from reid.data.transforms import resize_images
+from reid.data.transforms import REFERENCE_ERASE_FILL, REFERENCE_TRANSLATE_SCALE, FieldAugment, resize_images
 from reid.methods.base import METHODS, Claim, Method
 from reid.methods.deskpro_losses import (
     CLOTHING_SETS,
@@ -304,6 +304,8 @@ class DeskPro(Method):
     extra_ablations = {**CONTROLS, **FACE_FLIP_ONLY}
     paper_tables = {"Table 3 (Celeb-reID-light)": PAPER_TABLE3}
     knobs = {"alpha": "alpha"}  # top level in params.yaml so `dvc exp run -S alpha=0.8` works
+    # models saved before these parameters existed translated faces by torchreid's 1.125 and erased them to 0
+    record_defaults = {"face_translate_scale": 1.125, "face_erase_fill": "zero"}
     claims = (  # Table 3, cross-clothes queries (the setting the paper is about)
         Claim("CSA beats the baseline", "model2_csa", "model1_baseline", "cross_clothes", control="oracle_csa"),
         Claim("CSA + L_att beat the baseline", "model3_csa_att", "model1_baseline", "cross_clothes",
@@ -344,6 +346,8 @@ class DeskPro(Method):
         drop_ratio: float = 0.33,
         missing_face: str = "mean",
         face_augment: bool = True,
+        face_translate_scale: float = REFERENCE_TRANSLATE_SCALE,
+        face_erase_fill: str = "reference",
         csa_source: str = "learned",
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -357,7 +361,13 @@ class DeskPro(Method):
             raise ValueError(f"missing_face must be one of {MISSING_FACE_RULES}, got {missing_face!r}")
         self.missing_face = missing_face
         # the reference's face augmentation (flip + Random2DTranslation + RandomErasing on raw and restored faces)
-        self.rgb_field_augment = face_augment
+        if face_erase_fill not in FACE_ERASE_FILLS:
+            raise ValueError(f"deskpro: face_erase_fill must be one of {sorted(FACE_ERASE_FILLS)}, "
+                             f"got {face_erase_fill!r}")
+        if not 1.0 <= float(face_translate_scale) <= 2.0:
+            raise ValueError(f"deskpro: face_translate_scale must be in [1, 2], got {face_translate_scale!r}")
+        self.rgb_field_augment = (FieldAugment(float(face_translate_scale), FACE_ERASE_FILLS[face_erase_fill])
+                                  if face_augment else None)
         base = self._preset(preset)
         self.epsilon = float(epsilon if epsilon is not None else base["epsilon"])
         self.lambda_att = float(lambda_att if lambda_att is not None else base["lambda_att"])
@@ -634,6 +644,8 @@ class DeskPro(Method):
 
 
 MISSING_FACE_RULES = ("mean", "zero")
+# What face erasing writes into the normalised crop: the official RandomErasing's constants, or 0 (the mean colour).
+FACE_ERASE_FILLS: dict[str, tuple[float, float, float]] = {"reference": REFERENCE_ERASE_FILL, "zero": (0.0, 0.0, 0.0)}
 CSA_SOURCES = ("learned", "oracle")
 
 

@@ -372,6 +372,7 @@ class HRNetFeatureMap(nn.Module):
                         source)
             return 0
         missing, unexpected = self.incre_modules.load_state_dict(own, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # older PyTorch did not save it
         if missing or unexpected:
             raise ValueError(f"{source}: incre_modules do not match this HRNet ({len(missing)} missing e.g. "
                              f"{missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})")
