@@ -80,7 +80,21 @@ def test_eq10_aligned_distance_two_by_two() -> None:
     g = {"parts": torch.tensor([[[1.0, 0], [1, 0]], [[0, 1], [0, 1]]]), "visibility": torch.tensor([[1.0, 1], [0, 1]]),
          "global": torch.tensor([[1.0, 0], [1, 1]]), "foreground": torch.tensor([[0.0, 1], [1, 0]])}
     expected = torch.tensor([[0.5, 0.097631], [0.430964, 0.292893]])
-    assert torch.allclose(aligned_distance(q, g), expected, atol=1e-6)
+    assert torch.allclose(aligned_distance(q, g, "eq10"), expected, atol=1e-6)
+    # The official arm_eval_func: global ++ foreground compared by one cosine, denominator shared + 1.
+    # gf: q0 (1,0,1,0), q1 (0,1,1,1); g0 (1,0,0,1), g1 (1,1,1,0).
+    # (q0,g0): cos = 1/2 -> d_gf = 0.5; (0 + 1 + 0.5)/3 = 0.5
+    # (q0,g1): cos = 2/(sqrt2 sqrt3) = 0.816497 -> 0.183503; (0 + 0.183503)/2 = 0.091752
+    # (q1,g0): cos = 1/(sqrt3 sqrt2) = 0.408248 -> 0.591752; (0 + 0.591752)/2 = 0.295876
+    # (q1,g1): cos = 2/3 -> 0.333333; nothing shared: 0.333333 / 1
+    official = torch.tensor([[0.5, 0.091752], [0.295876, 0.333333]])
+    assert torch.allclose(aligned_distance(q, g), official, atol=1e-6)
+    assert torch.allclose(ISP(backbone="hrnet_tiny", reduce_dim=2).distance(q, g), official, atol=1e-6)
+    assert torch.allclose(ISP(backbone="hrnet_tiny", reduce_dim=2, arm_form="eq10").distance(q, g), expected,
+                          atol=1e-6)
+    # the official code ranks by the similarity (sum o (1 + cos_k)/2 + (1 + cos_gf)/2) / (sum o + 1) = 1 - d/2
+    with pytest.raises(ValueError, match="arm_form"):
+        aligned_distance(q, g, "paper")
 
 
 def test_downsample_labels_takes_cell_centres() -> None:
@@ -528,8 +542,8 @@ def test_a_model_saved_before_align_corners_existed_is_rebuilt_as_it_was_trained
     from reid.methods.base import method_from_record
 
     tiny = {"backbone": "hrnet_tiny", "reduce_dim": 8, "incre_modules": False}
-    assert ISP(**tiny).align_corners is True
+    assert ISP(**tiny).align_corners is True and ISP(**tiny).arm_form == "official"
     old = method_from_record("isp", tiny)
-    assert old.align_corners is False
+    assert old.align_corners is False and old.arm_form == "eq10"  # and was evaluated with Eq. 10 as printed
     assert old.build_model(3).backbone.align_corners is False
     assert method_from_record("isp", {**tiny, "align_corners": True}).align_corners is True

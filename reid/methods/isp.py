@@ -112,6 +112,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 EVAL_ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "learned": ("k7", {}),
     "wo_arm": ("k7", {"matching": "concat"}),
+    # The paper's Eq. 10 (global and foreground as two cosines) beside the official code's one cosine (the default).
+    "arm_eq10": ("k7", {"arm_form": "eq10"}),
     # The positive control of the Table 2 claim: the same comparison on the model trained with ground-truth parts.
     "extra_info_wo_arm": ("extra_info", {"matching": "concat"}),
 }
@@ -195,8 +197,17 @@ def _cosine(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.normalize(q.float(), dim=1) @ F.normalize(g.float(), dim=1).t()
 
 
-def aligned_distance(q: Mapping[str, torch.Tensor], g: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Eq. 10: d = (sum_k l_k^q l_k^g d_k + d_g + d_f) / (sum_k l_k^q l_k^g + 2), all cosine distances.
+ARM_FORMS = ("official", "eq10")
+
+
+def aligned_distance(q: Mapping[str, torch.Tensor], g: Mapping[str, torch.Tensor], form: str = "official"
+                     ) -> torch.Tensor:
+    """Aligned matching of the shared-visible parts plus the global and foreground features; cosine distances.
+
+    form="eq10" (the paper's Eq. 10): d = (sum_k l_k^q l_k^g d_k + d_g + d_f) / (sum_k l_k^q l_k^g + 2).
+    form="official" (the official `arm_eval_func`, the published numbers): the global and foreground features are
+    concatenated into one vector and compared by one cosine, d = (sum_k l_k^q l_k^g d_k + d_gf) / (sum_k ... + 1)
+    (the official code ranks by the similarity (1 + cos) / 2, which orders exactly as this distance).
 
     Vectorised without an (nq, ng, K-1) tensor: sum_k v_k (1 - <q_k, g_k>) = sum_k v_k - <Q', G'> with
     Q' = (l^q_k * q_k / |q_k|)_k flattened (same for G'), so the numerator is one matrix product.
@@ -207,6 +218,12 @@ def aligned_distance(q: Mapping[str, torch.Tensor], g: Mapping[str, torch.Tensor
     gn = F.normalize(g["parts"].float(), dim=-1) * vg[..., None]
     shared = vq @ vg.t()
     parts_sum = shared - qn.flatten(1) @ gn.flatten(1).t()
+    if form == "official":
+        d_gf = _cosine(torch.cat([q["global"], q["foreground"]], dim=1),
+                       torch.cat([g["global"], g["foreground"]], dim=1))
+        return (parts_sum + d_gf) / (shared + 1.0)
+    if form != "eq10":
+        raise ValueError(f"isp: arm_form must be one of {ARM_FORMS}, got {form!r}")
     d_g = _cosine(q["global"], g["global"])
     d_f = _cosine(q["foreground"], g["foreground"])
     return (parts_sum + d_g + d_f) / (shared + 2.0)
@@ -438,7 +455,8 @@ class ISP(Method):
     caches = {"isp_labels": ["labels"]}
     test_caches: dict[str, list[str]] = {}
     probe_caches = {"parsing": ["labels"]}  # Table 3 of the predicted parts against the parsing
-    record_defaults = {"align_corners": False}  # models saved before the parameter existed upsampled that way
+    # models saved before these parameters existed upsampled that way and were evaluated with Eq. 10 as printed
+    record_defaults = {"align_corners": False, "arm_form": "eq10"}
 
     def __init__(
         self,
@@ -463,6 +481,7 @@ class ISP(Method):
         cluster_batch_size: int = 64,
         labels_dir: str | None = None,
         matching: str = "aligned",
+        arm_form: str = "official",
         flip_test: bool = False,
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -470,6 +489,8 @@ class ISP(Method):
             raise ValueError(f"isp: semantics must be one of {sorted(LABEL_KEYS)}, got {semantics!r}")
         if matching not in ("aligned", "concat", "global"):
             raise ValueError(f"isp: matching must be aligned, concat or global, got {matching!r}")
+        if arm_form not in ARM_FORMS:
+            raise ValueError(f"isp: arm_form must be one of {ARM_FORMS}, got {arm_form!r}")
         if initial not in ("cache", "model"):
             raise ValueError(f"isp: initial must be cache (the isp_labels teacher) or model, got {initial!r}")
         if period < 1:
@@ -484,7 +505,7 @@ class ISP(Method):
         self.sharpen, self.kmeans_iters, self.cluster_seed = sharpen, kmeans_iters, cluster_seed
         self.cluster_chunk_images, self.cluster_batch_size = cluster_chunk_images, cluster_batch_size
         self.labels_dir = Path(labels_dir) if labels_dir else None
-        self.matching, self.flip_test = matching, flip_test
+        self.matching, self.arm_form, self.flip_test = matching, arm_form, flip_test
         self.label_key = LABEL_KEYS[semantics]
         learned_from_model = semantics == "learned" and initial == "model"
         self.caches = {} if learned_from_model else {self.label_key.split(".")[0]: ["labels"]}
@@ -637,7 +658,7 @@ class ISP(Method):
 
     def distance(self, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.matching == "aligned":
-            return aligned_distance(q, g)
+            return aligned_distance(q, g, self.arm_form)
         if self.matching == "global":
             return _cosine(q["global"], g["global"])
         cat_q = torch.cat([q["parts"].flatten(1), q["global"], q["foreground"]], dim=1)
