@@ -183,6 +183,29 @@ def test_train_and_eval_compute_the_same_feature_at_keep_ratio_1():
     assert not torch.allclose(unweighted, eval_feat, atol=1e-3)  # the reweighting really acts at inference
 
 
+def test_reweight_at_test_false_deploys_the_unweighted_feature():
+    """Sec. III-A's reading: Eq. 7-8 in training only. The deployed feature is the network without the reweighting
+    (equal to lambda = 0), while training still reweights; the default deploys it reweighted."""
+    torch.manual_seed(0)
+    paper = tiny(reweight_at_test=False)
+    default = tiny()
+    default.load_state_dict(paper.state_dict())
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        paper.reweight_lambda.fill_(0.8)
+        default.reweight_lambda.fill_(0.8)
+        deployed = paper.eval()(x)
+        reweighted = default.eval()(x)
+        default.reweight_lambda.zero_()
+        unweighted = default(x)
+    torch.testing.assert_close(deployed, unweighted, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(deployed, reweighted, atol=1e-3)
+    paper.train()
+    feat, _ = paper.forward_features(x)
+    (feat * torch.randn_like(feat)).sum().backward()
+    assert paper.reweight_lambda.grad is not None and paper.reweight_lambda.grad.abs() > 0  # trained all the same
+
+
 # --- forward / backward ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("keep_ratio", [None, 0.7])
 def test_tiny_forward_backward_train_and_eval(keep_ratio):

@@ -13,8 +13,10 @@ predicts keep/drop for every image token.
   to work without them; the class-token attention of the last block reweights the tokens (Eq. 7-8).
 - Inference: no Gumbel noise, no masking: at each stage the `floor(N * p^s)` best-scored tokens are gathered
   (static shapes) and the others are really removed, so later blocks cost less. The class-token reweighting
-  (Eq. 7-8) is applied here too, over the tokens kept, so the BNNeck and classifier fitted in training see the
-  feature that is deployed (applied in training only, the deployed feature had cosine 0.980 with it).
+  (Eq. 7-8) is applied here too by default, over the tokens kept, so the BNNeck and classifier fitted in training
+  see the feature that is deployed (`reweight_at_test=True`). Sec. III-A says it is applied in training only:
+  `reweight_at_test=False` is that reading (the deployed feature then differs from the one the BNNeck was fitted
+  to; docs/methods.md gives the measured agreement and mAP of both readings).
 Given `keep_scores` (B, N) (SUREID's positive control: each token's share of ground-truth person pixels), every
 stage keeps the best-scored tokens by those scores instead of the decision MLP, in training (hard masks, exactly
 `floor(N * p^s)` kept) and at inference alike.
@@ -280,6 +282,7 @@ class VisionTransformer(nn.Module):
         prune_layers: tuple[int, ...] = DEFAULT_PRUNE_LAYERS,
         cls_reweight: bool = True,
         gumbel_tau: float = 1.0,
+        reweight_at_test: bool = True,
     ) -> None:
         super().__init__()
         self.embed_dim = self.out_dim = embed_dim
@@ -299,7 +302,7 @@ class VisionTransformer(nn.Module):
             self.keep_ratio = float(keep_ratio)
             self.ratios = [self.keep_ratio ** (s + 1) for s in range(len(self.prune_layers))]  # p, p^2, p^3
             self.decision = nn.ModuleList(TokenDecision(embed_dim) for _ in self.prune_layers)
-            self.cls_reweight = cls_reweight
+            self.cls_reweight, self.reweight_at_test = cls_reweight, reweight_at_test
             self.reweight_lambda = nn.Parameter(torch.tensor(0.5)) if cls_reweight else None  # Eq. 8 init 0.5
             self.gumbel_tau = gumbel_tau
         self._init_weights()
@@ -386,7 +389,7 @@ class VisionTransformer(nn.Module):
                 out.keep_index.append(origin)
                 x = torch.cat([x[:, :1], img], dim=1)
                 stage += 1
-            want = self.cls_reweight and i == last
+            want = self.cls_reweight and self.reweight_at_test and i == last
             x, attn = blk(x, None, want)
             cls_attn = attn if want else cls_attn
         if cls_attn is not None:
