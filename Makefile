@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt workflow/scripts/select_onnxr
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	bash workflow/scripts/select_onnxruntime.sh $(PY) $(ORT)
+	$(PY) -m reid dvc-yaml --plots-page
 	touch $@
 
 # Rewrite constraints.txt from the current environment (after a deliberate upgrade; commit it with new numbers).

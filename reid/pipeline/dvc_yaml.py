@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from reid.pipeline import params as C
+from reid.pipeline.dvc_plots import TEMPLATE, write_template
 from reid.pipeline.layout import (
     NON_CACHE_DEPS,
     cache_args,
@@ -218,7 +219,9 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         add(Stage(f"train-{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
                   code_deps("train", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
                   [model_path(ds, run)], keys,
-                  plots=[{train_log_path(ds, run): {"cache": False, "x": "epoch", "y": "total"}}]))
+                  plots=[{train_log_path(ds, run): {"cache": False, "x": "epoch", "y": "total",
+                                                    "title": f"training loss of {ds}/{run}", "x_label": "epoch",
+                                                    "y_label": "total loss"}}]))
 
     for target in runs:
         ds, run = C.split_target(target)
@@ -231,8 +234,11 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         outs = evaluation_outputs(ds, run)
         add(Stage(f"evaluate-{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
                   code_deps("evaluate", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
-                  [outs["cmc_png"], outs["ranks"], outs["per_query"]], keys, metrics=[outs["metrics"]],
-                  plots=[{outs["cmc"]: {"cache": False, "x": "rank", "y": cmc_y(cfg, ds)}}]))
+                  [outs["per_query"]], keys, metrics=[outs["metrics"]],
+                  plots=[{outs["cmc"]: {"cache": False, "x": "rank", "y": cmc_y(cfg, ds),
+                                        "title": f"CMC of {ds}/{run}, {cmc_y(cfg, ds)} queries",
+                                        "x_label": "rank", "y_label": "matches within rank (%)"}},
+                         {outs["ranks"]: {}}, {outs["cmc_png"]: {}}]))
     for target in exports:  # `python -m reid export`: no params.yaml key changes it, so none is listed
         ds, run = C.split_target(target)
         need_model(ds, run)
@@ -263,8 +269,8 @@ def dvc_document(cfg: Mapping[str, Any]) -> dict[str, Any]:
             entry["outs"] = st.outs
         if st.metrics:
             entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
-        if st.plots:
-            entry["plots"] = st.plots
+        if st.plots:  # a plot without properties (an image) is written as a bare path, as DVC's docs do
+            entry["plots"] = [next(iter(p)) if not next(iter(p.values())) else p for p in st.plots]
         doc["stages"][st.name] = entry
     return doc
 
@@ -284,9 +290,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="the configuration dvc.yaml is written from")
     p.add_argument("--out", default="dvc.yaml", help="the dvc.yaml to write (or check with --check)")
     p.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
+    p.add_argument("--plots-page", action="store_true",
+                   help=f"instead, write {TEMPLATE}: the offline page `dvc plots show` fills (make install runs it)")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.plots_page:
+        out = write_template(Path(args.out).resolve().parent)
+        print(f"wrote {out} ({out.stat().st_size // 1024} KiB: Vega, Vega-Lite and vega-embed inlined)")
+        return 0
     text = render(C.load_params(args.params))
     out = Path(args.out)
     if args.check:
