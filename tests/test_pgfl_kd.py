@@ -150,6 +150,23 @@ def test_eq2_eq3_foreground_attention_and_pooling() -> None:
     assert torch.allclose(foreground_attention(2 * fmap, f_l, "cosine"), a, atol=1e-6)
 
 
+def test_feb_temperature_default_is_0_1_and_the_model_uses_it() -> None:
+    """Eq. 2 at the default temperature 0.1: sims (1, 0) -> softmax(10, 0) = (e^10/(e^10+1), 1/(e^10+1)) =
+    (0.9999546, 0.0000454) where temperature 1 gives (0.7310586, 0.2689414); the model passes its parameter to
+    Eq. 2, the literal temperature is row `full_feb_t1`, and a model saved before the default changed loads with 1."""
+    from reid.methods.base import method_from_record
+    from reid.methods.pgfl_kd import EXTRA_ABLATIONS
+
+    fmap = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    f_l = torch.tensor([[[1.0, 0.0]]])
+    assert torch.allclose(foreground_attention(fmap, f_l, "cosine", 0.1), torch.tensor([[[0.9999546, 0.0000454]]]),
+                          atol=1e-6)
+    method = PGFLKD(backbone="resnet18")
+    assert method.net_kwargs["feb_temperature"] == 0.1 and method.build_model(2).feb_temperature == 0.1
+    assert EXTRA_ABLATIONS["full_feb_t1"] == {**ABLATIONS["full"], "feb_temperature": 1.0}
+    assert method_from_record("pgfl_kd", {"backbone": "resnet18"}).net_kwargs["feb_temperature"] == 1.0
+
+
 def test_eq4_consistent_loss_value_and_detached_teacher() -> None:
     student = torch.tensor([[1.0, 2.0], [0.0, 0.0]], requires_grad=True)
     teacher = torch.tensor([[3.0, 0.0], [0.0, 0.0]], requires_grad=True)
