@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(run(args) or 0)
+    except SystemExit as exc:  # a verb's `raise SystemExit("message")`: the same one-line form as the errors below
+        if not isinstance(exc.code, str):
+            raise
+        print(f"reid {head.verb}: error: {exc.code}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - user errors become one line; anything else keeps its traceback
         if head.verbose or not is_user_error(exc):
             raise

@@ -37,3 +37,13 @@ def test_every_option_has_help_and_shows_its_default(verb: str, capsys: pytest.C
     for action in parser._actions:
         if action.option_strings and action.default not in (None, False, "==SUPPRESS==") and not action.required:
             assert f"(default: {action.default})" in out, (verb, action.option_strings)
+
+
+def test_a_verbs_message_exit_is_one_line_with_the_verb(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A verb's `raise SystemExit("...")` reads like every other user error: `reid <verb>: error: ...`, exit 1."""
+    (tmp_path / "crops").mkdir()
+    code = main(["embed", "--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "crops"), "--split", "query",
+                 "--out", str(tmp_path / "e.h5")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip() == "reid embed: error: --split selects rows of an --index; a folder (--images) " \
+                                        "has no splits"

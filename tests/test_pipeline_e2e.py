@@ -164,3 +164,27 @@ def test_dvc_exp_run_alpha_reruns_only_deskpro(tmp_path: Path, repo_copier) -> N
     (plot,) = diff["data"]["results/synthcc/deskpro/cmc.csv"]
     assert plot["revisions"] == ["HEAD", "alpha09"], plot["revisions"]
     assert {v["rev"] for v in plot["content"]["data"]["values"]} == {"HEAD", "alpha09"}  # both curves, one chart
+
+    # The README's "Using the trained model" block, as written, on what this built (what `make demo` builds).
+    commands = readme_block("## Using the trained model")
+    assert [c[3] for c in commands] == ["export", "embed", "embed", "search", "evaluate"], commands
+    for cmd in commands:
+        _run(work, py, *cmd[1:], timeout=300)
+    ranking = json.loads((work / "ranking.json").read_text())
+    assert ranking and (work / "ranks.png").stat().st_size > 0 and (work / "q.h5").is_file()
+    mine = json.loads((work / "metrics.json").read_text())
+    pipeline = json.loads((work / "results/synthcc/deskpro/metrics.json").read_text())
+    for setting in ("cross_clothes", "same_clothes"):  # the CLI computes what the pipeline computed
+        for key in ("R1", "mAP", "mINP"):
+            assert mine[setting][key] == pipeline[setting][key], (setting, key)
+
+
+def readme_block(section: str) -> list[list[str]]:
+    """The commands of the first ```bash block under `section` in README.md (comment lines dropped)."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = text[text.index(section):]
+    block = body[body.index("```bash") + len("```bash"):]
+    block = block[:block.index("```")]
+    return [shlex.split(line) for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]

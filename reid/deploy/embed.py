@@ -161,8 +161,10 @@ def _test_caches(method: Method, rows: list[IndexRow], root: Path, index: Path, 
 
 
 def batches(embedder: Any, rows: list[IndexRow], root: Path, caches: dict[str, str], index: Path,
-            batch_size: int, workers: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """(row numbers, embeddings) per batch, preprocessed exactly as `evaluate` does."""
+            batch_size: int, workers: int, select: list[int] | None = None
+            ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(row numbers, embeddings) per batch, preprocessed exactly as `evaluate` does; `select`: only these rows of
+    `rows` (the caches stay aligned with all of them)."""
     from torch.utils.data import DataLoader
 
     from reid.data.dataset import ReIDDataset
@@ -171,9 +173,10 @@ def batches(embedder: Any, rows: list[IndexRow], root: Path, caches: dict[str, s
 
     method = embedder.method
     opened = open_caches(caches, index)
-    positions = filter_positions(method, list(range(len(rows))), opened)
-    if len(positions) < len(rows):
-        log.warning("%d of %d images lack %s and are left out", len(rows) - len(positions), len(rows),
+    wanted = list(range(len(rows))) if select is None else list(select)
+    positions = filter_positions(method, wanted, opened)
+    if len(positions) < len(wanted):
+        log.warning("%d of %d images lack %s and are left out", len(wanted) - len(positions), len(wanted),
                     method.require_field)
     ds = ReIDDataset(rows, root, positions, embedder.input_size, train=False, caches=opened,
                      fields=method_fields(method, train=False), image_field=method.image_field)
@@ -186,8 +189,11 @@ def embed_images(model: str | Path, rows: list[IndexRow], root: str | Path, out:
                  caches: dict[str, str] | None = None, params: str | None = None, dataset: str | None = None,
                  batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
                  with_identities: bool = False, cpu_amp: bool = DEFAULT_CPU_AMP,
-                 teacher_models: dict[str, str] | None = None) -> dict[str, Any]:
-    """Embed `rows` (paths relative to `root`) into `out`; returns a summary (images/s, providers...)."""
+                 teacher_models: dict[str, str] | None = None, select: list[int] | None = None) -> dict[str, Any]:
+    """Embed `rows` (paths relative to `root`) into `out`; returns a summary (images/s, providers...).
+
+    `select`: embed only these rows (e.g. one split), in this order, while the test-time caches stay aligned
+    with all of `rows` (an index's cache, or one a teacher makes now over all of them)."""
     from tqdm import tqdm
 
     from reid.cache.h5 import CacheWriter, Field
@@ -199,27 +205,30 @@ def embed_images(model: str | Path, rows: list[IndexRow], root: str | Path, out:
         index = write_index(rows, Path(tmp) / "index.csv")
         caches = _test_caches(method, rows, root, index, dict(caches or {}), params, dataset, Path(tmp),
                               embedder.test_teachers, teacher_models)
-        stream = batches(embedder, rows, root, caches, index, batch_size, workers)
+        stream = batches(embedder, rows, root, caches, index, batch_size, workers, select)
+        chosen = list(range(len(rows))) if select is None else list(select)
+        out_row = {full: k for k, full in enumerate(chosen)}  # index row -> row of the embeddings file
         first_rows, first = next(stream)
         fields = {k: Field(v.shape[1:], "float32", "vector") for k, v in first.items()}
         if with_identities:
             fields |= {"pid": Field((), "int64", "vector"), "camid": Field((), "int64", "vector")}
-        listing = "\n".join(r.path for r in rows).encode()
-        done, written = 0, np.zeros(len(rows), bool)
+        listing = "\n".join(rows[i].path for i in chosen).encode()
+        done, written = 0, np.zeros(len(chosen), bool)
         with CacheWriter(out, teacher=f"embed:{method.name}", backend=embedder.backend,
                          model_sha256=file_sha256(model), index_sha256=hashlib.sha256(listing).hexdigest(),
                          params={"method": method.name, "method_module": type(method).__module__,
                                  "method_params": method.params, "model": str(Path(model).resolve()),
                                  "root": str(root)},
-                         paths=[r.path for r in rows], fields=fields) as writer, \
-                tqdm(total=len(rows), desc=f"embed {method.name}", unit="img", disable=not progress) as bar:
+                         paths=[rows[i].path for i in chosen], fields=fields) as writer, \
+                tqdm(total=len(chosen), desc=f"embed {method.name}", unit="img", disable=not progress) as bar:
             for idx, feats in [(first_rows, first), *stream]:
                 values = {k: v.astype(np.float32) for k, v in feats.items()}
                 if with_identities:
                     values["pid"] = np.array([rows[i].pid for i in idx], np.int64)
                     values["camid"] = np.array([rows[i].camid for i in idx], np.int64)
-                writer.write_rows(idx, values)
-                written[idx] = True
+                mine = np.array([out_row[int(i)] for i in idx], np.int64)
+                writer.write_rows(mine, values)
+                written[mine] = True
                 done += len(idx)
                 bar.update(len(idx))
             left_out = np.flatnonzero(~written).tolist()
@@ -242,7 +251,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--images", help="a folder of crops (any layout, searched recursively)")
     src.add_argument("--index", help="an index CSV (paths relative to --root); pid/camid are stored too")
     p.add_argument("--root", help="dataset root of --index")
-    p.add_argument("--split", choices=("train", "query", "gallery"), help="only these index rows")
+    p.add_argument("--split", choices=("train", "query", "gallery"),
+                   help="only these index rows (--cache files stay aligned with the whole index)")
     p.add_argument("--cache", action="append", metavar="NAME=PATH", help="a test-time cache aligned with --index")
     p.add_argument("--params", help="params.yaml: run the teachers it configures for test-time caches")
     p.add_argument("--teacher-model", action="append", metavar="NAME=FILE",
@@ -263,20 +273,22 @@ def main(args: argparse.Namespace) -> int:
 
     pin_evaluate_threads()  # as `evaluate`: the same embeddings as the pipeline's
     if args.images:
-        rows, root, ids = folder_rows(args.images), Path(args.images), False
         if args.cache:
             raise SystemExit("--cache rows must align with an --index; with --images use --params/--dataset")
+        if args.split:
+            raise SystemExit("--split selects rows of an --index; a folder (--images) has no splits")
+        rows, root, ids = folder_rows(args.images), Path(args.images), False
     else:
         if not args.root:
             raise SystemExit("--index needs --root (the dataset root its paths are relative to)")
         rows, root, ids = read_index(args.index), Path(args.root), True
-        if args.split:
-            keep = [i for i, r in enumerate(rows) if r.split == args.split]
-            if args.cache:
-                raise SystemExit("--split cannot be combined with --cache (cache rows align with the whole index)")
-            rows = [rows[i] for i in keep]
+    select = None
+    if args.split:  # the index stays whole so that --cache rows (aligned with it) still match
+        select = [i for i, r in enumerate(rows) if r.split == args.split]
+        if not select:
+            raise SystemExit(f"{args.index}: no {args.split} rows")
     summary = embed_images(args.model, rows, root, args.out, parse_caches(args.cache), args.params, args.dataset,
                            args.batch_size, args.workers, args.device, with_identities=ids, cpu_amp=args.cpu_amp,
-                           teacher_models=parse_caches(args.teacher_model))
+                           teacher_models=parse_caches(args.teacher_model), select=select)
     print(json.dumps(summary, sort_keys=True))
     return 0
