@@ -37,6 +37,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "ablation-table": ("reid.report", "assemble metrics.json files into an ablation table (Markdown + JSON)"),
     "claims": ("reid.eval.claims", "decide each declared claim: paired difference, 95 percent interval, verdict"),
     "show-metrics": ("reid.report", "print metrics.json files as a short table"),
+    "ledger": ("reid.ledger", "the committed evidence of the claims: each row's state (current / stale), record rows"),
 }
 
 # Verbs whose module serves several verbs: verb -> (add-arguments function, main function).

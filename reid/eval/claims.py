@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -79,21 +79,47 @@ def verdict(stats: Mapping[str, float]) -> str:
     return "undecided"
 
 
-def compare(results: Path, dataset: str, method: str, better: str, worse: str, setting: str, metric: str,
+@dataclass(frozen=True)
+class Evidence:
+    """Where each evaluated row's files are: `results/<ds>/<run>/`, unless the row was given from elsewhere (a
+    committed ledger row, reid/ledger.py), by run name."""
+
+    results: Path
+    rows: Mapping[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def from_paths(cls, results: str | Path, paths: Sequence[str | Path]) -> "Evidence":
+        """Each path a row's folder or a file in it (per_query.csv, probe.json): the folder's name is the run."""
+        rows: dict[str, Path] = {}
+        for p in map(Path, paths):
+            folder = p if p.is_dir() else p.parent
+            if rows.setdefault(folder.name, folder) != folder:
+                raise ValueError(f"run {folder.name} given twice: {rows[folder.name]} and {folder}")
+        return cls(Path(results), rows)
+
+
+def row_dir(results: Evidence | Path, dataset: str, run: str) -> Path:
+    """The folder holding one row's evaluation files."""
+    if isinstance(results, Evidence):
+        return results.rows.get(run, results.results / dataset / run)
+    return Path(results) / dataset / run
+
+
+def compare(results: Evidence | Path, dataset: str, method: str, better: str, worse: str, setting: str, metric: str,
             seeds: Sequence[int], init: str = "scratch", worse_init: str | None = None) -> dict[str, Any]:
     """Paired statistics of two rows over the seeds whose per_query.csv both have (queries both scored).
     `worse_init` (default: `init`) compares across initialisations, e.g. a row pretrained vs from scratch."""
     a_runs, b_runs = [], []
     for s in seeds:
-        pa = results / dataset / run_name(method, better, init, s) / "per_query.csv"
-        pb = results / dataset / run_name(method, worse, worse_init or init, s) / "per_query.csv"
+        pa = row_dir(results, dataset, run_name(method, better, init, s)) / "per_query.csv"
+        pb = row_dir(results, dataset, run_name(method, worse, worse_init or init, s)) / "per_query.csv"
         if pa.is_file() and pb.is_file():
             a_runs.append(read_per_query(pa, setting, metric))
             b_runs.append(read_per_query(pb, setting, metric))
     if not a_runs:
         raise FileNotFoundError(f"no seed of {list(seeds)} with both {run_name(method, better, init, None)} and "
                                 f"{run_name(method, worse, worse_init or init, None)} evaluated under "
-                                f"{results / dataset}")
+                                f"{row_dir(results, dataset, '')}")
     queries = sorted(set.intersection(*(set(r) for r in a_runs + b_runs)))
     a = np.array([[r[q] for q in queries] for r in a_runs])
     b = np.array([[r[q] for q in queries] for r in b_runs])
@@ -102,7 +128,7 @@ def compare(results: Path, dataset: str, method: str, better: str, worse: str, s
     return stats
 
 
-def assess(results: Path, dataset: str, method: str, claim: Claim, seeds: Sequence[int],
+def assess(results: Evidence | Path, dataset: str, method: str, claim: Claim, seeds: Sequence[int],
            init: str = "scratch") -> dict[str, Any]:
     """A claim's learned comparison, its control (when declared) and the final verdict, under one init.
     A partial run whose control rows were not evaluated still reports the learned comparison, with the verdict
@@ -139,7 +165,7 @@ def _control_cell(claim: Mapping[str, Any], stats: Mapping[str, Any] | None) -> 
     return f"{claim['control']} vs {claim.get('control_worse') or claim['worse']}: {_cell(stats)}"
 
 
-def pretraining_effects(results: Path, dataset: str, assessed: list[dict[str, Any]],
+def pretraining_effects(results: Evidence | Path, dataset: str, assessed: list[dict[str, Any]],
                         seeds: Sequence[int]) -> list[dict[str, Any]]:
     """What pretraining does to each claim's baseline row (pretrained vs scratch), when both were run."""
     out, seen = [], set()
@@ -159,7 +185,7 @@ def pretraining_effects(results: Path, dataset: str, assessed: list[dict[str, An
     return out
 
 
-def probe_summaries(results: Path, dataset: str, assessed: list[dict[str, Any]],
+def probe_summaries(results: Evidence | Path, dataset: str, assessed: list[dict[str, Any]],
                     seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Each compared row's mechanism probe (results/<ds>/<run>/probe.json, `python -m reid probe`): per
     statistic the mean over the seeds that have one of the per-model means. Rows without a probe are left out."""
@@ -170,7 +196,7 @@ def probe_summaries(results: Path, dataset: str, assessed: list[dict[str, Any]],
             if (a["method"], row, init) in seen:
                 continue
             seen.add((a["method"], row, init))
-            found = [results / dataset / run_name(a["method"], row, init, s) / "probe.json" for s in seeds]
+            found = [row_dir(results, dataset, run_name(a["method"], row, init, s)) / "probe.json" for s in seeds]
             reports = [json.loads(p.read_text())["stats"] for p in found if p.is_file()]
             reports = [r for r in reports if r]
             if not reports:
@@ -214,6 +240,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", nargs="+", choices=INITS, default=["scratch"],
                    help="initialisations to assess every claim under (params.yaml ablation.init)")
     p.add_argument("--results", default="results", help="the results/ folder")
+    p.add_argument("--evidence", nargs="+", default=[], metavar="PATH",
+                   help="rows read from elsewhere (a ledger row's folder, or its per_query.csv / probe.json): the "
+                        "folder's name is the run; the other rows come from --results")
     p.add_argument("--out-md", required=True, help="the verdicts as Markdown")
     p.add_argument("--out-json", required=True, help="the verdicts as JSON")
     p.add_argument("--only", nargs="+", default=None,
@@ -223,13 +252,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     only = getattr(args, "only", None)
     inits = getattr(args, "init", None) or ["scratch"]
-    assessed = [assess(Path(args.results), args.dataset, m, claim, args.seeds, init)
+    evidence = Evidence.from_paths(args.results, getattr(args, "evidence", None) or [])
+    assessed = [assess(evidence, args.dataset, m, claim, args.seeds, init)
                 for m in args.methods for claim in get_method_class(m).claims
                 if not only or any(s in claim.name for s in only) for init in inits]
     if not assessed:
         raise SystemExit(f"no claim of {args.methods} matches --only {only}")
-    effects = pretraining_effects(Path(args.results), args.dataset, assessed, args.seeds) if len(inits) > 1 else []
-    probes = probe_summaries(Path(args.results), args.dataset, assessed, args.seeds)
+    effects = pretraining_effects(evidence, args.dataset, assessed, args.seeds) if len(inits) > 1 else []
+    probes = probe_summaries(evidence, args.dataset, assessed, args.seeds)
     md = to_markdown(assessed, args.dataset, effects, probes)
     Path(args.out_md).write_text(md)
     Path(args.out_json).write_text(json.dumps({"claims": assessed, "pretraining": effects, "probes": probes},

@@ -93,19 +93,38 @@ def all_targets():
     return [D.metrics_path(*C.split_target(t)) for t in config["dvc"]["runs"]]
 
 
-def claims_inputs(wildcards):
-    """per_query.csv of every row x init x seed the claims of the dataset's methods compare (ablation.claims)."""
-    from reid.eval.claims import run_name
+_EVIDENCE: dict[str, dict[str, str]] = {}
 
-    runs = []
-    for method in config["ablation"]["claims"][wildcards.dataset]:
-        for claim in C.method_class(method).claims:
-            for row in claim.rows:
-                runs += [run_name(method, row, init, s) for s in config["ablation"].get("seeds", [0, 1, 2])
-                         for init in config["ablation"].get("init", ["scratch"])]
-    per_query = {D.evaluation_outputs(wildcards.dataset, run)["per_query"] for run in runs}
-    probes = {D.probe_path(wildcards.dataset, run) for run in runs if C.model_run(run) == run}  # trained rows
-    return sorted(per_query | probes)
+
+def claims_evidence(dataset):
+    """run -> the folder its evidence comes from, for every row the dataset's claims compare: the committed ledger
+    row when it is current (reid/ledger.py: code and params unchanged since it was measured), else results/<ds>/<run>
+    (built by this run, then recorded). Computed once per invocation."""
+    if dataset not in _EVIDENCE:
+        from reid import ledger as L
+
+        runs = L.claims_runs(config, dataset)
+        states = L.status(config, dataset, runs) if config["ablation"].get("ledger", True) else {}
+        _EVIDENCE[dataset] = {run: str(L.row_dir(dataset, run) if states.get(run, {}).get("state") == "current"
+                                       else f"results/{dataset}/{run}") for run in runs}
+    return _EVIDENCE[dataset]
+
+
+def claims_inputs(wildcards):
+    """per_query.csv (and probe.json of trained rows) of every row x init x seed the claims of the dataset's methods
+    compare (ablation.claims), each from the ledger or from results/ (`claims_evidence`)."""
+    paths = []
+    for run, folder in claims_evidence(wildcards.dataset).items():
+        paths.append(f"{folder}/per_query.csv")
+        if C.model_run(run) == run:  # trained rows carry their mechanism probe
+            paths.append(f"{folder}/probe.json")
+    return sorted(paths)
+
+
+def claims_built(wildcards):
+    """The claims rows this invocation builds (not current in the ledger): recorded before the verdicts."""
+    return " ".join(shlex.quote(run) for run, folder in claims_evidence(wildcards.dataset).items()
+                    if folder.startswith("results/"))
 
 
 def ablation_inputs(wildcards):

@@ -32,15 +32,19 @@ rule claims:
         methods=lambda wc: " ".join(shlex.quote(m) for m in config["ablation"]["claims"][wc.dataset]),
         seeds=lambda wc: " ".join(shlex.quote(str(s)) for s in config["ablation"].get("seeds", [0, 1, 2])),
         init=lambda wc: " ".join(shlex.quote(i) for i in config["ablation"].get("init", ["scratch"])),
+        built=claims_built,
     log:
         "logs/{dataset}/claims.log",
     conda:
         "../../envs/train.yaml"
     threads: 1
     shell:
+        # rows built by this run go into the committed ledger first (reid/ledger.py); the verdicts then read each
+        # row from where the input function found it
+        "{{ python -m reid ledger record --dataset {wildcards.dataset:q} --runs {params.built} && "
         "python -m reid claims --dataset {wildcards.dataset:q} --methods {params.methods} --seeds {params.seeds} "
-        "--init {params.init} "
-        "--out-md {output.md:q} --out-json {output.json:q} > {log:q} 2>&1"
+        "--init {params.init} --evidence {input:q} "
+        "--out-md {output.md:q} --out-json {output.json:q}; }} > {log:q} 2>&1"
 
 
 rule probe:

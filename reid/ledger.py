@@ -1,0 +1,235 @@
+"""The evidence ledger: the small files each evaluated row of the claims build leaves, committed to git with the
+provenance that says which code and parameters made them, so a fresh clone assembles the claims tables without
+training and anyone can see, and re-run, what a verdict rests on.
+
+Layout (`ledger/<dataset>/<run>/`, the same names as `results/<dataset>/<run>/`): `metrics.json`,
+`per_query.csv`, `probe.json` (trained rows the claims probe), `train_log.csv` (the trained model's) and
+`provenance.json`:
+
+- `fingerprint`: per DVC stage of the row's ancestry (synth, index, teachers, pretrain, train, evaluate; the
+  stages `python -m reid dvc-yaml` writes, from the same layout code as the Snakefile), an md5 over the md5s of
+  the code files it imports (DVC's md5 of each file's bytes, which dvc.lock records per file) and the value of
+  every params.yaml key it reads (as dvc.lock records them). Data the stages pass to each
+  other (worlds, caches, models) is determined by these and is not hashed. The probe's own code is added for
+  rows with a probe.
+- `environment`: commit (and whether the tree had uncommitted changes), CPU model and count, Python and library
+  versions; `embed_dtype` (metrics.json's), `train_seconds` (the sum of train_log.csv's epochs).
+
+A row is **current** when its fingerprint equals the one computed now from the working tree's code and
+params.yaml; **stale** otherwise (`python -m reid ledger status` names the stages that changed). The claims
+rule reads a current ledger row instead of building it, and builds (then records) the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+LEDGER = Path("ledger")
+ROW_FILES = ("metrics.json", "per_query.csv", "probe.json")  # copied from results/<ds>/<run>/ when present
+PROVENANCE = "provenance.json"
+SCHEMA = "reid-ledger/1"
+LIBRARIES = ("torch", "torchvision", "numpy", "onnxruntime", "h5py", "opencv-python-headless", "snakemake", "dvc")
+PROBE_CODE = ("reid.engine.probe",)
+
+
+@functools.lru_cache(maxsize=4096)
+def _md5_cached(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def _md5(path: Path) -> str:
+    """md5 of a file's bytes (DVC's hash of a file dependency), cached per path, mtime and size."""
+    st = path.stat()
+    return _md5_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def code_digest(root: Path, files: Sequence[str]) -> dict[str, Any]:
+    """One md5 over `path md5` lines of a stage's code files: equal exactly when every file is."""
+    lines = "".join(f"{f} {_md5(root / f)}\n" for f in sorted(files))
+    return {"files": len(files), "md5": hashlib.md5(lines.encode()).hexdigest()}
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_code() -> tuple[str, ...]:
+    from reid.pipeline.dvc_yaml import import_closure
+
+    return tuple(sorted(import_closure(PROBE_CODE)))
+
+
+def fingerprint(cfg: Mapping[str, Any], dataset: str, run: str, root: str | Path = ".",
+                probe: bool = False) -> dict[str, Any]:
+    """{stage: {"code": {path: md5}, "params": {key: value}}} over the stages that build the row (see the
+    module docstring), plus "probe" for a row with a probe."""
+    from reid.pipeline import params as C
+    from reid.pipeline.dvc_yaml import stages_for
+
+    root = Path(root)
+    out: dict[str, Any] = {}
+    for name, stage in sorted(stages_for(cfg, [f"{dataset}/{run}"]).items()):
+        code = [d for d in stage.deps if d.endswith(".py") and (root / d).is_file()]
+        out[name] = {"code": code_digest(root, code), "params": {k: C._get(cfg, k) for k in stage.params}}
+    if probe:
+        out["probe"] = {"code": code_digest(root, _probe_code()), "params": {}}
+    return out
+
+
+def changed_stages(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The stages whose code or params differ between two fingerprints (added or removed stages too)."""
+    return sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
+
+
+def environment(root: str | Path = ".") -> dict[str, Any]:
+    """Where a row was measured: commit, CPU, versions (what decides whether a re-run must agree exactly)."""
+    from importlib import metadata
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def row_dir(dataset: str, run: str, ledger: str | Path = LEDGER) -> Path:
+    return Path(ledger) / dataset / run
+
+
+def read_provenance(folder: Path) -> dict[str, Any]:
+    from reid.serialization import read_json
+
+    prov = read_json(folder / PROVENANCE)
+    if not isinstance(prov, dict) or prov.get("schema") != SCHEMA or not isinstance(prov.get("fingerprint"), dict):
+        raise ValueError(f"{folder / PROVENANCE}: not a {SCHEMA} provenance record")
+    return prov
+
+
+def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path = "results",
+           ledger: str | Path = LEDGER, root: str | Path = ".") -> Path:
+    """Copy one evaluated row's small files into the ledger with its provenance; returns the ledger folder.
+    Call it right after the row was built, with the code that built it (the claims rule does)."""
+    from reid.pipeline import params as C
+    from reid.pipeline.layout import train_log_path
+
+    src = Path(results) / dataset / run
+    missing = [f for f in ("metrics.json", "per_query.csv") if not (src / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{src}: no {', '.join(missing)} to record (evaluate the row first)")
+    dst = row_dir(dataset, run, ledger)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ROW_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    log = Path(root) / train_log_path(C.model_dataset(cfg, dataset), C.model_run(run))
+    train_seconds = None
+    if log.is_file():
+        shutil.copy2(log, tmp / "train_log.csv")
+        with open(log, newline="") as f:
+            train_seconds = round(sum(float(r.get("seconds") or 0) for r in csv.DictReader(f)), 1)
+    metrics = json.loads((src / "metrics.json").read_text())
+    prov = {"schema": SCHEMA, "dataset": dataset, "run": run,
+            "fingerprint": fingerprint(cfg, dataset, run, root, probe=(src / "probe.json").is_file()),
+            "environment": environment(root), "embed_dtype": metrics.get("embed_dtype"),
+            "train_seconds": train_seconds, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.replace(dst)
+    return dst
+
+
+def status(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], ledger: str | Path = LEDGER,
+           root: str | Path = ".") -> dict[str, dict[str, Any]]:
+    """run -> {"state": current | stale | missing, "changed": [stages]} for the ledger's rows of `runs`."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        folder = row_dir(dataset, run, ledger)
+        if not (folder / PROVENANCE).is_file():
+            out[run] = {"state": "missing", "changed": []}
+            continue
+        prov = read_provenance(folder)
+        now = fingerprint(cfg, dataset, run, root, probe="probe" in prov["fingerprint"])
+        changed = changed_stages(prov["fingerprint"], now)
+        out[run] = {"state": "stale" if changed else "current", "changed": changed}
+    return out
+
+
+def claims_runs(cfg: Mapping[str, Any], dataset: str) -> list[str]:
+    """Every run the claims of `dataset` compare (params.yaml ablation.claims x seeds x init), sorted."""
+    from reid.eval.claims import run_name
+    from reid.pipeline import params as C
+
+    ablation = cfg.get("ablation", {})
+    runs = {run_name(method, row, init, s)
+            for method in ablation.get("claims", {}).get(dataset, [])
+            for claim in C.method_class(method).claims for row in claim.rows
+            for s in ablation.get("seeds", [0, 1, 2]) for init in ablation.get("init", ["scratch"])}
+    return sorted(runs)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("status", "record"),
+                   help="status: each claims row's ledger state (current / stale: which stages changed / missing); "
+                        "record: copy evaluated rows from --results into the ledger with their provenance")
+    p.add_argument("--dataset", required=True, help="the dataset whose claims rows to list or record")
+    p.add_argument("--runs", nargs="*", default=None,
+                   help="only these runs (default: every run the dataset's claims compare; given empty: none)")
+    p.add_argument("--params", default="params.yaml", help="the configuration the fingerprints are computed from")
+    p.add_argument("--results", default="results", help="where `record` reads evaluated rows")
+    p.add_argument("--ledger", default=str(LEDGER), help="the ledger folder (committed to git)")
+    p.add_argument("--only-built", action="store_true",
+                   help="record: skip rows not evaluated under --results instead of failing")
+
+
+def main(args: argparse.Namespace) -> int:
+    from reid.pipeline import params as C
+
+    cfg = C.load_params(args.params)
+    runs = args.runs if args.runs is not None else claims_runs(cfg, args.dataset)
+    if args.action == "record":
+        done = 0
+        for run in runs:
+            if args.only_built and not (Path(args.results) / args.dataset / run / "per_query.csv").is_file():
+                continue
+            print(f"recorded {record(cfg, args.dataset, run, args.results, args.ledger)}")
+            done += 1
+        print(f"{done} row(s) recorded under {Path(args.ledger) / args.dataset}; commit them with git")
+        return 0
+    states = status(cfg, args.dataset, runs, args.ledger)
+    for run, st in states.items():
+        print(f"{st['state']:8s} {args.dataset}/{run}" + (f"  (changed: {', '.join(st['changed'])})"
+                                                         if st["changed"] else ""))
+    counts = {s: sum(1 for v in states.values() if v["state"] == s) for s in ("current", "stale", "missing")}
+    print(f"{args.dataset}: {counts['current']} current, {counts['stale']} stale, {counts['missing']} missing "
+          f"of {len(states)} rows; `snakemake --cores 2 results/{args.dataset}/claims.md` rebuilds exactly the "
+          f"stale and missing ones and records them")
+    return 0

@@ -1,0 +1,125 @@
+"""The evidence ledger (reid/ledger.py): a recorded row is current until the code or parameters of a stage that
+built it change, the claims read ledger rows as they read results/, and on a fresh clone the claims build
+assembles from a complete ledger without training."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reid import ledger as L
+from reid.eval.claims import Evidence, assess
+from reid.methods.base import Claim
+from reid.pipeline import params as C
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = C.load_params(REPO / "params.yaml")
+
+
+def _fake_row(folder: Path, queries: int = 12, ap: float = 0.5, setting: str = "cross_clothes",
+              probe: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({setting: {"mAP": 100 * ap}, "embed_dtype": "float32"}))
+    rows = "".join(f"{setting},q{i}.jpg,{i % 3},{ap}\n" for i in range(queries))
+    (folder / "per_query.csv").write_text("setting,query,first,ap\n" + rows)
+    if probe:
+        (folder / "probe.json").write_text(json.dumps({"stats": {}}))
+
+
+def test_a_recorded_row_is_current_until_a_parameter_it_read_changes(tmp_path: Path) -> None:
+    root = tmp_path / "tree"  # the code, and the trained model's train_log.csv
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "models" / "synthcc" / "deskpro").mkdir(parents=True)
+    (root / "models" / "synthcc" / "deskpro" / "train_log.csv").write_text("epoch,total,seconds\n1,9,30.5\n2,8,31.25\n")
+    _fake_row(tmp_path / "results" / "synthcc" / "deskpro")
+    folder = L.record(CFG, "synthcc", "deskpro", tmp_path / "results", tmp_path / "ledger", root=root)
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert prov["schema"] == L.SCHEMA and prov["embed_dtype"] == "float32" and prov["environment"]["cpus"]
+    assert prov["train_seconds"] == 61.8  # 30.5 + 31.25, rounded to 0.1 s
+    assert {"train-synthcc-deskpro", "evaluate-synthcc-deskpro", "teach-synthcc-faces"} <= set(prov["fingerprint"])
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "per_query.csv", "provenance.json",
+                                                          "train_log.csv"]
+    assert L.status(CFG, "synthcc", ["deskpro", "baseline"], tmp_path / "ledger", root) == {
+        "deskpro": {"state": "current", "changed": []}, "baseline": {"state": "missing", "changed": []}}
+
+    changed = copy.deepcopy(CFG)
+    changed["alpha"] = 0.9  # DeSKPro's KD weight: its training (and so its evaluation) read it, the teachers do not
+    st = L.status(changed, "synthcc", ["deskpro"], tmp_path / "ledger", root)["deskpro"]
+    assert st["state"] == "stale" and st["changed"] == ["train-synthcc-deskpro"]
+    assert L.fingerprint(changed, "synthcc", "baseline", REPO) == L.fingerprint(CFG, "synthcc", "baseline", REPO)
+
+
+def test_a_code_change_makes_stale_exactly_the_stages_that_import_it(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    before = L.fingerprint(CFG, "synthcc", "deskpro", root)
+    assert before == L.fingerprint(CFG, "synthcc", "deskpro", REPO)
+    with open(root / "reid" / "teachers" / "parsing.py", "a") as f:
+        f.write("\n# an edit\n")
+    after = L.fingerprint(CFG, "synthcc", "deskpro", root)
+    changed = L.changed_stages(before, after)
+    assert "teach-synthcc-parsing" in changed
+    assert "teach-synthcc-faces" not in changed and "train-synthcc-deskpro_face_teacher" not in changed
+
+
+def test_claims_read_a_ledger_row_as_they_read_results(tmp_path: Path) -> None:
+    """The same rows from results/ or from ledger folders (Evidence) give the same verdict; a row given twice is
+    refused."""
+    claim = Claim("good beats base", "good", "base", "standard")
+    for s in (0, 1):
+        _fake_row(tmp_path / "results" / "w" / f"m--good--s{s}", 30, 0.8, "standard")
+        _fake_row(tmp_path / "results" / "w" / f"m--base--s{s}", 30, 0.5, "standard")
+    plain = assess(tmp_path / "results", "w", "m", claim, [0, 1])
+    shutil.copytree(tmp_path / "results" / "w", tmp_path / "ledger" / "w")
+    shutil.rmtree(tmp_path / "results" / "w" / "m--good--s1")
+    ev = Evidence.from_paths(tmp_path / "results", [tmp_path / "ledger" / "w" / "m--good--s1" / "per_query.csv"])
+    assert assess(ev, "w", "m", claim, [0, 1]) == plain and plain["verdict"] == "holds"
+    with pytest.raises(ValueError, match="given twice"):
+        Evidence.from_paths(tmp_path, [tmp_path / "ledger/w/m--good--s0", tmp_path / "results/w/m--good--s0"])
+
+
+def _run(cwd: Path, *cmd: str, timeout: int = 600) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{out[-3000:]}"
+    return out
+
+
+@pytest.mark.slow
+def test_a_complete_current_ledger_assembles_the_claims_without_training(tmp_path: Path, repo_copier) -> None:
+    """A fresh copy with every synthcc claims row in the ledger: the claims target plans the claims job alone and
+    writes the table from the ledger; a changed parameter makes exactly DeSKPro's rows stale, which the same
+    target then plans to rebuild."""
+    work = repo_copier(tmp_path / "repo", skip=("ledger/", "results/"))
+    py = sys.executable
+    runs = L.claims_runs(CFG, "synthcc")
+    for run in runs:
+        _fake_row(work / "results" / "synthcc" / run, probe=C.model_run(run) == run)
+    _run(work, py, "-m", "reid", "ledger", "record", "--dataset", "synthcc")
+    shutil.rmtree(work / "results")
+    status = _run(work, py, "-m", "reid", "ledger", "status", "--dataset", "synthcc")
+    assert f"synthcc: {len(runs)} current, 0 stale, 0 missing" in status, status[-2000:]
+
+    plan = _run(work, py, "-m", "snakemake", "-n", "--cores", "2", "results/synthcc/claims.md")
+    stats = plan.rsplit("Job stats:", 1)[1].split("Reasons")[0]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
+    assert jobs == {"claims": "1", "total": "1"}, plan[-2000:]  # nothing trained, evaluated or probed
+    _run(work, py, "-m", "snakemake", "--cores", "2", "results/synthcc/claims.md")
+    verdicts = json.loads((work / "results/synthcc/claims.json").read_text())
+    assert len(verdicts["claims"]) == len(C.method_class("deskpro").claims) * len(CFG["ablation"]["init"])
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["alpha"] = 0.9
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _run(work, py, "-m", "reid", "ledger", "status", "--dataset", "synthcc")
+    assert "0 current" in status and "changed: train-synthcc-deskpro" in status, status[-2000:]
