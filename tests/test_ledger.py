@@ -123,3 +123,25 @@ def test_a_complete_current_ledger_assembles_the_claims_without_training(tmp_pat
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _run(work, py, "-m", "reid", "ledger", "status", "--dataset", "synthcc")
     assert "0 current" in status and "changed: train-synthcc-deskpro" in status, status[-2000:]
+
+
+def test_compare_row_reports_exact_agreement_and_the_size_of_a_difference(tmp_path: Path) -> None:
+    """Two settings x 2 queries. The re-run moves one query's AP 0.5 -> 0.25 and its first match 1 -> 3:
+    max |AP| diff 0.25, one of four ranks moved, that setting's mAP 50.0 -> 37.5 (the other stays 75.0)."""
+    def write(folder: Path, second_ap: float, second_first: int) -> Path:
+        folder.mkdir(parents=True)
+        (folder / "per_query.csv").write_text(
+            "setting,query,first,ap\n"
+            f"a,q0.jpg,0,0.5\na,q1.jpg,{second_first},{second_ap}\nb,q0.jpg,0,1.0\nb,q1.jpg,2,0.5\n")
+        return folder
+
+    ledger_row = write(tmp_path / "ledger", 0.5, 1)
+    same = L.compare_row(ledger_row, write(tmp_path / "same", 0.5, 1))
+    assert same["exact"] and same["max_ap_diff"] == 0.0 and same["rank_moved"] == 0.0
+    moved = L.compare_row(ledger_row, write(tmp_path / "moved", 0.25, 3))
+    assert not moved["exact"] and moved["max_ap_diff"] == 0.25 and moved["rank_moved"] == 0.25
+    assert moved["mAP"] == {"a": {"ledger": 50.0, "rerun": 37.5}, "b": {"ledger": 75.0, "rerun": 75.0}}
+    prov = {"environment": {"cpu": "X", "versions": {"torch": "2"}}, "embed_dtype": "float32"}
+    assert L.same_environment(prov, {"cpu": "X", "versions": {"torch": "2"}}, "float32")
+    assert not L.same_environment(prov, {"cpu": "X", "versions": {"torch": "2"}}, "bfloat16")
+    assert not L.same_environment(prov, {"cpu": "Y", "versions": {"torch": "2"}}, "float32")
