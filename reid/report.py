@@ -148,7 +148,10 @@ def main_show_metrics(args: argparse.Namespace) -> int:
     from reid.engine.commands import format_metrics
 
     for f in sorted(args.metrics):
-        print(format_metrics(read_metrics(f)))
+        metrics, path = read_metrics(f), Path(f)
+        # results/<dataset>/<run>/metrics.json names its run by its folder (two rows of one method stay apart)
+        label = f"{metrics.get('dataset')}/{path.parent.name}" if path.parent.name else None
+        print(format_metrics(metrics, label))
     return 0
 
 

@@ -47,3 +47,19 @@ def test_a_verbs_message_exit_is_one_line_with_the_verb(tmp_path, capsys: pytest
     err = capsys.readouterr().err
     assert code == 1 and err.strip() == "reid embed: error: --split selects rows of an --index; a folder (--images) " \
                                         "has no splits"
+
+
+def test_show_metrics_names_each_run_by_its_folder(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two rows of one method (results/<ds>/<run>/metrics.json) print under their run names, not both as the
+    method's."""
+    import json
+
+    for run, m in (("sureid--t4_hts", 1.5), ("sureid--t4_sureid", 2.5)):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.json").write_text(json.dumps({
+            "dataset": "synthocc", "method": "sureid", "protocol": "occluded",
+            "standard": {"R1": m, "R5": m, "mAP": m, "mINP": m, "num_query": 5}}))
+    assert main(["show-metrics", str(tmp_path / "sureid--t4_sureid/metrics.json"),
+                 str(tmp_path / "sureid--t4_hts/metrics.json")]) == 0
+    titles = [line for line in capsys.readouterr().out.splitlines() if "[occluded]" in line]
+    assert titles == ["synthocc/sureid--t4_hts [occluded]", "synthocc/sureid--t4_sureid [occluded]"]

@@ -371,3 +371,17 @@ def test_npkd_defaults_to_the_per_element_feature_loss_and_old_records_keep_the_
     assert VARIANTS["t4_hts_npkd_sum"]["kd_feat_reduction"] == "sum"
     with pytest.raises(ValueError, match="kd_feat_reduction"):
         SUREID(**SUREID.tiny_params, kd_feat_reduction="max")
+
+
+def test_the_class_token_reweighting_is_deployed_as_the_paper_says() -> None:
+    """Sec. III-A: Eq. 7-8 in training only. SUREID's default deploys without it (the network it builds says so),
+    the `reweight_at_test` row reuses t4_sureid's model with it, and a model saved before the parameter existed
+    (which deployed it) loads as it was evaluated."""
+    from reid.methods.base import method_from_record
+
+    method = SUREID(occluder_dir="x")
+    assert method.cls_reweight_at_test is False
+    net = method.build_model(num_classes=3)
+    assert net.backbone.cls_reweight and net.backbone.reweight_at_test is False
+    assert EVAL_VARIANTS["reweight_at_test"] == ("t4_sureid", {"cls_reweight_at_test": True})
+    assert method_from_record("sureid", {"occluder_dir": "x"}).cls_reweight_at_test is True

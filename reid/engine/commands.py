@@ -99,9 +99,10 @@ def main_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """One line per protocol setting: 'dataset/method setting: R1 .. mAP .. mINP ..'."""
-    lines = [f"{metrics.get('dataset')}/{metrics.get('method')} [{metrics.get('protocol')}]"]
+def format_metrics(metrics: Mapping[str, Any], label: str | None = None) -> str:
+    """A title line ('<label or dataset/method> [protocol]'), then one line per protocol setting: R1 .. mAP .."""
+    title = label or f"{metrics.get('dataset')}/{metrics.get('method')}"
+    lines = [f"{title} [{metrics.get('protocol')}]"]
     settings = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, dict) and "mAP" in v]
     settings += [(f"{k} +rerank", v) for k, v in sorted(metrics.get("reranked", {}).items())
                  if isinstance(v, dict) and "mAP" in v]

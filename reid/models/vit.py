@@ -12,11 +12,10 @@ predicts keep/drop for every image token.
   (Eq. 3) that cuts the dropped tokens out of the attention of every later block (Eq. 4-6), so the model learns
   to work without them; the class-token attention of the last block reweights the tokens (Eq. 7-8).
 - Inference: no Gumbel noise, no masking: at each stage the `floor(N * p^s)` best-scored tokens are gathered
-  (static shapes) and the others are really removed, so later blocks cost less. The class-token reweighting
-  (Eq. 7-8) is applied here too by default, over the tokens kept, so the BNNeck and classifier fitted in training
-  see the feature that is deployed (`reweight_at_test=True`). Sec. III-A says it is applied in training only:
-  `reweight_at_test=False` is that reading (the deployed feature then differs from the one the BNNeck was fitted
-  to; docs/methods.md gives the measured agreement and mAP of both readings).
+  (static shapes) and the others are really removed, so later blocks cost less. With `reweight_at_test=True`
+  (this module's default: train and eval compute one function) the class-token reweighting (Eq. 7-8) is applied
+  here too, over the tokens kept; Sec. III-A says it is applied in training only, which is
+  `reweight_at_test=False`, SUREID's default (`cls_reweight_at_test`; docs/methods.md gives the measurement).
 Given `keep_scores` (B, N) (SUREID's positive control: each token's share of ground-truth person pixels), every
 stage keeps the best-scored tokens by those scores instead of the decision MLP, in training (hard masks, exactly
 `floor(N * p^s)` kept) and at inference alike.
