@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -385,3 +386,22 @@ def test_the_class_token_reweighting_is_deployed_as_the_paper_says() -> None:
     assert net.backbone.cls_reweight and net.backbone.reweight_at_test is False
     assert EVAL_VARIANTS["reweight_at_test"] == ("t4_sureid", {"cls_reweight_at_test": True})
     assert method_from_record("sureid", {"occluder_dir": "x"}).cls_reweight_at_test is True
+
+
+def test_the_npkd_control_under_pretrained_reuses_t4_hts_npkds_model() -> None:
+    """Under --pretrained, `strong_teacher_npkd` (teacher: the pretrained one) trains exactly `t4_hts_npkd`'s
+    network (teacher: the run's own, i.e. the pretrained one): same parameters but `teacher_init`, same caches.
+    The pipeline trains it once; from scratch the two differ (another teacher) and both train."""
+    from reid.pipeline import layout as D
+
+    cfg = C.load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    control, row = "sureid--strong_teacher_npkd--pretrained--s1", "sureid--t4_hts_npkd--pretrained--s1"
+    assert C.model_run(control) == row and C.model_run("sureid--strong_teacher_npkd--s1") == \
+        "sureid--strong_teacher_npkd--s1"
+    a, b = C.stage_train(cfg, "synthocc", control)[0], C.stage_train(cfg, "synthocc", row)[0]
+    assert {k: v for k, v in a["method_params"].items() if k != "teacher_init"} == \
+        {k: v for k, v in b["method_params"].items() if k != "teacher_init"}
+    assert a["train_cfg"] == b["train_cfg"]
+    assert D.train_deps(cfg, "synthocc", control) == D.train_deps(cfg, "synthocc", row)
+    scratch = "sureid--strong_teacher_npkd--s1", "sureid--t4_hts_npkd--s1"
+    assert D.train_deps(cfg, "synthocc", scratch[0]) != D.train_deps(cfg, "synthocc", scratch[1])

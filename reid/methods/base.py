@@ -67,6 +67,9 @@ class Method:
     ablations: ClassVar[dict[str, Row]] = {}  # the paper's table rows: row -> parameter overrides
     extra_ablations: ClassVar[dict[str, Row]] = {}  # further rows reachable by run name, not in the tables
     eval_ablations: ClassVar[dict[str, tuple[str, Row]]] = {}  # row -> (trained row reused, test-time overrides)
+    # row -> the row whose very network it trains under `--pretrained` (same seed, data, caches and parameters
+    # that act), so the pipeline trains it once (reid.pipeline.params.model_run)
+    same_model_pretrained: ClassVar[dict[str, str]] = {}
     paper_tables: ClassVar[dict[str, dict[str, dict[str, float]]]] = {}  # table -> row -> metric -> value
     claims: ClassVar[tuple["Claim", ...]] = ()  # what the paper says one row does better than another
     knobs: ClassVar[dict[str, str]] = {}  # top-level params.yaml key -> parameter (`dvc exp run -S alpha=0.8`)

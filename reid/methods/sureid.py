@@ -583,6 +583,8 @@ PAPER_TABLES: dict[str, dict[str, dict[str, float]]] = {
 SUREID.ablations = ABLATIONS
 SUREID.extra_ablations = {**CONTROLS, **VARIANTS}
 SUREID.eval_ablations = {**EVAL_ABLATIONS, **EVAL_VARIANTS}
+# Under --pretrained the NPKD control's teacher is the run's own (pretrained) teacher: it is t4_hts_npkd's network.
+SUREID.same_model_pretrained = {"strong_teacher_npkd": "t4_hts_npkd"}
 SUREID.paper_tables = PAPER_TABLES
 SUREID.claims = (  # Table IV (Occluded-Duke, Market rule)
     Claim("NPKD recovers what HTS loses (Table IV)", "t4_hts_npkd", "t4_hts", "standard",

@@ -286,12 +286,17 @@ def eval_overrides(run_name: str) -> dict[str, Any]:
 
 def model_run(run_name: str) -> str:
     """The run whose model.pt a run evaluates: itself, or for an evaluation-only row its trained row (same seed),
-    so e.g. `pgfl_kd--test_P--s1` reuses `pgfl_kd--full--s1` instead of training the same network again."""
+    so e.g. `pgfl_kd--test_P--s1` reuses `pgfl_kd--full--s1` instead of training the same network again; likewise
+    a row that under `--pretrained` trains another row's very network (`Method.same_model_pretrained`, e.g.
+    `sureid--strong_teacher_npkd--pretrained--s1` -> `sureid--t4_hts_npkd--pretrained--s1`)."""
     run = parse_run(run_name)
     _, evaluated = _method_tables(run.method)
-    if run.ablation not in evaluated:
-        return run_name
-    return run.name(evaluated[run.ablation][0])
+    if run.ablation in evaluated:
+        return model_run(run.name(evaluated[run.ablation][0]))
+    same = method_class(run.method).same_model_pretrained
+    if run.pretrained and run.ablation in same:
+        return run.name(same[run.ablation])
+    return run_name
 
 
 # --- stages ----------------------------------------------------------------------------------------------
