@@ -252,14 +252,14 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
 
 def claims_runs(cfg: Mapping[str, Any], dataset: str) -> list[str]:
     """Every run the claims of `dataset` compare (params.yaml ablation.claims x seeds x init), sorted."""
-    from reid.eval.claims import run_name
+    from reid.eval.claims import claim_inits, run_name
     from reid.pipeline import params as C
 
     ablation = cfg.get("ablation", {})
     runs = {run_name(method, row, init, s)
             for method in ablation.get("claims", {}).get(dataset, [])
             for claim in C.method_class(method).claims for row in claim.rows
-            for s in ablation.get("seeds", [0, 1, 2]) for init in ablation.get("init", ["scratch"])}
+            for s in ablation.get("seeds", [0, 1, 2]) for init in claim_inits(claim, ablation.get("init", ["scratch"]))}
     return sorted(runs)
 
 

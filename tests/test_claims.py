@@ -124,3 +124,24 @@ def test_declared_claims_name_rows_of_the_methods_tables(method: str) -> None:
         for row in claim.rows:
             assert row in rows, f"{method}: claim {claim.name!r} names unknown row {row!r}"
         assert claim.metric in ("ap", "r1")
+
+
+def test_a_claim_that_needs_scratch_rows_names_its_inits() -> None:
+    """ablation.init is [pretrained] (the papers start from ImageNet); SUREID's NPKD claims also need scratch
+    (only there is their control's teacher better than the student's own), so exactly their rows run from scratch."""
+    import copy
+
+    from reid import ledger
+    from reid.eval.claims import claim_inits
+    from reid.methods.base import get_method_class
+    from reid.pipeline import params as C
+
+    cfg = copy.deepcopy(C.load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
+    assert cfg["ablation"]["init"] == ["pretrained"]
+    cfg["ablation"]["claims"]["synthocc"] = ["sureid"]
+    claims = {c.name: c for c in get_method_class("sureid").claims}
+    assert claim_inits(claims["NPKD recovers what HTS loses (Table IV)"], ["pretrained"]) == ["scratch", "pretrained"]
+    assert claim_inits(claims["SUREID beats the vanilla DeiT-S (Table IV)"], ["pretrained"]) == ["pretrained"]
+    runs = set(ledger.claims_runs(cfg, "synthocc"))
+    assert {"sureid--t4_hts--s0", "sureid--strong_teacher_npkd--s2", "sureid--t4_hts_npkd--pretrained--s1"} <= runs
+    assert "sureid--t4_vanilla--s0" not in runs and "sureid--t4_vanilla--pretrained--s0" in runs

@@ -249,16 +249,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="assess only the claims whose name contains one of these strings (a partial run)")
 
 
+def claim_inits(claim: Claim, default: Sequence[str]) -> list[str]:
+    """The initialisations a claim is decided under: its own (`Claim.inits`) or the configured ones."""
+    return list(claim.inits) if claim.inits else list(default)
+
+
 def main(args: argparse.Namespace) -> int:
     only = getattr(args, "only", None)
     inits = getattr(args, "init", None) or ["scratch"]
     evidence = Evidence.from_paths(args.results, getattr(args, "evidence", None) or [])
     assessed = [assess(evidence, args.dataset, m, claim, args.seeds, init)
                 for m in args.methods for claim in get_method_class(m).claims
-                if not only or any(s in claim.name for s in only) for init in inits]
+                if not only or any(s in claim.name for s in only) for init in claim_inits(claim, inits)]
     if not assessed:
         raise SystemExit(f"no claim of {args.methods} matches --only {only}")
-    effects = pretraining_effects(evidence, args.dataset, assessed, args.seeds) if len(inits) > 1 else []
+    effects = pretraining_effects(evidence, args.dataset, assessed, args.seeds)  # where both inits were run
     probes = probe_summaries(evidence, args.dataset, assessed, args.seeds)
     md = to_markdown(assessed, args.dataset, effects, probes)
     Path(args.out_md).write_text(md)

@@ -37,6 +37,9 @@ class Claim:
     metric: str = "ap"
     control: str | None = None  # oracle row that must beat `control_worse` for the world to be able to show it
     control_worse: str | None = None  # the control's baseline row; None: `worse` (the same baseline)
+    # the initialisations the claim is decided under ("scratch", "pretrained"); None: params.yaml ablation.init.
+    # A claim whose reading depends on an init names it (e.g. a control that exists only from scratch).
+    inits: tuple[str, ...] | None = None
 
     @property
     def rows(self) -> tuple[str, ...]:
