@@ -432,8 +432,13 @@ def test_default_group_map_of_a_peaked_joint_holds_most_of_its_mass() -> None:
 def test_table8_rows_compare_every_feature_before_any_bnneck() -> None:
     from reid.methods.pgfl_kd import EVAL_ABLATIONS
 
-    assert set(EVAL_ABLATIONS) == {f"test_{f}" for f in "GPVFE"}
-    assert all(row == "full" and ov["test_neck"] is False for row, ov in EVAL_ABLATIONS.values())
+    table8 = {k: v for k, v in EVAL_ABLATIONS.items() if k.startswith("test_")}
+    assert set(table8) == {f"test_{f}" for f in "GPVFE"}
+    assert all(row == "full" and ov["test_neck"] is False for row, ov in table8.values())
+    # the pose claims' control compares f_P with the baseline's f_G taken the same way (before its BNNeck)
+    assert EVAL_ABLATIONS["baseline_raw"] == ("baseline", {"test_neck": False})
+    controls = [c for c in PGFLKD.claims if c.control == "test_P"]
+    assert len(controls) == 2 and all(c.control_worse == "baseline_raw" for c in controls)
     torch.manual_seed(0)
     method = PGFLKD(backbone="resnet18", test_feature="G", test_neck=False, flip_test=False)
     model = method.build_model(num_classes=4).eval()
