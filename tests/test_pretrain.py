@@ -176,9 +176,16 @@ def test_pretrained_runs_plan_the_pretrain_stage_in_both_orchestrators(tmp_path:
 
 @pytest.mark.slow
 def test_the_claims_table_needs_both_inits_and_the_probes_of_trained_rows(tmp_path: Path, repo_copier) -> None:
+    """With `ablation.init: [scratch, pretrained]` every claim's rows run under both inits (the default,
+    [pretrained], is checked in tests/test_claims.py)."""
+    import yaml
+
     from tests.test_dag import parse_dry_run, snakemake
 
-    work = repo_copier(tmp_path / "repo")
+    work = repo_copier(tmp_path / "repo", skip=("ledger/",))
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["ablation"]["init"] = ["scratch", "pretrained"]
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = snakemake(work, "-n", "--forceall", "--cores", "1", "results/synthocc/claims.md")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = parse_dry_run(proc.stdout + proc.stderr)
