@@ -121,8 +121,7 @@ class ReIDDataset(Dataset):
         image = normalize_rgb(warp(img, geom))
         erased = erasing_box(self.input_size, self.erasing_p) if self.train and self.erasing_p > 0 else None
         if erased is not None:
-            y, x, eh, ew = erased
-            image[:, y : y + eh, x : x + ew] = 0.0
+            image = erase(image, erased)
         sample: dict[str, Any] = {
             "image": image,
             "pid": self.pid_labels.get(row.pid, -1) if self.pid_labels is not None else row.pid,
