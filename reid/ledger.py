@@ -12,8 +12,10 @@ Layout (`ledger/<dataset>/<run>/`, the same names as `results/<dataset>/<run>/`)
   every params.yaml key it reads (as dvc.lock records them). Data the stages pass to each
   other (worlds, caches, models) is determined by these and is not hashed. The probe's own code is added for
   rows with a probe.
-- `environment`: commit (and whether the tree had uncommitted changes), CPU model and count, Python and library
-  versions; `embed_dtype` (metrics.json's), `train_seconds` (the sum of train_log.csv's epochs).
+- `environment`: commit (and whether the code, workflow or params.yaml had uncommitted changes), CPU model and
+  count, Python and library versions; `embed_dtype` (metrics.json's), `train_seconds` (the sum of train_log.csv's
+  epochs).
+- `worlds`: the digest of each synthetic world the row was trained and evaluated on (`world_digest`).
 
 A row is **current** when its fingerprint equals the one computed now from the working tree's code and
 params.yaml; **stale** otherwise (`python -m reid ledger status` names the stages that changed). The claims
@@ -43,6 +45,7 @@ PROVENANCE = "provenance.json"
 SCHEMA = "reid-ledger/1"
 LIBRARIES = ("torch", "torchvision", "numpy", "onnxruntime", "h5py", "opencv-python-headless", "snakemake", "dvc")
 PROBE_CODE = ("reid.engine.probe",)
+CODE_PATHS = ("reid", "workflow", "Snakefile", "params.yaml")  # what `dirty` checks: the code and its params
 
 
 @functools.lru_cache(maxsize=4096)
@@ -86,6 +89,23 @@ def fingerprint(cfg: Mapping[str, Any], dataset: str, run: str, root: str | Path
     return out
 
 
+def world_digest(folder: str | Path) -> dict[str, Any]:
+    """md5 over `relpath md5` lines of every file of a rendered world (what DVC hashes for a directory output).
+
+    Why: a synthetic world is a function of the renderer's code and its params, but an edit to the renderer that
+    leaves one world's bytes unchanged (e.g. a new occluder kind another world enables) does not change anything
+    that world's rows were trained on. The recorded digest lets that be shown, as DVC would see it."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    lines = "".join(f"{p.relative_to(folder).as_posix()} {_md5(p)}\n" for p in files)
+    return {"files": len(files), "md5": hashlib.md5(lines.encode()).hexdigest()}
+
+
+def worlds_of(fingerprint_: Mapping[str, Any]) -> list[str]:
+    """The synthetic worlds (datasets with a `synth-<ds>` stage) a row's fingerprint depends on."""
+    return sorted(name.removeprefix("synth-") for name in fingerprint_ if name.startswith("synth-"))
+
+
 def changed_stages(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """The stages whose code or params differ between two fingerprints (added or removed stages too)."""
     return sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
@@ -107,7 +127,8 @@ def environment(root: str | Path = ".") -> dict[str, Any]:
             versions[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             continue
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(dirty),
             "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions}
 
 
@@ -139,7 +160,7 @@ def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path =
     """Copy one evaluated row's small files into the ledger with its provenance; returns the ledger folder.
     Call it right after the row was built, with the code that built it (the claims rule does)."""
     from reid.pipeline import params as C
-    from reid.pipeline.layout import train_log_path
+    from reid.pipeline.layout import data_dir, train_log_path
 
     src = Path(results) / dataset / run
     missing = [f for f in ("metrics.json", "per_query.csv") if not (src / f).is_file()]
@@ -159,8 +180,10 @@ def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path =
         with open(log, newline="") as f:
             train_seconds = round(sum(float(r.get("seconds") or 0) for r in csv.DictReader(f)), 1)
     metrics = json.loads((src / "metrics.json").read_text())
-    prov = {"schema": SCHEMA, "dataset": dataset, "run": run,
-            "fingerprint": fingerprint(cfg, dataset, run, root, probe=(src / "probe.json").is_file()),
+    fp = fingerprint(cfg, dataset, run, root, probe=(src / "probe.json").is_file())
+    worlds = {ds: world_digest(Path(root) / data_dir(ds)) for ds in worlds_of(fp)
+              if (Path(root) / data_dir(ds)).is_dir()}
+    prov = {"schema": SCHEMA, "dataset": dataset, "run": run, "fingerprint": fp, "worlds": worlds,
             "environment": environment(root), "embed_dtype": metrics.get("embed_dtype"),
             "train_seconds": train_seconds, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
