@@ -72,21 +72,47 @@ def _probe_code() -> tuple[str, ...]:
     return tuple(sorted(import_closure(PROBE_CODE)))
 
 
-def fingerprint(cfg: Mapping[str, Any], dataset: str, run: str, root: str | Path = ".",
-                probe: bool = False) -> dict[str, Any]:
-    """{stage: {"code": {path: md5}, "params": {key: value}}} over the stages that build the row (see the
-    module docstring), plus "probe" for a row with a probe."""
+def fingerprints(cfg: Mapping[str, Any], dataset: str, runs: Mapping[str, bool],
+                 root: str | Path = ".") -> dict[str, dict[str, Any]]:
+    """run -> {stage: {"code": {"files", "md5"}, "params": {key: value}}} over the stages that build the row (see
+    the module docstring), plus "probe" where `runs[run]` says the row has one. The stages of all rows are laid
+    out once and each row takes its ancestry from them."""
     from reid.pipeline import params as C
     from reid.pipeline.dvc_yaml import stages_for
 
     root = Path(root)
-    out: dict[str, Any] = {}
-    for name, stage in sorted(stages_for(cfg, [f"{dataset}/{run}"]).items()):
-        code = [d for d in stage.deps if d.endswith(".py") and (root / d).is_file()]
-        out[name] = {"code": code_digest(root, code), "params": {k: C._get(cfg, k) for k in stage.params}}
-    if probe:
-        out["probe"] = {"code": code_digest(root, _probe_code()), "params": {}}
+    stages = stages_for(cfg, [f"{dataset}/{run}" for run in runs])
+    made_by = {out: name for name, stage in stages.items() for out in stage.outs}
+    digests: dict[str, dict[str, Any]] = {}
+
+    def digest(name: str) -> dict[str, Any]:
+        if name not in digests:
+            stage = stages[name]
+            code = [d for d in stage.deps if d.endswith(".py") and (root / d).is_file()]
+            digests[name] = {"code": code_digest(root, code), "params": {k: C._get(cfg, k) for k in stage.params}}
+        return digests[name]
+
+    def ancestry(name: str, seen: set[str]) -> set[str]:
+        if name not in seen:
+            seen.add(name)
+            for dep in stages[name].deps:
+                if dep in made_by:
+                    ancestry(made_by[dep], seen)
+        return seen
+
+    out = {}
+    for run, probe in runs.items():
+        rows = {name: digest(name) for name in sorted(ancestry(f"evaluate-{dataset}-{run}", set()))}
+        if probe:
+            rows["probe"] = {"code": code_digest(root, _probe_code()), "params": {}}
+        out[run] = rows
     return out
+
+
+def fingerprint(cfg: Mapping[str, Any], dataset: str, run: str, root: str | Path = ".",
+                probe: bool = False) -> dict[str, Any]:
+    """One row's fingerprint (`fingerprints`)."""
+    return fingerprints(cfg, dataset, {run: probe}, root)[run]
 
 
 def world_digest(folder: str | Path) -> dict[str, Any]:
@@ -195,15 +221,15 @@ def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path =
 def status(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], ledger: str | Path = LEDGER,
            root: str | Path = ".") -> dict[str, dict[str, Any]]:
     """run -> {"state": current | stale | missing, "changed": [stages]} for the ledger's rows of `runs`."""
+    recorded = {run: read_provenance(row_dir(dataset, run, ledger)) for run in runs
+                if (row_dir(dataset, run, ledger) / PROVENANCE).is_file()}
+    now = fingerprints(cfg, dataset, {run: "probe" in prov["fingerprint"] for run, prov in recorded.items()}, root)
     out: dict[str, dict[str, Any]] = {}
     for run in runs:
-        folder = row_dir(dataset, run, ledger)
-        if not (folder / PROVENANCE).is_file():
+        if run not in recorded:
             out[run] = {"state": "missing", "changed": []}
             continue
-        prov = read_provenance(folder)
-        now = fingerprint(cfg, dataset, run, root, probe="probe" in prov["fingerprint"])
-        changed = changed_stages(prov["fingerprint"], now)
+        changed = changed_stages(recorded[run]["fingerprint"], now[run])
         out[run] = {"state": "stale" if changed else "current", "changed": changed}
     return out
 
@@ -216,15 +242,12 @@ def status(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], ledger: st
 MAP_TOLERANCE = 1.0
 
 
-def _per_query(path: Path) -> dict[tuple[str, str], tuple[int, float]]:
-    with open(path, newline="") as f:
-        return {(r["setting"], r["query"]): (int(r["first"]), float(r["ap"])) for r in csv.DictReader(f)}
-
-
 def compare_row(recorded: Path, rerun: Path) -> dict[str, Any]:
     """A re-run's per_query.csv against its ledger row: queries compared, max |AP| difference, share of
     queries whose first correct match moved, and per setting the mAP of both (percent)."""
-    a, b = _per_query(recorded / "per_query.csv"), _per_query(rerun / "per_query.csv")
+    from reid.eval.claims import read_query_results
+
+    a, b = read_query_results(recorded / "per_query.csv"), read_query_results(rerun / "per_query.csv")
     if set(a) != set(b):
         raise ValueError(f"{rerun}: its queries differ from the ledger row's {recorded} "
                          f"({len(set(a) ^ set(b))} not in both)")

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from reid import ledger as L
 from reid.eval.claims import Evidence, assess
 from reid.methods.base import Claim
 from reid.pipeline import params as C
+from tests.test_pipeline_e2e import _run
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = C.load_params(REPO / "params.yaml")
@@ -71,6 +71,32 @@ def test_a_code_change_makes_stale_exactly_the_stages_that_import_it(tmp_path: P
     assert "teach-synthcc-faces" not in changed and "train-synthcc-deskpro_face_teacher" not in changed
 
 
+def test_rows_fingerprinted_together_keep_each_its_own_ancestry() -> None:
+    """One layout for several rows: DeSKPro's row carries the face teacher's stages, the baseline's does not, and
+    each equals the row fingerprinted alone."""
+    both = L.fingerprints(CFG, "synthcc", {"deskpro": True, "baseline": False}, REPO)
+    assert "train-synthcc-deskpro_face_teacher" in both["deskpro"] and "probe" in both["deskpro"]
+    assert not any("face" in stage for stage in both["baseline"]) and "probe" not in both["baseline"]
+    assert both["baseline"] == L.fingerprint(CFG, "synthcc", "baseline", REPO)
+    assert both["deskpro"] == L.fingerprint(CFG, "synthcc", "deskpro", REPO, probe=True)
+
+
+def test_a_world_digest_changes_with_a_file_s_bytes_or_name_not_its_time(tmp_path: Path) -> None:
+    world = tmp_path / "w"
+    (world / "rgb").mkdir(parents=True)
+    (world / "rgb" / "a.png").write_bytes(b"abc")
+    (world / "WORLD.json").write_text("{}")
+    before = L.world_digest(world)
+    assert before["files"] == 2
+    os.utime(world / "rgb" / "a.png", (1, 1))
+    assert L.world_digest(world) == before
+    (world / "rgb" / "a.png").write_bytes(b"abd")
+    assert L.world_digest(world)["md5"] != before["md5"]
+    (world / "rgb" / "a.png").write_bytes(b"abc")
+    (world / "rgb" / "a.png").rename(world / "rgb" / "b.png")
+    assert L.world_digest(world)["md5"] != before["md5"]
+
+
 def test_claims_read_a_ledger_row_as_they_read_results(tmp_path: Path) -> None:
     """The same rows from results/ or from ledger folders (Evidence) give the same verdict; a row given twice is
     refused."""
@@ -85,14 +111,6 @@ def test_claims_read_a_ledger_row_as_they_read_results(tmp_path: Path) -> None:
     assert assess(ev, "w", "m", claim, [0, 1]) == plain and plain["verdict"] == "holds"
     with pytest.raises(ValueError, match="given twice"):
         Evidence.from_paths(tmp_path, [tmp_path / "ledger/w/m--good--s0", tmp_path / "results/w/m--good--s0"])
-
-
-def _run(cwd: Path, *cmd: str, timeout: int = 600) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{out[-3000:]}"
-    return out
 
 
 @pytest.mark.slow

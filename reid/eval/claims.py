@@ -43,13 +43,16 @@ def run_name(method: str, row: str, init: str, seed: int | None) -> str:
             + (f"--s{seed}" if seed is not None else ""))
 
 
+def read_query_results(path: str | Path) -> dict[tuple[str, str], tuple[int, float]]:
+    """(setting, query image) -> (rank of the first correct match, AP) from an evaluation's per_query.csv."""
+    with open(path, newline="") as fh:
+        return {(r["setting"], r["query"]): (int(r["first"]), float(r["ap"])) for r in csv.DictReader(fh)}
+
+
 def read_per_query(path: str | Path, setting: str, metric: str) -> dict[str, float]:
     """query image -> the query's AP or rank-1 hit (0/1), in percent, from an evaluation's per_query.csv."""
-    out = {}
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["setting"] == setting:
-                out[row["query"]] = 100.0 * (float(row["ap"]) if metric == "ap" else float(int(row["first"]) == 0))
+    out = {query: 100.0 * (ap if metric == "ap" else float(first == 0))
+           for (s, query), (first, ap) in read_query_results(path).items() if s == setting}
     if not out:
         raise ValueError(f"{path}: no query of setting {setting!r}")
     return out
