@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 import yaml
 
 from reid import ledger as L
-from reid.eval.claims import Evidence, assess
+from reid.eval.claims import Evidence, assess, readme_table
 from reid.methods.base import Claim
 from reid.pipeline import params as C
 from tests.test_pipeline_e2e import _run
@@ -163,3 +165,85 @@ def test_compare_row_reports_exact_agreement_and_the_size_of_a_difference(tmp_pa
     assert L.same_environment(prov, {"cpu": "X", "versions": {"torch": "2"}}, "float32")
     assert not L.same_environment(prov, {"cpu": "X", "versions": {"torch": "2"}}, "bfloat16")
     assert not L.same_environment(prov, {"cpu": "Y", "versions": {"torch": "2"}}, "float32")
+
+
+def test_assemble_decides_the_claims_whose_rows_are_all_current_and_lists_the_rest(tmp_path: Path) -> None:
+    """The 9 rows of DeSKPro's "CSA beats the baseline" (model2_csa, model1_baseline and the oracle_csa control, 3
+    seeds) in the ledger: that claim is assessed from them alone (CSA 0.6 vs 0.5 AP: +10 points, holds; the
+    control 0.7 holds too), every other claim is pending with its missing rows counted; the claims.json written is
+    the one the README table is generated from."""
+    root = tmp_path / "tree"
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    claim = next(c for c in C.method_class("deskpro").claims if c.name == "CSA beats the baseline")
+    aps = {"model2_csa": 0.6, "model1_baseline": 0.5, "oracle_csa": 0.7}
+    assert set(claim.rows) == set(aps)
+    for row, ap in aps.items():
+        for s in CFG["ablation"]["seeds"]:
+            run = f"deskpro--{row}--pretrained--s{s}"
+            _fake_row(tmp_path / "results" / "synthcc" / run, ap=ap)
+            L.record(CFG, "synthcc", run, tmp_path / "results", tmp_path / "ledger", root=root)
+    shutil.rmtree(tmp_path / "results")
+    content = L.assemble(CFG, "synthcc", tmp_path / "ledger")
+    assert [a["claim"]["name"] for a in content["claims"]] == ["CSA beats the baseline"]
+    learned = content["claims"][0]["learned"]
+    assert (round(learned["mean"], 6), learned["seeds"], content["claims"][0]["verdict"]) == (10.0, 3, "holds")
+    assert round(content["claims"][0]["control"]["mean"], 6) == 20.0
+    kd = next(p for p in content["pending"] if p["claim"]["name"] == "the KD face student beats the plain student")
+    assert (kd["rows"], kd["missing"], kd["stale"]) == (6, 6, 0)
+    att = next(p for p in content["pending"] if p["claim"]["name"] == "CSA + L_att beat the baseline")
+    assert (att["rows"], att["missing"]) == (9, 3)  # model3_csa_att's seeds; the baseline and control are there
+    assert json.loads((tmp_path / "ledger" / "synthcc" / "claims.json").read_text()) == content
+    table = readme_table({"synthcc": content})
+    assert "| deskpro | CSA beats the baseline (model2_csa vs model1_baseline, cross_clothes) | synthcc, pretrained | " \
+           "+10.00 [+10.00, +10.00] (60.00 vs 50.00) |" in table
+    assert "pending: 3 missing, 0 stale of 9 rows |" in table
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{L.README_BEGIN}\nold\n{L.README_END}\n\nafter\n")
+    assert L.update_readme(readme, table) and L.readme_block(readme) == table
+    assert readme.read_text().endswith(f"{L.README_END}\n\nafter\n") and not L.update_readme(readme, table)
+
+
+def test_the_readme_claims_table_is_the_committed_ledger_s_verdicts() -> None:
+    """README.md's table = the committed ledger/*/claims.json rendered, and each claims.json = what the committed
+    rows give (counting every recorded row as current, so a later code edit does not fail this check; `ledger
+    status` says which rows are stale)."""
+    committed = L.assembled(CFG, REPO / "ledger")
+    assert set(committed) == set(CFG["ablation"]["claims"]), "run `python -m reid ledger assemble` for each world"
+    assert L.readme_block(REPO / "README.md") == readme_table(committed), "run `python -m reid ledger readme`"
+    for dataset, content in committed.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copytree(REPO / "ledger" / dataset, Path(tmp) / dataset)
+            again = json.loads(json.dumps(L.assemble(CFG, dataset, tmp, recorded_as_current=True)))
+        assert again == content, f"ledger/{dataset}/claims.json is not what its rows give: re-run assemble"
+
+
+def test_build_records_each_row_as_it_finishes_and_stops_at_a_failure(tmp_path: Path, monkeypatch) -> None:
+    """`ledger build` asks Snakemake for one row at a time (its probe only where it has one) and records it before
+    the next starts; a failed row stops the build with the finished ones kept."""
+    root = tmp_path / "tree"
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(root)
+    calls, real_run = [], subprocess.run
+
+    def fake_snakemake(cmd, **kw):
+        if "snakemake" not in cmd:
+            return real_run(cmd, **kw)  # git, for the provenance
+        targets = cmd[cmd.index("--") + 1:]
+        calls.append(targets)
+        run = Path(targets[0]).parent.name
+        if run == "isp--wo_arm--pretrained--s0":
+            return subprocess.CompletedProcess(cmd, 1)
+        _fake_row(tmp_path / "results" / "synthocc" / run, setting="standard")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(L.subprocess, "run", fake_snakemake)
+    runs = L.seed_major(["isp--k7--pretrained--s1", "isp--k7--pretrained--s0", "isp--wo_arm--pretrained--s0"])
+    assert runs == ["isp--k7--pretrained--s0", "isp--wo_arm--pretrained--s0", "isp--k7--pretrained--s1"]
+    with pytest.raises(SystemExit, match=r"isp--wo_arm--pretrained--s0 failed .* 1 row\(s\) built before it"):
+        L.build(CFG, "synthocc", runs, ledger=tmp_path / "ledger", results=tmp_path / "results")
+    assert calls == [["results/synthocc/isp--k7--pretrained--s0/metrics.json",
+                      "results/synthocc/isp--k7--pretrained--s0/probe.json"],
+                     ["results/synthocc/isp--wo_arm--pretrained--s0/metrics.json"]]  # eval-only: no probe of its own
+    recorded = [p.parent.name for p in (tmp_path / "ledger" / "synthocc").glob("*/provenance.json")]
+    assert recorded == ["isp--k7--pretrained--s0"]

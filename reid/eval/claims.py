@@ -257,20 +257,58 @@ def claim_inits(claim: Claim, default: Sequence[str]) -> list[str]:
     return list(claim.inits) if claim.inits else list(default)
 
 
+def verdicts(evidence: Evidence, dataset: str, claims: Sequence[tuple[str, Claim, str]],
+             seeds: Sequence[int]) -> dict[str, Any]:
+    """claims.json's content: each (method, claim, init) assessed, the pretraining effects where both inits were
+    run, and the compared rows' probes."""
+    assessed = [assess(evidence, dataset, method, claim, seeds, init) for method, claim, init in claims]
+    return {"claims": assessed, "pretraining": pretraining_effects(evidence, dataset, assessed, seeds),
+            "probes": probe_summaries(evidence, dataset, assessed, seeds)}
+
+
+def declared_claims(methods: Sequence[str], inits: Sequence[str],
+                    only: Sequence[str] | None = None) -> list[tuple[str, Claim, str]]:
+    """(method, claim, init) for every declared claim of `methods` (matching `only`) under the inits it needs."""
+    return [(m, claim, init) for m in methods for claim in get_method_class(m).claims
+            if not only or any(s in claim.name for s in only) for init in claim_inits(claim, inits)]
+
+
+def readme_table(by_dataset: Mapping[str, Mapping[str, Any]]) -> str:
+    """The README's claims table, generated from claims.json files (dataset -> content): one line per claim and
+    init with the learned comparison, the control and the verdict; claims listed as `pending` (not yet in the
+    evidence) say how many of their rows are missing or stale."""
+    lines = ["| method | claim (better vs worse, setting) | world, init | learned [95% CI] | control [95% CI] | "
+             "verdict |", "|---|---|---|---|---|---|"]
+    for dataset, content in by_dataset.items():
+        for a in content["claims"]:
+            c = a["claim"]
+            lines.append(f"| {a['method']} | {c['name']} ({c['better']} vs {c['worse']}, {c['setting']}) | "
+                         f"{dataset}, {a.get('init', 'scratch')} | {_short(a['learned'])} | "
+                         f"{_short(a.get('control')) if c.get('control') else '-'} | **{a['verdict']}** |")
+        for p in content.get("pending", []):
+            c = p["claim"]
+            lines.append(f"| {p['method']} | {c['name']} ({c['better']} vs {c['worse']}, {c['setting']}) | "
+                         f"{dataset}, {p['init']} | - | - | pending: {p['missing']} missing, {p['stale']} stale "
+                         f"of {p['rows']} rows |")
+    return "\n".join(lines) + "\n"
+
+
+def _short(stats: Mapping[str, Any] | None) -> str:
+    if not stats:
+        return "not run"
+    return (f"{stats['mean']:+.2f} [{stats['lo']:+.2f}, {stats['hi']:+.2f}] "
+            f"({stats['better_mean']:.2f} vs {stats['worse_mean']:.2f})")
+
+
 def main(args: argparse.Namespace) -> int:
     only = getattr(args, "only", None)
-    inits = getattr(args, "init", None) or ["scratch"]
-    evidence = Evidence.from_paths(args.results, getattr(args, "evidence", None) or [])
-    assessed = [assess(evidence, args.dataset, m, claim, args.seeds, init)
-                for m in args.methods for claim in get_method_class(m).claims
-                if not only or any(s in claim.name for s in only) for init in claim_inits(claim, inits)]
-    if not assessed:
+    claims = declared_claims(args.methods, getattr(args, "init", None) or ["scratch"], only)
+    if not claims:
         raise SystemExit(f"no claim of {args.methods} matches --only {only}")
-    effects = pretraining_effects(evidence, args.dataset, assessed, args.seeds)  # where both inits were run
-    probes = probe_summaries(evidence, args.dataset, assessed, args.seeds)
-    md = to_markdown(assessed, args.dataset, effects, probes)
+    evidence = Evidence.from_paths(args.results, getattr(args, "evidence", None) or [])
+    content = verdicts(evidence, args.dataset, claims, args.seeds)
+    md = to_markdown(content["claims"], args.dataset, content["pretraining"], content["probes"])
     Path(args.out_md).write_text(md)
-    Path(args.out_json).write_text(json.dumps({"claims": assessed, "pretraining": effects, "probes": probes},
-                                              indent=2) + "\n")
+    Path(args.out_json).write_text(json.dumps(content, indent=2) + "\n")
     print(md)
     return 0

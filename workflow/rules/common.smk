@@ -113,16 +113,21 @@ def claims_evidence(dataset):
 def claims_inputs(wildcards):
     """per_query.csv (and probe.json of trained rows) of every row x init x seed the claims of the dataset's methods
     compare (ablation.claims), each from the ledger or from results/ (`claims_evidence`)."""
+    from reid import ledger as L
+
     paths = []
     for run, folder in claims_evidence(wildcards.dataset).items():
         paths.append(f"{folder}/per_query.csv")
-        if C.model_run(run) == run:  # trained rows carry their mechanism probe
+        if L.has_probe(run):
             paths.append(f"{folder}/probe.json")
     return sorted(paths)
 
 
 def claims_built(wildcards):
-    """The claims rows this invocation builds (not current in the ledger): recorded before the verdicts."""
+    """The claims rows this invocation builds (not current in the ledger): recorded before the verdicts (none when
+    ablation.ledger is false: the ledger is then neither read nor written)."""
+    if not config["ablation"].get("ledger", True):
+        return ""
     return " ".join(shlex.quote(run) for run, folder in claims_evidence(wildcards.dataset).items()
                     if folder.startswith("results/"))
 
