@@ -319,14 +319,15 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
           results: str | Path = "results") -> list[Path]:
     """Build the given claims rows one at a time with Snakemake (each row's evaluation, and its probe where it has
     one) and record each in the ledger as soon as it is evaluated, so a build stopped at any point keeps every
-    finished row; returns the recorded folders."""
+    finished row; returns the recorded folders. dvc.lock is not updated (`python -m reid dvc-commit` does that)."""
     from reid.pipeline.layout import metrics_path, probe_path
 
     done = []
     for k, run in enumerate(runs, 1):
         targets = [metrics_path(dataset, run)] + ([probe_path(dataset, run)] if has_probe(run) else [])
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--", *targets])
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--", *targets],
+                              env={**os.environ, "REID_DVC_SYNC": "0"})  # one DVC sync per row would cost ~40 s
         if proc.returncode:
             raise SystemExit(f"ledger build: {dataset}/{run} failed (snakemake exit {proc.returncode}); the "
                              f"{len(done)} row(s) built before it are recorded")

@@ -231,6 +231,7 @@ def test_build_records_each_row_as_it_finishes_and_stops_at_a_failure(tmp_path: 
             return real_run(cmd, **kw)  # git, for the provenance
         targets = cmd[cmd.index("--") + 1:]
         calls.append(targets)
+        assert kw["env"]["REID_DVC_SYNC"] == "0"  # no DVC sync per row
         run = Path(targets[0]).parent.name
         if run == "isp--wo_arm--pretrained--s0":
             return subprocess.CompletedProcess(cmd, 1)

@@ -108,7 +108,10 @@ def sync(root: str | Path = ".", built: Iterable[str] | None = None, dvc_yaml: s
 
 
 def sync_after_snakemake(built: Iterable[str], root: str | Path = ".") -> None:
-    """The Snakefile's `onsuccess:` hook: never fails the finished run, only reports."""
+    """The Snakefile's `onsuccess:` hook: never fails the finished run, only reports. REID_DVC_SYNC=0 skips it
+    (`ledger build` does: it runs Snakemake once per row, and each sync re-hashes the worlds, ~40 s on 2 cores)."""
+    if os.environ.get("REID_DVC_SYNC", "1") == "0":
+        return
     try:
         stages = sync(root, built)
     except Exception as exc:  # a DVC problem must not turn a successful Snakemake run into a failure
