@@ -133,6 +133,40 @@ def worlds_of(fingerprint_: Mapping[str, Any]) -> list[str]:
     return sorted(name.removeprefix("synth-") for name in fingerprint_ if name.startswith("synth-"))
 
 
+def _built_at(path: Path) -> float | None:
+    """When Snakemake last made an output (a directory output's marker file, else the path itself); None if absent."""
+    if path.is_dir():
+        stamp = path / ".snakemake_timestamp"
+        return (stamp if stamp.is_file() else path).stat().st_mtime
+    return path.stat().st_mtime if path.is_file() else None
+
+
+def code_stale_outputs(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str],
+                       root: str | Path = ".") -> list[str]:
+    """The existing outputs of the rows' stages that are older than a code file their stage imports.
+
+    Why: Snakemake tracks its rules' inputs and params, not the Python modules a stage imports, so after an edit
+    to the code it still calls a trained model or a rendered world up to date, and recording that row would file
+    old-code evidence under the new code's fingerprint. DVC hashes those modules (dvc.yaml lists them) and would
+    redo these stages; `ledger build` forces exactly these outputs (`--forcerun`) and the claims rule refuses
+    rows that have them."""
+    from reid.pipeline.dvc_yaml import stages_for
+    from reid.pipeline.layout import probe_path
+
+    root = Path(root)
+    checks = [(st.outs + st.metrics, [d for d in st.deps if d.endswith(".py")])
+              for st in stages_for(cfg, [f"{dataset}/{run}" for run in runs]).values()]
+    checks += [([probe_path(dataset, run)], list(_probe_code())) for run in runs if has_probe(run)]
+    stale = []
+    for outs, code in checks:
+        newest = max((os.stat(root / f).st_mtime for f in code if (root / f).is_file()), default=0.0)
+        for out in outs:
+            built = _built_at(root / out)
+            if built is not None and built < newest:
+                stale.append(out)
+    return sorted(set(stale))
+
+
 def changed_stages(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """The stages whose code or params differ between two fingerprints (added or removed stages too)."""
     return sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
@@ -318,15 +352,20 @@ def seed_major(runs: Sequence[str]) -> list[str]:
 def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int = 2, ledger: str | Path = LEDGER,
           results: str | Path = "results") -> list[Path]:
     """Build the given claims rows one at a time with Snakemake (each row's evaluation, and its probe where it has
-    one) and record each in the ledger as soon as it is evaluated, so a build stopped at any point keeps every
+    one; outputs older than their code are redone, `code_stale_outputs`) and record each in the ledger as soon as it is evaluated, so a build stopped at any point keeps every
     finished row; returns the recorded folders. dvc.lock is not updated (`python -m reid dvc-commit` does that)."""
     from reid.pipeline.layout import metrics_path, probe_path
 
     done = []
     for k, run in enumerate(runs, 1):
         targets = [metrics_path(dataset, run)] + ([probe_path(dataset, run)] if has_probe(run) else [])
+        forced = code_stale_outputs(cfg, dataset, [run])
+        if forced:
+            print(f"ledger build: {dataset}/{run}: redoing {len(forced)} output(s) older than their code: "
+                  f"{', '.join(forced)}", flush=True)
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--", *targets],
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores),
+                               *(["--forcerun", *forced] if forced else []), "--", *targets],
                               env={**os.environ, "REID_DVC_SYNC": "0"})  # one DVC sync per row would cost ~40 s
         if proc.returncode:
             raise SystemExit(f"ledger build: {dataset}/{run} failed (snakemake exit {proc.returncode}); the "

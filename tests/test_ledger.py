@@ -248,3 +248,32 @@ def test_build_records_each_row_as_it_finishes_and_stops_at_a_failure(tmp_path: 
                      ["results/synthocc/isp--wo_arm--pretrained--s0/metrics.json"]]  # eval-only: no probe of its own
     recorded = [p.parent.name for p in (tmp_path / "ledger" / "synthocc").glob("*/provenance.json")]
     assert recorded == ["isp--k7--pretrained--s0"]
+
+
+def test_outputs_older_than_the_code_their_stage_imports_are_found(tmp_path: Path) -> None:
+    """Snakemake sees no imported code: an index older than reid/data/datasets.py is reported (DVC would redo it),
+    a newer one is not; a world directory counts from its Snakemake marker, not from its own mtime; the model of a
+    row whose trainer code is newer is reported, another world's outputs are not."""
+    root = tmp_path / "tree"
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    code_time = 1_000_000.0
+    for f in (root / "reid").rglob("*.py"):
+        os.utime(f, (code_time, code_time))
+    index = root / "cache" / "synthcc" / "index.csv"
+    world = root / "data" / "synthcc"
+    model = root / "models" / "synthcc" / "baseline" / "model.pt"
+    other = root / "cache" / "synthocc" / "index.csv"
+    for path in (index, model, other):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (world / "rgb").mkdir(parents=True)
+    (world / ".snakemake_timestamp").write_text("")
+    os.utime(world, (code_time - 50, code_time - 50))  # the folder itself looks old ...
+    os.utime(world / ".snakemake_timestamp", (code_time + 50, code_time + 50))  # ... Snakemake finished it later
+    os.utime(index, (code_time - 10, code_time - 10))
+    os.utime(model, (code_time + 10, code_time + 10))
+    os.utime(other, (code_time - 10, code_time - 10))
+    assert L.code_stale_outputs(CFG, "synthcc", ["baseline"], root) == ["cache/synthcc/index.csv"]
+    os.utime(index, (code_time + 10, code_time + 10))
+    os.utime(root / "reid" / "engine" / "trainer.py", (code_time + 20, code_time + 20))
+    assert L.code_stale_outputs(CFG, "synthcc", ["baseline"], root) == ["models/synthcc/baseline/model.pt"]
