@@ -376,6 +376,23 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
     return done
 
 
+ASSEMBLY_CODE = ("reid.ledger", "reid.eval.claims", "reid.methods")
+
+
+def assembly_inputs(cfg: Mapping[str, Any], dataset: str) -> tuple[list[str], list[str]]:
+    """(code files, params.yaml keys) the assembled verdicts of `dataset` depend on: the assembly's own code, and
+    every code file and key of the stages its rows' fingerprints cover (a change there makes rows stale, so
+    pending). The DVC stage claims-<dataset> lists them."""
+    from reid.pipeline.dvc_yaml import import_closure, stages_for
+
+    stages = stages_for(cfg, [f"{dataset}/{run}" for run in claims_runs(cfg, dataset)]).values()
+    code = set(import_closure(ASSEMBLY_CODE)) | set(_probe_code())
+    code |= {d for st in stages for d in st.deps if d.endswith(".py")}
+    keys = {k for st in stages for k in st.params} | {"ablation.seeds", "ablation.init", "ablation.claims",
+                                                      "ablation.ledger"}
+    return sorted(code), sorted(keys)
+
+
 def claims_runs(cfg: Mapping[str, Any], dataset: str) -> list[str]:
     """Every run the claims of `dataset` compare (params.yaml ablation.claims x seeds x init), sorted."""
     from reid.eval.claims import claim_inits, run_name
@@ -394,10 +411,11 @@ README_END = "<!-- end of claims table -->"
 
 
 def assemble(cfg: Mapping[str, Any], dataset: str, ledger: str | Path = LEDGER,
-             recorded_as_current: bool = False) -> dict[str, Any]:
+             recorded_as_current: bool = False, out: str | Path | None = None) -> dict[str, Any]:
     """claims.json's content from the ledger alone: every claim (and init) whose rows are all current is assessed
     from them, as the claims rule would; the others are listed as `pending` with their missing and stale counts.
-    Written to ledger/<dataset>/claims.json (and .md) so the verdicts are committed beside their evidence.
+    Written to ledger/<dataset>/claims.json (and .md) so the verdicts are committed beside their evidence, or to
+    `out` (the DVC stage claims-<dataset> writes results/<dataset>/, where the Snakemake claims rule writes).
     `recorded_as_current` counts every recorded row as current (the check that the committed verdicts are what
     the committed rows give, whatever code is checked out now)."""
     from reid.eval.claims import Evidence, declared_claims, run_name, to_markdown, verdicts
@@ -424,7 +442,7 @@ def assemble(cfg: Mapping[str, Any], dataset: str, ledger: str | Path = LEDGER,
     evidence = Evidence(Path(os.devnull), {p.name: p for p in current})  # ledger rows only, never results/
     content = verdicts(evidence, dataset, complete, seeds)
     content["pending"] = pending
-    out = Path(ledger) / dataset
+    out = Path(out) if out is not None else Path(ledger) / dataset
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.json").write_text(json.dumps(content, indent=2) + "\n")
     md = to_markdown(content["claims"], dataset, content["pretraining"], content["probes"]) if complete else ""
@@ -478,6 +496,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help="the dataset whose claims rows to list, record, verify or assemble (readme: every one)")
     p.add_argument("--readme", default="README.md", help="readme: the file whose claims table to rewrite")
+    p.add_argument("--out", default=None, help="assemble: the folder for claims.json / claims.md "
+                   "(default: ledger/<dataset>, the files the README table is generated from)")
     p.add_argument("--runs", nargs="*", default=None,
                    help="only these runs (default: every run the dataset's claims compare; given empty: none)")
     p.add_argument("--params", default="params.yaml", help="the configuration the fingerprints are computed from")
@@ -505,9 +525,10 @@ def main(args: argparse.Namespace) -> int:
     if args.dataset is None:
         raise SystemExit(f"{args.action}: name the dataset with --dataset")
     if args.action == "assemble":
-        content = assemble(cfg, args.dataset, args.ledger)
-        print(f"{Path(args.ledger) / args.dataset / 'claims.json'}: {len(content['claims'])} claim(s) assessed from "
-              f"current rows, {len(content['pending'])} pending")
+        out = Path(args.out) if args.out else Path(args.ledger) / args.dataset
+        content = assemble(cfg, args.dataset, args.ledger, out=out)
+        print(f"{out / 'claims.json'}: {len(content['claims'])} claim(s) assessed from current rows, "
+              f"{len(content['pending'])} pending")
         return 0
     runs = args.runs if args.runs is not None else claims_runs(cfg, args.dataset)
     if args.action == "record":

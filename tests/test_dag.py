@@ -92,10 +92,20 @@ def test_dvc_yaml_check_detects_a_stale_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_snakemake_jobs_equal_dvc_stages(planned_jobs: list[dict], dvc_stages: dict) -> None:
+def test_snakemake_jobs_equal_dvc_stages(planned_jobs: list[dict], dvc_stages: dict, params: dict) -> None:
     snake = {frozenset(j["output"]): j for j in planned_jobs}
     assert len(snake) == len(planned_jobs), "two Snakemake jobs with the same outputs"
-    dvc = {frozenset(dvc_outputs(s)): (name, s) for name, s in dvc_stages.items()}
+    # claims-<ds> assembles the verdicts from the committed ledger (reid.pipeline.dvc_yaml.claims_stages): it has
+    # no job in this plan; it writes what the Snakemake claims rule writes
+    assembly = {name: s for name, s in dvc_stages.items() if name.startswith("claims-")}
+    assert sorted(assembly) == sorted(f"claims-{ds}" for ds in params["ablation"]["claims"])
+    rule = (REPO / "workflow" / "rules" / "report.smk").read_text()
+    assert 'md=report("results/{dataset}/claims.md"' in rule and 'json="results/{dataset}/claims.json"' in rule
+    for name, s in assembly.items():
+        ds = name.removeprefix("claims-")
+        assert dvc_outputs(s) == {f"results/{ds}/claims.md", f"results/{ds}/claims.json"}
+        assert f"ledger/{ds}" in s["deps"] and "ledger assemble" in s["cmd"]
+    dvc = {frozenset(dvc_outputs(s)): (name, s) for name, s in dvc_stages.items() if name not in assembly}
     assert set(snake) == set(dvc), (
         f"only in Snakemake: {sorted(map(sorted, set(snake) - set(dvc)))}; "
         f"only in dvc.yaml: {sorted(map(sorted, set(dvc) - set(snake)))}"
@@ -129,6 +139,10 @@ def test_each_target_needs_the_same_jobs(planned_jobs: list[dict], params: dict)
 def _stage_keys(params: dict, stage: dict) -> list[str]:
     """The keys reid.pipeline.params resolves for the command a DVC stage runs."""
     argv = shlex.split(stage["cmd"])
+    if argv[:5] == ["python", "-m", "reid", "ledger", "assemble"]:  # claims-<ds>: what its rows' stages read
+        from reid.ledger import assembly_inputs
+
+        return assembly_inputs(params, argv[argv.index("--dataset") + 1])[1]
     assert argv[:4] == ["python", "-m", "reid", "pipeline"], stage["cmd"]
     kind = argv[4]
     opts = dict(zip(argv[5::2], argv[6::2]))
@@ -247,7 +261,8 @@ def test_sharded_teachers_plan_the_same_jobs_in_both_orchestrators(tmp_path: Pat
     jobs = parse_dry_run(proc.stdout + proc.stderr)
     snake = {frozenset(j["output"]): j for j in jobs}
     stages = dvc_document(C.load_params(work / "params.yaml"))["stages"]
-    dvc = {frozenset(dvc_outputs(s)): (name, s) for name, s in stages.items()}
+    dvc = {frozenset(dvc_outputs(s)): (name, s) for name, s in stages.items()
+           if not name.startswith("claims-")}  # assembled from the ledger: no job in this plan
     assert set(snake) == set(dvc)
     for outs, (name, stage) in dvc.items():
         assert snake[outs]["input"] == {d for d in stage["deps"] if not is_code(d)}, name

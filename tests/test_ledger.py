@@ -21,7 +21,7 @@ from reid import ledger as L
 from reid.eval.claims import Evidence, assess, readme_table
 from reid.methods.base import Claim
 from reid.pipeline import params as C
-from tests.test_pipeline_e2e import _run
+from tests.test_pipeline_e2e import _init_repo, _ran_stages, _run
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = C.load_params(REPO / "params.yaml")
@@ -118,30 +118,38 @@ def test_claims_read_a_ledger_row_as_they_read_results(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_complete_current_ledger_assembles_the_claims_without_training(tmp_path: Path, repo_copier) -> None:
     """A fresh copy with every synthcc claims row in the ledger: the claims target plans the claims job alone and
-    writes the table from the ledger; a changed parameter makes exactly DeSKPro's rows stale, which the same
-    target then plans to rebuild."""
-    work = repo_copier(tmp_path / "repo", skip=("ledger/", "results/"))
+    writes the table from the ledger, as `dvc repro claims-synthcc` does; a changed parameter makes exactly
+    DeSKPro's rows stale."""
+    work = repo_copier(tmp_path / "repo", skip=("ledger/", "results/", ".dvc/", "dvc.lock"))
     py = sys.executable
     runs = L.claims_runs(CFG, "synthcc")
     for run in runs:
         _fake_row(work / "results" / "synthcc" / run, probe=C.model_run(run) == run)
-    _run(work, py, "-m", "reid", "ledger", "record", "--dataset", "synthcc")
+    _run(work, py, "-m", "reid", "ledger", "record", "--dataset", "synthcc", timeout=600)
     shutil.rmtree(work / "results")
-    status = _run(work, py, "-m", "reid", "ledger", "status", "--dataset", "synthcc")
+    status = _run(work, py, "-m", "reid", "ledger", "status", "--dataset", "synthcc", timeout=600)
     assert f"synthcc: {len(runs)} current, 0 stale, 0 missing" in status, status[-2000:]
 
-    plan = _run(work, py, "-m", "snakemake", "-n", "--cores", "2", "results/synthcc/claims.md")
+    plan = _run(work, py, "-m", "snakemake", "-n", "--cores", "2", "results/synthcc/claims.md", timeout=600)
     stats = plan.rsplit("Job stats:", 1)[1].split("Reasons")[0]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
     assert jobs == {"claims": "1", "total": "1"}, plan[-2000:]  # nothing trained, evaluated or probed
-    _run(work, py, "-m", "snakemake", "--cores", "2", "results/synthcc/claims.md")
+    _run(work, py, "-m", "snakemake", "--cores", "2", "results/synthcc/claims.md", timeout=600)
     verdicts = json.loads((work / "results/synthcc/claims.json").read_text())
     assert len(verdicts["claims"]) == len(C.method_class("deskpro").claims) * len(CFG["ablation"]["init"])
+    assert verdicts["pending"] == [] and json.loads((work / "ledger/synthcc/claims.json").read_text()) == verdicts
+
+    # the DVC twin: `dvc repro claims-synthcc` assembles the same verdicts from the ledger, running nothing else
+    shutil.rmtree(work / "results")
+    _init_repo(work, "a complete ledger")
+    out = _run(work, py, "-m", "dvc", "repro", "claims-synthcc", timeout=600)
+    assert _ran_stages(out) == {"claims-synthcc"}, out[-2000:]
+    assert json.loads((work / "results/synthcc/claims.json").read_text()) == verdicts
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["alpha"] = 0.9
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = _run(work, py, "-m", "reid", "ledger", "status", "--dataset", "synthcc")
+    status = _run(work, py, "-m", "reid", "ledger", "status", "--dataset", "synthcc", timeout=600)
     assert "0 current" in status and "changed: train-synthcc-deskpro" in status, status[-2000:]
 
 

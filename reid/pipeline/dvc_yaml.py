@@ -255,11 +255,33 @@ HEADER = (
 )
 
 
+def claims_stages(cfg: Mapping[str, Any]) -> dict[str, Stage]:
+    """claims-<ds> per world with claims, when the ledger is on: the verdicts assembled from the committed ledger
+    alone (`python -m reid ledger assemble`), into results/<ds>/claims.{md,json} as the Snakemake claims rule
+    writes them. It depends on the ledger's rows and on the code and params their fingerprints cover, not on any
+    model: `dvc repro claims-synthocc` on a fresh clone assembles without training; rows that are stale or missing
+    are listed as pending (`python -m reid ledger build` makes them)."""
+    from reid.ledger import LEDGER, assembly_inputs
+
+    if not C._get(cfg, "ablation.ledger", True):
+        return {}
+    out = {}
+    for ds in (C._get(cfg, "ablation.claims", {}) or {}):
+        code, keys = assembly_inputs(cfg, ds)
+        folder = f"results/{ds}"
+        out[f"claims-{ds}"] = Stage(
+            f"claims-{ds}", f"python -m reid ledger assemble --dataset {ds} --params params.yaml --out {folder}",
+            sorted(set(code) | set(STAGE_COMMON)) + [f"{LEDGER.as_posix()}/{ds}"],
+            [f"{folder}/claims.json", f"{folder}/claims.md"], keys)
+    return out
+
+
 def dvc_document(cfg: Mapping[str, Any]) -> dict[str, Any]:
     runs = list(C._get(cfg, "dvc.runs", []) or [])
     if not runs:
         raise C.ConfigError("params.yaml dvc.runs is empty: list <dataset>/<run> pairs for `dvc repro`")
     stages = stages_for(cfg, runs, list(C._get(cfg, "dvc.exports", []) or []))
+    stages.update(claims_stages(cfg))
     doc: dict[str, Any] = {"stages": {}}
     for st in stages.values():
         entry: dict[str, Any] = {"cmd": st.cmd, "deps": st.deps}

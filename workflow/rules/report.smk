@@ -33,21 +33,24 @@ rule claims:
         seeds=lambda wc: " ".join(shlex.quote(str(s)) for s in config["ablation"].get("seeds", [0, 1, 2])),
         init=lambda wc: " ".join(shlex.quote(i) for i in config["ablation"].get("init", ["scratch"])),
         built=claims_built,
-        assemble=lambda wc: (f"&& python -m reid ledger assemble --dataset {shlex.quote(wc.dataset)}"
-                             if config["ablation"].get("ledger", True) else ""),
+        ledger=lambda wc: int(bool(config["ablation"].get("ledger", True))),
     log:
         "logs/{dataset}/claims.log",
     conda:
         "../../envs/train.yaml"
     threads: 1
     shell:
-        # rows built by this run go into the committed ledger first (reid/ledger.py); the verdicts then read each
-        # row from where the input function found it, and the ledger's own verdicts (the README table's source,
-        # ledger/<dataset>/claims.json) are assembled again from its now current rows
-        "{{ python -m reid ledger record --dataset {wildcards.dataset:q} --runs {params.built} && "
+        # With the ledger (reid/ledger.py), the rows this run built are recorded first; the verdicts are then
+        # assembled from the ledger alone (every row now current), into results/ and into ledger/<dataset>/ (the
+        # README table's source): the same files the DVC stage claims-<dataset> writes. Without it, the verdicts
+        # read results/.
+        "{{ if [ {params.ledger} = 1 ]; then "
+        "python -m reid ledger record --dataset {wildcards.dataset:q} --runs {params.built} && "
+        "python -m reid ledger assemble --dataset {wildcards.dataset:q} --out \"$(dirname {output.json:q})\" && "
+        "python -m reid ledger assemble --dataset {wildcards.dataset:q}; else "
         "python -m reid claims --dataset {wildcards.dataset:q} --methods {params.methods} --seeds {params.seeds} "
-        "--init {params.init} --evidence {input:q} "
-        "--out-md {output.md:q} --out-json {output.json:q} {params.assemble}; }} > {log:q} 2>&1"
+        "--init {params.init} --evidence {input:q} --out-md {output.md:q} --out-json {output.json:q}; fi; }} "
+        "> {log:q} 2>&1"
 
 
 rule probe:
