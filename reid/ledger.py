@@ -560,6 +560,10 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit("verify: name rows with --runs or draw them with --sample N")
         if not runs:
             raise SystemExit(f"verify: no ledger rows under {Path(args.ledger) / args.dataset}")
+        for run, st in status(cfg, args.dataset, runs, args.ledger).items():
+            if st["state"] == "stale":  # the re-run uses today's code: agreement then also tests that the edit
+                print(f"note: {args.dataset}/{run} is stale (changed: {', '.join(st['changed'])}); the re-run uses "
+                      f"the code checked out now", flush=True)  # did not change what the row measures
         report = verify(cfg, args.dataset, runs, args.cores, args.ledger, args.results)
         for r in report:
             how = "exact" if r["strict"] else f"within {MAP_TOLERANCE} mAP"
