@@ -87,6 +87,7 @@ def test_a_new_teacher_and_method_run_through_snakemake_and_dvc(tmp_path: Path, 
     work = repo_copier(tmp_path / "repo", skip=(".dvc/", "dvc.lock"))
     p = add_plugins(yaml.safe_load((work / "params.yaml").read_text()))
     p["dvc"]["runs"] = ["synthcc/edge_pooled"]
+    p["ablation"]["ledger"] = False  # dvc.yaml: that run's stages only, no claims assembly
     p["datasets"]["synthcc"]["generate"].update(scale=0.1, test_ids=20)  # tiny world and training: test settings
     p["datasets"]["synthcc"]["train"] = {**TINY_TRAIN, "device": "cpu", "amp": False}
     p["evaluate"] = {"batch_size": 32, "workers": 0, "device": "cpu"}

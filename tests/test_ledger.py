@@ -285,3 +285,23 @@ def test_outputs_older_than_the_code_their_stage_imports_are_found(tmp_path: Pat
     os.utime(index, (code_time + 10, code_time + 10))
     os.utime(root / "reid" / "engine" / "trainer.py", (code_time + 20, code_time + 20))
     assert L.code_stale_outputs(CFG, "synthcc", ["baseline"], root) == ["models/synthcc/baseline/model.pt"]
+
+
+@pytest.mark.slow
+def test_the_claims_rule_refuses_a_row_built_before_the_code_changed(tmp_path: Path, repo_copier) -> None:
+    """A results/ row older than the evaluation code (Snakemake would call it up to date) stops the claims DAG with
+    the file named and the command that redoes it; --forceall, which redoes it anyway, plans normally."""
+    from tests.test_dag import snakemake
+
+    work = repo_copier(tmp_path / "repo", skip=("ledger/", "results/"))
+    run = L.claims_runs(CFG, "synthcc")[0]
+    folder = work / "results" / "synthcc" / run
+    _fake_row(folder, probe=True)
+    for f in folder.iterdir():
+        os.utime(f, (1.0, 1.0))  # 1970: older than any code file
+    proc = snakemake(work, "-n", "--cores", "1", "results/synthcc/claims.md")
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert f"results/synthcc/{run}/metrics.json" in text and "ledger build --dataset synthcc" in text, text[-3000:]
+    proc = snakemake(work, "-n", "--forceall", "--cores", "1", "results/synthcc/claims.md")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

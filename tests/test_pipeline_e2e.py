@@ -37,9 +37,11 @@ def _run(work: Path, *cmd: str, timeout: int = 180, env: dict[str, str] | None =
 
 
 def _tiny_params(path: Path) -> None:
-    """A 0.1-scale world, 1 epoch of ResNet-18 baseline at 64x32 with 4 x 2 batches, and one DVC run."""
+    """A 0.1-scale world, 1 epoch of ResNet-18 baseline at 64x32 with 4 x 2 batches, and one DVC run (no claims
+    stages: without the ledger dvc.yaml holds exactly that run's four stages)."""
     p = yaml.safe_load(path.read_text())
     p["dvc"]["runs"] = ["synthcc/baseline"]
+    p["ablation"]["ledger"] = False
     ds = p["datasets"]["synthcc"]
     ds["generate"].update(scale=0.1, test_ids=20)  # a tiny world: 2 test identities
     ds["train"] = {"epochs": 1, "batch_p": 4, "batch_k": 2, "input_size": [64, 32], "warmup_epochs": 0,

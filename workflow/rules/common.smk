@@ -108,7 +108,9 @@ def claims_evidence(dataset):
         _EVIDENCE[dataset] = {run: str(L.row_dir(dataset, run) if states.get(run, {}).get("state") == "current"
                                        else f"results/{dataset}/{run}") for run in runs}
         built = [run for run, folder in _EVIDENCE[dataset].items() if folder.startswith("results/")]
-        old = L.code_stale_outputs(config, dataset, built) if states else []
+        settings = workflow.dag_settings
+        forced = bool(settings and settings.forceall)  # --forceall redoes every output anyway
+        old = L.code_stale_outputs(config, dataset, built) if states and not forced else []
         if old:  # Snakemake would call them up to date, and the rows would be recorded under the new code
             raise ValueError(f"{len(old)} output(s) the {dataset} claims rows need are older than the code that "
                              f"makes them ({', '.join(old[:5])}{', ...' if len(old) > 5 else ''}): build the rows "
