@@ -32,8 +32,8 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -352,8 +352,9 @@ def seed_major(runs: Sequence[str]) -> list[str]:
 def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int = 2, ledger: str | Path = LEDGER,
           results: str | Path = "results") -> list[Path]:
     """Build the given claims rows one at a time with Snakemake (each row's evaluation, and its probe where it has
-    one; outputs older than their code are redone, `code_stale_outputs`) and record each in the ledger as soon as it is evaluated, so a build stopped at any point keeps every
-    finished row; returns the recorded folders. dvc.lock is not updated (`python -m reid dvc-commit` does that)."""
+    one; outputs older than their code are redone, `code_stale_outputs`) and record each in the ledger as soon as
+    it is evaluated, so a build stopped at any point keeps every finished row; returns the recorded folders.
+    dvc.lock is not updated (`python -m reid dvc-commit` does that)."""
     from reid.pipeline.layout import metrics_path, probe_path
 
     done = []
@@ -366,7 +367,7 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
         t0 = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores),
                                *(["--forcerun", *forced] if forced else []), "--", *targets],
-                              env={**os.environ, "REID_DVC_SYNC": "0"})  # one DVC sync per row would cost ~40 s
+                              env={**os.environ, "REID_DVC_SYNC": "0"}, check=False)  # one DVC sync per row would cost ~40 s
         if proc.returncode:
             raise SystemExit(f"ledger build: {dataset}/{run} failed (snakemake exit {proc.returncode}); the "
                              f"{len(done)} row(s) built before it are recorded")
@@ -431,10 +432,10 @@ def assemble(cfg: Mapping[str, Any], dataset: str, ledger: str | Path = LEDGER,
         states = status(cfg, dataset, runs, ledger)
     complete, pending = [], []
     for method, claim, init in claims:
-        runs = [run_name(method, row, init, s) for row in claim.rows for s in seeds]
-        counts = {k: sum(states[r]["state"] == k for r in runs) for k in ("missing", "stale")}
+        needed = [run_name(method, row, init, s) for row in claim.rows for s in seeds]
+        counts = {k: sum(states[r]["state"] == k for r in needed) for k in ("missing", "stale")}
         if counts["missing"] or counts["stale"]:
-            pending.append({"method": method, "claim": dataclasses.asdict(claim), "init": init, "rows": len(runs),
+            pending.append({"method": method, "claim": dataclasses.asdict(claim), "init": init, "rows": len(needed),
                             **counts})
         else:
             complete.append((method, claim, init))
@@ -447,7 +448,7 @@ def assemble(cfg: Mapping[str, Any], dataset: str, ledger: str | Path = LEDGER,
     (out / "claims.json").write_text(json.dumps(content, indent=2) + "\n")
     md = to_markdown(content["claims"], dataset, content["pretraining"], content["probes"]) if complete else ""
     if pending:
-        md += (f"\nPending (rows not yet current in the ledger): "
+        md += ("\nPending (rows not yet current in the ledger): "
                + "; ".join(f"{p['method']} {p['claim']['name']} ({p['init']})" for p in pending) + "\n")
     (out / "claims.md").write_text(md)
     return content

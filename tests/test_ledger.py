@@ -10,8 +10,8 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -132,7 +132,7 @@ def test_a_complete_current_ledger_assembles_the_claims_without_training(tmp_pat
 
     plan = _run(work, py, "-m", "snakemake", "-n", "--cores", "2", "results/synthcc/claims.md", timeout=600)
     stats = plan.rsplit("Job stats:", 1)[1].split("Reasons")[0]
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE))
     assert jobs == {"claims": "1", "total": "1"}, plan[-2000:]  # nothing trained, evaluated or probed
     _run(work, py, "-m", "snakemake", "--cores", "2", "results/synthcc/claims.md", timeout=600)
     verdicts = json.loads((work / "results/synthcc/claims.json").read_text())
@@ -202,8 +202,8 @@ def test_assemble_decides_the_claims_whose_rows_are_all_current_and_lists_the_re
     assert (att["rows"], att["missing"]) == (9, 3)  # model3_csa_att's seeds; the baseline and control are there
     assert json.loads((tmp_path / "ledger" / "synthcc" / "claims.json").read_text()) == content
     table = readme_table({"synthcc": content})
-    assert "| deskpro | CSA beats the baseline (model2_csa vs model1_baseline, cross_clothes) | synthcc, pretrained | " \
-           "+10.00 [+10.00, +10.00] (60.00 vs 50.00) |" in table
+    assert ("| deskpro | CSA beats the baseline (model2_csa vs model1_baseline, cross_clothes) | synthcc, "
+            "pretrained | +10.00 [+10.00, +10.00] (60.00 vs 50.00) |") in table
     assert "pending: 3 missing, 0 stale of 9 rows |" in table
 
     readme = tmp_path / "README.md"
