@@ -140,7 +140,7 @@ def _stage_keys(params: dict, stage: dict) -> list[str]:
     """The keys reid.pipeline.params resolves for the command a DVC stage runs."""
     argv = shlex.split(stage["cmd"])
     if argv[:5] == ["python", "-m", "reid", "ledger", "assemble"]:  # claims-<ds>: what its rows' stages read
-        from reid.ledger import assembly_inputs
+        from reid.pipeline.dvc_yaml import assembly_inputs
 
         return assembly_inputs(params, argv[argv.index("--dataset") + 1])[1]
     assert argv[:4] == ["python", "-m", "reid", "pipeline"], stage["cmd"]

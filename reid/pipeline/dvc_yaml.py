@@ -31,6 +31,7 @@ from reid.pipeline.layout import (
     index_path,
     is_generated,
     is_weights_key,
+    ledger_dir,
     metrics_path,
     model_dir,
     model_path,
@@ -255,14 +256,48 @@ HEADER = (
 )
 
 
+# The probe stage's code (it has no DVC stage; the ledger fingerprints it for rows with a probe).
+PROBE_CODE = ("reid.engine.probe",)
+
+
+@functools.lru_cache(maxsize=None)
+def probe_code() -> tuple[str, ...]:
+    return tuple(sorted(import_closure(PROBE_CODE)))
+
+
+ASSEMBLY_CODE = ("reid.ledger", "reid.eval.claims", "reid.methods")
+
+
+def assembly_inputs(cfg: Mapping[str, Any], dataset: str) -> tuple[list[str], list[str]]:
+    """(code files, params.yaml keys) the assembled verdicts of `dataset` depend on: the assembly's own code, and
+    every code file and key of the stages its rows' fingerprints cover (a change there makes rows stale, so
+    pending). The DVC stage claims-<dataset> lists them."""
+    stages = stages_for(cfg, [f"{dataset}/{run}" for run in claims_runs(cfg, dataset)]).values()
+    code = set(import_closure(ASSEMBLY_CODE)) | set(probe_code())
+    code |= {d for st in stages for d in st.deps if d.endswith(".py")}
+    keys = {k for st in stages for k in st.params} | {"ablation.seeds", "ablation.init", "ablation.claims",
+                                                      "ablation.ledger"}
+    return sorted(code), sorted(keys)
+
+
+def claims_runs(cfg: Mapping[str, Any], dataset: str) -> list[str]:
+    """Every run the claims of `dataset` compare (params.yaml ablation.claims x seeds x init), sorted."""
+    from reid.eval.claims import claim_inits, run_name
+
+    ablation = cfg.get("ablation", {})
+    runs = {run_name(method, row, init, s)
+            for method in ablation.get("claims", {}).get(dataset, [])
+            for claim in C.method_class(method).claims for row in claim.rows
+            for s in ablation.get("seeds", [0, 1, 2]) for init in claim_inits(claim, ablation.get("init", ["scratch"]))}
+    return sorted(runs)
+
+
 def claims_stages(cfg: Mapping[str, Any]) -> dict[str, Stage]:
     """claims-<ds> per world with claims, when the ledger is on: the verdicts assembled from the committed ledger
     alone (`python -m reid ledger assemble`), into results/<ds>/claims.{md,json} as the Snakemake claims rule
     writes them. It depends on the ledger's rows and on the code and params their fingerprints cover, not on any
     model: `dvc repro claims-synthocc` on a fresh clone assembles without training; rows that are stale or missing
     are listed as pending (`python -m reid ledger build` makes them)."""
-    from reid.ledger import LEDGER, assembly_inputs
-
     if not C._get(cfg, "ablation.ledger", True):
         return {}
     out = {}
@@ -271,7 +306,7 @@ def claims_stages(cfg: Mapping[str, Any]) -> dict[str, Stage]:
         folder = f"results/{ds}"
         out[f"claims-{ds}"] = Stage(
             f"claims-{ds}", f"python -m reid ledger assemble --dataset {ds} --params params.yaml --out {folder}",
-            sorted(set(code) | set(STAGE_COMMON)) + [f"{LEDGER.as_posix()}/{ds}"],
+            sorted(set(code) | set(STAGE_COMMON)) + [ledger_dir(ds)],
             [f"{folder}/claims.json", f"{folder}/claims.md"], keys)
     return out
 

@@ -22,6 +22,13 @@ from reid.models.zoo import is_random
 from reid.pipeline import params as C
 
 
+LEDGER_ROOT = "ledger"  # the committed evidence ledger (reid/ledger.py)
+
+
+def ledger_dir(ds: str) -> str:
+    return f"{LEDGER_ROOT}/{ds}"
+
+
 def data_dir(ds: str) -> str:
     return f"data/{ds}"
 
