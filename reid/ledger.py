@@ -360,9 +360,10 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
             print(f"ledger build: {dataset}/{run}: redoing {len(forced)} output(s) older than their code: "
                   f"{', '.join(forced)}", flush=True)
         t0 = time.monotonic()
+        # REID_DVC_SYNC=0: no DVC sync after each row (it re-hashes the worlds, ~40 s a row)
         proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores),
                                *(["--forcerun", *forced] if forced else []), "--", *targets],
-                              env={**os.environ, "REID_DVC_SYNC": "0"}, check=False)  # one DVC sync per row would cost ~40 s
+                              env={**os.environ, "REID_DVC_SYNC": "0"}, check=False)
         if proc.returncode:
             raise SystemExit(f"ledger build: {dataset}/{run} failed (snakemake exit {proc.returncode}); the "
                              f"{len(done)} row(s) built before it are recorded")
