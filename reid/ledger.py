@@ -18,7 +18,10 @@ Layout (`ledger/<dataset>/<run>/`, the same names as `results/<dataset>/<run>/`)
 - `worlds`: the digest of each synthetic world the row was trained and evaluated on (`world_digest`).
 
 A row is **current** when its fingerprint equals the one computed now from the working tree's code and
-params.yaml; **stale** otherwise (`python -m reid ledger status` names the stages that changed). The claims
+params.yaml, except for `synth-<world>` stages whose code now renders the world with the very digest the row was
+trained on (`ledger/worlds/<world>.json` records what each renderer fingerprint rendered: DVC's rule for a rerun
+stage whose output is unchanged); **stale** otherwise (`python -m reid ledger status` names the stages that
+changed). The claims
 rule reads a current ledger row instead of building it, and builds (then records) the others.
 """
 
@@ -83,9 +86,7 @@ def fingerprints(cfg: Mapping[str, Any], dataset: str, runs: Mapping[str, bool],
 
     def digest(name: str) -> dict[str, Any]:
         if name not in digests:
-            stage = stages[name]
-            code = [d for d in stage.deps if d.endswith(".py") and (root / d).is_file()]
-            digests[name] = {"code": code_digest(root, code), "params": {k: C._get(cfg, k) for k in stage.params}}
+            digests[name] = stage_digest(stages[name], cfg, root)
         return digests[name]
 
     def ancestry(name: str, seen: set[str]) -> set[str]:
@@ -100,9 +101,17 @@ def fingerprints(cfg: Mapping[str, Any], dataset: str, runs: Mapping[str, bool],
     for run, probe in runs.items():
         rows = {name: digest(name) for name in sorted(ancestry(f"evaluate-{dataset}-{run}", set()))}
         if probe:
-            rows["probe"] = {"code": code_digest(root, probe_code()), "params": {}}
+            rows["probe"] = {"code": code_digest(root, probe_code(C.stage_method_modules(cfg, run))), "params": {}}
         out[run] = rows
     return out
+
+
+def stage_digest(stage: Any, cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """One stage's part of a fingerprint: its code files' digest and the value of each params.yaml key it reads."""
+    from reid.pipeline import params as C
+
+    code = [d for d in stage.code if (root / d).is_file()]
+    return {"code": code_digest(root, code), "params": {k: C._get(cfg, k) for k in stage.params}}
 
 
 def fingerprint(cfg: Mapping[str, Any], dataset: str, run: str, root: str | Path = ".",
@@ -145,13 +154,15 @@ def code_stale_outputs(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str]
     old-code evidence under the new code's fingerprint. DVC hashes those modules (dvc.yaml lists them) and would
     redo these stages; `ledger build` forces exactly these outputs (`--forcerun`) and the claims rule refuses
     rows that have them."""
+    from reid.pipeline import params as C
     from reid.pipeline.dvc_yaml import stages_for
     from reid.pipeline.layout import probe_path
 
     root = Path(root)
-    checks = [(st.outs + st.metrics, [d for d in st.deps if d.endswith(".py")])
+    checks = [(st.outs + st.metrics, st.code)
               for st in stages_for(cfg, [f"{dataset}/{run}" for run in runs]).values()]
-    checks += [([probe_path(dataset, run)], list(probe_code())) for run in runs if has_probe(run)]
+    checks += [([probe_path(dataset, run)], list(probe_code(C.stage_method_modules(cfg, run))))
+               for run in runs if has_probe(run)]
     stale = []
     for outs, code in checks:
         newest = max((os.stat(root / f).st_mtime for f in code if (root / f).is_file()), default=0.0)
@@ -253,6 +264,8 @@ def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path =
     (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
     shutil.rmtree(dst, ignore_errors=True)
     tmp.replace(dst)
+    for ds, digest in worlds.items():  # the world this row used, rendered by the code its fingerprint names
+        add_world_entry(ledger, ds, fp[f"synth-{ds}"], digest)
     return dst
 
 
@@ -262,14 +275,67 @@ def status(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], ledger: st
     recorded = {run: read_provenance(row_dir(dataset, run, ledger)) for run in runs
                 if (row_dir(dataset, run, ledger) / PROVENANCE).is_file()}
     now = fingerprints(cfg, dataset, {run: "probe" in prov["fingerprint"] for run, prov in recorded.items()}, root)
+    worlds = world_records(ledger)
     out: dict[str, dict[str, Any]] = {}
     for run in runs:
         if run not in recorded:
-            out[run] = {"state": "missing", "changed": []}
+            out[run] = {"state": "missing", "changed": [], "same_world": []}
             continue
         changed = changed_stages(recorded[run]["fingerprint"], now[run])
-        out[run] = {"state": "stale" if changed else "current", "changed": changed}
+        same = [st for st in changed if same_world(worlds, st, now[run].get(st), recorded[run].get("worlds", {}))]
+        changed = [st for st in changed if st not in same]
+        out[run] = {"state": "stale" if changed else "current", "changed": changed, "same_world": same}
     return out
+
+
+WORLDS = "worlds"  # ledger/worlds/<world>.json: the digest each renderer fingerprint gave the world
+
+
+def world_records(ledger: str | Path = LEDGER) -> dict[str, list[dict[str, Any]]]:
+    """world -> its records: {"stage": the synth stage's fingerprint, "digest": world_digest of what it rendered}."""
+    folder = Path(ledger) / WORLDS
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def same_world(records: Mapping[str, list[dict[str, Any]]], stage: str, now: Any,
+               recorded_worlds: Mapping[str, Any]) -> bool:
+    """Whether a changed `synth-<world>` stage leaves a row current: the code it runs now rendered the world with
+    the very digest the row was trained on (DVC's rule: a rerun stage whose output hash is unchanged does not
+    make the stages after it stale). So a renderer edit for one world keeps the other world's rows."""
+    if not stage.startswith("synth-") or now is None:
+        return False
+    world = stage.removeprefix("synth-")
+    return any(r["stage"] == now and r["digest"] == recorded_worlds.get(world) for r in records.get(world, []))
+
+
+def record_world(cfg: Mapping[str, Any], world: str, ledger: str | Path = LEDGER, root: str | Path = ".") -> dict:
+    """Add (once) the digest of the world on disk under its synth stage's fingerprint now, to
+    ledger/worlds/<world>.json; refuses a world rendered by older code than its stage imports."""
+    from reid.pipeline.dvc_yaml import Stage, code_deps
+    from reid.pipeline import params as C
+    from reid.pipeline.layout import data_dir
+
+    root = Path(root)
+    _, keys = C.stage_synth(cfg, world)
+    stage = Stage(f"synth-{world}", "", code_deps("synth"), [data_dir(world)], keys)
+    folder = root / data_dir(world)
+    built, newest = _built_at(folder), max((os.stat(root / f).st_mtime for f in stage.code), default=0.0)
+    if built is None or built < newest:
+        raise RuntimeError(f"{folder}: {'absent' if built is None else 'older than its renderer code'}; render it "
+                           f"first (`snakemake --cores 2 --forcerun synth -- {data_dir(world)}`)")
+    entry = {"stage": stage_digest(stage, cfg, root), "digest": world_digest(folder)}
+    add_world_entry(ledger, world, entry["stage"], entry["digest"])
+    return entry
+
+
+def add_world_entry(ledger: str | Path, world: str, stage: Mapping[str, Any], digest: Mapping[str, Any]) -> None:
+    """Append {stage, digest} to ledger/worlds/<world>.json unless it is there already."""
+    path = Path(ledger) / WORLDS / f"{world}.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    if not any(e["stage"] == stage and e["digest"] == digest for e in entries):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries.append({"stage": stage, "digest": digest, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        path.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
 # Agreement of a re-run with its ledger row. Exact (every query's AP and first-match rank equal) is expected where
@@ -332,6 +398,25 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
         agree = cmp["exact"] if strict else worst <= MAP_TOLERANCE
         out.append({"run": run, "strict": strict, "agree": agree, "max_map_diff": round(worst, 4), **cmp})
     return out
+
+
+def rerender_worlds(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]], cores: int = 2,
+                    ledger: str | Path = LEDGER) -> list[str]:
+    """Re-render the worlds whose synth stage alone makes rows stale, and record what they render now
+    (`record_world`): rows whose world came out with the digest they were trained on are current again, without
+    training. Returns the worlds re-rendered."""
+    from reid.pipeline.layout import data_dir
+
+    worlds = sorted({st.removeprefix("synth-") for v in states.values() if v["state"] == "stale"
+                     and all(c.startswith("synth-") for c in v["changed"]) for c in v["changed"]})
+    for world in worlds:
+        print(f"ledger build: re-rendering {data_dir(world)} (only its renderer's code changed for some rows)",
+              flush=True)
+        subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--forcerun", "synth", "--",
+                        data_dir(world)], env={**os.environ, "REID_DVC_SYNC": "0"}, check=True)
+        entry = record_world(cfg, world, ledger)
+        print(f"ledger build: {world} renders to {entry['digest']['md5']} ({entry['digest']['files']} files)")
+    return worlds
 
 
 def seed_major(runs: Sequence[str]) -> list[str]:
@@ -510,6 +595,8 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "build":
         if args.runs is None:
             states = status(cfg, args.dataset, runs, args.ledger)
+            if rerender_worlds(cfg, states, args.cores, args.ledger):
+                states = status(cfg, args.dataset, runs, args.ledger)
             runs = [run for run, st in states.items() if st["state"] != "current"]
         runs = seed_major(runs)
         print(f"ledger build: {len(runs)} row(s) of {args.dataset} to build", flush=True)
@@ -542,7 +629,8 @@ def main(args: argparse.Namespace) -> int:
     states = status(cfg, args.dataset, runs, args.ledger)
     for run, st in states.items():
         print(f"{st['state']:8s} {args.dataset}/{run}" + (f"  (changed: {', '.join(st['changed'])})"
-                                                         if st["changed"] else ""))
+                                                         if st["changed"] else "")
+              + (f"  (re-rendered to the same bytes: {', '.join(st['same_world'])})" if st["same_world"] else ""))
     counts = {s: sum(1 for v in states.values() if v["state"] == s) for s in ("current", "stale", "missing")}
     print(f"{args.dataset}: {counts['current']} current, {counts['stale']} stale, {counts['missing']} missing "
           f"of {len(states)} rows; `snakemake --cores 2 results/{args.dataset}/claims.md` rebuilds exactly the "

@@ -51,7 +51,8 @@ def test_a_recorded_row_is_current_until_a_parameter_it_read_changes(tmp_path: P
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "per_query.csv", "provenance.json",
                                                           "train_log.csv"]
     assert L.status(CFG, "synthcc", ["deskpro", "baseline"], tmp_path / "ledger", root) == {
-        "deskpro": {"state": "current", "changed": []}, "baseline": {"state": "missing", "changed": []}}
+        "deskpro": {"state": "current", "changed": [], "same_world": []},
+        "baseline": {"state": "missing", "changed": [], "same_world": []}}
 
     changed = copy.deepcopy(CFG)
     changed["alpha"] = 0.9  # DeSKPro's KD weight: its training (and so its evaluation) read it, the teachers do not
@@ -97,6 +98,41 @@ def test_a_world_digest_changes_with_a_file_s_bytes_or_name_not_its_time(tmp_pat
     (world / "rgb" / "a.png").write_bytes(b"abc")
     (world / "rgb" / "a.png").rename(world / "rgb" / "b.png")
     assert L.world_digest(world)["md5"] != before["md5"]
+
+
+def test_a_renderer_edit_leaves_rows_current_when_their_world_renders_to_the_same_bytes(tmp_path: Path) -> None:
+    """DVC's rule for a rerun stage whose output hash did not change: the rows trained on the world stay current,
+    once the edited renderer's output is recorded with the digest they were trained on; another digest does not."""
+    root = tmp_path / "tree"
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    world = root / "data" / "synthcc"
+    (world / "rgb").mkdir(parents=True)
+    (world / "rgb" / "a.jpg").write_bytes(b"pixels")
+    ledger = tmp_path / "ledger"
+    _fake_row(tmp_path / "results" / "synthcc" / "baseline")
+    L.record(CFG, "synthcc", "baseline", tmp_path / "results", ledger, root=root)
+    first = json.loads((ledger / "worlds" / "synthcc.json").read_text())
+    assert [e["digest"] for e in first] == [L.world_digest(world)]  # the row's world, under today's renderer
+
+    with open(root / "reid" / "data" / "render.py", "a") as f:
+        f.write("\n# an occluder kind only synthocc draws\n")
+    st = L.status(CFG, "synthcc", ["baseline"], ledger, root)["baseline"]
+    assert st["state"] == "stale" and st["changed"] == ["synth-synthcc"]
+    with pytest.raises(RuntimeError, match="older than its renderer code"):
+        L.record_world(CFG, "synthcc", ledger, root)
+    os.utime(world, None)  # re-rendered by the edited code: same bytes
+    L.record_world(CFG, "synthcc", ledger, root)
+    st = L.status(CFG, "synthcc", ["baseline"], ledger, root)["baseline"]
+    assert st == {"state": "current", "changed": [], "same_world": ["synth-synthcc"]}
+
+    with open(root / "reid" / "data" / "render.py", "a") as f:
+        f.write("\n# a change that moves pixels\n")
+    (world / "rgb" / "a.jpg").write_bytes(b"other pixels")
+    os.utime(world, None)
+    L.record_world(CFG, "synthcc", ledger, root)
+    st = L.status(CFG, "synthcc", ["baseline"], ledger, root)["baseline"]
+    assert st["state"] == "stale" and st["changed"] == ["synth-synthcc"]
+    assert len(json.loads((ledger / "worlds" / "synthcc.json").read_text())) == 3
 
 
 def test_claims_read_a_ledger_row_as_they_read_results(tmp_path: Path) -> None:

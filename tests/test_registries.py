@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import CFG, WORLD, build_teacher_cache, teacher_order
 
-import reid.methods  # noqa: F401  (registers the built-in methods)
+import reid.methods  # noqa: F401  (declares the built-in methods; each is imported on its first lookup)
 from reid.cache.h5 import CacheReader
 from reid.data.index import read_index
 from reid.methods.base import METHODS

@@ -9,12 +9,10 @@ written beside it in the saved image frame. Every random draw comes from a numpy
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import shutil
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,6 +21,7 @@ import cv2
 import numpy as np
 
 from reid.vocab import ARCFACE_TEMPLATE_112, COCO_KEYPOINTS, LIP_LABELS
+from reid.data.groundtruth import load_groundtruth, save_npz  # noqa: F401  (load_groundtruth: this module's API too)
 from reid.data.render import (
     CANVAS_H,
     CANVAS_W,
@@ -340,21 +339,6 @@ def _groundtruth(lab: np.ndarray, kps: np.ndarray, body: BodyRender, face: tuple
 # ----------------------------------------------------------------------------------------------- I/O
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed-compatible archive with fixed zip timestamps (byte-reproducible for DVC)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            arr = io.BytesIO()
-            np.lib.format.write_array(arr, np.asanyarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, arr.getvalue())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
-
-
 def _write_jpg(path: Path, bgr: np.ndarray) -> None:
     ok, enc = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
@@ -382,17 +366,6 @@ def _write_occluders(world: World, root: Path) -> list[str]:
         (root / name).write_bytes(enc.tobytes())
         names.append(name)
     return names
-
-
-def load_groundtruth(root: str | Path, rel_path: str) -> dict[str, np.ndarray]:
-    """Ground truth of one image of a synthetic world (`rel_path` = the image path relative to `root`)."""
-    path = Path(root) / "groundtruth" / Path(rel_path).with_suffix(".npz")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"synthetic ground truth not found: {path} (for image {rel_path!r}); the oracle backend only works on "
-            f"a world made by `python -m reid synth` (a WORLD.json marker should be in {root})")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 def _check_target(out: Path) -> None:
@@ -435,7 +408,7 @@ def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.
     for spec in items:
         bgr, gt = w.render(spec)
         _write_jpg(tmp / spec.rel, bgr)
-        _save_npz(tmp / "groundtruth" / Path(spec.rel).with_suffix(".npz"), gt)
+        save_npz(tmp / "groundtruth" / Path(spec.rel).with_suffix(".npz"), gt)
         folder = spec.rel.split("/")[1] if world == "synthcc" else spec.rel.split("/")[0]
         folder = f"test_{spec.rel.split('/')[2]}" if folder == "test" else folder
         counts[folder] = counts.get(folder, 0) + 1

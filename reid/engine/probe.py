@@ -69,7 +69,7 @@ def groundtruth_masks(root: str | Path, rows: list, positions: list[int], key: s
                       size: tuple[int, int] | list[int]) -> np.ndarray:
     """(len(rows), H, W) uint8: the synthetic ground truth's mask `key` of each probed row, resized (nearest) to the
     model's input size; other rows stay 0. A world rendered before the mask existed is a clear error."""
-    from reid.data.synthetic import load_groundtruth
+    from reid.data.groundtruth import load_groundtruth
 
     h, w = int(size[0]), int(size[1])
     out = np.zeros((len(rows), h, w), np.uint8)

@@ -161,9 +161,7 @@ def cosine_distance(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def get_method_class(name: str) -> type[Method]:
-    """A registered method class (importing reid.methods registers the built-in ones)."""
-    import reid.methods  # noqa: F401  (registration side effect)
-
+    """A registered method class (a built-in one is imported on this first lookup, see reid/methods/__init__.py)."""
     return METHODS.get(name)
 
 
@@ -175,9 +173,7 @@ def build_method(name: str, **params: Any) -> Method:
 def method_param_hints(name: str) -> dict[str, Any] | None:
     """Parameter name -> type annotation of a registered method's constructor (None: no such method); what
     params.yaml's `methods.<m>` and a verb's `--method-params` are checked against."""
-    import reid.methods  # noqa: F401  (registers the built-in methods)
-
-    if name not in METHODS.names():
+    if name not in METHODS:
         return None
     init = METHODS.get(name).__init__
     sig = inspect.signature(init)
@@ -192,7 +188,6 @@ def method_from_record(name: Any, params: Any, recorded_module: Any = None, wher
     A file never chooses code: only methods already registered (the built-in ones, and plugins imported from the
     user's own params.yaml or `reid --plugin MODULE`) can be named. The module a record notes is shown in the
     error, never imported (importing it would run whatever a `<module>.py` beside the file holds)."""
-    import reid.methods  # noqa: F401  (registration side effect)
 
     if not isinstance(name, str) or not isinstance(params, Mapping):
         raise ValueError(f"{where or 'record'}: malformed method record (method={name!r}, method_params of type "

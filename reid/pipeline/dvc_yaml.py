@@ -57,20 +57,26 @@ class Stage:
     metrics: list[str] = field(default_factory=list)
     plots: list[dict[str, dict[str, Any]]] = field(default_factory=list)  # path -> DVC plot properties
 
+    @property
+    def code(self) -> list[str]:
+        """The code files among the dependencies (what the ledger fingerprints and checks for age)."""
+        return [d for d in self.deps if d.endswith(".py")]
+
 
 # The modules each kind of stage starts from; `code_deps` follows their imports (module-level and local) through
 # the package, so a stage depends on exactly the code it can run. Teachers and methods are looked up by name at
-# run time (registries), hence the explicit teacher module and the `reid.methods` package (which imports them all).
+# run time (registries), so a stage adds its teacher's module or its run's method module
+# (`params.stage_method_modules`): a method module is imported on lookup, never by the `reid.methods` package.
 STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "synth": ("reid.data.synthetic",),
     "index": ("reid.data.datasets",),
     "teach": ("reid.teachers.runner", "reid.teachers.base"),
     "pretrain": ("reid.engine.pretrain",),
-    "train": ("reid.engine.trainer", "reid.methods"),
-    "teacher-outputs": ("reid.engine.commands", "reid.methods"),
-    "evaluate": ("reid.engine.inference", "reid.methods"),
+    "train": ("reid.engine.trainer",),
+    "teacher-outputs": ("reid.engine.commands",),
+    "evaluate": ("reid.engine.inference",),
     "merge": ("reid.teachers.commands",),
-    "export": ("reid.deploy.export", "reid.methods"),
+    "export": ("reid.deploy.export",),
 }
 # Every stage runs through these (`reid pipeline` resolving params.yaml); their own imports are stage-specific.
 STAGE_COMMON = ("reid/__init__.py", "reid/__main__.py", "reid/cli.py", "reid/registry.py", "reid/pipeline/__init__.py",
@@ -169,7 +175,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
             _, keys = C.stage_evaluate(cfg, ds, run)
             extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
             add(Stage(f"outputs-{ds}-{stem}", _pipeline_cmd("teacher-outputs", ds, path, extra),
-                      code_deps("teacher-outputs", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
+                      code_deps("teacher-outputs", C.stage_method_modules(cfg, run)) + sorted(set(deps.values())),
                       [path], keys))
             return
         need_index(ds)
@@ -218,7 +224,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         _, keys = C.stage_train(cfg, ds, run)
         extra = f"--run {run} --index {index_path(ds)} {cache_args(deps)}".strip()
         add(Stage(f"train-{ds}-{run}", _pipeline_cmd("train", ds, model_dir(ds, run), extra),
-                  code_deps("train", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
+                  code_deps("train", C.stage_method_modules(cfg, run)) + sorted(set(deps.values())),
                   [model_path(ds, run)], keys,
                   plots=[{train_log_path(ds, run): {"cache": False, "x": "epoch", "y": "total",
                                                     "title": f"training loss of {ds}/{run}", "x_label": "epoch",
@@ -234,7 +240,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         extra = f"--run {run} --model {deps['model']} --index {index_path(ds)} {cache_args(deps)}".strip()
         outs = evaluation_outputs(ds, run)
         add(Stage(f"evaluate-{ds}-{run}", _pipeline_cmd("evaluate", ds, metrics_path(ds, run), extra),
-                  code_deps("evaluate", C.plugin_method_modules(cfg)) + sorted(set(deps.values())),
+                  code_deps("evaluate", C.stage_method_modules(cfg, run)) + sorted(set(deps.values())),
                   [outs["per_query"]], keys, metrics=[outs["metrics"]],
                   plots=[{outs["cmc"]: {"cache": False, "x": "rank", "y": cmc_y(cfg, ds),
                                         "title": f"CMC of {ds}/{run}, {cmc_y(cfg, ds)} queries",
@@ -244,7 +250,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         ds, run = C.split_target(target)
         need_model(ds, run)
         cmd = f"python -m reid export --model {model_path(ds, run)} --out {onnx_dir(ds, run)}"
-        add(Stage(f"export-{ds}-{run}", cmd, code_deps("export", C.plugin_method_modules(cfg)) + [model_path(ds, run)],
+        add(Stage(f"export-{ds}-{run}", cmd, code_deps("export", C.stage_method_modules(cfg, run)) + [model_path(ds, run)],
                   [onnx_dir(ds, run)], []))
     return stages
 
@@ -261,8 +267,9 @@ PROBE_CODE = ("reid.engine.probe",)
 
 
 @functools.lru_cache(maxsize=None)
-def probe_code() -> tuple[str, ...]:
-    return tuple(sorted(import_closure(PROBE_CODE)))
+def probe_code(modules: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The probe's code, with `modules` (the probed run's method modules, `params.stage_method_modules`)."""
+    return tuple(sorted(import_closure(PROBE_CODE + modules)))
 
 
 ASSEMBLY_CODE = ("reid.ledger", "reid.eval.claims", "reid.methods")
@@ -272,9 +279,11 @@ def assembly_inputs(cfg: Mapping[str, Any], dataset: str) -> tuple[list[str], li
     """(code files, params.yaml keys) the assembled verdicts of `dataset` depend on: the assembly's own code, and
     every code file and key of the stages its rows' fingerprints cover (a change there makes rows stale, so
     pending). The DVC stage claims-<dataset> lists them."""
-    stages = stages_for(cfg, [f"{dataset}/{run}" for run in claims_runs(cfg, dataset)]).values()
-    code = set(import_closure(ASSEMBLY_CODE)) | set(probe_code())
-    code |= {d for st in stages for d in st.deps if d.endswith(".py")}
+    runs = claims_runs(cfg, dataset)
+    stages = stages_for(cfg, [f"{dataset}/{run}" for run in runs]).values()
+    methods = tuple(sorted({m for run in runs for m in C.stage_method_modules(cfg, run)}))
+    code = set(import_closure(ASSEMBLY_CODE + methods)) | set(probe_code(methods))
+    code |= {d for st in stages for d in st.code}
     keys = {k for st in stages for k in st.params} | {"ablation.seeds", "ablation.init", "ablation.claims",
                                                       "ablation.ledger"}
     return sorted(code), sorted(keys)

@@ -141,6 +141,19 @@ def plugin_method_modules(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+def stage_method_modules(cfg: Mapping[str, Any], run: str) -> tuple[str, ...]:
+    """The method modules a stage of `run` imports: its own method's (found without importing it) and every
+    plugin module params.yaml names (`prepare` imports them all in each stage), sorted."""
+    from reid.methods.base import METHODS
+
+    method = parse_run(run).method
+    try:
+        own = METHODS.module(method)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+    return tuple(sorted({own, *plugin_method_modules(cfg)}))
+
+
 def method_class(method: str) -> type:
     """A registered Method class, or a ConfigError naming it."""
     from reid.methods.base import get_method_class
@@ -153,11 +166,12 @@ def method_class(method: str) -> type:
 
 def derived_caches() -> dict[str, str]:
     """Caches made from a trained teacher method (by `reid teacher-outputs`), not by an auxiliary teacher:
-    cache name -> the run (= method name) that makes it, from each registered Method's `provides_cache`."""
-    import reid.methods  # noqa: F401  (registers the built-in methods)
+    cache name -> the run (= method name) that makes it, from each registered Method's `provides_cache` (declared
+    for the built-in ones, so no method module is imported here)."""
     from reid.methods.base import METHODS
 
-    return {METHODS.get(m).provides_cache: m for m in METHODS.names() if METHODS.get(m).provides_cache}
+    provided = {m: METHODS.fact(m, "provides_cache") for m in METHODS.names()}
+    return {cache: m for m, cache in provided.items() if cache}
 
 
 def derived_cache_name(name: str, pretrained: bool) -> str:

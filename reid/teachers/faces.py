@@ -382,7 +382,7 @@ class FacesTeacher(Teacher):
 
 def read_face_groundtruth(root: Path, rel_path: str) -> dict[str, Any]:
     """has_face / face_box / face_landmarks of one synthetic image, checked for shape (oracle backend)."""
-    from reid.data.synthetic import load_groundtruth
+    from reid.data.groundtruth import load_groundtruth
 
     gt = load_groundtruth(root, rel_path)
     for key in ("has_face", "face_box", "face_landmarks"):

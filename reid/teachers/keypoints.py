@@ -337,7 +337,7 @@ class KeypointsTeacher(Teacher):
 
 def read_keypoint_groundtruth(root: Path, rel_path: str) -> np.ndarray:
     """COCO-17 (x, y, visibility) of one synthetic image, checked for shape (oracle backend)."""
-    from reid.data.synthetic import load_groundtruth
+    from reid.data.groundtruth import load_groundtruth
 
     gt = load_groundtruth(root, rel_path)
     if "keypoints" not in gt:

@@ -307,7 +307,7 @@ class ParsingTeacher(Teacher):
                 f"parsing oracle backend: {root / 'groundtruth'} does not exist; the oracle is only valid for the "
                 "synthetic datasets (synthcc, synthocc), whose generator writes ground truth there"
             )
-        from reid.data.synthetic import load_groundtruth
+        from reid.data.groundtruth import load_groundtruth
 
         gt = load_groundtruth(root, row.path)
         if "parsing" not in gt:

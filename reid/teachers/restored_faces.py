@@ -301,7 +301,7 @@ class RestoredFacesTeacher(Teacher):
                 f"restored_faces oracle backend: {root / 'groundtruth'} does not exist; the oracle is only valid "
                 "for the synthetic datasets (synthcc, synthocc), whose generator writes ground truth there"
             )
-        from reid.data.synthetic import load_groundtruth
+        from reid.data.groundtruth import load_groundtruth
 
         gt = load_groundtruth(root, row.path)
         if not bool(np.asarray(gt["has_face"])):
