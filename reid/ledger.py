@@ -146,31 +146,44 @@ def _built_at(path: Path) -> float | None:
 
 
 def code_stale_outputs(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str],
-                       root: str | Path = ".") -> list[str]:
+                       root: str | Path = ".", ledger: str | Path = LEDGER) -> list[str]:
     """The existing outputs of the rows' stages that are older than a code file their stage imports.
 
     Why: Snakemake tracks its rules' inputs and params, not the Python modules a stage imports, so after an edit
     to the code it still calls a trained model or a rendered world up to date, and recording that row would file
     old-code evidence under the new code's fingerprint. DVC hashes those modules (dvc.yaml lists them) and would
     redo these stages; `ledger build` forces exactly these outputs (`--forcerun`) and the claims rule refuses
-    rows that have them."""
+    rows that have them. A world older than its renderer is not stale when the renderer now renders exactly its
+    bytes (`ledger/worlds`, `rerender_worlds`): it is then what a rerun would make."""
     from reid.pipeline import params as C
     from reid.pipeline.dvc_yaml import stages_for
     from reid.pipeline.layout import probe_path
 
     root = Path(root)
-    checks = [(st.outs + st.metrics, st.code)
-              for st in stages_for(cfg, [f"{dataset}/{run}" for run in runs]).values()]
-    checks += [([probe_path(dataset, run)], list(probe_code(C.stage_method_modules(cfg, run))))
+    stages = stages_for(cfg, [f"{dataset}/{run}" for run in runs]).values()
+    checks = [(st.outs + st.metrics, st.code, st) for st in stages]
+    checks += [([probe_path(dataset, run)], list(probe_code(C.stage_method_modules(cfg, run))), None)
                for run in runs if has_probe(run)]
+    records = world_records(ledger)
     stale = []
-    for outs, code in checks:
+    for outs, code, stage in checks:
         newest = max((os.stat(root / f).st_mtime for f in code if (root / f).is_file()), default=0.0)
         for out in outs:
             built = _built_at(root / out)
-            if built is not None and built < newest:
-                stale.append(out)
+            if built is None or built >= newest:
+                continue
+            if stage is not None and stage.name.startswith("synth-") and _renders_to(
+                    records, stage.name.removeprefix("synth-"), stage_digest(stage, cfg, root), root / out):
+                continue
+            stale.append(out)
     return sorted(set(stale))
+
+
+def _renders_to(records: Mapping[str, list[dict[str, Any]]], world: str, stage: Mapping[str, Any],
+                folder: Path) -> bool:
+    """Whether the synth stage's code now (`stage`) is recorded to render the very bytes of the world in `folder`."""
+    entries = [r for r in records.get(world, []) if r["stage"] == stage]
+    return bool(entries) and any(r["digest"] == world_digest(folder) for r in entries)
 
 
 def changed_stages(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -308,21 +321,31 @@ def same_world(records: Mapping[str, list[dict[str, Any]]], stage: str, now: Any
     return any(r["stage"] == now and r["digest"] == recorded_worlds.get(world) for r in records.get(world, []))
 
 
-def record_world(cfg: Mapping[str, Any], world: str, ledger: str | Path = LEDGER, root: str | Path = ".") -> dict:
-    """Add (once) the digest of the world on disk under its synth stage's fingerprint now, to
-    ledger/worlds/<world>.json; refuses a world rendered by older code than its stage imports."""
-    from reid.pipeline.dvc_yaml import Stage, code_deps
+def synth_stage(cfg: Mapping[str, Any], world: str) -> Any:
+    """The DVC synth stage of a world (its code and params keys, as `stages_for` lays it out)."""
     from reid.pipeline import params as C
+    from reid.pipeline.dvc_yaml import Stage, code_deps
+    from reid.pipeline.layout import data_dir
+
+    _, keys = C.stage_synth(cfg, world)
+    return Stage(f"synth-{world}", "", code_deps("synth"), [data_dir(world)], keys)
+
+
+def record_world(cfg: Mapping[str, Any], world: str, ledger: str | Path = LEDGER, root: str | Path = ".",
+                 folder: str | Path | None = None) -> dict:
+    """Add (once) the digest of a world rendered by the code checked out now (`folder`: a fresh render, by
+    default the world on disk, refused if older than its code) under its synth stage's fingerprint, to
+    ledger/worlds/<world>.json."""
     from reid.pipeline.layout import data_dir
 
     root = Path(root)
-    _, keys = C.stage_synth(cfg, world)
-    stage = Stage(f"synth-{world}", "", code_deps("synth"), [data_dir(world)], keys)
-    folder = root / data_dir(world)
-    built, newest = _built_at(folder), max((os.stat(root / f).st_mtime for f in stage.code), default=0.0)
-    if built is None or built < newest:
-        raise RuntimeError(f"{folder}: {'absent' if built is None else 'older than its renderer code'}; render it "
-                           f"first (`snakemake --cores 2 --forcerun synth -- {data_dir(world)}`)")
+    stage = synth_stage(cfg, world)
+    if folder is None:
+        folder = root / data_dir(world)
+        built, newest = _built_at(folder), max((os.stat(root / f).st_mtime for f in stage.code), default=0.0)
+        if built is None or built < newest:
+            raise RuntimeError(f"{folder}: {'absent' if built is None else 'older than its renderer code'}; "
+                               f"render it first (`snakemake --cores 2 --forcerun synth -- {data_dir(world)}`)")
     entry = {"stage": stage_digest(stage, cfg, root), "digest": world_digest(folder)}
     add_world_entry(ledger, world, entry["stage"], entry["digest"])
     return entry
@@ -400,7 +423,7 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
     return out
 
 
-def rerender_worlds(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]], cores: int = 2,
+def rerender_worlds(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]], params: str = "params.yaml",
                     ledger: str | Path = LEDGER) -> list[str]:
     """Re-render the worlds whose synth stage alone makes rows stale, and record what they render now
     (`record_world`): rows whose world came out with the digest they were trained on are current again, without
@@ -410,11 +433,16 @@ def rerender_worlds(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, An
     worlds = sorted({st.removeprefix("synth-") for v in states.values() if v["state"] == "stale"
                      and all(c.startswith("synth-") for c in v["changed"]) for c in v["changed"]})
     for world in worlds:
-        print(f"ledger build: re-rendering {data_dir(world)} (only its renderer's code changed for some rows)",
-              flush=True)
-        subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--forcerun", "synth", "--",
-                        data_dir(world)], env={**os.environ, "REID_DVC_SYNC": "0"}, check=True)
-        entry = record_world(cfg, world, ledger)
+        # rendered beside the world, which stays as it is: replacing it would make Snakemake redo, by time,
+        # everything built on it even when the bytes come out the same
+        fresh = Path(data_dir(world)).with_name(f".{world}.rerender")
+        shutil.rmtree(fresh, ignore_errors=True)
+        print(f"ledger build: re-rendering {data_dir(world)} into {fresh} (only its renderer's code changed for some "
+              f"rows)", flush=True)
+        subprocess.run([sys.executable, "-m", "reid", "pipeline", "synth", "--dataset", world, "--params", params,
+                        "--out", str(fresh)], check=True)
+        entry = record_world(cfg, world, ledger, folder=fresh)
+        shutil.rmtree(fresh, ignore_errors=True)
         print(f"ledger build: {world} renders to {entry['digest']['md5']} ({entry['digest']['files']} files)")
     return worlds
 
@@ -440,7 +468,7 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
     done = []
     for k, run in enumerate(runs, 1):
         targets = [metrics_path(dataset, run)] + ([probe_path(dataset, run)] if has_probe(run) else [])
-        forced = code_stale_outputs(cfg, dataset, [run])
+        forced = code_stale_outputs(cfg, dataset, [run], ledger=ledger)
         if forced:
             print(f"ledger build: {dataset}/{run}: redoing {len(forced)} output(s) older than their code: "
                   f"{', '.join(forced)}", flush=True)
@@ -595,7 +623,7 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "build":
         if args.runs is None:
             states = status(cfg, args.dataset, runs, args.ledger)
-            if rerender_worlds(cfg, states, args.cores, args.ledger):
+            if rerender_worlds(cfg, states, args.params, args.ledger):
                 states = status(cfg, args.dataset, runs, args.ledger)
             runs = [run for run, st in states.items() if st["state"] != "current"]
         runs = seed_major(runs)

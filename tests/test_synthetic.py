@@ -96,7 +96,8 @@ def test_synthocc_layout(occ: Path) -> None:
     assert 0 < np.mean(occl["bounding_box_train"]) < 0.6 and np.mean(occl["bounding_box_test"]) < 0.4
     train_pngs = sorted((occ / "occluders").glob("*.png"))
     test_pngs = sorted((occ / "occluders_test").glob("*.png"))
-    assert len(train_pngs) + len(test_pngs) == S.N_OCCLUDERS and train_pngs and test_pngs
+    assert len(train_pngs) + len(test_pngs) == S.N_OCCLUDERS + S.N_PEDESTRIANS and train_pngs and test_pngs
+    assert sum("pedestrian" in p.name for p in train_pngs) == sum("pedestrian" in p.name for p in test_pngs) > 0
     rgba = cv2.imread(str(train_pngs[0]), cv2.IMREAD_UNCHANGED)
     assert rgba.ndim == 3 and rgba.shape[2] == 4 and rgba[..., 3].max() == 255
     train_bytes = {p.read_bytes() for p in train_pngs}
@@ -106,7 +107,7 @@ def test_synthocc_layout(occ: Path) -> None:
 def test_train_and_test_images_are_occluded_by_disjoint_sprites(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test-set leakage: the sprites hiding query / gallery people never appear in training images (nor, via
     <root>/occluders/, in SUREID's NODA)."""
-    world = S.World("synthocc", 0, 8, [1, 2])
+    world = S.World("synthocc", 0, 8, [1, 2])  # objects and other pedestrians (S.PEDESTRIAN_SHARE)
     drawn: dict[bool, set[int]] = {True: set(), False: set()}
     original = S.World._occlude
 
@@ -115,11 +116,12 @@ def test_train_and_test_images_are_occluded_by_disjoint_sprites(monkeypatch: pyt
         return original(self, pt, rng, pool)
 
     monkeypatch.setattr(S.World, "_occlude", spy)
-    for current, rel in ((False, "bounding_box_train/0001_c1_f0000001.jpg"), (True, "query/0001_c2_f0000002.jpg"),
-                         (True, "bounding_box_test/0002_c1_f0000003.jpg")):
-        world.render(S.ImageSpec(rel, 1 if "0001" in rel else 2, 0, 0, True, (1, 0, len(rel))))
+    for k in range(8):
+        for current, rel in ((False, f"bounding_box_train/0001_c1_f000000{k}.jpg"),
+                             (True, f"query/0001_c2_f000000{k}.jpg"), (True, f"bounding_box_test/0002_c1_f000000{k}.jpg")):
+            world.render(S.ImageSpec(rel, 1 if "0001" in rel else 2, 0, 0, True, (1, k, len(rel))))
     assert drawn[False] and drawn[True] and not drawn[False] & drawn[True]
-    assert drawn[False] | drawn[True] == set(range(S.N_OCCLUDERS))
+    assert drawn[False] | drawn[True] == set(range(S.N_OCCLUDERS + S.N_PEDESTRIANS))  # both kinds, both splits
     assert S.ImageSpec("rgb/test/C/001/x.jpg", 1, 2, 0, False, (0,)).is_test
     assert not S.ImageSpec("rgb/train/001/x.jpg", 1, 0, 0, False, (0,)).is_test
 
@@ -305,6 +307,23 @@ def test_occlusion_self_checks_match_the_occluded_duke_protocol(occ: Path) -> No
     assert 0.1 <= r["occluded_share_bounding_box_train"] <= 0.5
     assert r["query_legs_joints_hidden"] > r["query_head_joints_hidden"]
     assert r["query_legs_joints_hidden"] >= 0.3
+
+
+def test_other_pedestrians_occlude_synthocc_and_corrupt_a_global_pool_more_than_objects(occ: Path) -> None:
+    """The renderer's self-check (occlusion_feature_check): oracle colour features pooled over the visible person
+    find the occluded queries' identities more often than ones pooled over the person and its occluder; another
+    pedestrian (person-like colours) corrupts the global pool more than an object does. Both kinds occur."""
+    kinds = [bool(S.load_groundtruth(occ, p.relative_to(occ).as_posix())["occluder_person"])
+             for p in sorted((occ / "query").glob("*.jpg"))]
+    assert 0 < sum(kinds) < len(kinds)
+    r = S.occlusion_feature_check(occ)
+    assert r["occluded_queries_person"] + r["occluded_queries_object"] == r["occluded_queries_all"] == len(kinds)
+    assert r["oracle_gap_all"] == r["oracle_rank1_visible_all"] - r["oracle_rank1_global_all"]
+    assert r["oracle_gap_all"] > 0
+    with pytest.raises(ValueError, match="only synthocc"):
+        S.World("synthcc", 0, 8, [1], pedestrians=0.5)
+    world = json.loads((occ / "WORLD.json").read_text())
+    assert (world["schema_version"], world["pedestrians"]) == (S.WORLD_VERSIONS["synthocc"], S.PEDESTRIAN_SHARE)
 
 
 def test_synth_check_on_an_existing_world_only_checks(occ: Path, capsys: pytest.CaptureFixture) -> None:

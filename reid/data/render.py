@@ -737,12 +737,18 @@ def _xpos(tw: float, rng: np.random.Generator) -> float:
 
 
 def place_occluder(sprite: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
-    """Scale and position a sprite on the canvas: returns a canvas RGBA float32 layer (alpha in 0..1)."""
+    """Scale and position a sprite on the canvas (mode: bottom | side | top | person): returns a canvas RGBA float32
+    layer (alpha in 0..1)."""
     sh, sw = sprite.shape[:2]
     if mode == "bottom":
         th = rng.uniform(0.3, 0.55) * CANVAS_H
         tw = max(sw * th / sh, rng.uniform(0.6, 1.0) * CANVAS_W)
         x0, y0 = _xpos(tw, rng), CANVAS_H - th + rng.uniform(0, 0.05) * CANVAS_H
+    elif mode == "person":  # a pedestrian nearer the camera: as tall or taller, standing lower, to one side
+        th = rng.uniform(0.9, 1.15) * CANVAS_H
+        tw = sw * th / sh
+        x0 = CANVAS_W / 2 + (1 if rng.random() < 0.5 else -1) * rng.uniform(0.15, 0.6) * CANVAS_W - tw / 2
+        y0 = CANVAS_H - th + rng.uniform(0.0, 0.15) * CANVAS_H
     elif mode == "side":
         tw = rng.uniform(0.3, 0.5) * CANVAS_W
         th = max(sh * tw / sw, rng.uniform(0.6, 1.0) * CANVAS_H) if sh < CANVAS_H else CANVAS_H

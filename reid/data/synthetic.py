@@ -49,6 +49,10 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 3  # 2: training and test images are occluded by disjoint sprite pools; 3: the occluder mask
+# Each world's version (the synth stage's `renderer_version`): synthocc 4 = other pedestrians occlude too.
+WORLD_VERSIONS = {"synthcc": SCHEMA_VERSION, "synthocc": 4}
+N_PEDESTRIANS = 8  # bystanders that occlude synthocc's people (even ones the training images, odd ones the test)
+PEDESTRIAN_SHARE = 0.5  # synthocc: share of occlusions by another pedestrian (the rest by the object sprites)
 WORLDS = ("synthcc", "synthocc")
 _WORLD_CODE = {"synthcc": 1, "synthocc": 2}
 JPEG_QUALITY = 90
@@ -60,7 +64,7 @@ SKIN_LABELS = tuple(LIP_LABELS.index(n) for n in ("Face", "Left-arm", "Right-arm
 _NEAREST = getattr(cv2, "INTER_NEAREST_EXACT", cv2.INTER_NEAREST)
 
 # purposes of the random streams (first entries of the seed sequence after seed and world)
-_S_SCENE, _S_IDENT, _S_OUTFIT, _S_PLAN, _S_OCC, _S_IMAGE, _S_FACE = range(7)
+_S_SCENE, _S_IDENT, _S_OUTFIT, _S_PLAN, _S_OCC, _S_IMAGE, _S_FACE, _S_PEDESTRIAN = range(8)
 
 
 def _rng(seed: int, world: str, *key: int) -> np.random.Generator:
@@ -230,8 +234,14 @@ def _to_saved(xy: np.ndarray, h: int, w: int) -> np.ndarray:
 class World:
     """Everything shared by the images of one world: identities, outfits, scenes, occluders, cameras."""
 
-    def __init__(self, world: str, seed: int, n_pool: int, pids: Iterable[int]) -> None:
-        self.world, self.seed = world, seed
+    def __init__(self, world: str, seed: int, n_pool: int, pids: Iterable[int],
+                 pedestrians: float | None = None) -> None:
+        if pedestrians is None:
+            pedestrians = PEDESTRIAN_SHARE if world == "synthocc" else 0.0
+        if not 0.0 <= pedestrians <= 1.0 or (pedestrians and world != "synthocc"):
+            raise ValueError(f"pedestrians must be a share in [0, 1] and only synthocc has them, got {pedestrians} "
+                             f"for {world}")
+        self.world, self.seed, self.pedestrian_share = world, seed, float(pedestrians)
         self.cameras = CC_CAMERAS if world == "synthcc" else _occ_cameras(seed)
         self.identities = {p: make_identity(p, _rng(seed, world, _S_IDENT, p)) for p in pids}
         self.outfits: list[Outfit] = [make_outfit(_rng(seed, world, _S_OUTFIT, i)) for i in range(n_pool)]
@@ -242,8 +252,29 @@ class World:
             self.occluders.append((kind, make_occluder(kind, _rng(seed, world, _S_OCC, j))))
         # Disjoint sprite pools: training images (and NODA, which reads <root>/occluders/) never see the objects
         # that occlude the test images (written to <root>/occluders_test/ for reference only).
+        # Other pedestrians (synthocc, Occluded-Duke's commonest occluder): bystanders of their own identities and
+        # outfits, cut out of a rendered view; they carry person-like colours into whatever a feature pools.
+        if self.pedestrian_share > 0:
+            for j in range(N_PEDESTRIANS):
+                self.occluders.append(("pedestrian", self._pedestrian_sprite(j)))
         self.occluder_pools = {split: [j for j in range(N_OCCLUDERS) if occluder_split(j) == split]
                                for split in ("train", "test")}
+        self.pedestrian_pools = {split: [N_OCCLUDERS + j for j in range(N_PEDESTRIANS) if occluder_split(j) == split]
+                                 for split in ("train", "test")} if self.pedestrian_share > 0 else {}
+
+    def _pedestrian_sprite(self, j: int) -> np.ndarray:
+        """Bystander j (an identity and outfit of no image's person) in a random view, as an RGBA cut-out."""
+        rng = _rng(self.seed, self.world, _S_PEDESTRIAN, j)
+        ident = make_identity(100_000 + j, rng)
+        outfit = make_outfit(rng)
+        view = sample_view(ident, self.cameras[j % len(self.cameras)], rng)
+        face = render_face_hr(ident, rng) if abs(view.yaw) <= 40 else None
+        body = render_person(ident, outfit, view, np.zeros((CANVAS_H, CANVAS_W, 3), np.float32), rng, face)
+        alpha = (body.painter.lab > 0).astype(np.uint8)
+        ys, xs = np.nonzero(alpha)
+        crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        rgba = np.dstack([np.clip(body.painter.img, 0, 255)[crop], alpha[crop].astype(np.float32) * 255])
+        return rgba.astype(np.uint8)
 
     def render(self, spec: ImageSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Render one image: BGR uint8 in its saved size and its ground truth in that frame."""
@@ -257,9 +288,11 @@ class World:
         body = render_person(ident, self.outfits[spec.outfit], view, bg, rng, face)
         pt, kps = body.painter, body.keypoints.copy()
         has_face = face is not None and _face_inside(body.face_landmarks, body.face_mask)
-        occluded, alpha = False, None
+        occluded, alpha, by_person = False, None, False
         if spec.occlude:
-            alpha = self._occlude(pt, rng, self.occluder_pools["test" if spec.is_test else "train"])
+            split = "test" if spec.is_test else "train"
+            by_person = bool(self.pedestrian_pools) and bool(rng.random() < self.pedestrian_share)
+            alpha = self._occlude(pt, rng, (self.pedestrian_pools if by_person else self.occluder_pools)[split])
             occluded = True
             vis = kps[:, 2] == 2
             ki = np.clip(np.round(kps[:, :2]).astype(int), 0, [CANVAS_W - 1, CANVAS_H - 1])
@@ -276,6 +309,8 @@ class World:
         occ = np.zeros((h, w), np.uint8) if alpha is None else (cv2.resize(alpha, (w, h), interpolation=cv2.INTER_AREA)
                                                                    > 0.5).astype(np.uint8)
         gt = _groundtruth(lab, kps, body, face, has_face, occluded, occ, h, w)
+        if self.pedestrian_pools:  # worlds with pedestrian occluders say which kind hid the person
+            gt["occluder_person"] = np.array(by_person)
         return cv2.cvtColor(img, cv2.COLOR_RGB2BGR), gt
 
     def _occlude(self, pt: Painter, rng: np.random.Generator, pool: list[int]) -> np.ndarray:
@@ -283,7 +318,7 @@ class World:
         fg = pt.lab > 0
         j = pool[int(rng.integers(len(pool)))]
         kind, sprite = self.occluders[j]
-        mode = OCCLUDER_MODE[kind]
+        mode = "person" if kind == "pedestrian" else OCCLUDER_MODE[kind]
         for _ in range(8):
             layer = place_occluder(sprite, mode, rng)
             cover = (layer[..., 3] > 0.5)[fg].mean() if fg.any() else 0.0
@@ -377,12 +412,13 @@ def _check_target(out: Path) -> None:
 
 
 def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.0, progress: bool = True,
-                   test_ids: int = DEFAULT_TEST_IDS) -> Path:
+                   test_ids: int = DEFAULT_TEST_IDS, pedestrians: float | None = None) -> Path:
     """Render a whole world into `out` (built in `<out>.tmp`, then renamed); returns `out`.
 
     `scale` multiplies every identity count; `test_ids` is the number of test identities at scale 1 (synthcc:
     14 test images each, 4 cross-clothes and 4 same-clothes queries; synthocc: 3 queries each): what decides
-    how finely two methods can be told apart, independently of the training split's size."""
+    how finely two methods can be told apart, independently of the training split's size. `pedestrians` (synthocc
+    only; default PEDESTRIAN_SHARE) is the share of occlusions by another pedestrian rather than an object."""
     if world not in WORLDS:
         raise ValueError(f"unknown synthetic world {world!r}; known: {', '.join(WORLDS)}")
     if not (scale > 0 and math.isfinite(scale)):
@@ -396,7 +432,7 @@ def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    w = World(world, seed, n_pool, sorted({s.pid for s in specs}))
+    w = World(world, seed, n_pool, sorted({s.pid for s in specs}), pedestrians)
     occ_names = _write_occluders(w, tmp)
     items = specs
     if progress:
@@ -412,7 +448,8 @@ def generate_world(world: str, out: str | Path, seed: int = 0, scale: float = 1.
         folder = spec.rel.split("/")[1] if world == "synthcc" else spec.rel.split("/")[0]
         folder = f"test_{spec.rel.split('/')[2]}" if folder == "test" else folder
         counts[folder] = counts.get(folder, 0) + 1
-    marker = {"schema_version": SCHEMA_VERSION, "world": world, "seed": seed, "scale": scale, "test_ids": int(test_ids),
+    extra = {"pedestrians": w.pedestrian_share} if world == "synthocc" else {}
+    marker = {"schema_version": WORLD_VERSIONS[world], **extra, "world": world, "seed": seed, "scale": scale, "test_ids": int(test_ids),
               "counts": dict(sorted(counts.items())), "num_images": len(specs), "face_hr_size": FACE_HR_SIZE,
               "occluders": occ_names, "lip_labels": list(LIP_LABELS), "coco_keypoints": list(COCO_KEYPOINTS),
               "cameras": [c.name for c in w.cameras], **meta}
@@ -559,11 +596,53 @@ def occlusion_stats(root: str | Path) -> dict[str, float]:
     return out
 
 
+def _hsv_hist(img_bgr: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    hsv = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2HSV)
+    h = cv2.calcHist([hsv], [0, 1, 2], mask.astype(np.uint8), [12, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+    return h / max(h.sum(), 1.0)
+
+
+def occlusion_feature_check(root: str | Path) -> dict[str, float]:
+    """How much occlusion corrupts a pooled feature, from oracle features on a synthocc test split: rank-1 of the
+    occluded queries against the gallery with a colour histogram pooled over the visible person only (what
+    visible-part pooling can reach) and over the person plus the occluder in front of it (what a global pool
+    sees when it cannot tell them apart), by occluder kind (another pedestrian | an object).
+
+    The gap (visible minus global) is what the occluded-ReID methods exploit; a world whose gap is near zero
+    cannot show their effect, whatever a learned model does."""
+    root = Path(root)
+
+    def load(folder: str) -> list[tuple[int, np.ndarray, np.ndarray, bool, bool]]:
+        out = []
+        for f in sorted((root / folder).glob("*.jpg")):
+            gt = load_groundtruth(root, f.relative_to(root).as_posix())
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            vis = gt["parsing"] > 0
+            out.append((int(f.name.split("_")[0]), _hsv_hist(img, vis), _hsv_hist(img, vis | (gt["occluder"] > 0)),
+                        bool(gt["occluded"]), bool(gt.get("occluder_person", False))))
+        if not out:
+            raise FileNotFoundError(f"no synthocc images under {root / folder}")
+        return out
+
+    gallery, queries = load("bounding_box_test"), [q for q in load("query") if q[3]]
+    gp = [g[0] for g in gallery]
+    out: dict[str, float] = {}
+    for kind, keep in (("all", lambda q: True), ("person", lambda q: q[4]), ("object", lambda q: not q[4])):
+        sel = [q for q in queries if keep(q)]
+        out[f"occluded_queries_{kind}"] = float(len(sel))
+        for i, pool in ((1, "visible"), (2, "global")):  # nan where no query has this kind of occluder
+            feats = np.array([q[i] for q in sel]) if sel else np.zeros((0, 1), np.float32)
+            out[f"oracle_rank1_{pool}_{kind}"] = _rank1(feats, [q[0] for q in sel],
+                                                        np.array([g[i] for g in gallery]), gp, "bhattacharyya")
+        out[f"oracle_gap_{kind}"] = out[f"oracle_rank1_visible_{kind}"] - out[f"oracle_rank1_global_{kind}"]
+    return out
+
+
 def world_checks(root: str | Path) -> dict[str, float]:
     """The renderer's self-checks for the world at `root` (read from its WORLD.json): cue rank-1 (synthcc) or
     occlusion statistics (synthocc). `python -m reid synth --check` prints them; tests assert them."""
     world = json.loads((Path(root) / "WORLD.json").read_text())["world"]
-    return cue_rank1(root) if world == "synthcc" else occlusion_stats(root)
+    return cue_rank1(root) if world == "synthcc" else {**occlusion_stats(root), **occlusion_feature_check(root)}
 
 
 # ----------------------------------------------------------------------------------------------- CLI
