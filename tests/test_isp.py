@@ -210,6 +210,37 @@ def test_training_losses_backward_embed_distance(semantics: str) -> None:
         assert d.shape == (3, 3) and torch.allclose(torch.diagonal(d), torch.zeros(3), atol=1e-5)
 
 
+def test_oracle_test_parts_pool_the_ground_truth_parts_and_their_visibility() -> None:
+    """test_parts=oracle (the Table 2 control): each part feature is M_g averaged over the cells the ground truth
+    gives that part (then its BNNeck), visibility is the ground truth's, and the parsing cache is read at test time."""
+    torch.manual_seed(0)
+    method = ISP(backbone="hrnet_tiny", num_parts=4, reduce_dim=16, semantics="parsing", test_parts="oracle")
+    assert method.test_caches == {"parsing": ["labels"]} and ISP(backbone="hrnet_tiny").test_caches == {}
+    model = method.build_model(num_classes=4).eval()
+    images = torch.randn(2, 3, 64, 32)
+    parsing = torch.zeros(2, 64, 32, dtype=torch.uint8)
+    parsing[0, :16] = 2    # hair -> part 1 (head), top quarter of image 0
+    parsing[0, 16:40] = 5  # upper clothes -> part 2; image 0 shows no lower body (part 3 hidden)
+    parsing[1, 40:] = 9    # pants -> part 3 only, on image 1
+    with torch.no_grad():
+        feats = method.embed(model, {"image": images, "parsing.labels": parsing})
+        fmap = model.feature_map(images)  # (2, 16, 16, 8): a cell is 4 x 4 pixels
+    assert feats["visibility"].tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    raw = torch.zeros(2, 3, 16)
+    raw[0, 0] = fmap[0, :, :4].sum(dim=(1, 2)) / 128   # GAP over all 16 x 8 cells of the part's masked map
+    raw[0, 1] = fmap[0, :, 4:10].sum(dim=(1, 2)) / 128
+    raw[1, 2] = fmap[1, :, 10:].sum(dim=(1, 2)) / 128
+    want = model.neck_part(raw.flatten(1))[1].view(2, 3, 16)
+    assert torch.allclose(feats["parts"], want, atol=1e-5)
+    learned = ISP(backbone="hrnet_tiny", num_parts=4, reduce_dim=16, semantics="parsing")
+    with torch.no_grad():
+        assert not torch.allclose(learned.embed(model, {"image": images})["parts"], want, atol=1e-3)
+    with pytest.raises(KeyError, match="parsing.labels"):
+        method.embed(model, {"image": images})
+    with pytest.raises(ValueError, match="test_parts must be"):
+        ISP(test_parts="parsing")
+
+
 def test_parsing_loss_weight_is_alpha() -> None:
     torch.manual_seed(0)
     a = ISP(backbone="hrnet_tiny", num_parts=4, reduce_dim=8, alpha=0.1)

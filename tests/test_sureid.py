@@ -259,6 +259,22 @@ def test_missing_teacher_or_occluders_are_clear_errors():
         SUREID(**TINY, teacher_dim=128).training_losses(model, _batch(), 0)
 
 
+def test_noda_s_upper_bound_pastes_the_test_images_occluders(tmp_path):
+    """Control `noda_test_pool`: NODA reads <occluder_dir>_test (the occluders of the query and gallery images);
+    the learned rows read the training pool; NODA's claim declares it as its control."""
+    from reid.methods.sureid import CONTROLS, SUREID as S
+
+    train = SUREID(**TINY, teacher_dim=128, occluder_dir=str(tmp_path / "occluders"))
+    test = SUREID(**TINY, teacher_dim=128, occluder_dir=str(tmp_path / "occluders"), **CONTROLS["noda_test_pool"])
+    assert (train.occluder_dir, test.occluder_dir) == (str(tmp_path / "occluders"), str(tmp_path / "occluders_test"))
+    with pytest.raises(FileNotFoundError, match="occluders_test"):
+        test.occluders(torch.device("cpu"))
+    with pytest.raises(ValueError, match="occluder_pool must be"):
+        SUREID(**TINY, occluder_pool="val")
+    noda = next(c for c in S.claims if c.name.startswith("NODA adds"))
+    assert (noda.control, noda.rows) == ("noda_test_pool", ("t4_sureid", "t4_hts_npkd", "noda_test_pool"))
+
+
 def test_teacher_train_and_cache_outputs():
     teacher = SUREIDTeacher(**TINY)
     model = teacher.build_model(4).train()

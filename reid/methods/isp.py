@@ -114,8 +114,15 @@ EVAL_ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "wo_arm": ("k7", {"matching": "concat"}),
     # The paper's Eq. 10 (global and foreground as two cosines) beside the official code's one cosine (the default).
     "arm_eq10": ("k7", {"arm_form": "eq10"}),
-    # The positive control of the Table 2 claim: the same comparison on the model trained with ground-truth parts.
+    # The same comparison on the model trained with ground-truth parts (the control until the oracle form below).
     "extra_info_wo_arm": ("extra_info", {"matching": "concat"}),
+    # The positive control of the Table 2 claim: that model's features pooled with the ground-truth parts at test
+    # time too (parsing cache), visibility included, matched aligned or concatenated. Its part classifier
+    # predicts no head, legs or shoes even trained on those parts (docs/results.md), so the control above
+    # compared two arbitrary splits of the foreground; this one asks whether aligned matching gains anything on
+    # this world once the parts are right, whatever the classifier learned.
+    "extra_info_oracle": ("extra_info", {"test_parts": "oracle"}),
+    "extra_info_oracle_wo_arm": ("extra_info", {"test_parts": "oracle", "matching": "concat"}),
 }
 
 # LIP label groups (paper footnote 4 for head / legs / shoes; foreground = any non-background label).
@@ -418,10 +425,17 @@ class ISPNet(nn.Module):
         fmap = self.reduce(self.backbone(x))
         return fmap * self.attention(fmap) if self.attention is not None else fmap
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, part_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`part_labels` (B, H, W) K-part labels (0 background), resized to M_g by nearest sampling: pool with
+        those one-hot maps instead of the part classifier's probabilities (ground-truth parts at test time)."""
         fmap = self.feature_map(x)
         logits = self.part_classifier(fmap)
-        parts, fore, glob = pooled_representations(fmap, part_probabilities(logits))
+        if part_labels is None:
+            probs = part_probabilities(logits)
+        else:
+            labels = downsample_labels(part_labels.long(), tuple(fmap.shape[-2:]))
+            probs = F.one_hot(labels, self.num_parts).permute(0, 3, 1, 2).float()
+        parts, fore, glob = pooled_representations(fmap, probs)
         part_feat, part_bn, part_logits = self.neck_part(parts.flatten(1))
         fore_feat, fore_bn, fore_logits = self.neck_fore(fore)
         glob_feat, glob_bn, glob_logits = self.neck_global(glob)
@@ -447,10 +461,11 @@ class ISP(Method):
     paper_tables = {"Table 3 (IoU)": PAPER_TABLE3, "Table 4 (K)": PAPER_TABLE4, "Table 5 (semantics)": PAPER_TABLE5}
     claims = (
         Claim("learned pseudo parts beat parsing-given parts (Table 5)", "learned", "extra_info", "standard"),
-        # Control: aligned vs concatenated matching of the model trained on ground-truth parts (the parsing cache):
-        # can aligned matching gain anything on this world once the parts are right?
+        # Control: aligned vs concatenated matching of the model trained on ground-truth parts (the parsing cache),
+        # pooled with them at test time too: can aligned matching gain anything on this world once the parts are
+        # right?
         Claim("aligned matching beats matching all features (Table 2, w/o arm)", "k7", "wo_arm", "standard",
-              control="extra_info", control_worse="extra_info_wo_arm"),
+              control="extra_info_oracle", control_worse="extra_info_oracle_wo_arm"),
     )
     caches = {"isp_labels": ["labels"]}
     test_caches: dict[str, list[str]] = {}
@@ -483,6 +498,7 @@ class ISP(Method):
         matching: str = "aligned",
         arm_form: str = "official",
         flip_test: bool = False,
+        test_parts: str = "learned",
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if semantics not in LABEL_KEYS:
@@ -491,6 +507,11 @@ class ISP(Method):
             raise ValueError(f"isp: matching must be aligned, concat or global, got {matching!r}")
         if arm_form not in ARM_FORMS:
             raise ValueError(f"isp: arm_form must be one of {ARM_FORMS}, got {arm_form!r}")
+        if test_parts not in ("learned", "oracle"):
+            raise ValueError(f"isp: test_parts must be learned (the part classifier) or oracle (the parsing cache's "
+                             f"ground-truth parts), got {test_parts!r}")
+        if test_parts == "oracle" and num_parts not in LIP_PART_GROUPS:
+            raise ValueError(f"isp: test_parts=oracle needs num_parts in {sorted(LIP_PART_GROUPS)}, got {num_parts}")
         if initial not in ("cache", "model"):
             raise ValueError(f"isp: initial must be cache (the isp_labels teacher) or model, got {initial!r}")
         if period < 1:
@@ -506,6 +527,9 @@ class ISP(Method):
         self.cluster_chunk_images, self.cluster_batch_size = cluster_chunk_images, cluster_batch_size
         self.labels_dir = Path(labels_dir) if labels_dir else None
         self.matching, self.arm_form, self.flip_test = matching, arm_form, flip_test
+        self.test_parts = test_parts
+        # ground-truth parts at test time: the parsing cache goes to the embedding pass (an instance attribute)
+        self.test_caches = {"parsing": ["labels"]} if test_parts == "oracle" else {}
         self.label_key = LABEL_KEYS[semantics]
         learned_from_model = semantics == "learned" and initial == "model"
         self.caches = {} if learned_from_model else {self.label_key.split(".")[0]: ["labels"]}
@@ -646,15 +670,34 @@ class ISP(Method):
     # --- inference --------------------------------------------------------------------------------------------
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]
-        out = model(images)
+        labels = self.oracle_part_labels(batch)
+        out = model(images, part_labels=labels)
         feats = {"parts": out["parts"], "global": out["global"], "foreground": out["foreground"],
-                 "visibility": part_visibility(out["part_logits"])}
+                 "visibility": self._visibility(out, labels)}
         if self.flip_test:
-            flipped = model(torch.flip(images, dims=[3]))
+            flipped_labels = None if labels is None else torch.flip(labels, dims=[2])
+            flipped = model(torch.flip(images, dims=[3]), part_labels=flipped_labels)
             for key in ("parts", "global", "foreground"):
                 feats[key] = feats[key] + flipped[key]
-            feats["visibility"] = torch.maximum(feats["visibility"], part_visibility(flipped["part_logits"]))
+            feats["visibility"] = torch.maximum(feats["visibility"], self._visibility(flipped, flipped_labels))
         return {k: v.float() for k, v in feats.items()}
+
+    def oracle_part_labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """With test_parts=oracle: the image's ground-truth K-part labels (parsing cache, LIP_PART_GROUPS)."""
+        if self.test_parts != "oracle":
+            return None
+        if "parsing.labels" not in batch:
+            raise KeyError("isp: test_parts=oracle needs the parsing cache at test time (batch has no "
+                           "'parsing.labels')")
+        return lip_to_parts(batch["parsing.labels"], self.num_parts)
+
+    def _visibility(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 8 from the part classifier, or from the ground-truth parts at M_g's size (the same rule: a part is
+        visible when some cell is labelled with it)."""
+        if labels is None:
+            return part_visibility(out["part_logits"])
+        cells = downsample_labels(labels.long(), tuple(out["part_logits"].shape[-2:]))
+        return part_visibility(F.one_hot(cells, self.num_parts).permute(0, 3, 1, 2).float())
 
     def distance(self, q: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.matching == "aligned":
