@@ -480,6 +480,11 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
         if proc.returncode:
             raise SystemExit(f"ledger build: {dataset}/{run} failed (snakemake exit {proc.returncode}); the "
                              f"{len(done)} row(s) built before it are recorded")
+        changed = code_stale_outputs(cfg, dataset, [run], ledger=ledger)
+        if changed:  # the code was edited while the row was built: its fingerprint would name code it did not run
+            raise SystemExit(f"ledger build: {dataset}/{run} was built, but code it imports changed meanwhile "
+                             f"({', '.join(changed)} are now older than their code); not recorded. The "
+                             f"{len(done)} row(s) built before it are recorded; build again once the code is final")
         done.append(record(cfg, dataset, run, results, ledger))
         print(f"[{k}/{len(runs)}] {dataset}/{run}: built in {time.monotonic() - t0:.0f} s, recorded in {done[-1]}",
               flush=True)

@@ -298,6 +298,30 @@ def test_build_records_each_row_as_it_finishes_and_stops_at_a_failure(tmp_path: 
     assert recorded == ["isp--k7--pretrained--s0"]
 
 
+def test_build_does_not_record_a_row_whose_code_changed_while_it_was_built(tmp_path: Path, monkeypatch) -> None:
+    """An edit during a row's build leaves outputs older than the code the fingerprint would name: not recorded."""
+    root = tmp_path / "tree"
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(root)
+    real_run = subprocess.run
+
+    def fake_snakemake(cmd, **kw):
+        if "snakemake" not in cmd:
+            return real_run(cmd, **kw)
+        _fake_row(tmp_path / "results" / "synthocc" / "isp--k7--pretrained--s0", setting="standard")
+        model = root / "models" / "synthocc" / "isp--k7--pretrained--s0" / "model.pt"
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"weights")
+        os.utime(model, (1, 1))  # trained before an edit of the code it imports
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(L.subprocess, "run", fake_snakemake)
+    with pytest.raises(SystemExit, match=r"code it imports changed meanwhile \(.*model.pt"):
+        L.build(CFG, "synthocc", ["isp--k7--pretrained--s0"], ledger=tmp_path / "ledger",
+                results=tmp_path / "results")
+    assert not (tmp_path / "ledger" / "synthocc").exists()
+
+
 def test_outputs_older_than_the_code_their_stage_imports_are_found(tmp_path: Path) -> None:
     """Snakemake sees no imported code: an index older than reid/data/datasets.py is reported (DVC would redo it),
     a newer one is not; a world directory counts from its Snakemake marker, not from its own mtime; the model of a

@@ -320,10 +320,10 @@ def stage_synth(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], l
     gen = dataset_cfg(cfg, dataset).get("generate")
     if not gen:
         raise ConfigError(f"datasets.{dataset} has no `generate:` section: it is a real dataset on disk")
-    from reid.data.synthetic import SCHEMA_VERSION  # a renderer change reruns the world and what depends on it
+    from reid.data.synthetic import WORLD_VERSIONS  # a renderer change reruns that world and what depends on it
 
     out = {"world": gen["world"], "seed": int(gen.get("seed", 0)), "scale": float(gen.get("scale", 1.0)),
-           "renderer_version": SCHEMA_VERSION}
+           "renderer_version": WORLD_VERSIONS.get(gen["world"], 0)}
     if "test_ids" in gen:  # only worlds that set it carry the key, so other worlds' resolved params stay as they were
         out["test_ids"] = int(gen["test_ids"])
     return out, [
