@@ -120,6 +120,9 @@ def fingerprint(cfg: Mapping[str, Any], dataset: str, run: str, root: str | Path
     return fingerprints(cfg, dataset, {run: probe}, root)[run]
 
 
+ORCHESTRATOR_MARKERS = (".snakemake_timestamp",)  # written into a directory output by Snakemake, not the renderer
+
+
 def world_digest(folder: str | Path) -> dict[str, Any]:
     """md5 over `relpath md5` lines of every file of a rendered world (what DVC hashes for a directory output).
 
@@ -127,7 +130,7 @@ def world_digest(folder: str | Path) -> dict[str, Any]:
     leaves one world's bytes unchanged (e.g. a new occluder kind another world enables) does not change anything
     that world's rows were trained on. The recorded digest lets that be shown, as DVC would see it."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ORCHESTRATOR_MARKERS)
     lines = "".join(f"{p.relative_to(folder).as_posix()} {_md5(p)}\n" for p in files)
     return {"files": len(files), "md5": hashlib.md5(lines.encode()).hexdigest()}
 
@@ -433,18 +436,29 @@ def rerender_worlds(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, An
     worlds = sorted({st.removeprefix("synth-") for v in states.values() if v["state"] == "stale"
                      and all(c.startswith("synth-") for c in v["changed"]) for c in v["changed"]})
     for world in worlds:
-        # rendered beside the world, which stays as it is: replacing it would make Snakemake redo, by time,
-        # everything built on it even when the bytes come out the same
-        fresh = Path(data_dir(world)).with_name(f".{world}.rerender")
-        shutil.rmtree(fresh, ignore_errors=True)
-        print(f"ledger build: re-rendering {data_dir(world)} into {fresh} (only its renderer's code changed for some "
-              f"rows)", flush=True)
-        subprocess.run([sys.executable, "-m", "reid", "pipeline", "synth", "--dataset", world, "--params", params,
-                        "--out", str(fresh)], check=True)
-        entry = record_world(cfg, world, ledger, folder=fresh)
-        shutil.rmtree(fresh, ignore_errors=True)
-        print(f"ledger build: {world} renders to {entry['digest']['md5']} ({entry['digest']['files']} files)")
+        rerender_world(cfg, world, params, ledger)
     return worlds
+
+
+def rerender_world(cfg: Mapping[str, Any], world: str, params: str = "params.yaml",
+                   ledger: str | Path = LEDGER) -> dict[str, Any]:
+    """Render `world` with the code checked out now into a folder beside it and record the digest it gets
+    (`record_world`). The world on disk stays as it is: replacing it would make Snakemake redo, by time,
+    everything built on it even when the bytes come out the same."""
+    from reid.pipeline.layout import data_dir
+
+    fresh = Path(data_dir(world)).with_name(f".{world}.rerender")
+    shutil.rmtree(fresh, ignore_errors=True)
+    print(f"ledger: rendering {world} with the code checked out now into {fresh}", flush=True)
+    subprocess.run([sys.executable, "-m", "reid", "pipeline", "synth", "--dataset", world, "--params", params,
+                    "--out", str(fresh)], check=True)
+    entry = record_world(cfg, world, ledger, folder=fresh)
+    shutil.rmtree(fresh, ignore_errors=True)
+    on_disk = Path(data_dir(world))
+    same = on_disk.is_dir() and world_digest(on_disk) == entry["digest"]
+    print(f"ledger: {world} renders to {entry['digest']['md5']} ({entry['digest']['files']} files): "
+          f"{'the same bytes as' if same else 'not the bytes of'} {on_disk}", flush=True)
+    return entry
 
 
 def seed_major(runs: Sequence[str]) -> list[str]:
@@ -570,14 +584,16 @@ def assembled(cfg: Mapping[str, Any], ledger: str | Path = LEDGER) -> dict[str, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("status", "build", "record", "verify", "assemble", "readme"),
+    p.add_argument("action", choices=("status", "build", "record", "verify", "assemble", "readme", "worlds"),
                    help="status: each claims row's ledger state (current / stale: which stages changed / missing); "
                         "build: build the stale and missing rows (or --runs) one at a time, seed by seed, and "
                         "record each as it finishes; "
                         "record: copy evaluated rows from --results into the ledger with their provenance; "
                         "verify: re-run ledger rows here (--runs, or --sample N of them) and report agreement; "
                         "assemble: the verdicts of every claim whose rows are current, from the ledger alone, into "
-                        "ledger/<dataset>/claims.json and .md; readme: the README's claims table from those files")
+                        "ledger/<dataset>/claims.json and .md; readme: the README's claims table from those files; "
+                        "worlds: render the synthetic worlds the dataset's rows use with today's code and record "
+                        "their digests (after a renderer edit: rows whose world comes out the same stay current)")
     p.add_argument("--dataset", default=None,
                    help="the dataset whose claims rows to list, record, verify or assemble (readme: every one)")
     p.add_argument("--readme", default="README.md", help="readme: the file whose claims table to rewrite")
@@ -616,6 +632,10 @@ def main(args: argparse.Namespace) -> int:
               f"{len(content['pending'])} pending")
         return 0
     runs = args.runs if args.runs is not None else claims_runs(cfg, args.dataset)
+    if args.action == "worlds":
+        for world in worlds_of(fingerprints(cfg, args.dataset, {run: False for run in runs[:1]})[runs[0]]):
+            rerender_world(cfg, world, args.params, args.ledger)
+        return 0
     if args.action == "record":
         done = 0
         for run in runs:
