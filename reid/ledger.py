@@ -510,11 +510,13 @@ README_END = "<!-- end of claims table -->"
 
 
 def assemble(cfg: Mapping[str, Any], dataset: str, ledger: str | Path = LEDGER,
-             recorded_as_current: bool = False, out: str | Path | None = None) -> dict[str, Any]:
+             recorded_as_current: bool = False, out: str | Path | Sequence[str | Path] | None = None
+             ) -> dict[str, Any]:
     """claims.json's content from the ledger alone: every claim (and init) whose rows are all current is assessed
     from them, as the claims rule would; the others are listed as `pending` with their missing and stale counts.
     Written to ledger/<dataset>/claims.json (and .md) so the verdicts are committed beside their evidence, or to
-    `out` (the DVC stage claims-<dataset> writes results/<dataset>/, where the Snakemake claims rule writes).
+    each folder of `out` (the DVC stage claims-<dataset> writes results/<dataset>/, where the Snakemake claims
+    rule writes; that rule writes both folders from the one assembly).
     `recorded_as_current` counts every recorded row as current (the check that the committed verdicts are what
     the committed rows give, whatever code is checked out now)."""
     from reid.eval.claims import Evidence, declared_claims, run_name, to_markdown, verdicts
@@ -541,14 +543,15 @@ def assemble(cfg: Mapping[str, Any], dataset: str, ledger: str | Path = LEDGER,
     evidence = Evidence(Path(os.devnull), {p.name: p for p in current})  # ledger rows only, never results/
     content = verdicts(evidence, dataset, complete, seeds)
     content["pending"] = pending
-    out = Path(out) if out is not None else Path(ledger) / dataset
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "claims.json").write_text(json.dumps(content, indent=2) + "\n")
     md = to_markdown(content["claims"], dataset, content["pretraining"], content["probes"]) if complete else ""
     if pending:
         md += ("\nPending (rows not yet current in the ledger): "
                + "; ".join(f"{p['method']} {p['claim']['name']} ({p['init']})" for p in pending) + "\n")
-    (out / "claims.md").write_text(md)
+    folders = [Path(ledger) / dataset] if out is None else [Path(out)] if isinstance(out, (str, Path)) else out
+    for folder in map(Path, folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "claims.json").write_text(json.dumps(content, indent=2) + "\n")
+        (folder / "claims.md").write_text(md)
     return content
 
 
@@ -597,8 +600,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help="the dataset whose claims rows to list, record, verify or assemble (readme: every one)")
     p.add_argument("--readme", default="README.md", help="readme: the file whose claims table to rewrite")
-    p.add_argument("--out", default=None, help="assemble: the folder for claims.json / claims.md "
-                   "(default: ledger/<dataset>, the files the README table is generated from)")
+    p.add_argument("--out", nargs="+", default=None, help="assemble: the folder(s) for claims.json / claims.md, "
+                   "all written from one assembly (default: ledger/<dataset>, the files the README table is "
+                   "generated from)")
     p.add_argument("--runs", nargs="*", default=None,
                    help="only these runs (default: every run the dataset's claims compare; given empty: none)")
     p.add_argument("--params", default="params.yaml", help="the configuration the fingerprints are computed from")
@@ -626,10 +630,10 @@ def main(args: argparse.Namespace) -> int:
     if args.dataset is None:
         raise SystemExit(f"{args.action}: name the dataset with --dataset")
     if args.action == "assemble":
-        out = Path(args.out) if args.out else Path(args.ledger) / args.dataset
-        content = assemble(cfg, args.dataset, args.ledger, out=out)
-        print(f"{out / 'claims.json'}: {len(content['claims'])} claim(s) assessed from current rows, "
-              f"{len(content['pending'])} pending")
+        outs = [Path(o) for o in args.out] if args.out else [Path(args.ledger) / args.dataset]
+        content = assemble(cfg, args.dataset, args.ledger, out=outs)
+        print(f"{', '.join(str(o / 'claims.json') for o in outs)}: {len(content['claims'])} claim(s) assessed from "
+              f"current rows, {len(content['pending'])} pending")
         return 0
     runs = args.runs if args.runs is not None else claims_runs(cfg, args.dataset)
     if args.action == "worlds":

@@ -34,6 +34,7 @@ rule claims:
         init=lambda wc: " ".join(shlex.quote(i) for i in config["ablation"].get("init", ["scratch"])),
         built=claims_built,
         ledger=lambda wc: int(bool(config["ablation"].get("ledger", True))),
+        ledger_dir=lambda wc: D.ledger_dir(wc.dataset),
     log:
         "logs/{dataset}/claims.log",
     conda:
@@ -46,8 +47,8 @@ rule claims:
         # read results/.
         "{{ if [ {params.ledger} = 1 ]; then "
         "python -m reid ledger record --dataset {wildcards.dataset:q} --runs {params.built} && "
-        "python -m reid ledger assemble --dataset {wildcards.dataset:q} --out \"$(dirname {output.json:q})\" && "
-        "python -m reid ledger assemble --dataset {wildcards.dataset:q}; else "
+        "python -m reid ledger assemble --dataset {wildcards.dataset:q} --out \"$(dirname {output.json:q})\" "
+        "{params.ledger_dir:q}; else "
         "python -m reid claims --dataset {wildcards.dataset:q} --methods {params.methods} --seeds {params.seeds} "
         "--init {params.init} --evidence {input:q} --out-md {output.md:q} --out-json {output.json:q}; fi; }} "
         "> {log:q} 2>&1"
