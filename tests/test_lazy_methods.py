@@ -1,4 +1,5 @@
-"""Methods are imported on lookup, so each stage depends on its own method's code only (dvc.yaml, the ledger)."""
+"""Methods and pretrain backbones are imported on lookup, so each stage depends on its own method's or backbone's
+code only (dvc.yaml, the ledger)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,21 @@ def test_a_train_stage_depends_on_its_own_method_module_only(run: str, own: str)
     assert own in train.code
     assert not (METHOD_FILES - {own}) & set(train.code), sorted((METHOD_FILES - {own}) & set(train.code))
     assert not any("reid/data/render.py" in s.code for s in stages.values() if not s.name.startswith("synth-"))
+
+
+@pytest.mark.parametrize("arch, own, other", [("osnet_x0_25", "reid/models/osnet.py", "reid/models/vit.py"),
+                                              ("deit_small", "reid/models/vit.py", "reid/models/hrnet.py")])
+def test_a_pretrain_stage_depends_on_its_own_backbone_module_only(arch: str, own: str, other: str) -> None:
+    """ARCHS names each backbone's module, imported by the stage that trains it: a ViT edit leaves OSNet's
+    pretrain (and every DeSKPro row started from it) current."""
+    from reid.engine.pretrain import ARCHS, build_classifier
+
+    cfg = CFG
+    stage = next(s for s in stages_for(cfg, ["synthcc/deskpro--pretrained", "synthocc/sureid--pretrained"]).values()
+                 if s.name == f"pretrain-{arch}")
+    assert own in stage.code and other not in stage.code
+    code = ("import sys\nfrom reid.engine.pretrain import build_classifier\n"
+            f"build_classifier({arch!r}, 3, (128, 64))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('reid.models.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert ARCHS[arch][0] in loaded and other.removesuffix(".py").replace("/", ".") not in loaded

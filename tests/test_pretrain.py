@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reid.engine.pretrain import ARCHS, PretrainConfig, lr_at, official_state, pretrain
+from reid.engine.pretrain import ARCHS, PretrainConfig, build_classifier, lr_at, official_state, pretrain
 from reid.methods import build_method
 from reid.pipeline import layout as D
 from reid.pipeline import params as C
@@ -49,9 +49,8 @@ def _module_key(arch: str, key: str) -> str:
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_the_file_loads_through_the_methods_loader_tensor_for_tensor(arch: str, tmp_path: Path) -> None:
-    build, _ = ARCHS[arch]
     torch.manual_seed(1)
-    model = build(7, (128, 64))
+    model = build_classifier(arch, 7, (128, 64))
     state = official_state(model)
     path = tmp_path / f"{arch}.pth"
     torch.save(state, path)

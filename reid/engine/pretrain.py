@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,94 +47,24 @@ log = logging.getLogger(__name__)
 # --- architectures: a classifier to train and the official file's state dict to save --------------------------
 
 
-class HRNetClassifier(nn.Module):
-    """HRNet trunk with the ImageNet classifier's incre_modules; each branch pooled, concatenated, classified.
-
-    The official head goes on through downsamp_modules and a 2048-channel final_layer; ISP never loads those
-    (it reads the trunk and incre_modules), so a linear layer on the pooled incre features stands in for them.
-    """
-
-    def __init__(self, topology: Mapping[str, Any], num_classes: int) -> None:
-        super().__init__()
-        from reid.models.hrnet import HRNetFeatureMap
-
-        self.net = HRNetFeatureMap(**topology, incre_modules=True)
-        self.classifier = nn.Linear(self.net.out_channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [m(f) for m, f in zip(self.net.incre_modules, self.net.body.forward_features(x))]
-        return self.classifier(torch.cat([F.adaptive_avg_pool2d(f, 1).flatten(1) for f in feats], dim=1))
-
-    def official_state(self) -> dict[str, torch.Tensor]:
-        """HRNet-Image-Classification names: trunk keys at top level, incre_modules.*, classifier.*."""
-        state = {k.removeprefix("net.body."): v for k, v in self.state_dict().items() if k.startswith("net.body.")}
-        state = {k: v for k, v in state.items() if not k.startswith("final_layer")}  # the pose head: not ImageNet's
-        state.update({k.removeprefix("net."): v for k, v in self.state_dict().items() if k.startswith("net.incre")})
-        state.update({k: v for k, v in self.state_dict().items() if k.startswith("classifier.")})
-        return state
-
-
-class ViTClassifier(nn.Module):
-    """ViT/DeiT trunk (class token) + `head`, timm's names."""
-
-    def __init__(self, arch: str, img_size: tuple[int, int], num_classes: int) -> None:
-        super().__init__()
-        from reid.models.vit import ARCHS, VisionTransformer
-
-        self.vit = VisionTransformer(img_size=tuple(img_size), patch_size=16, stride=16, **ARCHS[arch])
-        self.head = nn.Linear(self.vit.embed_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.vit(x))
-
-    def official_state(self) -> dict[str, torch.Tensor]:
-        return {k.removeprefix("vit."): v for k, v in self.state_dict().items()}
-
-
-def _resnet(depth: int) -> Callable[[int, tuple[int, int]], nn.Module]:
-    def build(num_classes: int, input_size: tuple[int, int]) -> nn.Module:
-        from reid.models.resnet import RESNETS
-
-        return RESNETS[depth](weights=None, num_classes=num_classes)  # torchvision names: conv1 ... fc
-
-    return build
-
-
-def _osnet(width: str) -> Callable[[int, tuple[int, int]], nn.Module]:
-    def build(num_classes: int, input_size: tuple[int, int]) -> nn.Module:
-        from reid.models.osnet import osnet_width
-
-        return osnet_width(width, weights=None, num_classes=num_classes)  # torchreid names, logits in training
-
-    return build
-
-
-def _hrnet(topology_name: str) -> Callable[[int, tuple[int, int]], nn.Module]:
-    def build(num_classes: int, input_size: tuple[int, int]) -> nn.Module:
-        from reid.models import hrnet
-
-        return HRNetClassifier(getattr(hrnet, topology_name), num_classes)
-
-    return build
-
-
-def _vit(arch: str) -> Callable[[int, tuple[int, int]], nn.Module]:
-    def build(num_classes: int, input_size: tuple[int, int]) -> nn.Module:
-        return ViTClassifier(arch, input_size, num_classes)
-
-    return build
-
-
-# name -> (builder(num_classes, input_size), the official file it stands in for). The `weights` key a method
-# reads it through is in params.yaml (`datasets.<ds>.pretrained`).
-ARCHS: dict[str, tuple[Callable[[int, tuple[int, int]], nn.Module], str]] = {
-    "resnet18": (_resnet(18), "torchvision resnet18-f37072fd.pth"),
-    "resnet50": (_resnet(50), "torchvision resnet50-0676ba61.pth"),
-    "osnet_x0_25": (_osnet("x0_25"), "torchreid osnet_x0_25_imagenet.pth"),
-    "osnet_x1_0": (_osnet("x1_0"), "torchreid osnet_x1_0_imagenet.pth"),
-    "hrnet_w18_small": (_hrnet("HRNET_W18_SMALL"), "HRNet-Image-Classification hrnet_w18_small_model_v2.pth"),
-    "deit_small": (_vit("deit_small"), "timm deit_small_patch16_224 state dict"),
+# name -> (the model module whose `imagenet_classifier` builds it, the official file it stands in for). The stage
+# imports only that module (dvc.yaml lists it), so editing the ViT leaves OSNet's pretrain, and every row built
+# on it, current. The `weights` key a method reads the file through is in params.yaml (`datasets.<ds>.pretrained`).
+ARCHS: dict[str, tuple[str, str]] = {
+    "resnet18": ("reid.models.resnet", "torchvision resnet18-f37072fd.pth"),
+    "resnet50": ("reid.models.resnet", "torchvision resnet50-0676ba61.pth"),
+    "osnet_x0_25": ("reid.models.osnet", "torchreid osnet_x0_25_imagenet.pth"),
+    "osnet_x1_0": ("reid.models.osnet", "torchreid osnet_x1_0_imagenet.pth"),
+    "hrnet_w18_small": ("reid.models.hrnet", "HRNet-Image-Classification hrnet_w18_small_model_v2.pth"),
+    "deit_small": ("reid.models.vit", "timm deit_small_patch16_224 state dict"),
 }
+
+
+def build_classifier(arch: str, num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+    """The image classifier of `arch` whose state dict (`official_state`) has the official file's names."""
+    import importlib
+
+    return importlib.import_module(ARCHS[arch][0]).imagenet_classifier(arch, num_classes, tuple(input_size))
 
 
 def official_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -218,9 +148,9 @@ def _pretrain(arch: str, index: str | Path, root: str | Path, out: str | Path,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0, worker_init_fn=worker_init)
     if len(loader) == 0:
         raise ValueError(f"{index}: {len(data)} train images, fewer than one batch of {cfg.batch_size}")
-    build, official = ARCHS[arch]
+    official = ARCHS[arch][1]
     device = torch.device(resolve_device(cfg.device))
-    model = build(classes, cfg.input_size).to(device)
+    model = build_classifier(arch, classes, cfg.input_size).to(device)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay,

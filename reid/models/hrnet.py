@@ -417,3 +417,39 @@ def hrnet_tiny(**kwargs) -> HRNet:
 def hrnet_w32_reid_features(x: Tensor, model: HRNet) -> Tensor:
     """Convenience: the 480-channel 1/4-resolution concatenated feature map of a (W32) HRNet for input x."""
     return upsample_concat(model.forward_features(x))
+
+
+# --- the pretrain stage's ImageNet classifier (reid/engine/pretrain.py) -------------------------------------
+
+
+class HRNetClassifier(nn.Module):
+    """HRNet trunk with the ImageNet classifier's incre_modules; each branch pooled, concatenated, classified.
+
+    The official head goes on through downsamp_modules and a 2048-channel final_layer; ISP never loads those
+    (it reads the trunk and incre_modules), so a linear layer on the pooled incre features stands in for them.
+    """
+
+    def __init__(self, topology: dict[str, Any], num_classes: int) -> None:
+        super().__init__()
+        self.net = HRNetFeatureMap(**topology, incre_modules=True)
+        self.classifier = nn.Linear(self.net.out_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [m(f) for m, f in zip(self.net.incre_modules, self.net.body.forward_features(x))]
+        return self.classifier(torch.cat([F.adaptive_avg_pool2d(f, 1).flatten(1) for f in feats], dim=1))
+
+    def official_state(self) -> dict[str, torch.Tensor]:
+        """HRNet-Image-Classification names: trunk keys at top level, incre_modules.*, classifier.*."""
+        state = {k.removeprefix("net.body."): v for k, v in self.state_dict().items() if k.startswith("net.body.")}
+        state = {k: v for k, v in state.items() if not k.startswith("final_layer")}  # the pose head: not ImageNet's
+        state.update({k.removeprefix("net."): v for k, v in self.state_dict().items() if k.startswith("net.incre")})
+        state.update({k: v for k, v in self.state_dict().items() if k.startswith("classifier.")})
+        return state
+
+
+def imagenet_classifier(arch: str, num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+    """`hrnet_w18_small`'s image classifier in HRNet-Image-Classification's layout (the pretrain stage)."""
+    topologies = {"hrnet_w18_small": HRNET_W18_SMALL}
+    if arch not in topologies:
+        raise KeyError(f"no HRNet ImageNet classifier {arch!r} (known: {', '.join(topologies)})")
+    return HRNetClassifier(topologies[arch], num_classes)

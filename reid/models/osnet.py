@@ -189,3 +189,8 @@ def osnet_width(width: str, weights: str | Path | None = None, num_classes: int 
 def osnet_tiny(num_classes: int = 10) -> OSNet:
     """A narrow OSNet (x0.25 widths) with the same layout, for fast CPU tests; never loads weights."""
     return OSNet(num_classes=num_classes, channels=(16, 64, 96, 128), feature_dim=128)
+
+
+def imagenet_classifier(arch: str, num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+    """`osnet_<width>`'s image classifier with torchreid's names, logits in training (the pretrain stage)."""
+    return osnet_width(arch.removeprefix("osnet_"), weights=None, num_classes=num_classes)

@@ -101,3 +101,8 @@ class ResNet50Backbone(ResNetBackbone):
 
     def __init__(self, last_stride: int = 1, weights: str | Path | None = None) -> None:
         super().__init__(50, last_stride, weights)
+
+
+def imagenet_classifier(arch: str, num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+    """`resnet<depth>`'s image classifier with torchvision's names, conv1 ... fc (the pretrain stage)."""
+    return RESNETS[int(arch.removeprefix("resnet"))](weights=None, num_classes=num_classes)

@@ -487,3 +487,26 @@ def build_vit(
     else:
         load_pretrained(model, weights, arch)  # random by choice (logged) or not chosen (the loud warning)
     return model
+
+
+# --- the pretrain stage's ImageNet classifier (reid/engine/pretrain.py) -------------------------------------
+
+
+class ViTClassifier(nn.Module):
+    """ViT/DeiT trunk (class token) + `head`, timm's names."""
+
+    def __init__(self, arch: str, img_size: tuple[int, int], num_classes: int) -> None:
+        super().__init__()
+        self.vit = VisionTransformer(img_size=tuple(img_size), patch_size=16, stride=16, **ARCHS[arch])
+        self.head = nn.Linear(self.vit.embed_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.vit(x))
+
+    def official_state(self) -> dict[str, torch.Tensor]:
+        return {k.removeprefix("vit."): v for k, v in self.state_dict().items()}
+
+
+def imagenet_classifier(arch: str, num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+    """A DeiT/ViT image classifier with timm's names (the pretrain stage)."""
+    return ViTClassifier(arch, input_size, num_classes)

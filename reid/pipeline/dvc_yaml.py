@@ -214,7 +214,9 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         deps = pretrain_deps(cfg)
         cmd = (f"python -m reid pipeline pretrain --dataset {ds} --arch {arch} --params params.yaml "
                f"--index {deps['index']} --out {path}")
-        add(Stage(f"pretrain-{arch}", cmd, code_deps("pretrain") + sorted(set(deps.values())),
+        from reid.engine.pretrain import ARCHS
+
+        add(Stage(f"pretrain-{arch}", cmd, code_deps("pretrain", (ARCHS[arch][0],)) + sorted(set(deps.values())),
                   [path, path.removesuffix(".pth") + ".json"], keys))
 
     def need_model(ds: str, run: str) -> None:
