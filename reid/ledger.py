@@ -21,8 +21,8 @@ A row is **current** when its fingerprint equals the one computed now from the w
 params.yaml, except for `synth-<world>` stages whose code now renders the world with the very digest the row was
 trained on (`ledger/worlds/<world>.json` records what each renderer fingerprint rendered: DVC's rule for a rerun
 stage whose output is unchanged); **stale** otherwise (`python -m reid ledger status` names the stages that
-changed). The claims
-rule reads a current ledger row instead of building it, and builds (then records) the others.
+changed). The claims rule reads a current ledger row instead of building it, and builds (then records) the
+others.
 """
 
 from __future__ import annotations
@@ -309,8 +309,11 @@ WORLDS = "worlds"  # ledger/worlds/<world>.json: the digest each renderer finger
 
 def world_records(ledger: str | Path = LEDGER) -> dict[str, list[dict[str, Any]]]:
     """world -> its records: {"stage": the synth stage's fingerprint, "digest": world_digest of what it rendered}."""
+    from reid.serialization import read_json
+
     folder = Path(ledger) / WORLDS
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    return ({p.stem: read_json(p, "ledger world record") for p in sorted(folder.glob("*.json"))}
+            if folder.is_dir() else {})
 
 
 def same_world(records: Mapping[str, list[dict[str, Any]]], stage: str, now: Any,
@@ -356,8 +359,10 @@ def record_world(cfg: Mapping[str, Any], world: str, ledger: str | Path = LEDGER
 
 def add_world_entry(ledger: str | Path, world: str, stage: Mapping[str, Any], digest: Mapping[str, Any]) -> None:
     """Append {stage, digest} to ledger/worlds/<world>.json unless it is there already."""
+    from reid.serialization import read_json
+
     path = Path(ledger) / WORLDS / f"{world}.json"
-    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries = read_json(path, "ledger world record") if path.is_file() else []
     if not any(e["stage"] == stage and e["digest"] == digest for e in entries):
         path.parent.mkdir(parents=True, exist_ok=True)
         entries.append({"stage": stage, "digest": digest, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -431,8 +436,6 @@ def rerender_worlds(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, An
     """Re-render the worlds whose synth stage alone makes rows stale, and record what they render now
     (`record_world`): rows whose world came out with the digest they were trained on are current again, without
     training. Returns the worlds re-rendered."""
-    from reid.pipeline.layout import data_dir
-
     worlds = sorted({st.removeprefix("synth-") for v in states.values() if v["state"] == "stale"
                      and all(c.startswith("synth-") for c in v["changed"]) for c in v["changed"]})
     for world in worlds:
