@@ -197,7 +197,8 @@ def test_the_claims_table_needs_both_inits_and_the_probes_of_trained_rows(tmp_pa
         assert f"results/synthocc/pgfl_kd--test_P{init}--s2/per_query.csv" in claims["input"]
         assert f"results/synthocc/pgfl_kd--test_P{init}--s2/probe.json" not in claims["input"]  # eval-only row
         # a control's own baseline row (ISP) and an oracle control's probe (SUREID)
-        assert f"results/synthocc/isp--extra_info_wo_arm{init}--s2/per_query.csv" in claims["input"]
+        assert f"results/synthocc/isp--extra_info_oracle_wo_arm{init}--s2/per_query.csv" in claims["input"]
+        assert f"results/synthocc/sureid--noda_test_pool{init}--s2/per_query.csv" in claims["input"]  # NODA's bound
         assert f"results/synthocc/sureid--oracle_hts{init}--s2/probe.json" in claims["input"]
     assert {"models/pretrain/resnet18.pth", "models/pretrain/hrnet_w18_small.pth",
             "models/pretrain/deit_small.pth"} <= outputs
