@@ -327,21 +327,12 @@ def same_world(records: Mapping[str, list[dict[str, Any]]], stage: str, now: Any
     return any(r["stage"] == now and r["digest"] == recorded_worlds.get(world) for r in records.get(world, []))
 
 
-def synth_stage(cfg: Mapping[str, Any], world: str) -> Any:
-    """The DVC synth stage of a world (its code and params keys, as `stages_for` lays it out)."""
-    from reid.pipeline import params as C
-    from reid.pipeline.dvc_yaml import Stage, code_deps
-    from reid.pipeline.layout import data_dir
-
-    _, keys = C.stage_synth(cfg, world)
-    return Stage(f"synth-{world}", "", code_deps("synth"), [data_dir(world)], keys)
-
-
 def record_world(cfg: Mapping[str, Any], world: str, ledger: str | Path = LEDGER, root: str | Path = ".",
                  folder: str | Path | None = None) -> dict:
     """Add (once) the digest of a world rendered by the code checked out now (`folder`: a fresh render, by
     default the world on disk, refused if older than its code) under its synth stage's fingerprint, to
     ledger/worlds/<world>.json."""
+    from reid.pipeline.dvc_yaml import synth_stage
     from reid.pipeline.layout import data_dir
 
     root = Path(root)

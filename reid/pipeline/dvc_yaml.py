@@ -145,6 +145,12 @@ def _pipeline_cmd(stage: str, ds: str, out: str, extra: str = "") -> str:
     return " ".join(part for part in (base, extra, f"--out {out}") if part)
 
 
+def synth_stage(cfg: Mapping[str, Any], ds: str) -> Stage:
+    """The stage that renders synthetic world `ds` (also what the ledger's world records are keyed by)."""
+    _, keys = C.stage_synth(cfg, ds)
+    return Stage(f"synth-{ds}", _pipeline_cmd("synth", ds, data_dir(ds)), code_deps("synth"), [data_dir(ds)], keys)
+
+
 def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ()) -> dict[str, Stage]:
     """Every stage needed to build results/<ds>/<run>/metrics.json for each '<ds>/<run>' in `runs`, and
     models/<ds>/<run>/onnx/ for each in `exports`."""
@@ -155,9 +161,7 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
 
     def need_index(ds: str) -> None:
         if is_generated(cfg, ds):
-            _, keys = C.stage_synth(cfg, ds)
-            add(Stage(f"synth-{ds}", _pipeline_cmd("synth", ds, data_dir(ds)), code_deps("synth"), [data_dir(ds)],
-                      keys))
+            add(synth_stage(cfg, ds))
         _, keys = C.stage_index(cfg, ds)
         deps = list(index_deps(cfg, ds).values())
         if not is_generated(cfg, ds):
