@@ -250,13 +250,13 @@ class World:
         for j in range(N_OCCLUDERS):
             kind = OCCLUDER_KINDS[j % len(OCCLUDER_KINDS)]
             self.occluders.append((kind, make_occluder(kind, _rng(seed, world, _S_OCC, j))))
-        # Disjoint sprite pools: training images (and NODA, which reads <root>/occluders/) never see the objects
-        # that occlude the test images (written to <root>/occluders_test/ for reference only).
         # Other pedestrians (synthocc, Occluded-Duke's commonest occluder): bystanders of their own identities and
         # outfits, cut out of a rendered view; they carry person-like colours into whatever a feature pools.
         if self.pedestrian_share > 0:
             for j in range(N_PEDESTRIANS):
                 self.occluders.append(("pedestrian", self._pedestrian_sprite(j)))
+        # Disjoint pools: training images (and NODA, which reads <root>/occluders/) never see the objects or the
+        # pedestrians that occlude the test images (written to <root>/occluders_test/ for reference only).
         self.occluder_pools = {split: [j for j in range(N_OCCLUDERS) if occluder_split(j) == split]
                                for split in ("train", "test")}
         self.pedestrian_pools = {split: [N_OCCLUDERS + j for j in range(N_PEDESTRIANS) if occluder_split(j) == split]
