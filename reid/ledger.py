@@ -15,14 +15,15 @@ Layout (`ledger/<dataset>/<run>/`, the same names as `results/<dataset>/<run>/`)
 - `environment`: commit (and whether the code, workflow or params.yaml had uncommitted changes), CPU model and
   count, Python and library versions; `embed_dtype` (metrics.json's), `train_seconds` (the sum of train_log.csv's
   epochs).
-- `worlds`: the digest of each synthetic world the row was trained and evaluated on (`world_digest`).
+- `worlds`, `pretrained`: the digest of each synthetic world the row was trained and evaluated on
+  (`world_digest`) and of each pretrain stand-in it started from (the weights file's md5).
 
 A row is **current** when its fingerprint equals the one computed now from the working tree's code and
-params.yaml, except for `synth-<world>` stages whose code now renders the world with the very digest the row was
-trained on (`ledger/worlds/<world>.json` records what each renderer fingerprint rendered: DVC's rule for a rerun
-stage whose output is unchanged); **stale** otherwise (`python -m reid ledger status` names the stages that
-changed). The claims rule reads a current ledger row instead of building it, and builds (then records) the
-others.
+params.yaml, except for the stages compared by content (`CONTENT_STAGES`: `synth-<world>`, `pretrain-<arch>`)
+whose code now makes the very output the row was built on (`ledger/worlds/<world>.json`,
+`ledger/pretrain/<arch>.json` record what each fingerprint of the stage made: DVC's rule for a rerun stage whose
+output is unchanged); **stale** otherwise (`python -m reid ledger status` names the stages that changed). The
+claims rule reads a current ledger row instead of building it, and builds (then records) the others.
 """
 
 from __future__ import annotations
@@ -135,9 +136,47 @@ def world_digest(folder: str | Path) -> dict[str, Any]:
     return {"files": len(files), "md5": hashlib.md5(lines.encode()).hexdigest()}
 
 
-def worlds_of(fingerprint_: Mapping[str, Any]) -> list[str]:
-    """The synthetic worlds (datasets with a `synth-<ds>` stage) a row's fingerprint depends on."""
-    return sorted(name.removeprefix("synth-") for name in fingerprint_ if name.startswith("synth-"))
+# Stages whose output is data compared by content, as DVC compares a stage's outputs: an edit to their code that
+# leaves the output's bytes alone (a renderer edit for another world, a pretrain edit adding another backbone)
+# does not make the rows built on it stale once a re-run has shown it. Stage-name prefix -> (the ledger folder of
+# the records of what each fingerprint of the stage made, the provenance field of the digests a row was built on).
+CONTENT_STAGES: dict[str, tuple[str, str]] = {"synth-": ("worlds", "worlds"), "pretrain-": ("pretrain", "pretrained")}
+
+
+def _content_kind(stage: str) -> tuple[str, str, str] | None:
+    """(prefix, records folder, provenance field) of a stage compared by content; None for any other stage."""
+    return next(((prefix, *v) for prefix, v in CONTENT_STAGES.items() if stage.startswith(prefix)), None)
+
+
+def content_output(stage: str) -> str:
+    """The output a content stage's digest covers: the world's folder, or the backbone's weights file (not its
+    summary .json, which holds wall times)."""
+    from reid.pipeline.layout import data_dir, pretrain_path
+
+    if stage.startswith("synth-"):
+        return data_dir(stage.removeprefix("synth-"))
+    if stage.startswith("pretrain-"):
+        return pretrain_path(stage.removeprefix("pretrain-"))
+    raise ValueError(f"{stage}: not a stage compared by content ({', '.join(CONTENT_STAGES)})")
+
+
+def output_digest(path: str | Path) -> dict[str, Any]:
+    """What DVC hashes for an output: a directory's `world_digest`, a file's md5."""
+    path = Path(path)
+    return world_digest(path) if path.is_dir() else {"files": 1, "md5": _md5(path)}
+
+
+def built_on(prov: Mapping[str, Any]) -> dict[str, Any]:
+    """content stage -> the digest of its output the row was built on (its provenance's `worlds`, `pretrained`)."""
+    return {prefix + name: digest for prefix, (_, field) in CONTENT_STAGES.items()
+            for name, digest in prov.get(field, {}).items()}
+
+
+def _older_than_code(path: Path, code: Sequence[str], root: Path) -> bool:
+    """Whether an output exists and was made before the newest of its stage's code files was last written."""
+    built = _built_at(path)
+    newest = max((os.stat(root / f).st_mtime for f in code if (root / f).is_file()), default=0.0)
+    return built is not None and built < newest
 
 
 def _built_at(path: Path) -> float | None:
@@ -156,8 +195,9 @@ def code_stale_outputs(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str]
     to the code it still calls a trained model or a rendered world up to date, and recording that row would file
     old-code evidence under the new code's fingerprint. DVC hashes those modules (dvc.yaml lists them) and would
     redo these stages; `ledger build` forces exactly these outputs (`--forcerun`) and the claims rule refuses
-    rows that have them. A world older than its renderer is not stale when the renderer now renders exactly its
-    bytes (`ledger/worlds`, `rerender_worlds`): it is then what a rerun would make."""
+    rows that have them. A world (or pretrain stand-in) older than its code is not stale when that code is recorded
+    to make exactly its bytes (`ledger/worlds`, `ledger/pretrain`, `rerun_content_stages`): it is then what a rerun
+    would make."""
     from reid.pipeline import params as C
     from reid.pipeline.dvc_yaml import stages_for
     from reid.pipeline.layout import probe_path
@@ -167,26 +207,21 @@ def code_stale_outputs(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str]
     checks = [(st.outs + st.metrics, st.code, st) for st in stages]
     checks += [([probe_path(dataset, run)], list(probe_code(C.stage_method_modules(cfg, run))), None)
                for run in runs if has_probe(run)]
-    records = world_records(ledger)
+    records = output_records(ledger)
     stale = []
     for outs, code, stage in checks:
-        newest = max((os.stat(root / f).st_mtime for f in code if (root / f).is_file()), default=0.0)
-        for out in outs:
-            built = _built_at(root / out)
-            if built is None or built >= newest:
-                continue
-            if stage is not None and stage.name.startswith("synth-") and _renders_to(
-                    records, stage.name.removeprefix("synth-"), stage_digest(stage, cfg, root), root / out):
-                continue
-            stale.append(out)
+        old = [out for out in outs if _older_than_code(root / out, code, root)]
+        if old and stage is not None and _content_kind(stage.name) and _remade_as(
+                records, stage.name, stage_digest(stage, cfg, root), root / content_output(stage.name)):
+            continue  # the code now makes these very bytes: what a rerun would make (its other outputs too)
+        stale += old
     return sorted(set(stale))
 
 
-def _renders_to(records: Mapping[str, list[dict[str, Any]]], world: str, stage: Mapping[str, Any],
-                folder: Path) -> bool:
-    """Whether the synth stage's code now (`stage`) is recorded to render the very bytes of the world in `folder`."""
-    entries = [r for r in records.get(world, []) if r["stage"] == stage]
-    return bool(entries) and any(r["digest"] == world_digest(folder) for r in entries)
+def _remade_as(records: Mapping[str, list[dict[str, Any]]], stage: str, now: Mapping[str, Any], out: Path) -> bool:
+    """Whether the content stage's code now (`now`) is recorded to make the very bytes of its output `out`."""
+    entries = [r for r in records.get(stage, []) if r["stage"] == now]
+    return bool(entries) and out.exists() and any(r["digest"] == output_digest(out) for r in entries)
 
 
 def changed_stages(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -251,7 +286,7 @@ def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path =
     """Copy one evaluated row's small files into the ledger with its provenance; returns the ledger folder.
     Call it right after the row was built, with the code that built it (the claims rule does)."""
     from reid.pipeline import params as C
-    from reid.pipeline.layout import data_dir, train_log_path
+    from reid.pipeline.layout import train_log_path
 
     src = Path(results) / dataset / run
     missing = [f for f in ("metrics.json", "per_query.csv") if not (src / f).is_file()]
@@ -272,16 +307,18 @@ def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path =
             train_seconds = round(sum(float(r.get("seconds") or 0) for r in csv.DictReader(f)), 1)
     metrics = json.loads((src / "metrics.json").read_text())
     fp = fingerprint(cfg, dataset, run, root, probe=(src / "probe.json").is_file())
-    worlds = {ds: world_digest(Path(root) / data_dir(ds)) for ds in worlds_of(fp)
-              if (Path(root) / data_dir(ds)).is_dir()}
-    prov = {"schema": SCHEMA, "dataset": dataset, "run": run, "fingerprint": fp, "worlds": worlds,
+    used = {stage: output_digest(Path(root) / content_output(stage)) for stage in fp
+            if _content_kind(stage) and (Path(root) / content_output(stage)).exists()}
+    prov = {"schema": SCHEMA, "dataset": dataset, "run": run, "fingerprint": fp,
+            **{field: {stage.removeprefix(prefix): d for stage, d in used.items() if stage.startswith(prefix)}
+               for prefix, (_, field) in CONTENT_STAGES.items()},
             "environment": environment(root), "embed_dtype": metrics.get("embed_dtype"),
             "train_seconds": train_seconds, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
     shutil.rmtree(dst, ignore_errors=True)
     tmp.replace(dst)
-    for ds, digest in worlds.items():  # the world this row used, rendered by the code its fingerprint names
-        add_world_entry(ledger, ds, fp[f"synth-{ds}"], digest)
+    for stage, digest in used.items():  # the world / backbone this row used, made by the code its fingerprint names
+        add_output_entry(ledger, stage, fp[stage], digest)
     return dst
 
 
@@ -291,69 +328,76 @@ def status(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], ledger: st
     recorded = {run: read_provenance(row_dir(dataset, run, ledger)) for run in runs
                 if (row_dir(dataset, run, ledger) / PROVENANCE).is_file()}
     now = fingerprints(cfg, dataset, {run: "probe" in prov["fingerprint"] for run, prov in recorded.items()}, root)
-    worlds = world_records(ledger)
+    records = output_records(ledger)
     out: dict[str, dict[str, Any]] = {}
     for run in runs:
         if run not in recorded:
-            out[run] = {"state": "missing", "changed": [], "same_world": []}
+            out[run] = {"state": "missing", "changed": [], "same_output": []}
             continue
         changed = changed_stages(recorded[run]["fingerprint"], now[run])
-        same = [st for st in changed if same_world(worlds, st, now[run].get(st), recorded[run].get("worlds", {}))]
+        same = [st for st in changed if same_output(records, st, now[run].get(st), built_on(recorded[run]))]
         changed = [st for st in changed if st not in same]
-        out[run] = {"state": "stale" if changed else "current", "changed": changed, "same_world": same}
+        out[run] = {"state": "stale" if changed else "current", "changed": changed, "same_output": same}
     return out
 
 
-WORLDS = "worlds"  # ledger/worlds/<world>.json: the digest each renderer fingerprint gave the world
-
-
-def world_records(ledger: str | Path = LEDGER) -> dict[str, list[dict[str, Any]]]:
-    """world -> its records: {"stage": the synth stage's fingerprint, "digest": world_digest of what it rendered}."""
+def output_records(ledger: str | Path = LEDGER) -> dict[str, list[dict[str, Any]]]:
+    """content stage -> its records: {"stage": the stage's fingerprint, "digest": `output_digest` of what it made}
+    (ledger/worlds/<world>.json, ledger/pretrain/<arch>.json)."""
     from reid.serialization import read_json
 
-    folder = Path(ledger) / WORLDS
-    return ({p.stem: read_json(p, "ledger world record") for p in sorted(folder.glob("*.json"))}
-            if folder.is_dir() else {})
+    out: dict[str, list[dict[str, Any]]] = {}
+    for prefix, (folder, _) in CONTENT_STAGES.items():
+        for p in sorted((Path(ledger) / folder).glob("*.json")):
+            out[prefix + p.stem] = read_json(p, "ledger output record")
+    return out
 
 
-def same_world(records: Mapping[str, list[dict[str, Any]]], stage: str, now: Any,
-               recorded_worlds: Mapping[str, Any]) -> bool:
-    """Whether a changed `synth-<world>` stage leaves a row current: the code it runs now rendered the world with
-    the very digest the row was trained on (DVC's rule: a rerun stage whose output hash is unchanged does not
-    make the stages after it stale). So a renderer edit for one world keeps the other world's rows."""
-    if not stage.startswith("synth-") or now is None:
+def same_output(records: Mapping[str, list[dict[str, Any]]], stage: str, now: Any, used: Mapping[str, Any]) -> bool:
+    """Whether a changed content stage leaves a row current: the code it runs now made its output with the very
+    digest the row was built on (`used`, `built_on`). DVC's rule: a rerun stage whose output hash is unchanged
+    does not make the stages after it stale; so a renderer edit for one world keeps the other world's rows."""
+    if not _content_kind(stage) or now is None:
         return False
-    world = stage.removeprefix("synth-")
-    return any(r["stage"] == now and r["digest"] == recorded_worlds.get(world) for r in records.get(world, []))
+    return any(r["stage"] == now and r["digest"] == used.get(stage) for r in records.get(stage, []))
 
 
-def record_world(cfg: Mapping[str, Any], world: str, ledger: str | Path = LEDGER, root: str | Path = ".",
-                 folder: str | Path | None = None) -> dict:
-    """Add (once) the digest of a world rendered by the code checked out now (`folder`: a fresh render, by
-    default the world on disk, refused if older than its code) under its synth stage's fingerprint, to
-    ledger/worlds/<world>.json."""
-    from reid.pipeline.dvc_yaml import synth_stage
-    from reid.pipeline.layout import data_dir
+def content_stage(cfg: Mapping[str, Any], name: str) -> Any:
+    """The Stage named `name` (`synth-<world>` or `pretrain-<arch>`), laid out as the DAG lays it out."""
+    from reid.pipeline.dvc_yaml import pretrain_stage, synth_stage
 
+    if name.startswith("synth-"):
+        return synth_stage(cfg, name.removeprefix("synth-"))
+    if name.startswith("pretrain-"):
+        return pretrain_stage(cfg, name.removeprefix("pretrain-"))
+    raise ValueError(f"{name}: not a stage compared by content ({', '.join(CONTENT_STAGES)})")
+
+
+def record_output(cfg: Mapping[str, Any], name: str, ledger: str | Path = LEDGER, root: str | Path = ".",
+                  made: str | Path | None = None) -> dict:
+    """Add (once) the digest of what content stage `name` makes with the code checked out now (`made`: a fresh
+    re-run's output; by default the output on disk, refused if older than its code) under the stage's fingerprint."""
     root = Path(root)
-    stage = synth_stage(cfg, world)
-    if folder is None:
-        folder = root / data_dir(world)
-        built, newest = _built_at(folder), max((os.stat(root / f).st_mtime for f in stage.code), default=0.0)
-        if built is None or built < newest:
-            raise RuntimeError(f"{folder}: {'absent' if built is None else 'older than its renderer code'}; "
-                               f"render it first (`snakemake --cores 2 --forcerun synth -- {data_dir(world)}`)")
-    entry = {"stage": stage_digest(stage, cfg, root), "digest": world_digest(folder)}
-    add_world_entry(ledger, world, entry["stage"], entry["digest"])
+    stage = content_stage(cfg, name)
+    if made is None:
+        made = root / content_output(name)
+        if _built_at(made) is None or _older_than_code(made, stage.code, root):
+            raise RuntimeError(f"{made}: {'absent' if _built_at(made) is None else 'older than its stage code'}; "
+                               f"make it first (`snakemake --cores 2 --forcerun -- {content_output(name)}`)")
+    entry = {"stage": stage_digest(stage, cfg, root), "digest": output_digest(made)}
+    add_output_entry(ledger, name, entry["stage"], entry["digest"])
     return entry
 
 
-def add_world_entry(ledger: str | Path, world: str, stage: Mapping[str, Any], digest: Mapping[str, Any]) -> None:
-    """Append {stage, digest} to ledger/worlds/<world>.json unless it is there already."""
+def add_output_entry(ledger: str | Path, name: str, stage: Mapping[str, Any], digest: Mapping[str, Any]) -> None:
+    """Append {stage, digest} to the content stage's record file unless it is there already."""
     from reid.serialization import read_json
 
-    path = Path(ledger) / WORLDS / f"{world}.json"
-    entries = read_json(path, "ledger world record") if path.is_file() else []
+    prefix, folder, _ = _content_kind(name) or (None, None, None)
+    if prefix is None:
+        raise ValueError(f"{name}: not a stage compared by content ({', '.join(CONTENT_STAGES)})")
+    path = Path(ledger) / folder / f"{name.removeprefix(prefix)}.json"
+    entries = read_json(path, "ledger output record") if path.is_file() else []
     if not any(e["stage"] == stage and e["digest"] == digest for e in entries):
         path.parent.mkdir(parents=True, exist_ok=True)
         entries.append({"stage": stage, "digest": digest, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -422,35 +466,44 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
     return out
 
 
-def rerender_worlds(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]], params: str = "params.yaml",
-                    ledger: str | Path = LEDGER) -> list[str]:
-    """Re-render the worlds whose synth stage alone makes rows stale, and record what they render now
-    (`record_world`): rows whose world came out with the digest they were trained on are current again, without
-    training. Returns the worlds re-rendered."""
-    worlds = sorted({st.removeprefix("synth-") for v in states.values() if v["state"] == "stale"
-                     and all(c.startswith("synth-") for c in v["changed"]) for c in v["changed"]})
-    for world in worlds:
-        rerender_world(cfg, world, params, ledger)
-    return worlds
+def rerun_content_stages(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]],
+                         params: str = "params.yaml", ledger: str | Path = LEDGER) -> list[str]:
+    """Re-run the content stages (worlds, pretrain stand-ins) that alone make rows stale, and record what they make
+    now (`record_output`): rows whose input came out with the digest they were built on are current again,
+    without training. Returns the stages re-run."""
+    stages = sorted({c for v in states.values() if v["state"] == "stale"
+                     and all(_content_kind(c) for c in v["changed"]) for c in v["changed"]})
+    for name in stages:
+        rerun_content_stage(cfg, name, params, ledger)
+    return stages
 
 
-def rerender_world(cfg: Mapping[str, Any], world: str, params: str = "params.yaml",
-                   ledger: str | Path = LEDGER) -> dict[str, Any]:
-    """Render `world` with the code checked out now into a folder beside it and record the digest it gets
-    (`record_world`). The world on disk stays as it is: replacing it would make Snakemake redo, by time,
-    everything built on it even when the bytes come out the same."""
-    from reid.pipeline.layout import data_dir
+def rerun_content_stage(cfg: Mapping[str, Any], name: str, params: str = "params.yaml",
+                        ledger: str | Path = LEDGER) -> dict[str, Any]:
+    """Run content stage `name`'s own command with the code checked out now, its output redirected beside the one
+    on disk, and record the digest it gets (`record_output`). The output on disk stays as it is: replacing it
+    would make Snakemake redo, by time, everything built on it even when the bytes come out the same."""
+    import shlex
 
-    fresh = Path(data_dir(world)).with_name(f".{world}.rerender")
-    shutil.rmtree(fresh, ignore_errors=True)
-    print(f"ledger: rendering {world} with the code checked out now into {fresh}", flush=True)
-    subprocess.run([sys.executable, "-m", "reid", "pipeline", "synth", "--dataset", world, "--params", params,
-                    "--out", str(fresh)], check=True)
-    entry = record_world(cfg, world, ledger, folder=fresh)
-    shutil.rmtree(fresh, ignore_errors=True)
-    on_disk = Path(data_dir(world))
-    same = on_disk.is_dir() and world_digest(on_disk) == entry["digest"]
-    print(f"ledger: {world} renders to {entry['digest']['md5']} ({entry['digest']['files']} files): "
+    stage = content_stage(cfg, name)
+    on_disk = Path(content_output(name))
+    # a world into a folder beside it; a file under its own name in a folder beside it (torch.save names the
+    # archive inside a .pth after the file, so another name would be other bytes for the same tensors)
+    side = on_disk.with_name(f".{on_disk.name}.rerun") if on_disk.suffix else None
+    fresh = side / on_disk.name if side else on_disk.with_name(f".{on_disk.name}.rerun")
+    shutil.rmtree(side or fresh, ignore_errors=True)
+    argv = shlex.split(stage.cmd)
+    if argv[:1] != ["python"] or "--out" not in argv or "--params" not in argv:
+        raise ValueError(f"{name}: cannot redirect the output of {stage.cmd!r}")
+    argv[0] = sys.executable
+    argv[argv.index("--out") + 1] = str(fresh)
+    argv[argv.index("--params") + 1] = params
+    print(f"ledger: re-running {name} with the code checked out now into {fresh}", flush=True)
+    subprocess.run(argv, check=True)
+    entry = record_output(cfg, name, ledger, made=fresh)
+    shutil.rmtree(side or fresh, ignore_errors=True)
+    same = on_disk.exists() and output_digest(on_disk) == entry["digest"]
+    print(f"ledger: {name} makes {entry['digest']['md5']} ({entry['digest']['files']} files): "
           f"{'the same bytes as' if same else 'not the bytes of'} {on_disk}", flush=True)
     return entry
 
@@ -581,7 +634,7 @@ def assembled(cfg: Mapping[str, Any], ledger: str | Path = LEDGER) -> dict[str, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("status", "build", "record", "verify", "assemble", "readme", "worlds"),
+    p.add_argument("action", choices=("status", "build", "record", "verify", "assemble", "readme", "rerun-inputs"),
                    help="status: each claims row's ledger state (current / stale: which stages changed / missing); "
                         "build: build the stale and missing rows (or --runs) one at a time, seed by seed, and "
                         "record each as it finishes; "
@@ -589,8 +642,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "verify: re-run ledger rows here (--runs, or --sample N of them) and report agreement; "
                         "assemble: the verdicts of every claim whose rows are current, from the ledger alone, into "
                         "ledger/<dataset>/claims.json and .md; readme: the README's claims table from those files; "
-                        "worlds: render the synthetic worlds the dataset's rows use with today's code and record "
-                        "their digests (after a renderer edit: rows whose world comes out the same stay current)")
+                        "rerun-inputs: re-run, beside the ones on disk, the stages whose outputs are compared by "
+                        "content (the synthetic worlds and pretrain stand-ins the dataset's rows use) with today's "
+                        "code and record their digests (after an edit to their code: rows whose input comes out the "
+                        "same stay current; `build` does this by itself for rows stale by those stages alone)")
     p.add_argument("--dataset", default=None,
                    help="the dataset whose claims rows to list, record, verify or assemble (readme: every one)")
     p.add_argument("--readme", default="README.md", help="readme: the file whose claims table to rewrite")
@@ -630,9 +685,11 @@ def main(args: argparse.Namespace) -> int:
               f"current rows, {len(content['pending'])} pending")
         return 0
     runs = args.runs if args.runs is not None else claims_runs(cfg, args.dataset)
-    if args.action == "worlds":
-        for world in worlds_of(fingerprints(cfg, args.dataset, {run: False for run in runs[:1]})[runs[0]]):
-            rerender_world(cfg, world, args.params, args.ledger)
+    if args.action == "rerun-inputs":
+        stages = sorted({st for fp in fingerprints(cfg, args.dataset, {run: False for run in runs}).values()
+                         for st in fp if _content_kind(st)})
+        for name in stages:
+            rerun_content_stage(cfg, name, args.params, args.ledger)
         return 0
     if args.action == "record":
         done = 0
@@ -646,7 +703,7 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "build":
         if args.runs is None:
             states = status(cfg, args.dataset, runs, args.ledger)
-            if rerender_worlds(cfg, states, args.params, args.ledger):
+            if rerun_content_stages(cfg, states, args.params, args.ledger):
                 states = status(cfg, args.dataset, runs, args.ledger)
             runs = [run for run, st in states.items() if st["state"] != "current"]
         runs = seed_major(runs)
@@ -681,7 +738,7 @@ def main(args: argparse.Namespace) -> int:
     for run, st in states.items():
         print(f"{st['state']:8s} {args.dataset}/{run}" + (f"  (changed: {', '.join(st['changed'])})"
                                                          if st["changed"] else "")
-              + (f"  (re-rendered to the same bytes: {', '.join(st['same_world'])})" if st["same_world"] else ""))
+              + (f"  (re-run to the same bytes: {', '.join(st['same_output'])})" if st["same_output"] else ""))
     counts = {s: sum(1 for v in states.values() if v["state"] == s) for s in ("current", "stale", "missing")}
     print(f"{args.dataset}: {counts['current']} current, {counts['stale']} stale, {counts['missing']} missing "
           f"of {len(states)} rows; `snakemake --cores 2 results/{args.dataset}/claims.md` rebuilds exactly the "

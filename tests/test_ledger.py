@@ -51,8 +51,8 @@ def test_a_recorded_row_is_current_until_a_parameter_it_read_changes(tmp_path: P
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "per_query.csv", "provenance.json",
                                                           "train_log.csv"]
     assert L.status(CFG, "synthcc", ["deskpro", "baseline"], tmp_path / "ledger", root) == {
-        "deskpro": {"state": "current", "changed": [], "same_world": []},
-        "baseline": {"state": "missing", "changed": [], "same_world": []}}
+        "deskpro": {"state": "current", "changed": [], "same_output": []},
+        "baseline": {"state": "missing", "changed": [], "same_output": []}}
 
     changed = copy.deepcopy(CFG)
     changed["alpha"] = 0.9  # DeSKPro's KD weight: its training (and so its evaluation) read it, the teachers do not
@@ -119,14 +119,14 @@ def test_a_renderer_edit_leaves_rows_current_when_their_world_renders_to_the_sam
         f.write("\n# an occluder kind only synthocc draws\n")
     st = L.status(CFG, "synthcc", ["baseline"], ledger, root)["baseline"]
     assert st["state"] == "stale" and st["changed"] == ["synth-synthcc"]
-    with pytest.raises(RuntimeError, match="older than its renderer code"):
-        L.record_world(CFG, "synthcc", ledger, root)
+    with pytest.raises(RuntimeError, match="older than its stage code"):
+        L.record_output(CFG, "synth-synthcc", ledger, root)
     assert "data/synthcc" in L.code_stale_outputs(CFG, "synthcc", ["baseline"], root, ledger)
     fresh = tmp_path / "rerender"  # rendered beside the world by the edited code: the same bytes
     shutil.copytree(world, fresh)
-    L.record_world(CFG, "synthcc", ledger, root, folder=fresh)
+    L.record_output(CFG, "synth-synthcc", ledger, root, made=fresh)
     st = L.status(CFG, "synthcc", ["baseline"], ledger, root)["baseline"]
-    assert st == {"state": "current", "changed": [], "same_world": ["synth-synthcc"]}
+    assert st == {"state": "current", "changed": [], "same_output": ["synth-synthcc"]}
     # the world on disk is what the edited renderer makes, so it is not redone (nor all that was built on it)
     assert "data/synthcc" not in L.code_stale_outputs(CFG, "synthcc", ["baseline"], root, ledger)
 
@@ -134,10 +134,61 @@ def test_a_renderer_edit_leaves_rows_current_when_their_world_renders_to_the_sam
         f.write("\n# a change that moves pixels\n")
     (world / "rgb" / "a.jpg").write_bytes(b"other pixels")
     os.utime(world, None)
-    L.record_world(CFG, "synthcc", ledger, root)
+    L.record_output(CFG, "synth-synthcc", ledger, root)
     st = L.status(CFG, "synthcc", ["baseline"], ledger, root)["baseline"]
     assert st["state"] == "stale" and st["changed"] == ["synth-synthcc"]
     assert len(json.loads((ledger / "worlds" / "synthcc.json").read_text())) == 3
+
+
+def test_a_pretrain_edit_leaves_rows_current_only_when_their_stand_in_is_remade_to_the_same_bytes(
+        tmp_path: Path) -> None:
+    """The same rule for a pretrain stand-in (an edit that adds another backbone to the pretrain stage): the row
+    records the digest of the weights file it started from; it is current again once the edited stage is recorded
+    to make that file, and not when it makes other bytes (or when only another row's file was shown the same)."""
+    root = tmp_path / "tree"
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    weights = root / "models" / "pretrain" / "osnet_x0_25.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"osnet stand-in")
+    ledger, run = tmp_path / "ledger", "deskpro--model1_baseline--pretrained--s0"
+    _fake_row(tmp_path / "results" / "synthcc" / run)
+    folder = L.record(CFG, "synthcc", run, tmp_path / "results", ledger, root=root)
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert prov["pretrained"] == {"osnet_x0_25": {"files": 1, "md5": L.output_digest(weights)["md5"]}}
+    assert L.output_records(ledger)["pretrain-osnet_x0_25"][0]["digest"] == prov["pretrained"]["osnet_x0_25"]
+
+    with open(root / "reid" / "engine" / "pretrain.py", "a") as f:
+        f.write("\n# another backbone's stand-in\n")
+    st = L.status(CFG, "synthcc", [run], ledger, root)[run]
+    assert st["state"] == "stale" and st["changed"] == ["pretrain-osnet_x0_25"]
+    assert "models/pretrain/osnet_x0_25.pth" in L.code_stale_outputs(CFG, "synthcc", [run], root, ledger)
+    other = tmp_path / "other.pth"  # the edited stage trained to other bytes: the row stays stale
+    other.write_bytes(b"another stand-in")
+    L.record_output(CFG, "pretrain-osnet_x0_25", ledger, root, made=other)
+    assert L.status(CFG, "synthcc", [run], ledger, root)[run]["state"] == "stale"
+    same = tmp_path / "same.pth"
+    same.write_bytes(b"osnet stand-in")
+    L.record_output(CFG, "pretrain-osnet_x0_25", ledger, root, made=same)
+    st = L.status(CFG, "synthcc", [run], ledger, root)[run]
+    assert st == {"state": "current", "changed": [], "same_output": ["pretrain-osnet_x0_25"]}
+    # the stand-in on disk (and its summary .json) is what the edited stage makes: not redone
+    assert not [o for o in L.code_stale_outputs(CFG, "synthcc", [run], root, ledger) if "pretrain" in o]
+
+
+def test_a_content_stage_rerun_runs_the_stage_s_own_command_beside_its_output(tmp_path: Path, monkeypatch) -> None:
+    """`rerun_content_stage` runs the DAG's command for the stage with only --out (and --params) redirected, and
+    leaves the output on disk alone."""
+    calls = []
+    monkeypatch.setattr(L.subprocess, "run", lambda argv, check: calls.append(argv))
+    recorded = {}
+    monkeypatch.setattr(L, "record_output", lambda cfg, name, ledger, made: recorded.setdefault(
+        name, {"stage": {}, "digest": {"files": 1, "md5": str(made)}}))
+    L.rerun_content_stage(CFG, "pretrain-osnet_x0_25", "my.yaml", tmp_path)
+    argv = calls[0]
+    # the file keeps its own name (torch.save writes it into the archive) in a folder beside the one on disk
+    assert argv[0] == sys.executable and argv[argv.index("--out") + 1] == "models/pretrain/.osnet_x0_25.pth.rerun/osnet_x0_25.pth"
+    assert argv[argv.index("--params") + 1] == "my.yaml" and argv[argv.index("--arch") + 1] == "osnet_x0_25"
+    assert argv[1:5] == ["-m", "reid", "pipeline", "pretrain"]
 
 
 def test_claims_read_a_ledger_row_as_they_read_results(tmp_path: Path) -> None:

@@ -421,3 +421,29 @@ def test_the_npkd_control_under_pretrained_reuses_t4_hts_npkds_model() -> None:
     assert D.train_deps(cfg, "synthocc", control) == D.train_deps(cfg, "synthocc", row)
     scratch = "sureid--strong_teacher_npkd--s1", "sureid--t4_hts_npkd--s1"
     assert D.train_deps(cfg, "synthocc", scratch[0]) != D.train_deps(cfg, "synthocc", scratch[1])
+
+
+@pytest.mark.parametrize("world", ["synthcc", "synthocc"])
+def test_the_synthetic_worlds_distil_a_deit_s_teacher_into_a_deit_tiny_student(world: str) -> None:
+    """The paper distils a ViT-B (768-d) into a DeiT-S (384-d); the worlds keep that 2:1 relation at half the width
+    (DeiT-S teacher, DeiT-Tiny student), so NPKD's interpolation really resizes the teacher feature (Table VI's
+    comparison is not identity vs a learned map), both inits start from their own stand-in, and the interpolated
+    teacher feature is the average of neighbour channel pairs."""
+    from reid.models.vit import ARCHS as VIT
+
+    cfg = C.load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    student = C.stage_train(cfg, world, "sureid--pretrained--s0")[0]["method_params"]
+    teacher = C.stage_train(cfg, world, "sureid_teacher--pretrained")[0]["method_params"]
+    assert student["arch"] == "deit_tiny" and teacher["arch"] == "deit_small"
+    assert student["teacher_dim"] == VIT["deit_small"]["embed_dim"] == 2 * VIT["deit_tiny"]["embed_dim"]
+    assert student["deit_tiny_weights"] == "models/pretrain/deit_tiny.pth"
+    assert teacher["deit_small_weights"] == "models/pretrain/deit_small.pth"
+    assert C.stage_train(cfg, world, "sureid--s0")[0]["method_params"]["deit_tiny_weights"] == "random"
+    method = METHODS.get("sureid")(**{**student, "deit_tiny_weights": "random", "occluder_dir": None,
+                                      "noda": False, "img_size": (32, 16)})
+    assert method.backbone_weights() == {"deit_tiny_weights": "deit_tiny"}
+    net = method.build_model(num_classes=5)
+    f_t = torch.arange(384, dtype=torch.float32).repeat(2, 1)
+    f_s, f_t2 = method._feature_pair(net, torch.zeros(2, 192), f_t)
+    assert f_s.shape == f_t2.shape == (2, 192)
+    assert torch.allclose(f_t2[0, :3], torch.tensor([0.5, 2.5, 4.5]))  # (0 + 1) / 2, (2 + 3) / 2, (4 + 5) / 2

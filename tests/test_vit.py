@@ -226,6 +226,7 @@ def test_tiny_forward_backward_train_and_eval(keep_ratio):
 def test_archs_are_timm_sized():
     assert ARCHS["vit_base"] == {"embed_dim": 768, "depth": 12, "num_heads": 12}
     assert ARCHS["deit_small"] == {"embed_dim": 384, "depth": 12, "num_heads": 6}
+    assert ARCHS["deit_tiny"] == {"embed_dim": 192, "depth": 12, "num_heads": 3}
 
 
 # --- ImageNet weights ----------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ ARCHS: dict[str, tuple[str, str]] = {
     "osnet_x1_0": ("reid.models.osnet", "torchreid osnet_x1_0_imagenet.pth"),
     "hrnet_w18_small": ("reid.models.hrnet", "HRNet-Image-Classification hrnet_w18_small_model_v2.pth"),
     "deit_small": ("reid.models.vit", "timm deit_small_patch16_224 state dict"),
+    "deit_tiny": ("reid.models.vit", "timm deit_tiny_patch16_224 state dict"),
 }
 
 

@@ -181,10 +181,11 @@ class _ViTMethod(Method):
     """Shared parameters and helpers of the teacher and the student."""
 
     def _weights_for(self, arch: str) -> str | None:
-        return {"deit_small": self.deit_small_weights, "vit_base": self.vit_base_weights}.get(arch)
+        """The `<arch>_weights` parameter (ImageNet file, pretrain stand-in or `random`); None for test archs."""
+        return getattr(self, f"{arch}_weights", None)
 
     def backbone_weights(self) -> dict[str, str]:
-        return {f"{self.arch}_weights": self.arch} if self.arch in ("deit_small", "vit_base") else {}
+        return {f"{self.arch}_weights": self.arch} if hasattr(self, f"{self.arch}_weights") else {}
 
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Post-BN class feature; flip TTA (sum) only when `flip_test` (the paper does not use it)."""
@@ -213,6 +214,7 @@ class SUREIDTeacher(_ViTMethod):
         arch: str = "vit_base",
         vit_base_weights: str | None = None,
         deit_small_weights: str | None = None,
+        deit_tiny_weights: str | None = None,
         img_size: tuple[int, int] | list[int] = (256, 128),
         patch_stride: int = 16,
         drop_path_rate: float = 0.1,
@@ -228,6 +230,7 @@ class SUREIDTeacher(_ViTMethod):
             raise KeyError(f"sureid_teacher: unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
         self.arch, self.img_size, self.patch_stride = arch, tuple(img_size), patch_stride
         self.vit_base_weights, self.deit_small_weights = vit_base_weights, deit_small_weights
+        self.deit_tiny_weights = deit_tiny_weights
         self.drop_path_rate, self.label_smooth, self.triplet_margin = drop_path_rate, label_smooth, triplet_margin
         self.id_weight, self.triplet_weight = id_weight, triplet_weight
         self.test_feat, self.flip_test = test_feat, flip_test
@@ -277,6 +280,7 @@ class SUREID(_ViTMethod):
         arch: str = "deit_small",
         deit_small_weights: str | None = None,
         vit_base_weights: str | None = None,
+        deit_tiny_weights: str | None = None,
         img_size: tuple[int, int] | list[int] = (256, 128),
         patch_stride: int = 16,
         drop_path_rate: float = 0.1,
@@ -327,6 +331,7 @@ class SUREID(_ViTMethod):
                              f"got {align!r}, {align_direction!r}")
         self.arch, self.img_size, self.patch_stride = arch, tuple(img_size), patch_stride
         self.deit_small_weights, self.vit_base_weights = deit_small_weights, vit_base_weights
+        self.deit_tiny_weights = deit_tiny_weights
         self.drop_path_rate, self.hts, self.keep_ratio = drop_path_rate, hts, keep_ratio
         self.prune_layers, self.cls_reweight, self.gumbel_tau = tuple(prune_layers), cls_reweight, gumbel_tau
         self.cls_reweight_at_test = cls_reweight_at_test

@@ -464,6 +464,7 @@ def load_vit_weights(model: VisionTransformer, path: str | Path, what: str = "Vi
 ARCHS: dict[str, dict[str, int]] = {
     "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},   # timm vit_base_patch16_224
     "deit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},  # timm deit_small_patch16_224
+    "deit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},   # timm deit_tiny_patch16_224
     "vit_tiny_test": {"embed_dim": 64, "depth": 12, "num_heads": 2},  # CPU tests; depth 12 so 4/7/10 apply
 }
 

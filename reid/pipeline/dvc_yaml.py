@@ -38,6 +38,7 @@ from reid.pipeline.layout import (
     onnx_dir,
     pretrain_arch,
     pretrain_deps,
+    pretrain_path,
     shard_paths,
     teacher_deps,
     train_deps,
@@ -151,6 +152,19 @@ def synth_stage(cfg: Mapping[str, Any], ds: str) -> Stage:
     return Stage(f"synth-{ds}", _pipeline_cmd("synth", ds, data_dir(ds)), code_deps("synth"), [data_dir(ds)], keys)
 
 
+def pretrain_stage(cfg: Mapping[str, Any], arch: str) -> Stage:
+    """The stage that pretrains `arch`'s stand-in (also what the ledger's pretrain records are keyed by)."""
+    from reid.engine.pretrain import ARCHS
+
+    path = pretrain_path(arch)
+    ds, deps = C.pretrain_dataset(cfg), pretrain_deps(cfg)
+    _, keys = C.stage_pretrain(cfg, arch)
+    cmd = (f"python -m reid pipeline pretrain --dataset {ds} --arch {arch} --params params.yaml "
+           f"--index {deps['index']} --out {path}")
+    return Stage(f"pretrain-{arch}", cmd, code_deps("pretrain", (ARCHS[arch][0],)) + sorted(set(deps.values())),
+                 [path, path.removesuffix(".pth") + ".json"], keys)
+
+
 def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ()) -> dict[str, Stage]:
     """Every stage needed to build results/<ds>/<run>/metrics.json for each '<ds>/<run>' in `runs`, and
     models/<ds>/<run>/onnx/ for each in `exports`."""
@@ -212,16 +226,8 @@ def stages_for(cfg: Mapping[str, Any], runs: list[str], exports: list[str] = ())
         arch = pretrain_arch(path)
         if arch is None:
             return
-        ds = C.pretrain_dataset(cfg)
-        need_index(ds)
-        _, keys = C.stage_pretrain(cfg, arch)
-        deps = pretrain_deps(cfg)
-        cmd = (f"python -m reid pipeline pretrain --dataset {ds} --arch {arch} --params params.yaml "
-               f"--index {deps['index']} --out {path}")
-        from reid.engine.pretrain import ARCHS
-
-        add(Stage(f"pretrain-{arch}", cmd, code_deps("pretrain", (ARCHS[arch][0],)) + sorted(set(deps.values())),
-                  [path, path.removesuffix(".pth") + ".json"], keys))
+        need_index(C.pretrain_dataset(cfg))
+        add(pretrain_stage(cfg, arch))
 
     def need_model(ds: str, run: str) -> None:
         need_index(ds)
