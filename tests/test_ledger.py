@@ -421,3 +421,15 @@ def test_the_claims_rule_refuses_a_row_built_before_the_code_changed(tmp_path: P
     assert f"results/synthcc/{run}/metrics.json" in text and "ledger build --dataset synthcc" in text, text[-3000:]
     proc = snakemake(work, "-n", "--forceall", "--cores", "1", "results/synthcc/claims.md")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_build_re_runs_only_content_stages_that_alone_make_rows_stale(monkeypatch) -> None:
+    """A row stale by a stand-in and its own training must be retrained anyway: re-running the stand-in for it
+    would cost a pretrain and decide nothing. Only rows stale by content stages alone have theirs re-run, once."""
+    ran = []
+    monkeypatch.setattr(L, "rerun_content_stage", lambda cfg, name, params, ledger: ran.append(name))
+    states = {"a": {"state": "stale", "changed": ["pretrain-osnet_x0_25", "synth-synthcc"]},
+              "b": {"state": "stale", "changed": ["pretrain-osnet_x0_25"]},
+              "c": {"state": "stale", "changed": ["pretrain-resnet18", "train-synthcc-baseline"]},
+              "d": {"state": "current", "changed": []}, "e": {"state": "missing", "changed": []}}
+    assert L.rerun_content_stages(CFG, states) == ["pretrain-osnet_x0_25", "synth-synthcc"] == ran
