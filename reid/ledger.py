@@ -383,7 +383,7 @@ def record_output(cfg: Mapping[str, Any], name: str, ledger: str | Path = LEDGER
         made = root / content_output(name)
         if _built_at(made) is None or _older_than_code(made, stage.code, root):
             raise RuntimeError(f"{made}: {'absent' if _built_at(made) is None else 'older than its stage code'}; "
-                               f"make it first (`snakemake --cores 2 --forcerun -- {content_output(name)}`)")
+                               f"make it first (`snakemake --cores 2 --force {content_output(name)}`)")
     entry = {"stage": stage_digest(stage, cfg, root), "digest": output_digest(made)}
     add_output_entry(ledger, name, entry["stage"], entry["digest"])
     return entry
