@@ -120,8 +120,8 @@ def main() -> int:
     if args.out:
         from reid.ledger import environment
 
-        report = {"runs": report, "paired": summary, "environment": environment(), "command": " ".join(sys.argv)}
-        Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        result = {"runs": report, "paired": summary, "environment": environment(), "command": " ".join(sys.argv)}
+        Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     return 0
 
 

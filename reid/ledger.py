@@ -42,9 +42,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from reid.pipeline.dvc_yaml import assembly_inputs, claims_runs, probe_code  # noqa: F401  (the ledger's API too)
+from reid.pipeline.dvc_yaml import pretrain_stage, synth_stage
 from reid.pipeline.layout import LEDGER_ROOT
 
 LEDGER = Path(LEDGER_ROOT)
@@ -139,25 +140,25 @@ def world_digest(folder: str | Path) -> dict[str, Any]:
 # Stages whose output is data compared by content, as DVC compares a stage's outputs: an edit to their code that
 # leaves the output's bytes alone (a renderer edit for another world, a pretrain edit adding another backbone)
 # does not make the rows built on it stale once a re-run has shown it. Stage-name prefix -> (the ledger folder of
-# the records of what each fingerprint of the stage made, the provenance field of the digests a row was built on).
-CONTENT_STAGES: dict[str, tuple[str, str]] = {"synth-": ("worlds", "worlds"), "pretrain-": ("pretrain", "pretrained")}
+# the records of what each fingerprint of the stage made, the provenance field of the digests a row was built on,
+# the DAG's own builder of the stage). The digest covers the stage's first output: the world's folder, or the
+# backbone's weights file (not its summary .json, which holds wall times).
+CONTENT_STAGES: dict[str, tuple[str, str, Callable[[Mapping[str, Any], str], Any]]] = {
+    "synth-": ("worlds", "worlds", synth_stage), "pretrain-": ("pretrain", "pretrained", pretrain_stage)}
 
 
-def _content_kind(stage: str) -> tuple[str, str, str] | None:
-    """(prefix, records folder, provenance field) of a stage compared by content; None for any other stage."""
+def _content_kind(stage: str) -> tuple[str, str, str, Callable[[Mapping[str, Any], str], Any]] | None:
+    """(prefix, records folder, provenance field, stage builder) of a stage compared by content; None for any
+    other stage."""
     return next(((prefix, *v) for prefix, v in CONTENT_STAGES.items() if stage.startswith(prefix)), None)
 
 
-def content_output(stage: str) -> str:
-    """The output a content stage's digest covers: the world's folder, or the backbone's weights file (not its
-    summary .json, which holds wall times)."""
-    from reid.pipeline.layout import data_dir, pretrain_path
-
-    if stage.startswith("synth-"):
-        return data_dir(stage.removeprefix("synth-"))
-    if stage.startswith("pretrain-"):
-        return pretrain_path(stage.removeprefix("pretrain-"))
-    raise ValueError(f"{stage}: not a stage compared by content ({', '.join(CONTENT_STAGES)})")
+def content_stage(cfg: Mapping[str, Any], name: str) -> Any:
+    """The Stage named `name` (`synth-<world>` or `pretrain-<arch>`), laid out as the DAG lays it out."""
+    kind = _content_kind(name)
+    if kind is None:
+        raise ValueError(f"{name}: not a stage compared by content ({', '.join(CONTENT_STAGES)})")
+    return kind[3](cfg, name.removeprefix(kind[0]))
 
 
 def output_digest(path: str | Path) -> dict[str, Any]:
@@ -168,15 +169,19 @@ def output_digest(path: str | Path) -> dict[str, Any]:
 
 def built_on(prov: Mapping[str, Any]) -> dict[str, Any]:
     """content stage -> the digest of its output the row was built on (its provenance's `worlds`, `pretrained`)."""
-    return {prefix + name: digest for prefix, (_, field) in CONTENT_STAGES.items()
+    return {prefix + name: digest for prefix, (_, field, _) in CONTENT_STAGES.items()
             for name, digest in prov.get(field, {}).items()}
 
 
-def _older_than_code(path: Path, code: Sequence[str], root: Path) -> bool:
-    """Whether an output exists and was made before the newest of its stage's code files was last written."""
+def _code_written_at(code: Sequence[str], root: Path) -> float:
+    """When the newest of a stage's code files was last written (0 when none exists)."""
+    return max((os.stat(root / f).st_mtime for f in code if (root / f).is_file()), default=0.0)
+
+
+def _made_before(path: Path, when: float) -> bool:
+    """Whether an output exists and was made before `when`."""
     built = _built_at(path)
-    newest = max((os.stat(root / f).st_mtime for f in code if (root / f).is_file()), default=0.0)
-    return built is not None and built < newest
+    return built is not None and built < when
 
 
 def _built_at(path: Path) -> float | None:
@@ -210,9 +215,10 @@ def code_stale_outputs(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str]
     records = output_records(ledger)
     stale = []
     for outs, code, stage in checks:
-        old = [out for out in outs if _older_than_code(root / out, code, root)]
+        written = _code_written_at(code, root)
+        old = [out for out in outs if _made_before(root / out, written)]
         if old and stage is not None and _content_kind(stage.name) and _remade_as(
-                records, stage.name, stage_digest(stage, cfg, root), root / content_output(stage.name)):
+                records, stage.name, stage_digest(stage, cfg, root), root / stage.outs[0]):
             continue  # the code now makes these very bytes: what a rerun would make (its other outputs too)
         stale += old
     return sorted(set(stale))
@@ -220,8 +226,8 @@ def code_stale_outputs(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str]
 
 def _remade_as(records: Mapping[str, list[dict[str, Any]]], stage: str, now: Mapping[str, Any], out: Path) -> bool:
     """Whether the content stage's code now (`now`) is recorded to make the very bytes of its output `out`."""
-    entries = [r for r in records.get(stage, []) if r["stage"] == now]
-    return bool(entries) and out.exists() and any(r["digest"] == output_digest(out) for r in entries)
+    made = [r["digest"] for r in records.get(stage, []) if r["stage"] == now]
+    return bool(made) and out.exists() and output_digest(out) in made
 
 
 def changed_stages(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -307,11 +313,11 @@ def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path =
             train_seconds = round(sum(float(r.get("seconds") or 0) for r in csv.DictReader(f)), 1)
     metrics = json.loads((src / "metrics.json").read_text())
     fp = fingerprint(cfg, dataset, run, root, probe=(src / "probe.json").is_file())
-    used = {stage: output_digest(Path(root) / content_output(stage)) for stage in fp
-            if _content_kind(stage) and (Path(root) / content_output(stage)).exists()}
+    outputs = {stage: Path(root) / content_stage(cfg, stage).outs[0] for stage in fp if _content_kind(stage)}
+    used = {stage: output_digest(path) for stage, path in outputs.items() if path.exists()}
     prov = {"schema": SCHEMA, "dataset": dataset, "run": run, "fingerprint": fp,
             **{field: {stage.removeprefix(prefix): d for stage, d in used.items() if stage.startswith(prefix)}
-               for prefix, (_, field) in CONTENT_STAGES.items()},
+               for prefix, (_, field, _) in CONTENT_STAGES.items()},
             "environment": environment(root), "embed_dtype": metrics.get("embed_dtype"),
             "train_seconds": train_seconds, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
@@ -347,7 +353,7 @@ def output_records(ledger: str | Path = LEDGER) -> dict[str, list[dict[str, Any]
     from reid.serialization import read_json
 
     out: dict[str, list[dict[str, Any]]] = {}
-    for prefix, (folder, _) in CONTENT_STAGES.items():
+    for prefix, (folder, _, _) in CONTENT_STAGES.items():
         for p in sorted((Path(ledger) / folder).glob("*.json")):
             out[prefix + p.stem] = read_json(p, "ledger output record")
     return out
@@ -362,17 +368,6 @@ def same_output(records: Mapping[str, list[dict[str, Any]]], stage: str, now: An
     return any(r["stage"] == now and r["digest"] == used.get(stage) for r in records.get(stage, []))
 
 
-def content_stage(cfg: Mapping[str, Any], name: str) -> Any:
-    """The Stage named `name` (`synth-<world>` or `pretrain-<arch>`), laid out as the DAG lays it out."""
-    from reid.pipeline.dvc_yaml import pretrain_stage, synth_stage
-
-    if name.startswith("synth-"):
-        return synth_stage(cfg, name.removeprefix("synth-"))
-    if name.startswith("pretrain-"):
-        return pretrain_stage(cfg, name.removeprefix("pretrain-"))
-    raise ValueError(f"{name}: not a stage compared by content ({', '.join(CONTENT_STAGES)})")
-
-
 def record_output(cfg: Mapping[str, Any], name: str, ledger: str | Path = LEDGER, root: str | Path = ".",
                   made: str | Path | None = None) -> dict:
     """Add (once) the digest of what content stage `name` makes with the code checked out now (`made`: a fresh
@@ -380,10 +375,10 @@ def record_output(cfg: Mapping[str, Any], name: str, ledger: str | Path = LEDGER
     root = Path(root)
     stage = content_stage(cfg, name)
     if made is None:
-        made = root / content_output(name)
-        if _built_at(made) is None or _older_than_code(made, stage.code, root):
+        made = root / stage.outs[0]
+        if _built_at(made) is None or _made_before(made, _code_written_at(stage.code, root)):
             raise RuntimeError(f"{made}: {'absent' if _built_at(made) is None else 'older than its stage code'}; "
-                               f"make it first (`snakemake --cores 2 --force {content_output(name)}`)")
+                               f"make it first (`snakemake --cores 2 --force {stage.outs[0]}`)")
     entry = {"stage": stage_digest(stage, cfg, root), "digest": output_digest(made)}
     add_output_entry(ledger, name, entry["stage"], entry["digest"])
     return entry
@@ -393,10 +388,10 @@ def add_output_entry(ledger: str | Path, name: str, stage: Mapping[str, Any], di
     """Append {stage, digest} to the content stage's record file unless it is there already."""
     from reid.serialization import read_json
 
-    prefix, folder, _ = _content_kind(name) or (None, None, None)
-    if prefix is None:
+    kind = _content_kind(name)
+    if kind is None:
         raise ValueError(f"{name}: not a stage compared by content ({', '.join(CONTENT_STAGES)})")
-    path = Path(ledger) / folder / f"{name.removeprefix(prefix)}.json"
+    path = Path(ledger) / kind[1] / f"{name.removeprefix(kind[0])}.json"
     entries = read_json(path, "ledger output record") if path.is_file() else []
     if not any(e["stage"] == stage and e["digest"] == digest for e in entries):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -486,12 +481,12 @@ def rerun_content_stage(cfg: Mapping[str, Any], name: str, params: str = "params
     import shlex
 
     stage = content_stage(cfg, name)
-    on_disk = Path(content_output(name))
-    # a world into a folder beside it; a file under its own name in a folder beside it (torch.save names the
-    # archive inside a .pth after the file, so another name would be other bytes for the same tensors)
-    side = on_disk.with_name(f".{on_disk.name}.rerun") if on_disk.suffix else None
-    fresh = side / on_disk.name if side else on_disk.with_name(f".{on_disk.name}.rerun")
-    shutil.rmtree(side or fresh, ignore_errors=True)
+    on_disk = Path(stage.outs[0])
+    # under its own name in a folder beside it (torch.save names the archive inside a .pth after the file, so
+    # another name would be other bytes for the same tensors)
+    side = on_disk.with_name(f".{on_disk.name}.rerun")
+    fresh = side / on_disk.name
+    shutil.rmtree(side, ignore_errors=True)
     argv = shlex.split(stage.cmd)
     if argv[:1] != ["python"] or "--out" not in argv or "--params" not in argv:
         raise ValueError(f"{name}: cannot redirect the output of {stage.cmd!r}")
@@ -501,7 +496,7 @@ def rerun_content_stage(cfg: Mapping[str, Any], name: str, params: str = "params
     print(f"ledger: re-running {name} with the code checked out now into {fresh}", flush=True)
     subprocess.run(argv, check=True)
     entry = record_output(cfg, name, ledger, made=fresh)
-    shutil.rmtree(side or fresh, ignore_errors=True)
+    shutil.rmtree(side, ignore_errors=True)
     same = on_disk.exists() and output_digest(on_disk) == entry["digest"]
     print(f"ledger: {name} makes {entry['digest']['md5']} ({entry['digest']['files']} files): "
           f"{'the same bytes as' if same else 'not the bytes of'} {on_disk}", flush=True)
@@ -686,9 +681,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     runs = args.runs if args.runs is not None else claims_runs(cfg, args.dataset)
     if args.action == "rerun-inputs":
-        stages = sorted({st for fp in fingerprints(cfg, args.dataset, {run: False for run in runs}).values()
-                         for st in fp if _content_kind(st)})
-        for name in stages:
+        from reid.pipeline.dvc_yaml import stages_for
+
+        stages = stages_for(cfg, [f"{args.dataset}/{run}" for run in runs])
+        for name in sorted(st for st in stages if _content_kind(st)):
             rerun_content_stage(cfg, name, args.params, args.ledger)
         return 0
     if args.action == "record":
