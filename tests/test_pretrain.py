@@ -201,4 +201,4 @@ def test_the_claims_table_needs_both_inits_and_the_probes_of_trained_rows(tmp_pa
         assert f"results/synthocc/sureid--noda_test_pool{init}--s2/per_query.csv" in claims["input"]  # NODA's bound
         assert f"results/synthocc/sureid--oracle_hts{init}--s2/probe.json" in claims["input"]
     assert {"models/pretrain/resnet18.pth", "models/pretrain/hrnet_w18_small.pth",
-            "models/pretrain/deit_small.pth"} <= outputs
+            "models/pretrain/deit_small.pth", "models/pretrain/deit_tiny.pth"} <= outputs  # SUREID: teacher, student
