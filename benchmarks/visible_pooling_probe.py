@@ -1,14 +1,16 @@
-"""Why PGFL-KD's oracle-pose control fails on synthocc: does pooling a trained network's own feature map over the
-person's visible cells (the world's ground truth) beat pooling it globally?
+"""Why PGFL-KD's first oracle-pose control failed on synthocc: does pooling a trained network's own feature map
+over the person's visible cells (the world's ground truth) beat pooling it globally?
 
-The control (f_P of the full model with the world's visibility-aware oracle heatmaps) loses to the baseline's
-global feature. The renderer's self-check shows the occlusion signal is in the pixels (an oracle colour histogram
-over the visible person beats one over person + occluder). This asks the same of the learned features: the
-PGFL-KD baseline's ResNet-18 stride-16 map (8 x 4 cells at 128x64), pooled (a) over all cells, as f_G is, and
-(b) weighted by each cell's share of visible person pixels (the ground-truth parsing, which the occluder covers),
-on query and gallery alike; cosine distance on both, the dataset's protocol (Market rule, 510 occluded queries).
-If (b) does not beat (a), the features of the cells the person is visible in already carry the occluder (each
-cell's receptive field spans most of the image), so no pose-guided pooling of them can show the effect here.
+That control (f_P of the full model with the world's visibility-aware oracle heatmaps) lost to the baseline's
+global feature; this measurement led to the declared control that replaced it (row `visible_pool`). The
+renderer's self-check shows the occlusion signal is in the pixels (an oracle colour histogram over the visible
+person beats one over person + occluder). This asks the same of the learned features: each PGFL-KD model's
+ResNet-18 stride-16 map (8 x 4 cells at 128x64), pooled (a) over all cells, as f_G is, and (b) weighted by each
+cell's share of visible person pixels (the ground-truth parsing, which the occluder covers;
+`reid.methods.pgfl_kd.visible_pool`), on query and gallery alike, without flip TTA; cosine distance on both, the
+dataset's protocol (Market rule, 510 occluded queries). If (b) does not beat (a), the features of the cells the
+person is visible in already carry the occluder (each cell's receptive field spans most of the image), so no
+pose-guided pooling of them can show the effect here.
 
 Usage: python benchmarks/visible_pooling_probe.py [--runs pgfl_kd--baseline--pretrained--s0 ...] [--out F.json]
 (needs the trained models under models/synthocc/ and the world under data/synthocc/)
@@ -34,29 +36,24 @@ from reid.data.index import read_index, select  # noqa: E402
 from reid.engine.inference import load_model, pin_evaluate_threads  # noqa: E402
 from reid.eval.claims import paired_bootstrap  # noqa: E402
 from reid.eval.protocols import run_protocol  # noqa: E402
-
-
-def visible_share(parsing: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Each feature-map cell's share of visible person pixels (area average of parsing > 0 over the cell)."""
-    person = torch.from_numpy((parsing > 0).astype(np.float32))[None, None]
-    return F.adaptive_avg_pool2d(person, grid)[0, 0].numpy()
+from reid.methods.pgfl_kd import visible_pool  # noqa: E402
 
 
 @torch.no_grad()
 def pooled_features(model: torch.nn.Module, ds: ReIDDataset, root: Path, batch: int = 64) -> dict[str, torch.Tensor]:
-    """Global and visible-weighted average of the backbone's map, per image (float32, before any BNNeck)."""
+    """Global and visible-person average of the backbone's map (`visible_pool`, the declared control's pooling,
+    here over the ground-truth parsing files), per image (float32, before any BNNeck)."""
     out: dict[str, list[torch.Tensor]] = {"global": [], "visible": []}
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, num_workers=2)
     k = 0
     for b in loader:
         fmap = model.backbone(b["image"])  # (B, C, h, w)
-        n, grid = fmap.shape[0], tuple(fmap.shape[-2:])
-        w = torch.stack([torch.from_numpy(visible_share(
-            load_groundtruth(root, ds.rows[ds.positions[k + i]].path)["parsing"], grid)) for i in range(n)])
+        n = fmap.shape[0]
+        person = torch.stack([torch.from_numpy(
+            load_groundtruth(root, ds.rows[ds.positions[k + i]].path)["parsing"] > 0) for i in range(n)])
         k += n
-        w = w[:, None]  # (B, 1, h, w)
         out["global"].append(fmap.mean(dim=(2, 3)))
-        out["visible"].append((fmap * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1e-6))
+        out["visible"].append(visible_pool(fmap, person))
     return {key: torch.cat(v) for key, v in out.items()}
 
 

@@ -70,7 +70,7 @@ def test_eval_rows_are_assembled_after_the_trained_rows() -> None:
     trained_in_paper = [r for r in ABLATIONS if r != "full_literal_cl"]
     assert rows[: len(trained_in_paper)] == trained_in_paper
     assert rows[len(trained_in_paper):] == ["test_G", "test_P", "test_V", "test_F", "test_E", "full_literal_cl",
-                                            "baseline_raw"]
+                                            "baseline_raw", "visible_pool"]
     paper = report.paper_numbers("pgfl_kd")
     assert paper["test_P"]["R1"] == 57.1 and paper["full"]["GFLOPs"] == 8.98
     assert report.ablation_rows("isp", {"ablation": {"rows": {"isp": ["wo_arm", "k7"]}}}) == ["k7", "wo_arm"]

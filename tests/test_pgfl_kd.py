@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -30,6 +29,7 @@ from reid.methods.pgfl_kd import (
     resize_maps,
     spatial_softmax,
     map_support,
+    visible_pool,
 )
 
 E = math.e
@@ -435,10 +435,12 @@ def test_table8_rows_compare_every_feature_before_any_bnneck() -> None:
     table8 = {k: v for k, v in EVAL_ABLATIONS.items() if k.startswith("test_")}
     assert set(table8) == {f"test_{f}" for f in "GPVFE"}
     assert all(row == "full" and ov["test_neck"] is False for row, ov in table8.values())
-    # the pose claims' control compares f_P with the baseline's f_G taken the same way (before its BNNeck)
+    # the pose claims' control is compared with the baseline's f_G taken the same way (before its BNNeck)
     assert EVAL_ABLATIONS["baseline_raw"] == ("baseline", {"test_neck": False})
-    controls = [c for c in PGFLKD.claims if c.control == "test_P"]
-    assert len(controls) == 2 and all(c.control_worse == "baseline_raw" for c in controls)
+    assert EVAL_ABLATIONS["visible_pool"] == ("full", {"test_pool": "parsing", "test_neck": False})
+    controls = [c for c in PGFLKD.claims if c.control == "visible_pool"]
+    assert [c.better for c in controls] == ["sab", "full"]
+    assert all(c.control_worse == "baseline_raw" for c in controls)
     torch.manual_seed(0)
     method = PGFLKD(backbone="resnet18", test_feature="G", test_neck=False, flip_test=False)
     model = method.build_model(num_classes=4).eval()
@@ -464,3 +466,45 @@ def test_probe_reports_group_map_and_feb_support() -> None:
         assert stats[key].shape == (3,) and torch.isfinite(stats[key]).all(), key
     assert (stats["group_map_top_mass"] <= 1.0 + 1e-6).all()
     assert PGFLKD(backbone="resnet18", **ABLATIONS["baseline"]).probe(model, {}) == {}
+
+
+def test_visible_pool_weights_cells_by_their_share_of_person_pixels() -> None:
+    # a 2x2 map, one channel: cells 1, 2 / 3, 4. The person covers all of the top-left cell's 4 pixels, half of
+    # the top-right cell's and one of the bottom-left cell's, none of the bottom-right (4x4 image, 2x2 pixels a
+    # cell): weights 1, 1/2, 1/4, 0 -> (1 + 2/2 + 3/4) / (1 + 1/2 + 1/4) = 2.75 / 1.75.
+    fmap = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    person = torch.zeros(1, 4, 4)
+    person[0, :2, :2] = 1
+    person[0, :2, 2] = 1
+    person[0, 2, 0] = 1
+    torch.testing.assert_close(visible_pool(fmap, person), torch.tensor([[2.75 / 1.75]]))
+    # the plain average over all cells (f_G) is 2.5: the control differs from f_G where the person is not visible
+    assert fmap.mean() == 2.5
+    # an image with no person pixel falls back to f_G
+    torch.testing.assert_close(visible_pool(fmap, torch.zeros(1, 4, 4)), torch.tensor([[2.5]]))
+
+
+def test_visible_pool_row_reads_the_parsing_and_is_not_exported() -> None:
+    torch.manual_seed(0)
+    method = PGFLKD(backbone="resnet18", test_pool="parsing", test_neck=False)
+    assert method.test_caches == {"parsing": ["labels"]}
+    model = method.build_model(num_classes=4).eval()
+    batch = _batch(b=3, h=64, w=32)
+    labels = torch.zeros(3, 64, 32, dtype=torch.long)
+    labels[:, :40, 4:20] = 5  # the person's upper left; an occluder (label 0) covers the rest
+    with torch.no_grad():
+        feat = method.embed(model, {"image": batch["image"], "parsing.labels": labels})["feat"]
+        fmap, fmap_m = model.backbone(batch["image"]), model.backbone(torch.flip(batch["image"], dims=[3]))
+        person = (labels > 0).float()
+        expected = visible_pool(fmap, person) + visible_pool(fmap_m, torch.flip(person, dims=[2]))
+        plain = fmap.mean(dim=(2, 3)) + fmap_m.mean(dim=(2, 3))
+    torch.testing.assert_close(feat, expected)
+    assert not torch.allclose(feat, plain)
+    with pytest.raises(KeyError, match="parsing.labels"):
+        method.embed(model, {"image": batch["image"]})
+    with pytest.raises(ValueError, match="not exported"):
+        method.export_inputs((64, 32))
+    with pytest.raises(ValueError, match="test_neck=False"):
+        PGFLKD(test_pool="parsing")
+    with pytest.raises(ValueError, match="test_pool"):
+        PGFLKD(test_pool="visible")
