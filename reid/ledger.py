@@ -534,8 +534,12 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
                                *(["--forcerun", *forced] if forced else []), "--", *targets],
                               env={**os.environ, "REID_DVC_SYNC": "0"}, check=False)
         if proc.returncode:
+            locks = Path(".snakemake") / "locks"
+            hint = (f"; Snakemake's lock files in {locks} remain, which a run killed mid-way (a machine cut off) "
+                    "leaves behind: if no other Snakemake runs in this folder, `snakemake --unlock` removes them"
+                    if locks.is_dir() and any(locks.iterdir()) else "")
             raise SystemExit(f"ledger build: {dataset}/{run} failed (snakemake exit {proc.returncode}); the "
-                             f"{len(done)} row(s) built before it are recorded")
+                             f"{len(done)} row(s) built before it are recorded{hint}")
         changed = code_stale_outputs(cfg, dataset, [run], ledger=ledger)
         if changed:  # the code was edited while the row was built: its fingerprint would name code it did not run
             raise SystemExit(f"ledger build: {dataset}/{run} was built, but code it imports changed meanwhile "

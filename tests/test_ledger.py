@@ -365,6 +365,12 @@ def test_build_records_each_row_as_it_finishes_and_stops_at_a_failure(tmp_path: 
                      ["results/synthocc/isp--wo_arm--pretrained--s0/metrics.json"]]  # eval-only: no probe of its own
     recorded = [p.parent.name for p in (tmp_path / "ledger" / "synthocc").glob("*/provenance.json")]
     assert recorded == ["isp--k7--pretrained--s0"]
+    # a killed run's lock files make every later Snakemake fail: the error says how to clear them
+    (root / ".snakemake" / "locks").mkdir(parents=True)
+    (root / ".snakemake" / "locks" / "0.input.lock").write_text("")
+    with pytest.raises(SystemExit, match=r"failed .*lock files in \.snakemake/locks .* `snakemake --unlock`"):
+        L.build(CFG, "synthocc", ["isp--wo_arm--pretrained--s0"], ledger=tmp_path / "ledger",
+                results=tmp_path / "results")
 
 
 def test_build_does_not_record_a_row_whose_code_changed_while_it_was_built(tmp_path: Path, monkeypatch) -> None:
