@@ -46,8 +46,9 @@ def test_paper_numbers_flatten_tables_of_tables() -> None:
 
 def test_ablation_rows_can_be_restricted_in_params() -> None:
     everything = report.ablation_runs({"ablation": {"seeds": [0, 1]}}, "pgfl_kd")
-    # Tables 6-7 with the literal Eq. 4 row (8), Table 8 (5), the control's raw baseline feature (1)
-    assert len(everything) == 2 * (8 + 5 + 1) and everything[0] == "pgfl_kd--baseline--s0"
+    # Tables 6-7 with the literal Eq. 4 row (8), Table 8 (5), the control: raw baseline feature, visible pooling (2)
+    assert len(everything) == 2 * (8 + 5 + 2) and everything[0] == "pgfl_kd--baseline--s0"
+    assert everything[-2:] == ["pgfl_kd--visible_pool--s0", "pgfl_kd--visible_pool--s1"]
     cfg = {"ablation": {"seeds": [0], "rows": {"pgfl_kd": ["full", "baseline"]}}}
     assert report.ablation_runs(cfg, "pgfl_kd") == ["pgfl_kd--baseline--s0", "pgfl_kd--full--s0"]  # table order
     with pytest.raises(C.ConfigError, match=r"ablation.rows.pgfl_kd names unknown rows \['nope'\]"):
