@@ -407,6 +407,13 @@ def add_output_entry(ledger: str | Path, name: str, stage: Mapping[str, Any], di
 MAP_TOLERANCE = 1.0
 
 
+def setting_map(results: Mapping[tuple[str, str], tuple[int, float]]) -> dict[str, float]:
+    """Per setting, the mean AP in percent of `read_query_results`' {(setting, query): (first, ap)}."""
+    settings = sorted({k[0] for k in results})
+    return {s: 100 * sum(v[1] for k, v in results.items() if k[0] == s) / sum(1 for k in results if k[0] == s)
+            for s in settings}
+
+
 def compare_row(recorded: Path, rerun: Path) -> dict[str, Any]:
     """A re-run's per_query.csv against its ledger row: queries compared, max |AP| difference, share of
     queries whose first correct match moved, and per setting the mAP of both (percent)."""
@@ -416,12 +423,10 @@ def compare_row(recorded: Path, rerun: Path) -> dict[str, Any]:
     if set(a) != set(b):
         raise ValueError(f"{rerun}: its queries differ from the ledger row's {recorded} "
                          f"({len(set(a) ^ set(b))} not in both)")
-    settings = sorted({k[0] for k in a})
-    mean = {s: (100 * sum(a[k][1] for k in a if k[0] == s) / sum(1 for k in a if k[0] == s),
-                100 * sum(b[k][1] for k in b if k[0] == s) / sum(1 for k in b if k[0] == s)) for s in settings}
+    ma, mb = setting_map(a), setting_map(b)
     return {"queries": len(a), "max_ap_diff": max(abs(a[k][1] - b[k][1]) for k in a),
             "rank_moved": sum(a[k][0] != b[k][0] for k in a) / len(a),
-            "mAP": {s: {"ledger": round(m[0], 4), "rerun": round(m[1], 4)} for s, m in mean.items()},
+            "mAP": {s: {"ledger": round(ma[s], 4), "rerun": round(mb[s], 4)} for s in ma},
             "exact": all(a[k] == b[k] for k in a)}
 
 
@@ -430,6 +435,25 @@ def same_environment(prov: Mapping[str, Any], env: Mapping[str, Any], dtype: Any
     was = prov.get("environment", {})
     return (was.get("cpu") == env.get("cpu") and was.get("versions") == env.get("versions")
             and prov.get("embed_dtype") == dtype)
+
+
+def seed_spread(dataset: str, run: str, ledger: str | Path = LEDGER) -> dict[str, float | None]:
+    """Per setting, the sample standard deviation (percentage points) of the mAP of `run`'s recorded seeds (every
+    `<name>--s<N>` row of the ledger, `run`'s own included); None with fewer than two. A re-run in another
+    environment is another draw of training noise, so its difference from the record is read against this spread
+    (`verify` reports |diff| / (sqrt(2) sd); it does not change the agreement rule)."""
+    import statistics
+
+    from reid.eval.claims import read_query_results
+
+    name = run.rsplit("--s", 1)[0] if run.rsplit("--s", 1)[-1].isdigit() else run
+    maps: dict[str, list[float]] = {}
+    for folder in sorted((Path(ledger) / dataset).glob(f"{name}--s*")):
+        if not folder.name.removeprefix(f"{name}--s").isdigit() or not (folder / "per_query.csv").is_file():
+            continue
+        for setting, m in setting_map(read_query_results(folder / "per_query.csv")).items():
+            maps.setdefault(setting, []).append(m)
+    return {s: (statistics.stdev(v) if len(v) > 1 else None) for s, v in sorted(maps.items())}
 
 
 def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int = 2, ledger: str | Path = LEDGER,
@@ -457,7 +481,11 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
         strict = same_environment(prov, env, dtype)
         worst = max(abs(m["ledger"] - m["rerun"]) for m in cmp["mAP"].values())
         agree = cmp["exact"] if strict else worst <= MAP_TOLERANCE
-        out.append({"run": run, "strict": strict, "agree": agree, "max_map_diff": round(worst, 4), **cmp})
+        spread = seed_spread(dataset, run, ledger)
+        z = [abs(m["ledger"] - m["rerun"]) / (2 ** 0.5 * spread[s]) for s, m in cmp["mAP"].items() if spread.get(s)]
+        out.append({"run": run, "strict": strict, "agree": agree, "max_map_diff": round(worst, 4),
+                    "seed_sd": {s: round(v, 4) for s, v in spread.items() if v is not None},
+                    "noise_z": round(max(z), 2) if z else None, **cmp})
     return out
 
 
@@ -731,7 +759,8 @@ def main(args: argparse.Namespace) -> int:
             how = "exact" if r["strict"] else f"within {MAP_TOLERANCE} mAP"
             print(f"{'agrees' if r['agree'] else 'DIFFERS':8s} {args.dataset}/{r['run']} ({how} expected): "
                   f"max |AP| diff {r['max_ap_diff']:.4f}, first-match rank moved for {100 * r['rank_moved']:.1f}% "
-                  f"of {r['queries']} queries, max mAP diff {r['max_map_diff']:.2f}")
+                  f"of {r['queries']} queries, max mAP diff {r['max_map_diff']:.2f}"
+                  + ("" if r["noise_z"] is None else f" ({r['noise_z']:.1f} x the seed-to-seed sd of a difference)"))
         print(json.dumps(report, sort_keys=True))
         return 0 if all(r["agree"] for r in report) else 1
     states = status(cfg, args.dataset, runs, args.ledger)

@@ -267,6 +267,19 @@ def test_compare_row_reports_exact_agreement_and_the_size_of_a_difference(tmp_pa
     assert not L.same_environment(prov, {"cpu": "Y", "versions": {"torch": "2"}}, "float32")
 
 
+def test_seed_spread_is_the_sd_of_the_row_s_recorded_seeds_only(tmp_path: Path) -> None:
+    """x--s0/1/2 have mAP 50, 60, 80 on setting a (sd sqrt(700/3) = 15.275); x--pretrained--s0 and xy--s0 are other
+    rows and must not count; a row recorded under one seed has no spread."""
+    def row(run: str, ap: float) -> None:
+        (tmp_path / "w" / run).mkdir(parents=True)
+        (tmp_path / "w" / run / "per_query.csv").write_text(f"setting,query,first,ap\na,q0.jpg,0,{ap}\n")
+
+    for run, ap in (("x--s0", 0.5), ("x--s1", 0.6), ("x--s2", 0.8), ("x--pretrained--s0", 0.0), ("xy--s0", 1.0)):
+        row(run, ap)
+    assert L.seed_spread("w", "x--s1", tmp_path)["a"] == pytest.approx((700 / 3) ** 0.5)
+    assert L.seed_spread("w", "x--pretrained--s0", tmp_path) == {"a": None}
+
+
 def test_assemble_decides_the_claims_whose_rows_are_all_current_and_lists_the_rest(tmp_path: Path) -> None:
     """The 9 rows of DeSKPro's "CSA beats the baseline" (model2_csa, model1_baseline and the oracle_csa control, 3
     seeds) in the ledger: that claim is assessed from them alone (CSA 0.6 vs 0.5 AP: +10 points, holds; the
