@@ -296,8 +296,17 @@ def test_assemble_decides_the_claims_whose_rows_are_all_current_and_lists_the_re
             _fake_row(tmp_path / "results" / "synthcc" / run, ap=ap)
             L.record(CFG, "synthcc", run, tmp_path / "results", tmp_path / "ledger", root=root)
     shutil.rmtree(tmp_path / "results")
+    moved = tmp_path / "ledger" / "synthcc" / "deskpro--oracle_csa--pretrained--s2" / L.PROVENANCE
+    prov = json.loads(moved.read_text())  # one row measured elsewhere: the claim says so
+    prov["environment"]["cpu"], prov["embed_dtype"] = "Other CPU", "bfloat16"
+    moved.write_text(json.dumps(prov))
+    here = L.row_environment(tmp_path / "ledger" / "synthcc" / "deskpro--oracle_csa--pretrained--s1")
     content = L.assemble(CFG, "synthcc", tmp_path / "ledger")
     assert [a["claim"]["name"] for a in content["claims"]] == ["CSA beats the baseline"]
+    envs = dict(sorted({here: 8, "Other CPU, bfloat16": 1}.items()))
+    assert content["claims"][0]["environments"] == envs
+    assert (f"deskpro CSA beats the baseline (pretrained): {', '.join(f'{k}: {n}' for k, n in envs.items())}"
+            in (tmp_path / "ledger" / "synthcc" / "claims.md").read_text())
     learned = content["claims"][0]["learned"]
     assert (round(learned["mean"], 6), learned["seeds"], content["claims"][0]["verdict"]) == (10.0, 3, "holds")
     assert round(content["claims"][0]["control"]["mean"], 6) == 20.0
