@@ -446,11 +446,19 @@ def seed_spread(dataset: str, run: str, ledger: str | Path = LEDGER) -> dict[str
     import statistics
 
     from reid.eval.claims import read_query_results
+    from reid.pipeline import params as C
 
-    name = run.rsplit("--s", 1)[0] if run.rsplit("--s", 1)[-1].isdigit() else run
+    def unseeded(name: str) -> C.Run | None:
+        try:
+            parsed = C.parse_run(name)
+        except C.ConfigError:  # claims.json and other files beside the rows
+            return None
+        return dataclasses.replace(parsed, seed=None) if parsed.seed is not None else None
+
+    same = unseeded(run)
     maps: dict[str, list[float]] = {}
-    for folder in sorted((Path(ledger) / dataset).glob(f"{name}--s*")):
-        if not folder.name.removeprefix(f"{name}--s").isdigit() or not (folder / "per_query.csv").is_file():
+    for folder in sorted((Path(ledger) / dataset).iterdir()):
+        if same is None or unseeded(folder.name) != same or not (folder / "per_query.csv").is_file():
             continue
         for setting, m in setting_map(read_query_results(folder / "per_query.csv")).items():
             maps.setdefault(setting, []).append(m)
@@ -611,9 +619,10 @@ def assemble(cfg: Mapping[str, Any], dataset: str, ledger: str | Path = LEDGER,
                   for run in runs}
     else:
         states = status(cfg, dataset, runs, ledger)
-    complete, pending = [], []
+    complete, pending, rows_of = [], [], {}
     for method, claim, init in claims:
-        needed = [run_name(method, row, init, s) for row in claim.rows for s in seeds]
+        needed = rows_of[method, claim.name, init] = [run_name(method, row, init, s) for row in claim.rows
+                                                      for s in seeds]
         counts = {k: sum(states[r]["state"] == k for r in needed) for k in ("missing", "stale")}
         if counts["missing"] or counts["stale"]:
             pending.append({"method": method, "claim": dataclasses.asdict(claim), "init": init, "rows": len(needed),
@@ -623,10 +632,8 @@ def assemble(cfg: Mapping[str, Any], dataset: str, ledger: str | Path = LEDGER,
     current = [row_dir(dataset, run, ledger) for run, st in states.items() if st["state"] == "current"]
     evidence = Evidence(Path(os.devnull), {p.name: p for p in current})  # ledger rows only, never results/
     content = verdicts(evidence, dataset, complete, seeds)
-    declared = {(method, claim.name, init): claim for method, claim, init in complete}
     for entry in content["claims"]:  # where the rows were measured: a claim pairs rows within a seed
-        claim = declared[entry["method"], entry["claim"]["name"], entry["init"]]
-        rows = [run_name(entry["method"], row, entry["init"], s) for row in claim.rows for s in seeds]
+        rows = rows_of[entry["method"], entry["claim"]["name"], entry["init"]]
         entry["environments"] = dict(sorted(Counter(row_environment(row_dir(dataset, r, ledger))
                                                     for r in rows).items()))
     content["pending"] = pending
