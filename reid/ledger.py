@@ -404,8 +404,18 @@ def add_output_entry(ledger: str | Path, name: str, stage: Mapping[str, Any], di
 # the CPU model, the library versions and the dtype match the row's provenance: the trainings are seeded and the
 # stages pin their threads. Elsewhere other kernels (bf16 ones above all) move the numbers: the demo's
 # cross-clothes mAP read 4.00 (Intel bf16), 4.80 (AMD EPYC bf16) and 4.69 (float32), so a re-run on another
-# machine agrees when each setting's mAP is within this many percentage points.
+# machine agrees when each setting's mAP is within this many percentage points, or (`NOISE_Z`) within three
+# standard deviations of the difference of two training draws, sd from the row's recorded seeds: a re-run elsewhere
+# is another draw of training noise, and a row whose seeds spread by sd 0.46 (ISP's, 25 mAP) differs by more than
+# a point from its own record about one time in four on that account alone (the 2026-12-07 verify's one miss,
+# 1.05 points, 1.6 sd; the rule was declared after that run and is first applied by the next one).
 MAP_TOLERANCE = 1.0
+NOISE_Z = 3.0
+
+
+def tolerance(seed_sd: float | None) -> float:
+    """The mAP difference (percentage points) a re-run in another environment may show and still agree."""
+    return MAP_TOLERANCE if seed_sd is None else max(MAP_TOLERANCE, NOISE_Z * 2 ** 0.5 * seed_sd)
 
 
 def setting_map(results: Mapping[tuple[str, str], tuple[int, float]]) -> dict[str, float]:
@@ -442,7 +452,7 @@ def seed_spread(dataset: str, run: str, ledger: str | Path = LEDGER) -> dict[str
     """Per setting, the sample standard deviation (percentage points) of the mAP of `run`'s recorded seeds (every
     `<name>--s<N>` row of the ledger, `run`'s own included); None with fewer than two. A re-run in another
     environment is another draw of training noise, so its difference from the record is read against this spread
-    (`verify` reports |diff| / (sqrt(2) sd); it does not change the agreement rule)."""
+    (`verify` reports |diff| / (sqrt(2) sd) and widens its tolerance to NOISE_Z of those: `tolerance`)."""
     import statistics
 
     from reid.eval.claims import read_query_results
@@ -468,7 +478,8 @@ def seed_spread(dataset: str, run: str, ledger: str | Path = LEDGER) -> dict[str
 def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int = 2, ledger: str | Path = LEDGER,
            results: str | Path = "results") -> list[dict[str, Any]]:
     """Re-run the given ledger rows here (Snakemake, forcing their training, evaluation and probe) and compare
-    each with its record: exact where the environment matches, within MAP_TOLERANCE otherwise."""
+    each with its record: exact where the environment matches, within `tolerance` of each setting's mAP
+    otherwise."""
     from reid.pipeline.layout import metrics_path, probe_path
 
     targets = []
@@ -489,10 +500,12 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
         cmp = compare_row(folder, rerun)
         strict = same_environment(prov, env, dtype)
         worst = max(abs(m["ledger"] - m["rerun"]) for m in cmp["mAP"].values())
-        agree = cmp["exact"] if strict else worst <= MAP_TOLERANCE
         spread = seed_spread(dataset, run, ledger)
+        within = all(abs(m["ledger"] - m["rerun"]) <= tolerance(spread.get(s)) for s, m in cmp["mAP"].items())
+        agree = cmp["exact"] if strict else within
         z = [abs(m["ledger"] - m["rerun"]) / (2 ** 0.5 * spread[s]) for s, m in cmp["mAP"].items() if spread.get(s)]
         out.append({"run": run, "strict": strict, "agree": agree, "max_map_diff": round(worst, 4),
+                    "tolerance": {s: round(tolerance(spread.get(s)), 4) for s in cmp["mAP"]},
                     "seed_sd": {s: round(v, 4) for s, v in spread.items() if v is not None},
                     "noise_z": round(max(z), 2) if z else None, **cmp})
     return out
@@ -543,9 +556,11 @@ def rerun_content_stage(cfg: Mapping[str, Any], name: str, params: str = "params
 def seed_major(runs: Sequence[str]) -> list[str]:
     """Runs ordered by seed first, so a build cut short leaves whole seeds of every row rather than every seed of
     a few rows (no claim can be assessed from those)."""
+    from reid.pipeline.params import parse_run
+
     def key(run: str) -> tuple[int, str]:
-        tail = run.rsplit("--s", 1)
-        return (int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else -1, run)
+        seed = parse_run(run).seed
+        return (-1 if seed is None else seed, run)
 
     return sorted(runs, key=key)
 
@@ -781,7 +796,7 @@ def main(args: argparse.Namespace) -> int:
                       f"the code checked out now", flush=True)  # did not change what the row measures
         report = verify(cfg, args.dataset, runs, args.cores, args.ledger, args.results)
         for r in report:
-            how = "exact" if r["strict"] else f"within {MAP_TOLERANCE} mAP"
+            how = "exact" if r["strict"] else f"within {max(r['tolerance'].values()):.2f} mAP"
             print(f"{'agrees' if r['agree'] else 'DIFFERS':8s} {args.dataset}/{r['run']} ({how} expected): "
                   f"max |AP| diff {r['max_ap_diff']:.4f}, first-match rank moved for {100 * r['rank_moved']:.1f}% "
                   f"of {r['queries']} queries, max mAP diff {r['max_map_diff']:.2f}"

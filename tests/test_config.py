@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,26 @@ def test_params_yaml_method_values_equal_the_code_defaults() -> None:
             if value != default and (method, key) not in PARAMS_DIFFERING_FROM_CODE:
                 drift.append(f"methods.{method}.{key}: params.yaml {value!r}, code {default!r}")
     assert not drift, drift
+
+
+@pytest.mark.parametrize("evaluate_params, expected", [({}, True), ({"cpu_amp": False}, False)])
+def test_the_evaluate_stage_embeds_in_the_clis_precision_when_params_omit_it(
+        monkeypatch, evaluate_params: dict, expected: bool) -> None:
+    """params.yaml without `evaluate.cpu_amp` evaluates as `reid evaluate` does (DEFAULT_CPU_AMP), so the stage and
+    the CLI print the same numbers; an explicit false is kept."""
+    import argparse
+
+    from reid.engine import inference
+    from reid.pipeline import stage
+
+    assert inference.DEFAULT_CPU_AMP is True
+    seen: dict = {}
+    monkeypatch.setattr(inference, "evaluate_model", lambda *a, **kw: seen.update(kw) or {})
+    monkeypatch.setattr("reid.engine.commands.format_metrics", lambda m: "")
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # pin_threads sets it: restored after the test
+    args = argparse.Namespace(stage="evaluate", dataset="synthocc", run="baseline--s0", params=None, cache=None,
+                              resolved=json.dumps({"dataset": "synthocc", **evaluate_params}), root="data/x",
+                              index="i.csv", model="m.pt", out="o.json")
+    assert stage.main(args) == 0
+    assert seen["cpu_amp"] is expected

@@ -221,6 +221,13 @@ def test_schema_accepts_params_and_rejects_unknown_keys(params: dict) -> None:
     bad_train = dict(params, train=dict(params["train"], epoch=3))
     with pytest.raises(jsonschema.ValidationError, match="epoch"):
         jsonschema.validate(bad_train, schema)
+    for bad_pretrain in (dict(params, pretrain=dict(params["pretrain"], epoch=3)),
+                         dict(params, pretrain={k: v for k, v in params["pretrain"].items() if k != "dataset"}),
+                         dict(params, pretrain_presets={"deit_tiny": {"optimizer": "adam"}}),
+                         dict(params, pretrain_presets={"deit_tiny": {"epoch": 3}})):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad_pretrain, schema)
+    jsonschema.validate(dict(params, pretrain_presets={"deit_tiny": {"optimizer": "adamw", "lr": 0.001}}), schema)
 
 
 def test_snakemake_lint_is_clean(tmp_path: Path, repo_copier) -> None:

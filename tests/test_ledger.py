@@ -280,6 +280,40 @@ def test_seed_spread_is_the_sd_of_the_row_s_recorded_seeds_only(tmp_path: Path) 
     assert L.seed_spread("w", "x--pretrained--s0", tmp_path) == {"a": None}
 
 
+def test_a_rerun_elsewhere_agrees_within_a_point_or_three_sd_of_a_difference_of_two_draws() -> None:
+    """Seed sd 0.46 (the ISP row of the 2026-12-07 verify): 3 x sqrt(2) x 0.46 = 1.952 points, so its 1.05-point
+    difference agrees under this rule; a tight row (sd 0.1: 0.424) keeps the 1-point floor; no spread: the floor."""
+    assert L.tolerance(0.46) == pytest.approx(1.9516, abs=1e-4)
+    assert L.tolerance(0.1) == L.MAP_TOLERANCE == 1.0
+    assert L.tolerance(None) == 1.0
+
+
+def test_verify_applies_the_wider_tolerance_only_to_a_row_whose_seeds_spread(tmp_path: Path, monkeypatch) -> None:
+    """Two rows re-run 1.5 mAP away on another CPU (no Snakemake here: its call is stubbed, the re-runs written
+    beforehand): x--s0, whose seeds read 50/51/49 (sd 1.0: tolerance 4.24), agrees; y--s0, recorded under one
+    seed only (tolerance 1.0), differs."""
+    def row(folder: Path, ap: float, prov: bool) -> None:
+        _fake_row(folder, queries=4, ap=ap, setting="a")
+        if prov:
+            (folder / L.PROVENANCE).write_text(json.dumps({
+                "schema": L.SCHEMA, "fingerprint": {}, "embed_dtype": "float32",
+                "environment": {"cpu": "another CPU", "versions": {}}}))
+
+    for run, ap in (("x--s0", 0.50), ("x--s1", 0.51), ("x--s2", 0.49), ("y--s0", 0.50)):
+        row(tmp_path / "ledger" / "w" / run, ap, prov=True)
+    for run in ("x--s0", "y--s0"):
+        row(tmp_path / "results" / "w" / run, 0.515, prov=False)
+    calls = []
+    monkeypatch.setattr(L.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(L, "environment", lambda *a: {"cpu": "this CPU", "versions": {}})
+    report = {r["run"]: r for r in L.verify(CFG, "w", ["x--s0", "y--s0"], 2, tmp_path / "ledger",
+                                            tmp_path / "results")}
+    assert len(calls) == 1 and "--forcerun" in calls[0]
+    assert report["x--s0"]["max_map_diff"] == pytest.approx(1.5) and report["x--s0"]["tolerance"]["a"] == 4.2426
+    assert report["x--s0"]["agree"] and not report["x--s0"]["strict"]
+    assert report["y--s0"]["tolerance"]["a"] == 1.0 and not report["y--s0"]["agree"]
+
+
 def test_assemble_decides_the_claims_whose_rows_are_all_current_and_lists_the_rest(tmp_path: Path) -> None:
     """The 9 rows of DeSKPro's "CSA beats the baseline" (model2_csa, model1_baseline and the oracle_csa control, 3
     seeds) in the ledger: that claim is assessed from them alone (CSA 0.6 vs 0.5 AP: +10 points, holds; the

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reid.engine.pretrain import ARCHS, PretrainConfig, build_classifier, lr_at, official_state, pretrain
+from reid.engine.pretrain import (ARCHS, PretrainConfig, build_classifier, lr_at, make_optimizer, official_state,
+                                  pretrain)
 from reid.methods import build_method
 from reid.pipeline import layout as D
 from reid.pipeline import params as C
@@ -77,6 +78,41 @@ def test_config_rejects_unknown_keys_and_labels() -> None:
         PretrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="labels must be clothes or pid"):
         PretrainConfig.from_dict({"labels": "outfit"})
+
+
+def test_a_preset_overrides_the_shared_recipe_for_its_arch_only() -> None:
+    cfg = {"pretrain": {"dataset": "synthpre", "epochs": 6, "lr": 0.05},
+           "pretrain_presets": {"deit_tiny": {"optimizer": "adamw", "lr": 0.001}},
+           "datasets": {"synthpre": {"loader": "synthcc", "root": "data/synthpre"}}}
+    vit, vit_keys = C.stage_pretrain(cfg, "deit_tiny")
+    assert vit["config"] == {"epochs": 6, "lr": 0.001, "optimizer": "adamw"}
+    assert vit_keys == ["pretrain", "pretrain_presets.deit_tiny"]  # DVC reruns the ViT's stage on a preset edit
+    cnn, cnn_keys = C.stage_pretrain(cfg, "resnet18")
+    assert cnn["config"] == {"epochs": 6, "lr": 0.05} and cnn_keys == ["pretrain"]  # the CNN's stage untouched
+
+
+def test_params_check_names_a_bad_preset() -> None:
+    from reid.pipeline.check import ParamsError, check_params
+
+    with pytest.raises(ParamsError, match=r"pretrain_presets.deit_huge: no pretrain arch"):
+        check_params({"pretrain_presets": {"deit_huge": {"epochs": 3}}})
+    with pytest.raises(ParamsError, match=r"pretrain_presets.deit_tiny.epoch: unknown parameter"):
+        check_params({"pretrain_presets": {"deit_tiny": {"epoch": 3}}})
+    with pytest.raises(ValueError, match="optimizer must be sgd or adamw"):
+        PretrainConfig.from_dict({"optimizer": "adam"})
+
+
+def test_adamw_leaves_the_vits_tokens_and_norms_undecayed_and_sgd_is_nesterov() -> None:
+    vit = build_classifier("deit_tiny", 5, (64, 32))
+    opt = make_optimizer(vit, PretrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["lr"] == 1e-3
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    names = {n.removeprefix("vit.") for n, p in vit.named_parameters() if id(p) in decayed}
+    assert "blocks.0.attn.qkv.weight" in names and "patch_embed.proj.weight" in names
+    assert not names & {"cls_token", "pos_embed", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"}
+    cnn = build_classifier("resnet18", 5, (64, 32))
+    sgd = make_optimizer(cnn, PretrainConfig())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
 
 
 def test_pretraining_writes_a_file_the_baseline_starts_from(tiny_world, tmp_path: Path) -> None:

@@ -77,6 +77,13 @@ def check_params(cfg: Mapping[str, Any]) -> None:
 
         problems += config_problems(PretrainConfig, {k: v for k, v in cfg["pretrain"].items() if k != "dataset"},
                                     "pretrain")
+    for arch, section in (cfg.get("pretrain_presets") or {}).items():
+        from reid.engine.pretrain import ARCHS, PretrainConfig
+
+        if arch not in ARCHS:
+            problems.append(f"pretrain_presets.{arch}: no pretrain arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
+        else:
+            problems += config_problems(PretrainConfig, section, f"pretrain_presets.{arch}")
 
     def named_section(key: str, kind: str, name: str, section: Any) -> None:
         """A method's or a teacher's section, typed by that registered class (an unknown name is a problem)."""

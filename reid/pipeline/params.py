@@ -422,13 +422,22 @@ def pretrain_dataset(cfg: Mapping[str, Any]) -> str:
 
 
 def stage_pretrain(cfg: Mapping[str, Any], arch: str) -> tuple[dict[str, Any], list[str]]:
-    """`pretrain:` for one backbone: {"arch", "dataset", "config"} (config = PretrainConfig's fields)."""
+    """`pretrain:` for one backbone, with `pretrain_presets.<arch>` on top (the recipe an architecture's official
+    weights were trained with: DeiT's AdamW, the CNNs' SGD): {"arch", "dataset", "config"} (config =
+    PretrainConfig's fields)."""
     from reid.engine.pretrain import ARCHS
 
     if arch not in ARCHS:
         raise ConfigError(f"no pretrain arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
     config = {k: v for k, v in dict(_get(cfg, "pretrain", {}) or {}).items() if k != "dataset"}
-    return {"arch": arch, "dataset": pretrain_dataset(cfg), "config": config}, ["pretrain"]
+    keys = ["pretrain"]
+    preset = _get(cfg, f"pretrain_presets.{arch}")
+    if preset is not None:
+        if not isinstance(preset, Mapping):
+            raise ConfigError(f"params.yaml key pretrain_presets.{arch} must be a mapping")
+        config = _merge(config, preset)
+        keys.append(f"pretrain_presets.{arch}")
+    return {"arch": arch, "dataset": pretrain_dataset(cfg), "config": config}, keys
 
 
 def stage_evaluate(cfg: Mapping[str, Any], dataset: str, run_name: str) -> tuple[dict[str, Any], list[str]]:

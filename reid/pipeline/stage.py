@@ -164,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
                         batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                         device=str(kw.get("device", "auto")))
     elif args.stage == "evaluate":
-        from reid.engine.inference import evaluate_model
+        from reid.engine.inference import DEFAULT_CPU_AMP, evaluate_model
 
         kw = _resolve(args, C.stage_evaluate, args.run)
         pin_threads("evaluate", kw)
@@ -172,6 +172,6 @@ def main(args: argparse.Namespace) -> int:
         metrics = evaluate_model(args.model, args.index, _root(args), kw["dataset"], args.out, caches,
                                  batch_size=int(kw.get("batch_size", 64)), workers=int(kw.get("workers", 2)),
                                  device=str(kw.get("device", "auto")), overrides=kw.get("method_overrides"),
-                                 rerank=kw.get("rerank"), cpu_amp=bool(kw.get("cpu_amp", False)))
+                                 rerank=kw.get("rerank"), cpu_amp=bool(kw.get("cpu_amp", DEFAULT_CPU_AMP)))
         print(format_metrics(metrics))
     return 0
