@@ -325,7 +325,7 @@ def record(cfg: Mapping[str, Any], dataset: str, run: str, results: str | Path =
     shutil.rmtree(dst, ignore_errors=True)
     tmp.replace(dst)
     for stage, digest in used.items():  # the world / backbone this row used, made by the code its fingerprint names
-        add_output_entry(ledger, stage, fp[stage], digest)
+        add_output_entry(ledger, stage, fp[stage], digest, output_summary(outputs[stage]))
     return dst
 
 
@@ -381,12 +381,26 @@ def record_output(cfg: Mapping[str, Any], name: str, ledger: str | Path = LEDGER
             raise RuntimeError(f"{made}: {'absent' if _built_at(made) is None else 'older than its stage code'}; "
                                f"make it first (`snakemake --cores 2 --force {stage.outs[0]}`)")
     entry = {"stage": stage_digest(stage, cfg, root), "digest": output_digest(made)}
-    add_output_entry(ledger, name, entry["stage"], entry["digest"])
+    add_output_entry(ledger, name, entry["stage"], entry["digest"], output_summary(Path(made)))
     return entry
 
 
-def add_output_entry(ledger: str | Path, name: str, stage: Mapping[str, Any], digest: Mapping[str, Any]) -> None:
-    """Append {stage, digest} to the content stage's record file unless it is there already."""
+def output_summary(made: Path) -> dict[str, Any] | None:
+    """What a pretrain stand-in learnt, from the summary the pretrain stage writes beside it (`<arch>.json`): its
+    final train accuracy per epoch and wall time, so the ledger shows how strong each stand-in was; None for a
+    world or a stand-in without one."""
+    summary = made.with_suffix(".json")
+    if made.suffix != ".pth" or not summary.is_file():
+        return None
+    history = json.loads(summary.read_text()).get("history") or []
+    return {"train_acc": [round(h["train_acc"], 4) for h in history],
+            "seconds": round(history[-1]["seconds"]) if history else None}
+
+
+def add_output_entry(ledger: str | Path, name: str, stage: Mapping[str, Any], digest: Mapping[str, Any],
+                     summary: Mapping[str, Any] | None = None) -> None:
+    """Append {stage, digest} (and the output's `summary`) to the content stage's record file unless it is there
+    already."""
     from reid.serialization import read_json
 
     kind = _content_kind(name)
@@ -396,7 +410,8 @@ def add_output_entry(ledger: str | Path, name: str, stage: Mapping[str, Any], di
     entries = read_json(path, "ledger output record") if path.is_file() else []
     if not any(e["stage"] == stage and e["digest"] == digest for e in entries):
         path.parent.mkdir(parents=True, exist_ok=True)
-        entries.append({"stage": stage, "digest": digest, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        entries.append({"stage": stage, "digest": digest, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        **({"summary": dict(summary)} if summary else {})})
         path.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 

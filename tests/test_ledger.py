@@ -150,12 +150,17 @@ def test_a_pretrain_edit_leaves_rows_current_only_when_their_stand_in_is_remade_
     weights = root / "models" / "pretrain" / "osnet_x0_25.pth"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"osnet stand-in")
+    weights.with_suffix(".json").write_text(json.dumps({"history": [
+        {"epoch": 1, "train_acc": 0.123456, "seconds": 60.4}, {"epoch": 2, "train_acc": 0.5, "seconds": 121.6}]}))
     ledger, run = tmp_path / "ledger", "deskpro--model1_baseline--pretrained--s0"
     _fake_row(tmp_path / "results" / "synthcc" / run)
     folder = L.record(CFG, "synthcc", run, tmp_path / "results", ledger, root=root)
     prov = json.loads((folder / "provenance.json").read_text())
     assert prov["pretrained"] == {"osnet_x0_25": {"files": 1, "md5": L.output_digest(weights)["md5"]}}
     assert L.output_records(ledger)["pretrain-osnet_x0_25"][0]["digest"] == prov["pretrained"]["osnet_x0_25"]
+    # how strong the stand-in was, from the pretrain stage's summary beside it
+    assert L.output_records(ledger)["pretrain-osnet_x0_25"][0]["summary"] == {"train_acc": [0.1235, 0.5],
+                                                                              "seconds": 122}
 
     with open(root / "reid" / "engine" / "pretrain.py", "a") as f:
         f.write("\n# another backbone's stand-in\n")
