@@ -228,6 +228,22 @@ def test_resume_is_bit_identical_with_loader_workers(tiny_world, tiny_parsing_ca
     _assert_same_run(tmp_path / "full", tmp_path / "resumed")
 
 
+def test_a_checkpoint_from_other_input_bytes_is_not_resumed(tiny_world, tiny_parsing_cache, tmp_path) -> None:
+    """The cache at the same path with other content (as a pretrain stand-in remade at its path): the
+    interrupted run's checkpoint belongs to another run and training starts from epoch 0."""
+    import shutil
+
+    cache = tmp_path / "parsing.h5"
+    shutil.copy2(tiny_parsing_cache, cache)
+    with fault("raise_at", 1), pytest.raises(Interrupted):
+        _trainer(tiny_world, cache, tmp_path / "run").fit()
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    assert _trainer(tiny_world, cache, tmp_path / "run").try_resume() is True  # same bytes: resumed
+    with open(cache, "ab") as fh:  # other bytes at the same path (HDF5 ignores trailing bytes)
+        fh.write(b"\0" * 16)
+    assert _trainer(tiny_world, cache, tmp_path / "run").try_resume() is False
+
+
 def test_finished_run_leaves_no_checkpoint(tiny_world, tiny_parsing_cache, trained: Path) -> None:
     # A rerun of a finished run (e.g. after a code change) must train anew, not re-export the old weights.
     assert not (trained / "checkpoint.pt").exists()

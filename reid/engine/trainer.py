@@ -279,9 +279,23 @@ class Trainer:
     def _fingerprint(self) -> str:
         return json.dumps(
             {"method": self.method.name, "params": self.method.params, "cfg": asdict(self.cfg),
-             "index": self.index_hash, "rows": len(self.train_rows)},
+             "index": self.index_hash, "rows": len(self.train_rows), "inputs": self._input_digests()},
             sort_keys=True, default=str,
         )
+
+    def _input_digests(self) -> dict[str, str]:
+        """sha256 of each file the run reads under a name that stays when its content changes: the weights files
+        its method parameters name and its caches. A checkpoint left by a run that started from another
+        pretrain file (same path, other bytes) must not be resumed as this run's (it once was: a DeiT-S teacher
+        interrupted after 8 epochs from one stand-in finished its 10 from another's checkpoint)."""
+        if not hasattr(self, "_inputs"):
+            from reid.hashing import file_sha256
+
+            files = {f"params.{k}": v for k, v in self.method.params.items()
+                     if isinstance(v, (str, Path)) and Path(v).is_file()}
+            files |= {f"cache.{n}": getattr(c, "path", None) for n, c in self.caches.items()}
+            self._inputs = {k: file_sha256(p) for k, p in sorted(files.items()) if p and Path(p).is_file()}
+        return self._inputs
 
     def _rank_rngs(self) -> list[dict[str, Any]]:
         """Every rank's RNG state (a collective under DDP): each rank's augmentations draw from its own
