@@ -145,7 +145,8 @@ def teacher_outputs(
     from reid.data.dataset import ReIDDataset
     from reid.data.index import index_sha256, read_index
     from reid.engine.inference import load_model
-    from reid.engine.trainer import method_fields, open_caches, progress_interval
+    from reid.engine.trainer import method_fields, open_caches
+    from reid.progress import progress_interval
     from reid.teachers.base import file_sha256
 
     method, model, ckpt = load_model(model_path, device)

@@ -26,8 +26,8 @@ from reid.engine.trainer import (
     filter_positions,
     method_fields,
     open_caches,
-    progress_interval,
 )
+from reid.progress import progress_interval
 from reid.device import autocast_dtype, resolve_device
 from reid.methods.base import Method, method_from_record
 from reid.models.zoo import RANDOM

@@ -39,7 +39,7 @@ from reid.data.workers import worker_init
 from reid.locking import exclusive_lock
 from reid.serialization import save_file
 from reid.device import resolve_device
-from reid.engine.trainer import progress_interval
+from reid.progress import progress_interval
 
 log = logging.getLogger(__name__)
 

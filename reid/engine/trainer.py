@@ -33,6 +33,7 @@ from reid.data.samplers import PKBatchSampler
 from reid.data.workers import worker_init
 from reid.device import autocast_dtype, resolve_device
 from reid.methods.base import Method, build_method
+from reid.progress import progress_interval
 from reid.locking import exclusive_lock
 from reid.serialization import CorruptFileError, UnsafeFileError, load_file, save_file
 
@@ -493,13 +494,6 @@ class Trainer:
                 path,
             )
         return path
-
-
-def progress_interval() -> float:
-    """Seconds between progress-bar refreshes: live on a terminal, every 30 s into a log file."""
-    import sys
-
-    return 0.1 if sys.stderr.isatty() else 30.0
 
 
 def _seed_worker(worker_id: int) -> None:
