@@ -568,6 +568,11 @@ def rerun_content_stage(cfg: Mapping[str, Any], name: str, params: str = "params
     return entry
 
 
+def code_of(fp: Mapping[str, Any]) -> dict[str, Any]:
+    """stage -> its code digest, from a row's fingerprint."""
+    return {stage: entry.get("code") for stage, entry in fp.items()}
+
+
 def seed_major(runs: Sequence[str]) -> list[str]:
     """Runs ordered by seed first, so a build cut short leaves whole seeds of every row rather than every seed of
     a few rows (no claim can be assessed from those)."""
@@ -596,6 +601,7 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
             print(f"ledger build: {dataset}/{run}: redoing {len(forced)} output(s) older than their code: "
                   f"{', '.join(forced)}", flush=True)
         t0 = time.monotonic()
+        code_before = code_of(fingerprint(cfg, dataset, run))
         # REID_DVC_SYNC=0: no DVC sync after each row (it re-hashes the worlds, ~40 s a row)
         proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores),
                                *(["--forcerun", *forced] if forced else []), "--", *targets],
@@ -607,6 +613,11 @@ def build(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int 
                     if locks.is_dir() and any(locks.iterdir()) else "")
             raise SystemExit(f"ledger build: {dataset}/{run} failed (snakemake exit {proc.returncode}); the "
                              f"{len(done)} row(s) built before it are recorded{hint}")
+        edited = sorted(st for st, c in code_of(fingerprint(cfg, dataset, run)).items() if code_before.get(st) != c)
+        if edited:  # a job that imported the code before the edit may write its outputs after it
+            raise SystemExit(f"ledger build: {dataset}/{run} was built, but the code of its stages changed while it "
+                             f"ran ({', '.join(edited)}); not recorded. The {len(done)} row(s) built before it are "
+                             "recorded; build again once the code is final")
         changed = code_stale_outputs(cfg, dataset, [run], ledger=ledger)
         if changed:  # the code was edited while the row was built: its fingerprint would name code it did not run
             raise SystemExit(f"ledger build: {dataset}/{run} was built, but code it imports changed meanwhile "

@@ -458,6 +458,34 @@ def test_build_does_not_record_a_row_whose_code_changed_while_it_was_built(tmp_p
     assert not (tmp_path / "ledger" / "synthocc").exists()
 
 
+def test_build_does_not_record_a_row_whose_code_was_edited_before_its_outputs_were_written(
+        tmp_path: Path, monkeypatch) -> None:
+    """The job imported the code, the code was edited, then the job wrote its model: the model is newer than the
+    code, so only the code's content, read before and after the row, shows the fingerprint would name code the
+    row did not run."""
+    root = tmp_path / "tree"
+    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(root)
+    real_run = subprocess.run
+
+    def fake_snakemake(cmd, **kw):
+        if "snakemake" not in cmd:
+            return real_run(cmd, **kw)
+        with open(root / "reid" / "engine" / "trainer.py", "a") as f:
+            f.write("\n# edited while the row trained\n")
+        _fake_row(tmp_path / "results" / "synthocc" / "isp--k7--pretrained--s0", setting="standard")
+        model = root / "models" / "synthocc" / "isp--k7--pretrained--s0" / "model.pt"
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"weights")  # written after the edit: newer than the code
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(L.subprocess, "run", fake_snakemake)
+    with pytest.raises(SystemExit, match=r"code of its stages changed while it ran \(.*train-synthocc-isp"):
+        L.build(CFG, "synthocc", ["isp--k7--pretrained--s0"], ledger=tmp_path / "ledger",
+                results=tmp_path / "results")
+    assert not (tmp_path / "ledger" / "synthocc").exists()
+
+
 def test_outputs_older_than_the_code_their_stage_imports_are_found(tmp_path: Path) -> None:
     """Snakemake sees no imported code: an index older than reid/data/datasets.py is reported (DVC would redo it),
     a newer one is not; a world directory counts from its Snakemake marker, not from its own mtime; the model of a
