@@ -422,7 +422,7 @@ def add_output_entry(ledger: str | Path, name: str, stage: Mapping[str, Any], di
 # machine agrees when each setting's mAP is within this many percentage points, or (`NOISE_Z`) within three
 # standard deviations of the difference of two training draws, sd from the row's recorded seeds: a re-run elsewhere
 # is another draw of training noise, and a row whose seeds spread by sd 0.46 (ISP's, 25 mAP) differs by more than
-# a point from its own record about one time in four on that account alone (the 2026-12-07 verify's one miss,
+# a point from its own record about one time in eight on that account alone (the 2026-12-07 verify's one miss,
 # 1.05 points, 1.6 sd; the rule was declared after that run and is first applied by the next one).
 MAP_TOLERANCE = 1.0
 NOISE_Z = 3.0
