@@ -434,8 +434,26 @@ def test_build_records_each_row_as_it_finishes_and_stops_at_a_failure(tmp_path: 
                 results=tmp_path / "results")
 
 
-def test_build_does_not_record_a_row_whose_code_changed_while_it_was_built(tmp_path: Path, monkeypatch) -> None:
-    """An edit during a row's build leaves outputs older than the code the fingerprint would name: not recorded."""
+def _trained_before_an_edit(root: Path, model: Path) -> None:
+    model.write_bytes(b"weights")
+    os.utime(model, (1, 1))  # trained before an edit of the code it imports
+
+
+def _edited_then_written(root: Path, model: Path) -> None:
+    with open(root / "reid" / "engine" / "trainer.py", "a") as f:
+        f.write("\n# edited while the row trained\n")
+    model.write_bytes(b"weights")  # written after the edit: newer than the code
+
+
+@pytest.mark.parametrize("during, error", [
+    (_trained_before_an_edit, r"code it imports changed meanwhile \(.*model.pt"),
+    (_edited_then_written, r"code of its stages changed while it ran \(.*train-synthocc-isp"),
+])
+def test_build_does_not_record_a_row_whose_code_changed_while_it_was_built(tmp_path: Path, monkeypatch, during,
+                                                                           error: str) -> None:
+    """An edit during a row's build: outputs left older than the code the fingerprint would name, or (the job
+    imported the code, the code was edited, then the job wrote its model) a model newer than the code, which only
+    the code's content read before and after the row shows. Either way the row is not recorded."""
     root = tmp_path / "tree"
     shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.chdir(root)
@@ -447,40 +465,11 @@ def test_build_does_not_record_a_row_whose_code_changed_while_it_was_built(tmp_p
         _fake_row(tmp_path / "results" / "synthocc" / "isp--k7--pretrained--s0", setting="standard")
         model = root / "models" / "synthocc" / "isp--k7--pretrained--s0" / "model.pt"
         model.parent.mkdir(parents=True)
-        model.write_bytes(b"weights")
-        os.utime(model, (1, 1))  # trained before an edit of the code it imports
+        during(root, model)
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(L.subprocess, "run", fake_snakemake)
-    with pytest.raises(SystemExit, match=r"code it imports changed meanwhile \(.*model.pt"):
-        L.build(CFG, "synthocc", ["isp--k7--pretrained--s0"], ledger=tmp_path / "ledger",
-                results=tmp_path / "results")
-    assert not (tmp_path / "ledger" / "synthocc").exists()
-
-
-def test_build_does_not_record_a_row_whose_code_was_edited_before_its_outputs_were_written(
-        tmp_path: Path, monkeypatch) -> None:
-    """The job imported the code, the code was edited, then the job wrote its model: the model is newer than the
-    code, so only the code's content, read before and after the row, shows the fingerprint would name code the
-    row did not run."""
-    root = tmp_path / "tree"
-    shutil.copytree(REPO / "reid", root / "reid", ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.chdir(root)
-    real_run = subprocess.run
-
-    def fake_snakemake(cmd, **kw):
-        if "snakemake" not in cmd:
-            return real_run(cmd, **kw)
-        with open(root / "reid" / "engine" / "trainer.py", "a") as f:
-            f.write("\n# edited while the row trained\n")
-        _fake_row(tmp_path / "results" / "synthocc" / "isp--k7--pretrained--s0", setting="standard")
-        model = root / "models" / "synthocc" / "isp--k7--pretrained--s0" / "model.pt"
-        model.parent.mkdir(parents=True)
-        model.write_bytes(b"weights")  # written after the edit: newer than the code
-        return subprocess.CompletedProcess(cmd, 0)
-
-    monkeypatch.setattr(L.subprocess, "run", fake_snakemake)
-    with pytest.raises(SystemExit, match=r"code of its stages changed while it ran \(.*train-synthocc-isp"):
+    with pytest.raises(SystemExit, match=error):
         L.build(CFG, "synthocc", ["isp--k7--pretrained--s0"], ledger=tmp_path / "ledger",
                 results=tmp_path / "results")
     assert not (tmp_path / "ledger" / "synthocc").exists()

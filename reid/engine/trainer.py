@@ -12,6 +12,7 @@ At the end `model.pt` holds the student only (frozen teachers live outside the m
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -280,23 +281,22 @@ class Trainer:
     def _fingerprint(self) -> str:
         return json.dumps(
             {"method": self.method.name, "params": self.method.params, "cfg": asdict(self.cfg),
-             "index": self.index_hash, "rows": len(self.train_rows), "inputs": self._input_digests()},
+             "index": self.index_hash, "rows": len(self.train_rows), "inputs": self._input_digests},
             sort_keys=True, default=str,
         )
 
+    @functools.cached_property
     def _input_digests(self) -> dict[str, str]:
         """sha256 of each file the run reads under a name that stays when its content changes: the weights files
         its method parameters name and its caches. A checkpoint left by a run that started from another
         pretrain file (same path, other bytes) must not be resumed as this run's (it once was: a DeiT-S teacher
         interrupted after 8 epochs from one stand-in finished its 10 from another's checkpoint)."""
-        if not hasattr(self, "_inputs"):
-            from reid.hashing import file_sha256
+        from reid.hashing import file_sha256
 
-            files = {f"params.{k}": v for k, v in self.method.params.items()
-                     if isinstance(v, (str, Path)) and Path(v).is_file()}
-            files |= {f"cache.{n}": getattr(c, "path", None) for n, c in self.caches.items()}
-            self._inputs = {k: file_sha256(p) for k, p in sorted(files.items()) if p and Path(p).is_file()}
-        return self._inputs
+        files = {f"params.{k}": v for k, v in self.method.params.items()
+                 if isinstance(v, (str, Path)) and Path(v).is_file()}
+        files |= {f"cache.{n}": getattr(c, "path", None) for n, c in self.caches.items()}
+        return {k: file_sha256(p) for k, p in sorted(files.items()) if p and Path(p).is_file()}
 
     def _rank_rngs(self) -> list[dict[str, Any]]:
         """Every rank's RNG state (a collective under DDP): each rank's augmentations draw from its own
