@@ -155,6 +155,14 @@ class Method:
         return {}
 
 
+def parsing_person(batch: dict[str, torch.Tensor], who: str) -> torch.Tensor:
+    """(B, H, W) 1 on the person's visible pixels (any non-background label of the parsing cache), at the
+    parsing's own size, on the image's device: what the positive controls read in place of a learned mask."""
+    if "parsing.labels" not in batch:
+        raise KeyError(f"{who}: batch has no 'parsing.labels' (cache parsing.h5, labels)")
+    return (batch["parsing.labels"] > 0).float().to(batch["image"].device)
+
+
 def cosine_distance(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """1 - cosine similarity between every query row and gallery row."""
     return 1.0 - F.normalize(q.float(), dim=1) @ F.normalize(g.float(), dim=1).t()

@@ -55,7 +55,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from reid.methods.base import METHODS, Claim, Method
+from reid.methods.base import METHODS, Claim, Method, parsing_person
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth
 from reid.models.heads import BNNeck
 from reid.models.resnet import ResNet50Backbone, ResNetBackbone
@@ -559,19 +559,12 @@ class PGFLKD(Method):
         """Test feature (`test_feature`, default the deployed f_G), plus its mirror (flipped heatmaps) if flip_test."""
         images = batch["image"]
         hm = self._heatmaps(batch, self.test_feature != "G")
-        person = self._person(batch) if self.test_pool == "parsing" else None
+        person = parsing_person(batch, "pgfl_kd (test_pool=parsing)") if self.test_pool == "parsing" else None
         feat = self._feature(model, images, hm, person)
         if self.flip_test:
             feat = feat + self._feature(model, torch.flip(images, dims=[3]), None if hm is None else flip_coco_heatmaps(hm),
                                         None if person is None else torch.flip(person, dims=[2]))
         return {"feat": feat}
-
-    @staticmethod
-    def _person(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, H, W) 1 on the person's visible pixels (any non-background parsing label)."""
-        if "parsing.labels" not in batch:
-            raise KeyError("pgfl_kd (test_pool=parsing): batch has no 'parsing.labels' (cache parsing.h5, labels)")
-        return (batch["parsing.labels"] > 0).float().to(batch["image"].device)
 
     def export_inputs(self, input_size: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], str]]:
         if self.test_pool == "parsing":

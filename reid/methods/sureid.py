@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from reid.cache.h5 import Field
 from reid.data.occluders import load_occluders, paste_occluders
-from reid.methods.base import METHODS, Claim, Method
+from reid.methods.base import METHODS, Claim, Method, parsing_person
 from reid.methods.losses import batch_hard_triplet, cross_entropy_label_smooth, kd_kl
 from reid.models.heads import BNNeck
 from reid.models.vit import ARCHS, DEFAULT_PRUNE_LAYERS, VisionTransformer, build_vit, token_coverage
@@ -408,13 +408,11 @@ class SUREID(_ViTMethod):
         doubled carries its own ("person": the occluded copy's mask has the pasted occluder cut out)."""
         if "person" in batch:
             return batch["person"]
-        if "parsing.labels" not in batch:
-            raise KeyError("sureid (keep_by=parsing): batch has no 'parsing.labels' (cache parsing.h5, labels)")
-        person = (batch["parsing.labels"] > 0).float().unsqueeze(1)
+        person = parsing_person(batch, "sureid (keep_by=parsing)")[:, None]
         size = tuple(batch["image"].shape[-2:])
         if tuple(person.shape[-2:]) != size:
             person = F.interpolate(person, size=size, mode="nearest")
-        return person[:, 0].to(batch["image"].device)
+        return person[:, 0]
 
     @staticmethod
     def mask_coverage(model: nn.Module, mask: torch.Tensor) -> torch.Tensor:

@@ -72,14 +72,12 @@ def check_params(cfg: Mapping[str, Any]) -> None:
     problems += _train_problems("train", cfg.get("train"))
     for method, section in (cfg.get("train_presets") or {}).items():
         problems += _train_problems(f"train_presets.{method}", section)
-    if isinstance(cfg.get("pretrain"), Mapping):
-        from reid.engine.pretrain import PretrainConfig
+    from reid.engine.pretrain import ARCHS, PretrainConfig
 
+    if isinstance(cfg.get("pretrain"), Mapping):
         problems += config_problems(PretrainConfig, {k: v for k, v in cfg["pretrain"].items() if k != "dataset"},
                                     "pretrain")
     for arch, section in (cfg.get("pretrain_presets") or {}).items():
-        from reid.engine.pretrain import ARCHS, PretrainConfig
-
         if arch not in ARCHS:
             problems.append(f"pretrain_presets.{arch}: no pretrain arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
         else:
