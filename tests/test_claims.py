@@ -9,7 +9,7 @@ import pytest
 
 import reid.methods  # noqa: F401  (registers the built-in methods)
 from reid.eval.claims import (assess, paired_bootstrap, pretraining_effects, probe_summaries, read_per_query, run_name,
-                              to_markdown, verdict)
+                              seed_interval, to_markdown, verdict)
 from reid.methods.base import METHODS, Claim
 
 
@@ -31,6 +31,31 @@ def test_the_interval_is_over_queries_of_the_seed_mean() -> None:
     a2[0, 3] = 10.0
     s2 = paired_bootstrap(a2, np.zeros((1, 20)), n_boot=500)
     assert s2["mean"] == pytest.approx(0.5) and s2["lo"] >= 0.0
+
+
+def test_the_seed_interval_is_a_student_t_over_the_per_seed_means() -> None:
+    """Per-seed differences 1, 2, 6 (by hand): mean 3, sample sd sqrt(7), t(0.975, df 2) = 4.3027, half-width
+    4.3027 * sqrt(7) / sqrt(3) = 6.572; one seed has no interval."""
+    lo, hi = seed_interval([1.0, 2.0, 6.0])
+    assert lo == pytest.approx(3.0 - 6.5724, abs=1e-3) and hi == pytest.approx(3.0 + 6.5724, abs=1e-3)
+    assert seed_interval([4.0]) is None
+
+
+def test_a_gain_over_queries_that_one_seed_reverses_is_undecided(tmp_path: Path) -> None:
+    """Every query gains +3 in seeds 0 and 1 and loses 1 in seed 2: the query interval is [5/3, 5/3] (the seed
+    mean is the same for every query), the seed interval spans 0 (mean 5/3, sd 2.309, half-width 5.737), so the
+    claim is undecided; with seed 2 also gaining it holds."""
+    queries = [f"q{i}.jpg" for i in range(40)]
+    for s, gain in ((0, 0.03), (1, 0.03), (2, -0.01)):
+        _per_query(tmp_path / "w" / f"m--good--s{s}" / "per_query.csv", {q: (0, 0.5 + gain) for q in queries})
+        _per_query(tmp_path / "w" / f"m--base--s{s}" / "per_query.csv", {q: (0, 0.5) for q in queries})
+    stats = assess(tmp_path, "w", "m", Claim("good beats base", "good", "base", "standard", "ap"), [0, 1, 2])["learned"]
+    assert stats["lo"] == pytest.approx(5 / 3) and stats["hi"] == pytest.approx(5 / 3)
+    assert stats["per_seed"] == pytest.approx([3.0, 3.0, -1.0])
+    assert stats["seed_lo"] == pytest.approx(5 / 3 - 5.737, abs=1e-3) and stats["seed_hi"] > 0
+    assert stats["verdict"] == "undecided"
+    assert verdict({**stats, "seed_lo": 0.5, "seed_hi": 3.0}) == "holds"
+    assert verdict({**stats, "seed_lo": None, "seed_hi": None}) == "holds"  # one seed: queries alone
 
 
 def _per_query(path: Path, values: dict[str, tuple[int, float]]) -> None:

@@ -356,7 +356,7 @@ def test_assemble_decides_the_claims_whose_rows_are_all_current_and_lists_the_re
     assert json.loads((tmp_path / "ledger" / "synthcc" / "claims.json").read_text()) == content
     table = readme_table({"synthcc": content})
     assert ("| deskpro | CSA beats the baseline (model2_csa vs model1_baseline, cross_clothes) | synthcc, "
-            "pretrained | +10.00 [+10.00, +10.00] (60.00 vs 50.00) |") in table
+            "pretrained | +10.00 [+10.00, +10.00; seeds +10.00, +10.00] (60.00 vs 50.00) |") in table
     assert "pending: 3 missing, 0 stale of 9 rows |" in table
 
     readme = tmp_path / "README.md"
