@@ -6,9 +6,10 @@ comparison is paired: per seed and per query the difference of the query's AP (m
 claims). Two 95% intervals, one per source of chance: a percentile bootstrap over queries (the same resampled
 queries for every seed; the trained models held fixed) and a Student t over the per-seed mean differences (another
 training draw of the same rows). Verdict: **holds** (both intervals above 0), **does not hold** (both below 0),
-**undecided** (otherwise; one seed has no seed interval and is decided over queries alone). A claim with a positive control (an oracle form of the mechanism built from the world's
-ground truth) is **untestable on this world** unless the control itself holds against its baseline (the same
-baseline row, or `control_worse`: e.g. ISP's aligned matching on ground-truth parts vs concatenation of them).
+**undecided** (otherwise; one seed has no seed interval and is decided over queries alone). A claim with a
+positive control (an oracle form of the mechanism built from the world's ground truth) is **untestable on this
+world** unless the control itself holds against its baseline (the same baseline row, or `control_worse`: e.g.
+ISP's aligned matching on ground-truth parts vs concatenation of them).
 
 Each claim is assessed once per initialisation (`ablation.init`): `scratch` (random weights) and `pretrained`
 (runs named `--pretrained`: the pretrain stage's stand-ins for ImageNet weights); the table also reports what
@@ -180,7 +181,8 @@ def assess(results: Evidence | Path, dataset: str, method: str, claim: Claim, se
 
 
 def _seeds_part(stats: Mapping[str, Any], digits: int) -> str:
-    """`; seeds [lo, hi]` where the row pair has a seed interval (claims.json written before it had none)."""
+    """`; seeds lo, hi` (closing the query interval's brackets) where the row pair has a seed interval; claims.json
+    files written before the seed interval existed have none."""
     if stats.get("seed_lo") is None:
         return ""
     return f"; seeds {stats['seed_lo']:+.{digits}f}, {stats['seed_hi']:+.{digits}f}"
