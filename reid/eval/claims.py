@@ -181,8 +181,8 @@ def assess(results: Evidence | Path, dataset: str, method: str, claim: Claim, se
 
 
 def _seeds_part(stats: Mapping[str, Any], digits: int) -> str:
-    """`; seeds lo, hi` (closing the query interval's brackets) where the row pair has a seed interval; claims.json
-    files written before the seed interval existed have none."""
+    """`; seeds lo, hi` (inside the query interval's brackets) where the row pair has a seed interval; a comparison
+    of one seed has none, nor do claims.json files written before the seed interval existed."""
     if stats.get("seed_lo") is None:
         return ""
     return f"; seeds {stats['seed_lo']:+.{digits}f}, {stats['seed_hi']:+.{digits}f}"
