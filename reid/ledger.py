@@ -520,10 +520,30 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
         agree = cmp["exact"] if strict else within
         z = [abs(m["ledger"] - m["rerun"]) / (2 ** 0.5 * spread[s]) for s, m in cmp["mAP"].items() if spread.get(s)]
         out.append({"run": run, "strict": strict, "agree": agree, "max_map_diff": round(worst, 4),
+                    "embed_dtype": {"ledger": prov.get("embed_dtype"), "rerun": dtype},
                     "tolerance": {s: round(tolerance(spread.get(s)), 4) for s in cmp["mAP"]},
                     "seed_sd": {s: round(v, 4) for s, v in spread.items() if v is not None},
                     "noise_z": round(max(z), 2) if z else None, **cmp})
     return out
+
+
+def write_verify_report(path: str | Path, argv: Sequence[str], started: str, seconds: float,
+                        rows: Sequence[Mapping[str, Any]], exit_status: int) -> dict[str, Any]:
+    """The evidence file of a verify run: the command as typed, where it ran (`environment`: commit, CPU, library
+    versions), when, how long it took and each row's comparison; written atomically, so a file in ledger/verify
+    is always a finished run."""
+    argv = list(argv)
+    if argv and argv[0].endswith(("__main__.py", "reid")):  # `python -m reid ...` arrives as .../reid/__main__.py
+        argv[0] = "python -m reid"
+    hours, rest = divmod(round(seconds), 3600)
+    content = {"command": " ".join(argv), "environment": environment(), "started": started,
+               "wall": f"{hours}:{rest // 60:02d}:{rest % 60:02d}", "exit_status": exit_status,
+               "rows": list(rows)}
+    from reid.serialization import atomic_write
+
+    text = json.dumps(content, indent=1, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), "verify report")
+    return content
 
 
 def rerun_content_stages(cfg: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]],
@@ -756,6 +776,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="verify: N rows drawn at random from the ledger's rows of --dataset")
     p.add_argument("--seed", type=int, default=0, help="verify --sample: the draw's seed")
     p.add_argument("--cores", type=int, default=2, help="build, verify: Snakemake's --cores")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="verify: also write the report (command, environment, start, wall time, rows) to FILE as "
+                        "JSON, e.g. ledger/verify/<dataset>--<date>.json to commit as evidence")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -820,6 +843,7 @@ def main(args: argparse.Namespace) -> int:
             if st["state"] == "stale":  # the re-run uses today's code: agreement then also tests that the edit
                 print(f"note: {args.dataset}/{run} is stale (changed: {', '.join(st['changed'])}); the re-run uses "
                       f"the code checked out now", flush=True)  # did not change what the row measures
+        started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.monotonic()
         report = verify(cfg, args.dataset, runs, args.cores, args.ledger, args.results)
         for r in report:
             how = "exact" if r["strict"] else f"within {max(r['tolerance'].values()):.2f} mAP"
@@ -828,7 +852,11 @@ def main(args: argparse.Namespace) -> int:
                   f"of {r['queries']} queries, max mAP diff {r['max_map_diff']:.2f}"
                   + ("" if r["noise_z"] is None else f" ({r['noise_z']:.1f} x the seed-to-seed sd of a difference)"))
         print(json.dumps(report, sort_keys=True))
-        return 0 if all(r["agree"] for r in report) else 1
+        status_code = 0 if all(r["agree"] for r in report) else 1
+        if args.report:
+            write_verify_report(args.report, sys.argv, started, time.monotonic() - t0, report, status_code)
+            print(f"verify report written to {args.report}")
+        return status_code
     states = status(cfg, args.dataset, runs, args.ledger)
     for run, st in states.items():
         print(f"{st['state']:8s} {args.dataset}/{run}" + (f"  (changed: {', '.join(st['changed'])})"

@@ -191,7 +191,8 @@ def test_a_content_stage_rerun_runs_the_stage_s_own_command_beside_its_output(tm
     L.rerun_content_stage(CFG, "pretrain-osnet_x0_25", "my.yaml", tmp_path)
     argv = calls[0]
     # the file keeps its own name (torch.save writes it into the archive) in a folder beside the one on disk
-    assert argv[0] == sys.executable and argv[argv.index("--out") + 1] == "models/pretrain/.osnet_x0_25.pth.rerun/osnet_x0_25.pth"
+    assert argv[0] == sys.executable
+    assert argv[argv.index("--out") + 1] == "models/pretrain/.osnet_x0_25.pth.rerun/osnet_x0_25.pth"
     assert argv[argv.index("--params") + 1] == "my.yaml" and argv[argv.index("--arch") + 1] == "osnet_x0_25"
     assert argv[1:5] == ["-m", "reid", "pipeline", "pretrain"]
 
@@ -308,6 +309,8 @@ def test_verify_applies_the_wider_tolerance_only_to_a_row_whose_seeds_spread(tmp
         row(tmp_path / "ledger" / "w" / run, ap, prov=True)
     for run in ("x--s0", "y--s0"):
         row(tmp_path / "results" / "w" / run, 0.515, prov=False)
+    rerun_metrics = tmp_path / "results" / "w" / "x--s0" / "metrics.json"  # re-embedded in bf16 there
+    rerun_metrics.write_text(json.dumps({**json.loads(rerun_metrics.read_text()), "embed_dtype": "bfloat16"}))
     calls = []
     monkeypatch.setattr(L.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     monkeypatch.setattr(L, "environment", lambda *a: {"cpu": "this CPU", "versions": {}})
@@ -316,7 +319,47 @@ def test_verify_applies_the_wider_tolerance_only_to_a_row_whose_seeds_spread(tmp
     assert len(calls) == 1 and "--forcerun" in calls[0]
     assert report["x--s0"]["max_map_diff"] == pytest.approx(1.5) and report["x--s0"]["tolerance"]["a"] == 4.2426
     assert report["x--s0"]["agree"] and not report["x--s0"]["strict"]
+    assert report["x--s0"]["embed_dtype"] == {"ledger": "float32", "rerun": "bfloat16"}
     assert report["y--s0"]["tolerance"]["a"] == 1.0 and not report["y--s0"]["agree"]
+
+
+def test_the_verify_report_names_the_command_as_typed_and_keeps_every_row(tmp_path: Path, monkeypatch) -> None:
+    """`--report` writes the evidence the seventh sitting wrote by hand: `python -m reid` for the module path
+    Python puts in argv[0], 4,530 s as 1:15:30, the exit status and the rows as verify returned them."""
+    monkeypatch.setattr(L, "environment", lambda *a: {"cpu": "this CPU", "commit": "abc"})
+    rows = [{"run": "x--s0", "agree": False}, {"run": "y--s1", "agree": True}]
+    out = tmp_path / "verify" / "w--2026-12-08.json"
+    L.write_verify_report(out, ["/repo/reid/__main__.py", "ledger", "verify", "--sample", "2"], "2026-12-08T00:10:00",
+                          4530.4, rows, 1)
+    got = json.loads(out.read_text())
+    assert got["command"] == "python -m reid ledger verify --sample 2"
+    assert got["wall"] == "1:15:30" and got["exit_status"] == 1 and got["started"] == "2026-12-08T00:10:00"
+    assert got["rows"] == rows and got["environment"] == {"cpu": "this CPU", "commit": "abc"}
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left beside it
+
+
+def test_verify_on_the_command_line_writes_its_report_with_its_exit_status(tmp_path: Path, monkeypatch) -> None:
+    """`ledger verify --runs ... --report F` (Snakemake and the comparison stubbed): a row that differs makes the
+    command exit 1 and the report says so; without --report no file is written."""
+    import argparse
+
+    rows = [{"run": "x--s0", "agree": True, "strict": True, "tolerance": {"a": 1.0}, "max_ap_diff": 0.0,
+             "rank_moved": 0.0, "queries": 4, "max_map_diff": 0.0, "noise_z": None},
+            {"run": "y--s0", "agree": False, "strict": True, "tolerance": {"a": 1.0}, "max_ap_diff": 0.1,
+             "rank_moved": 0.25, "queries": 4, "max_map_diff": 2.5, "noise_z": None}]
+    monkeypatch.setattr(L, "status", lambda *a, **k: {})
+    monkeypatch.setattr(L, "verify", lambda *a, **k: rows)
+    monkeypatch.setattr(L, "environment", lambda *a: {"cpu": "this CPU"})
+    monkeypatch.setattr(sys, "argv", ["/x/reid/__main__.py", "ledger", "verify", "--runs", "x--s0", "y--s0"])
+    parser = argparse.ArgumentParser()
+    L.add_arguments(parser)
+    report = tmp_path / "v.json"
+    common = ["verify", "--dataset", "synthocc", "--runs", "x--s0", "y--s0", "--ledger", str(tmp_path / "ledger")]
+    assert L.main(parser.parse_args(common)) == 1 and not report.exists()
+    assert L.main(parser.parse_args([*common, "--report", str(report)])) == 1
+    got = json.loads(report.read_text())
+    assert got["exit_status"] == 1 and [r["run"] for r in got["rows"]] == ["x--s0", "y--s0"]
+    assert got["command"] == "python -m reid ledger verify --runs x--s0 y--s0"
 
 
 def test_assemble_decides_the_claims_whose_rows_are_all_current_and_lists_the_rest(tmp_path: Path) -> None:
@@ -391,7 +434,8 @@ def test_the_readme_claims_table_is_the_committed_ledger_s_verdicts() -> None:
             assert all(entry in again[section] for entry in content[section]), hint
         for entry in content["pending"]:
             if key(entry) in pending:
-                assert (entry["rows"], entry["missing"]) == (pending[key(entry)]["rows"], pending[key(entry)]["missing"]), hint
+                want = pending[key(entry)]
+                assert (entry["rows"], entry["missing"]) == (want["rows"], want["missing"]), hint
             else:
                 assert entry["missing"] == 0 and entry["stale"] > 0, hint
 
