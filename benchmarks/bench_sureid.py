@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                       "ideal_speedup": vit_macs(models["vanilla"]) / vit_macs(models[name])}
     paper_v = PAPER_TABLES["V"]
     paper = {f"hts_p{p:.1f}": paper_v[f"t5_p{round(p * 100)}"]["throughput"] / 1074 for p in RATIOS}
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    dev_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"cpu ({torch.get_num_threads()} threads)")
     return {"device": dev_name, "arch": args.arch, "input": [args.height, args.width], "stride": args.stride,
             "batch": args.batch, "repeats": args.repeats, "amp": args.amp, "results": rows,
             "paper_speedup_2080ti": paper}

@@ -32,7 +32,8 @@ from reid.data.index import IndexRow, index_sha256, write_index
 
 N = 10
 PATHS = [f"train/{i:03d}.png" for i in range(N)]
-FIELDS = {"labels": ((6, 4), "uint8", "labels"), "vec": ((3,), "float32", "vector"), "has_face": ((), "uint8", "vector")}
+FIELDS = {"labels": ((6, 4), "uint8", "labels"), "vec": ((3,), "float32", "vector"),
+          "has_face": ((), "uint8", "vector")}
 
 
 def values(rows) -> dict[str, np.ndarray]:

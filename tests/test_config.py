@@ -61,7 +61,8 @@ def test_parse_run(name: str, expected: C.Run) -> None:
 
 @pytest.mark.parametrize("name", ["DeskPro", "deskpro/", "deskpro--", "deskpro--model 3", "--s2", "deskpro s2", ""])
 def test_bad_run_names(name: str) -> None:
-    with pytest.raises(C.ConfigError, match=r"bad run name .*expected <method>\[--<ablation>\]\[--pretrained\]\[--s<seed>\]"):
+    with pytest.raises(C.ConfigError,
+                       match=r"bad run name .*expected <method>\[--<ablation>\]\[--pretrained\]\[--s<seed>\]"):
         C.parse_run(name)
 
 

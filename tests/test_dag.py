@@ -117,7 +117,8 @@ def test_snakemake_jobs_equal_dvc_stages(planned_jobs: list[dict], dvc_stages: d
 
 @pytest.mark.slow
 def test_each_target_needs_the_same_jobs(planned_jobs: list[dict], params: dict) -> None:
-    """Per target: the jobs upstream of its metrics.json in Snakemake's plan = reid.pipeline.layout.stages_for([target])."""
+    """Per target: the jobs upstream of its metrics.json in Snakemake's plan =
+    reid.pipeline.layout.stages_for([target])."""
     producer = {out: j for j in planned_jobs for out in j["output"]}
 
     def upstream(path: str, seen: set[frozenset]) -> None:

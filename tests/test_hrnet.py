@@ -30,7 +30,8 @@ def w32_checkpoint(tmp_path_factory) -> Path:
 def test_w32_official_layout():
     sd = hrnet_w32().state_dict()
     # official W32 pose net: 28.5 M parameters (HRNet paper, Table 1)
-    n_params = sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    n_params = sum(v.numel() for k, v in sd.items() if not k.endswith(buffers))
     assert round(n_params / 1e6, 1) == 28.5
     for key in (
         "conv1.weight", "bn2.running_var", "layer1.0.downsample.0.weight", "layer1.3.conv3.weight",
@@ -50,7 +51,8 @@ def test_w32_strict_reload(w32_checkpoint):
     missing, unexpected = model.load_pose_checkpoint(w32_checkpoint)
     assert missing == [] and unexpected == []
     ref = read_state_dict(w32_checkpoint)
-    assert torch.equal(model.state_dict()["stage3.1.branches.2.0.conv1.weight"], ref["stage3.1.branches.2.0.conv1.weight"])
+    key = "stage3.1.branches.2.0.conv1.weight"
+    assert torch.equal(model.state_dict()[key], ref[key])
 
 
 def test_reload_wrapped_and_prefixed(tmp_path):

@@ -50,7 +50,8 @@ class ToyMean(Teacher):
         self.infer_rows: list[int] = []
 
     def fields(self):
-        return {"mean": ((3,), "float32", "vector"), "labels": ((4, 4), "uint8", "labels"), "row": ((), "int32", "vector")}
+        return {"mean": ((3,), "float32", "vector"), "labels": ((4, 4), "uint8", "labels"),
+                "row": ((), "int32", "vector")}
 
     def load(self, image_bgr, row, root, index=None):
         small = cv2.resize(image_bgr, (4, 4), interpolation=cv2.INTER_AREA)
@@ -72,7 +73,8 @@ class ToyMean(Teacher):
                 "row": np.array(rows, np.int32)}
 
     def cache_params(self):
-        return {k: v for k, v in super().cache_params().items() if k not in ("fail_after", "sleep_s", "marker", "marker_rows")}
+        own = ("fail_after", "sleep_s", "marker", "marker_rows")
+        return {k: v for k, v in super().cache_params().items() if k not in own}
 
 
 if "toy_mean" not in TEACHERS:

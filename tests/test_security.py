@@ -123,7 +123,8 @@ def test_params_yaml_ranges_and_top_level_keys_are_checked_on_the_dvc_route(tmp_
     ranged["train"]["epochs"] = 2
     ranged["datasets"]["synthcc"].setdefault("train", {})["erasing_p"] = 1.5  # past the schema: TrainConfig.RANGES
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(ranged))
-    with pytest.raises(ParamsError, match=r"datasets.synthcc.train.erasing_p: 1.5 is out of range \(expected in \[0, 1\]\)"):
+    with pytest.raises(ParamsError,
+                       match=r"datasets.synthcc.train.erasing_p: 1.5 is out of range \(expected in \[0, 1\]\)"):
         C.load_params(tmp_path / "p.yaml")
 
 

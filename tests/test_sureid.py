@@ -373,7 +373,8 @@ def test_probe_reports_the_person_share_of_dropped_tokens_by_stage():
     assert set(learned.probe(learned.build_model(4).eval(), _person_batch())) == {
         k for k in expect if k.startswith("person")}
     vanilla = SUREID(**TINY, hts=False, npkd=False, noda=False)
-    assert vanilla.probe_caches == {} and vanilla.probe_groundtruth == () and vanilla.probe(vanilla.build_model(4).eval(), _person_batch()) == {}
+    assert vanilla.probe_caches == {} and vanilla.probe_groundtruth == ()
+    assert vanilla.probe(vanilla.build_model(4).eval(), _person_batch()) == {}
 
 
 def test_npkd_defaults_to_the_per_element_feature_loss_and_old_records_keep_the_sum() -> None:

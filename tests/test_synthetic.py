@@ -118,7 +118,8 @@ def test_train_and_test_images_are_occluded_by_disjoint_sprites(monkeypatch: pyt
     monkeypatch.setattr(S.World, "_occlude", spy)
     for k in range(8):
         for current, rel in ((False, f"bounding_box_train/0001_c1_f000000{k}.jpg"),
-                             (True, f"query/0001_c2_f000000{k}.jpg"), (True, f"bounding_box_test/0002_c1_f000000{k}.jpg")):
+                             (True, f"query/0001_c2_f000000{k}.jpg"),
+                             (True, f"bounding_box_test/0002_c1_f000000{k}.jpg")):
             world.render(S.ImageSpec(rel, 1 if "0001" in rel else 2, 0, 0, True, (1, k, len(rel))))
     assert drawn[False] and drawn[True] and not drawn[False] & drawn[True]
     assert drawn[False] | drawn[True] == set(range(S.N_OCCLUDERS + S.N_PEDESTRIANS))  # both kinds, both splits

@@ -159,8 +159,8 @@ def trained(tiny_world, tiny_parsing_cache, tmp_path_factory) -> Path:
 
 def test_model_file_holds_the_student_only(trained: Path) -> None:
     ckpt = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
-    assert set(ckpt) == {"format", "method", "method_module", "method_params", "num_classes", "input_size", "state_dict",
-                         "method_state", "index_sha256", "content_sha256", "test_teachers"}
+    assert set(ckpt) == {"format", "method", "method_module", "method_params", "num_classes", "input_size",
+                         "state_dict", "method_state", "index_sha256", "content_sha256", "test_teachers"}
     assert ckpt["format"] == MODEL_FORMAT and ckpt["method"] == "tiny_test_method"
     assert ckpt["num_classes"] == 4 and ckpt["input_size"] == [32, 16]
     assert set(ckpt["state_dict"]) == set(TinyNet(4).state_dict())  # no optimiser, no teacher weights
@@ -492,7 +492,8 @@ def test_cpu_amp_trains_in_bfloat16_and_evaluates_close_to_float32(tiny_world, t
         mp.setattr(TinyMethod, "training_losses", spy)
         tr.fit()
     assert seen and all(s == (torch.bfloat16, True, True) for s in seen)
-    assert all(v.dtype == torch.float32 for v in _state(tmp_path / "bf16" / "model.pt").values() if v.is_floating_point())
+    state = _state(tmp_path / "bf16" / "model.pt")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     method, model, ckpt = load_model(trained / "model.pt", device="cpu")
     ds = ReIDDataset(tiny_world.rows, tiny_world.root, [i for i, r in enumerate(tiny_world.rows) if r.split == "query"],
                      tuple(ckpt["input_size"]), train=False)
