@@ -254,17 +254,37 @@ def environment(root: str | Path = ".") -> dict[str, Any]:
             continue
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(dirty),
-            "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions}
+            "cpu": cpu_model(), "cpu_class": cpu_class(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "versions": versions}
 
 
-def cpu_model() -> str:
+def _cpuinfo(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's `key: value` lines of /proc/cpuinfo ({} where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path(cpuinfo).read_text().split("\n\n", 1)[0].splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines) if k.strip()}
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    return _cpuinfo(cpuinfo).get("model name") or platform.processor() or platform.machine()
+
+
+# The instruction sets whose presence changes which float kernels PyTorch / oneDNN run, hence the last bits of a
+# result: two CPUs that differ in one of them need not reproduce each other's rows exactly.
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_class(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU as far as exact reproduction goes: vendor, family / model / stepping and the kernel-picking ISA
+    flags (`KERNEL_FLAGS`). A hypervisor may name different CPUs alike (a Zen 3 and a Zen 4 are both "AMD EPYC"
+    on the build machines here; only the second has AVX-512 and bf16), so `cpu_model` alone cannot decide."""
+    info = _cpuinfo(cpuinfo)
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    ident = " ".join(f"{k.split()[-1]} {info[k]}" for k in ("cpu family", "model", "stepping") if k in info)
+    return " ".join(filter(None, [info.get("vendor_id") or info.get("CPU implementer") or platform.machine(),
+                                  ident, "[" + " ".join(f for f in KERNEL_FLAGS if f in flags) + "]"]))
 
 
 def has_probe(run: str) -> bool:
@@ -457,9 +477,11 @@ def compare_row(recorded: Path, rerun: Path) -> dict[str, Any]:
 
 
 def same_environment(prov: Mapping[str, Any], env: Mapping[str, Any], dtype: Any) -> bool:
-    """Whether a re-run here must reproduce the row exactly: same CPU model, library versions and dtype."""
+    """Whether a re-run here must reproduce the row exactly: same CPU model and class (`cpu_class`; rows recorded
+    before it was, 2026-12-08, compare by model name alone), library versions and dtype."""
     was = prov.get("environment", {})
-    return (was.get("cpu") == env.get("cpu") and was.get("versions") == env.get("versions")
+    same_class = "cpu_class" not in was or was["cpu_class"] == env.get("cpu_class")
+    return (was.get("cpu") == env.get("cpu") and same_class and was.get("versions") == env.get("versions")
             and prov.get("embed_dtype") == dtype)
 
 

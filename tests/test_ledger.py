@@ -271,6 +271,35 @@ def test_compare_row_reports_exact_agreement_and_the_size_of_a_difference(tmp_pa
     assert L.same_environment(prov, {"cpu": "X", "versions": {"torch": "2"}}, "float32")
     assert not L.same_environment(prov, {"cpu": "X", "versions": {"torch": "2"}}, "bfloat16")
     assert not L.same_environment(prov, {"cpu": "Y", "versions": {"torch": "2"}}, "float32")
+    # a row that records its CPU class must meet the same class: one name, two CPUs (Zen 3 / Zen 4 "AMD EPYC")
+    classed = {**prov, "environment": {**prov["environment"], "cpu_class": "AuthenticAMD family 25 model 17 [avx2]"}}
+    here = {"cpu": "X", "versions": {"torch": "2"}, "cpu_class": "AuthenticAMD family 25 model 1 [avx2]"}
+    assert not L.same_environment(classed, here, "float32") and L.same_environment(prov, here, "float32")
+    assert L.same_environment(classed, {**here, "cpu_class": "AuthenticAMD family 25 model 17 [avx2]"}, "float32")
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 sha_ni
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+model name\t: other
+"""
+
+
+def test_the_cpu_class_names_vendor_family_model_stepping_and_the_kernel_flags(tmp_path: Path) -> None:
+    """From the first processor's block only (not the second's model name), flags in KERNEL_FLAGS' order and
+    only those (sse2, sha_ni dropped); a machine without /proc/cpuinfo still gets a name."""
+    (tmp_path / "cpuinfo").write_text(CPUINFO)
+    want = "AuthenticAMD family 25 model 1 stepping 1 [avx2 fma avx512f avx512_bf16]"
+    assert L.cpu_class(tmp_path / "cpuinfo") == want
+    assert L.cpu_model(tmp_path / "cpuinfo") == "AMD EPYC"
+    assert L.cpu_class(tmp_path / "missing") and L.cpu_model(tmp_path / "missing")
 
 
 def test_seed_spread_is_the_sd_of_the_row_s_recorded_seeds_only(tmp_path: Path) -> None:
