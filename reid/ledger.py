@@ -549,16 +549,17 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
     return out
 
 
-def write_verify_report(path: str | Path, argv: Sequence[str], started: str, seconds: float,
-                        rows: Sequence[Mapping[str, Any]], exit_status: int) -> dict[str, Any]:
-    """The evidence file of a verify run: the command as typed, where it ran (`environment`: commit, CPU, library
-    versions), when, how long it took and each row's comparison; written atomically, so a file in ledger/verify
-    is always a finished run."""
+def write_verify_report(path: str | Path, argv: Sequence[str], env: Mapping[str, Any], started: str,
+                        seconds: float, rows: Sequence[Mapping[str, Any]], exit_status: int) -> dict[str, Any]:
+    """The evidence file of a verify run: the command as typed, where it ran (`env`, the `environment` taken when
+    the run started: the commit whose code it ran, which a commit made during an hour-long run must not replace),
+    when, how long it took and each row's comparison; written atomically, so a file in ledger/verify is always a
+    finished run."""
     argv = list(argv)
     if argv and argv[0].endswith(("__main__.py", "reid")):  # `python -m reid ...` arrives as .../reid/__main__.py
         argv[0] = "python -m reid"
     hours, rest = divmod(round(seconds), 3600)
-    content = {"command": " ".join(argv), "environment": environment(), "started": started,
+    content = {"command": " ".join(argv), "environment": dict(env), "started": started,
                "wall": f"{hours}:{rest // 60:02d}:{rest % 60:02d}", "exit_status": exit_status,
                "rows": list(rows)}
     from reid.serialization import atomic_write
@@ -865,7 +866,7 @@ def main(args: argparse.Namespace) -> int:
             if st["state"] == "stale":  # the re-run uses today's code: agreement then also tests that the edit
                 print(f"note: {args.dataset}/{run} is stale (changed: {', '.join(st['changed'])}); the re-run uses "
                       f"the code checked out now", flush=True)  # did not change what the row measures
-        started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.monotonic()
+        started, t0, env = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.monotonic(), environment()
         report = verify(cfg, args.dataset, runs, args.cores, args.ledger, args.results)
         for r in report:
             how = "exact" if r["strict"] else f"within {max(r['tolerance'].values()):.2f} mAP"
@@ -876,7 +877,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report, sort_keys=True))
         status_code = 0 if all(r["agree"] for r in report) else 1
         if args.report:
-            write_verify_report(args.report, sys.argv, started, time.monotonic() - t0, report, status_code)
+            write_verify_report(args.report, sys.argv, env, started, time.monotonic() - t0, report, status_code)
             print(f"verify report written to {args.report}")
         return status_code
     states = status(cfg, args.dataset, runs, args.ledger)

@@ -354,12 +354,13 @@ def test_verify_applies_the_wider_tolerance_only_to_a_row_whose_seeds_spread(tmp
 
 def test_the_verify_report_names_the_command_as_typed_and_keeps_every_row(tmp_path: Path, monkeypatch) -> None:
     """`--report` writes the evidence the seventh sitting wrote by hand: `python -m reid` for the module path
-    Python puts in argv[0], 4,530 s as 1:15:30, the exit status and the rows as verify returned them."""
-    monkeypatch.setattr(L, "environment", lambda *a: {"cpu": "this CPU", "commit": "abc"})
+    Python puts in argv[0], 4,530 s as 1:15:30, the exit status, the rows as verify returned them and the
+    environment it is given (taken at the start: not the one `environment` would say now)."""
+    monkeypatch.setattr(L, "environment", lambda *a: {"cpu": "this CPU", "commit": "committed during the run"})
     rows = [{"run": "x--s0", "agree": False}, {"run": "y--s1", "agree": True}]
     out = tmp_path / "verify" / "w--2026-12-08.json"
-    L.write_verify_report(out, ["/repo/reid/__main__.py", "ledger", "verify", "--sample", "2"], "2026-12-08T00:10:00",
-                          4530.4, rows, 1)
+    L.write_verify_report(out, ["/repo/reid/__main__.py", "ledger", "verify", "--sample", "2"],
+                          {"cpu": "this CPU", "commit": "abc"}, "2026-12-08T00:10:00", 4530.4, rows, 1)
     got = json.loads(out.read_text())
     assert got["command"] == "python -m reid ledger verify --sample 2"
     assert got["wall"] == "1:15:30" and got["exit_status"] == 1 and got["started"] == "2026-12-08T00:10:00"
@@ -377,17 +378,25 @@ def test_verify_on_the_command_line_writes_its_report_with_its_exit_status(tmp_p
             {"run": "y--s0", "agree": False, "strict": True, "tolerance": {"a": 1.0}, "max_ap_diff": 0.1,
              "rank_moved": 0.25, "queries": 4, "max_map_diff": 2.5, "noise_z": None}]
     monkeypatch.setattr(L, "status", lambda *a, **k: {})
-    monkeypatch.setattr(L, "verify", lambda *a, **k: rows)
-    monkeypatch.setattr(L, "environment", lambda *a: {"cpu": "this CPU"})
+    head = {"commit": "started on"}  # a commit made while the rows re-train must not become the report's
+
+    def rerun(*a, **k):
+        head["commit"] = "committed during the run"
+        return rows
+
+    monkeypatch.setattr(L, "verify", rerun)
+    monkeypatch.setattr(L, "environment", lambda *a: {"cpu": "this CPU", **head})
     monkeypatch.setattr(sys, "argv", ["/x/reid/__main__.py", "ledger", "verify", "--runs", "x--s0", "y--s0"])
     parser = argparse.ArgumentParser()
     L.add_arguments(parser)
     report = tmp_path / "v.json"
     common = ["verify", "--dataset", "synthocc", "--runs", "x--s0", "y--s0", "--ledger", str(tmp_path / "ledger")]
     assert L.main(parser.parse_args(common)) == 1 and not report.exists()
+    head["commit"] = "started on"
     assert L.main(parser.parse_args([*common, "--report", str(report)])) == 1
     got = json.loads(report.read_text())
     assert got["exit_status"] == 1 and [r["run"] for r in got["rows"]] == ["x--s0", "y--s0"]
+    assert got["environment"]["commit"] == "started on"
     assert got["command"] == "python -m reid ledger verify --runs x--s0 y--s0"
 
 
