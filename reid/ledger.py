@@ -513,10 +513,10 @@ def seed_spread(dataset: str, run: str, ledger: str | Path = LEDGER) -> dict[str
 
 
 def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int = 2, ledger: str | Path = LEDGER,
-           results: str | Path = "results") -> list[dict[str, Any]]:
+           results: str | Path = "results", env: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Re-run the given ledger rows here (Snakemake, forcing their training, evaluation and probe) and compare
-    each with its record: exact where the environment matches, within `tolerance` of each setting's mAP
-    otherwise."""
+    each with its record: exact where the environment (`env`, the caller's record of where the re-run started;
+    `environment()` when None) matches, within `tolerance` of each setting's mAP otherwise."""
     from reid.pipeline.layout import metrics_path, probe_path
 
     targets = []
@@ -528,7 +528,7 @@ def verify(cfg: Mapping[str, Any], dataset: str, runs: Sequence[str], cores: int
             targets.append(probe_path(dataset, run))
     subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--forcerun", "train", "evaluate",
                     "probe", "--", *targets], check=True)
-    env = environment()
+    env = environment() if env is None else env
     out = []
     for run in runs:
         folder, rerun = row_dir(dataset, run, ledger), Path(results) / dataset / run
@@ -867,7 +867,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"note: {args.dataset}/{run} is stale (changed: {', '.join(st['changed'])}); the re-run uses "
                       f"the code checked out now", flush=True)  # did not change what the row measures
         started, t0, env = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.monotonic(), environment()
-        report = verify(cfg, args.dataset, runs, args.cores, args.ledger, args.results)
+        report = verify(cfg, args.dataset, runs, args.cores, args.ledger, args.results, env)
         for r in report:
             how = "exact" if r["strict"] else f"within {max(r['tolerance'].values()):.2f} mAP"
             print(f"{'agrees' if r['agree'] else 'DIFFERS':8s} {args.dataset}/{r['run']} ({how} expected): "
